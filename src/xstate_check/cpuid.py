@@ -1,0 +1,203 @@
+"""CpuidSet: an immutable CPUID table, and the named CPUID feature bits."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import NamedTuple
+
+import attrs
+
+from xstate_check.errors import Location
+
+__all__ = [
+    "FEATURES",
+    "REGISTERS",
+    "CpuidSet",
+    "FeatureBit",
+    "Registers",
+]
+
+REGISTERS = ("eax", "ebx", "ecx", "edx")
+
+#: KVM_CPUID_FLAG_SIGNIFCANT_INDEX (sic): the entry's subleaf matters.
+SIGNIFICANT_INDEX = 1
+
+# Leaves whose subleaf (ECX input) selects different data.
+INDEXED_LEAVES = frozenset(
+    {0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1D, 0x1E, 0x1F, 0x20, 0x23,
+     0x24, 0x8000001D, 0x80000020, 0x80000026}
+)
+
+
+class Registers(NamedTuple):
+    """The four output registers of one CPUID (leaf, subleaf)."""
+
+    eax: int = 0
+    ebx: int = 0
+    ecx: int = 0
+    edx: int = 0
+
+
+ZERO = Registers()
+
+
+class FeatureBit(NamedTuple):
+    """Where a named CPUID feature bit lives."""
+
+    leaf: int
+    subleaf: int
+    register: str
+    bit: int
+
+
+def _bits(leaf: int, subleaf: int, register: str, **named: int) -> dict[str, FeatureBit]:
+    return {name: FeatureBit(leaf, subleaf, register, bit) for name, bit in named.items()}
+
+
+#: Named feature bits (RULES-CATALOGUE.md §8), by the names Linux uses.
+FEATURES: dict[str, FeatureBit] = {
+    **_bits(1, 0, "edx", FPU=0, FXSR=24, SSE=25, SSE2=26),
+    **_bits(1, 0, "ecx", SSE3=0, FMA=12, XSAVE=26, OSXSAVE=27, AVX=28, F16C=29, HYPERVISOR=31),
+    **_bits(7, 0, "ebx", AVX2=5, MPX=14, AVX512F=16, AVX512DQ=17, AVX512IFMA=21,
+            AVX512PF=26, AVX512ER=27, AVX512CD=28, INTEL_PT=25, AVX512BW=30, AVX512VL=31),
+    **_bits(7, 0, "ecx", AVX512VBMI=1, PKU=3, OSPKE=4, AVX512_VBMI2=6, SHSTK=7, GFNI=8,
+            VAES=9, VPCLMULQDQ=10, AVX512_VNNI=11, AVX512_BITALG=12, AVX512_VPOPCNTDQ=14,
+            ENQCMD=29),
+    **_bits(7, 0, "edx", AVX512_4VNNIW=2, AVX512_4FMAPS=3, AVX512_VP2INTERSECT=8, ARCH_LBR=19,
+            IBT=20, AMX_BF16=22, AVX512_FP16=23, AMX_TILE=24, AMX_INT8=25),
+    **_bits(7, 1, "eax", AVX_VNNI=4, AVX512_BF16=5, AMX_FP16=21),
+    **_bits(7, 1, "edx", AMX_COMPLEX=8, AVX10=19, APX=21),
+    **_bits(0xD, 1, "eax", XSAVEOPT=0, XSAVEC=1, XGETBV1=2, XSAVES=3, XFD=4),
+    **_bits(0x80000001, 0, "edx", LM=29),
+}
+
+
+def _freeze(entries: Mapping[tuple[int, int], Registers]) -> Mapping[tuple[int, int], Registers]:
+    return MappingProxyType(dict(sorted(entries.items())))
+
+
+@attrs.frozen(eq=False)
+class CpuidSet:
+    """An immutable CPUID table: (leaf, subleaf) -> Registers, with where it came from.
+
+    ``source`` names the origin (a path, ``host``, ``kvm``, ``profile:NAME``);
+    ``flags`` holds KVM's per-entry flags where known (``KVM_CPUID_FLAG_SIGNIFCANT_INDEX``);
+    ``provenance`` maps (leaf, subleaf, register, bit) to the template line that set or
+    cleared that bit; ``meta`` carries free-form facts of the source (kernel release, …).
+    An entry the table lacks reads as zero; ``has`` tells the two apart.
+    """
+
+    entries: Mapping[tuple[int, int], Registers] = attrs.field(converter=_freeze)
+    source: str = "<memory>"
+    flags: Mapping[tuple[int, int], int] = attrs.field(
+        factory=dict, converter=lambda m: MappingProxyType(dict(m))
+    )
+    provenance: Mapping[tuple[int, int, str, int], Location] = attrs.field(
+        factory=dict, converter=lambda m: MappingProxyType(dict(m))
+    )
+    meta: Mapping[str, str] = attrs.field(
+        factory=dict, converter=lambda m: MappingProxyType(dict(m))
+    )
+
+    @classmethod
+    def from_rows(
+        cls, rows: Iterable[tuple[int, int, int, int, int, int]], source: str = "<memory>",
+        **kwargs: object,
+    ) -> CpuidSet:
+        """Build a set from ``(leaf, subleaf, eax, ebx, ecx, edx)`` rows."""
+        entries = {(row[0], row[1]): Registers(*row[2:6]) for row in rows}
+        return cls(entries, source, **kwargs)  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CpuidSet):
+            return NotImplemented
+        return dict(self.entries) == dict(other.entries)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def has(self, leaf: int, subleaf: int = 0) -> bool:
+        """Return whether the table holds an entry for (leaf, subleaf)."""
+        return (leaf, subleaf) in self.entries
+
+    def get(self, leaf: int, subleaf: int = 0) -> Registers:
+        """Return the registers of (leaf, subleaf); all zero where the table has no entry."""
+        return self.entries.get((leaf, subleaf), ZERO)
+
+    def register(self, leaf: int, subleaf: int, register: str) -> int:
+        """Return one register of (leaf, subleaf) by name (``eax``…``edx``)."""
+        return getattr(self.get(leaf, subleaf), register)  # type: ignore[no-any-return]
+
+    def feature(self, name: str) -> bool:
+        """Return whether the named feature bit (``AVX``, ``XSAVES``, ``AMX_TILE``…) is set."""
+        where = FEATURES[name]
+        return bool(self.register(where.leaf, where.subleaf, where.register) >> where.bit & 1)
+
+    def features(self) -> dict[str, bool]:
+        """Return every named feature bit and whether it is set."""
+        return {name: self.feature(name) for name in FEATURES}
+
+    @property
+    def max_basic_leaf(self) -> int:
+        """Return CPUID.0:EAX, the highest basic leaf."""
+        return self.get(0).eax
+
+    @property
+    def vendor(self) -> str:
+        """Return the vendor string of leaf 0 (``GenuineIntel``, ``AuthenticAMD``…)."""
+        regs = self.get(0)
+        raw = struct.pack("<III", regs.ebx, regs.edx, regs.ecx)
+        return raw.decode("latin-1").rstrip("\0")
+
+    @property
+    def signature(self) -> int:
+        """Return CPUID.1:EAX, the family/model/stepping signature."""
+        return self.get(1).eax
+
+    @property
+    def brand(self) -> str:
+        """Return the brand string of leaves 0x80000002..4, stripped; empty where absent."""
+        raw = b"".join(
+            struct.pack("<IIII", *self.get(leaf)) for leaf in (0x80000002, 0x80000003, 0x80000004)
+        )
+        return raw.decode("latin-1").split("\0", 1)[0].strip()
+
+    def subleaves(self, leaf: int) -> list[int]:
+        """Return the subleaves the table holds for ``leaf``, ascending."""
+        return [sub for (lf, sub) in self.entries if lf == leaf]
+
+    def replace(self, **changes: object) -> CpuidSet:
+        """Return a copy with some fields replaced."""
+        return attrs.evolve(self, **changes)  # type: ignore[misc]
+
+    def with_registers(self, leaf: int, subleaf: int, **registers: int) -> CpuidSet:
+        """Return a copy where some registers of (leaf, subleaf) are replaced (entry added)."""
+        entries = dict(self.entries)
+        entries[(leaf, subleaf)] = self.get(leaf, subleaf)._replace(**registers)
+        return attrs.evolve(self, entries=entries)
+
+    def without(self, leaf: int, subleaf: int = 0) -> CpuidSet:
+        """Return a copy without the entry (leaf, subleaf)."""
+        entries = {key: value for key, value in self.entries.items() if key != (leaf, subleaf)}
+        return attrs.evolve(self, entries=entries)
+
+    def rows(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Return the table as sorted ``(leaf, subleaf, eax, ebx, ecx, edx)`` rows."""
+        return [(leaf, sub, *regs) for (leaf, sub), regs in self.entries.items()]
+
+    def flag(self, leaf: int, subleaf: int) -> int:
+        """Return KVM's flags for an entry: as recorded, else derived from the leaf number."""
+        recorded = self.flags.get((leaf, subleaf))
+        if recorded is not None:
+            return recorded
+        return SIGNIFICANT_INDEX if leaf in INDEXED_LEAVES else 0

@@ -1,0 +1,138 @@
+"""Findings and reports: what a run of the rules says about its subjects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from xstate_check.errors import Location
+
+__all__ = ["SCHEMA", "SEVERITIES", "Finding", "Report", "Severity", "SubjectReport"]
+
+SCHEMA = "xstate-check/1"
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+_SEVERITY_ORDER = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+
+@attrs.frozen
+class Finding:
+    """One rule's verdict on one subject."""
+
+    rule: str
+    name: str
+    severity: Severity
+    message: str
+    consequence: str
+    fix: str
+    location: Location | None = None
+
+    def sort_key(self) -> tuple[Any, ...]:
+        """Return the key findings are sorted by: location, severity, rule id, message."""
+        where = (self.location.path, self.location.line, self.location.column) if self.location else ("", 0, 0)
+        return (where, _SEVERITY_ORDER[self.severity], self.rule, self.message)
+
+    def to_json(self) -> dict[str, object]:
+        """Return the finding as a JSON object of schema xstate-check/1."""
+        return {
+            "rule": self.rule,
+            "name": self.name,
+            "severity": self.severity,
+            "message": self.message,
+            "consequence": self.consequence,
+            "fix": self.fix,
+            "location": self.location.to_json() if self.location else None,
+        }
+
+
+def _sorted_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
+    return tuple(sorted(findings, key=Finding.sort_key))
+
+
+@attrs.frozen
+class SubjectReport:
+    """The findings on one subject, with the facts the run read (``details``)."""
+
+    name: str
+    source: str
+    template: str | None
+    findings: tuple[Finding, ...] = attrs.field(converter=_sorted_findings, default=())
+    details: Mapping[str, object] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """Return the subject as a JSON object of schema xstate-check/1."""
+        out: dict[str, object] = {
+            "name": self.name,
+            "source": self.source,
+            "template": self.template,
+            "findings": [finding.to_json() for finding in self.findings],
+        }
+        if self.details:
+            out["details"] = dict(self.details)
+        return out
+
+
+@attrs.frozen
+class Report:
+    """The findings of one run over one or more subjects."""
+
+    subjects: tuple[SubjectReport, ...] = attrs.field(converter=tuple, default=())
+
+    def findings(self, severity: Severity | None = None) -> list[Finding]:
+        """Return every finding, or only those of one severity."""
+        return [
+            finding
+            for subject in self.subjects
+            for finding in subject.findings
+            if severity is None or finding.severity == severity
+        ]
+
+    @property
+    def errors(self) -> list[Finding]:
+        """Return the error findings."""
+        return self.findings("error")
+
+    @property
+    def warnings(self) -> list[Finding]:
+        """Return the warning findings."""
+        return self.findings("warning")
+
+    @property
+    def infos(self) -> list[Finding]:
+        """Return the info findings."""
+        return self.findings("info")
+
+    def exit_code(self, strict: bool = False) -> int:
+        """Return 1 when there are errors (or warnings, when ``strict``), else 0."""
+        if self.errors or (strict and self.warnings):
+            return 1
+        return 0
+
+    def merge(self, other: Report) -> Report:
+        """Return a report holding the subjects of both."""
+        return Report(self.subjects + other.subjects)
+
+    def summary(self) -> dict[str, int]:
+        """Return the counts of subjects and findings by severity."""
+        return {
+            "subjects": len(self.subjects),
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "infos": len(self.infos),
+        }
+
+    def to_json(self) -> dict[str, object]:
+        """Return the report as a JSON object of schema xstate-check/1."""
+        return {
+            "schema": SCHEMA,
+            "subjects": [subject.to_json() for subject in self.subjects],
+            "summary": self.summary(),
+        }
+
+    def to_json_text(self) -> str:
+        """Return the report as JSON text, byte-identical for the same input."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"

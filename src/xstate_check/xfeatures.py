@@ -1,0 +1,109 @@
+"""The xfeature table: every XSAVE state component by number (RULES-CATALOGUE.md §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import attrs
+
+__all__ = [
+    "AVX512_MASK",
+    "MPX_MASK",
+    "SUPERVISOR_MASK",
+    "USER_DYNAMIC_MASK",
+    "XFEATURES",
+    "XTILE_MASK",
+    "Xfeature",
+    "bits",
+    "by_name",
+    "format_mask",
+    "mask_of",
+    "name_of",
+]
+
+
+@attrs.frozen
+class Xfeature:
+    """One XSAVE state component.
+
+    ``size`` is the architectural size in bytes (None where it varies or is unverified);
+    ``intel_offset`` the Intel standard-format offset where it is fixed; ``gate`` the name of
+    the CPUID feature bit a Linux guest requires before it enables the component.
+    """
+
+    number: int
+    name: str
+    title: str
+    supervisor: bool
+    size: int | None
+    intel_offset: int | None
+    dynamic: bool
+    gate: str | None
+
+    @property
+    def mask(self) -> int:
+        """Return this xfeature's bit in an xfeature mask."""
+        return 1 << self.number
+
+
+_TABLE = (
+    Xfeature(0, "x87", "x87 FPU", False, 160, 0, False, "FPU"),
+    Xfeature(1, "sse", "SSE (XMM, MXCSR)", False, 256, 160, False, "SSE"),
+    Xfeature(2, "ymm", "AVX (upper YMM)", False, 256, 576, False, "AVX"),
+    Xfeature(3, "bndregs", "MPX bound registers", False, 64, 960, False, "MPX"),
+    Xfeature(4, "bndcsr", "MPX bound config and status", False, 64, 1024, False, "MPX"),
+    Xfeature(5, "opmask", "AVX-512 opmask", False, 64, 1088, False, "AVX512F"),
+    Xfeature(6, "zmm_hi256", "AVX-512 upper ZMM0-15", False, 512, 1152, False, "AVX512F"),
+    Xfeature(7, "hi16_zmm", "AVX-512 ZMM16-31", False, 1024, 1664, False, "AVX512F"),
+    Xfeature(8, "pt", "Processor Trace", True, None, None, False, "INTEL_PT"),
+    Xfeature(9, "pkru", "Protection keys (PKRU)", False, 8, 2688, False, "OSPKE"),
+    Xfeature(10, "pasid", "PASID", True, 8, None, False, "ENQCMD"),
+    Xfeature(11, "cet_u", "CET user", True, 16, None, False, "SHSTK"),
+    Xfeature(12, "cet_s", "CET supervisor", True, 24, None, False, "SHSTK"),
+    Xfeature(13, "hdc", "Hardware Duty Cycling", True, None, None, False, None),
+    Xfeature(14, "uintr", "User interrupts", True, None, None, False, None),
+    Xfeature(15, "lbr", "Architectural LBR", True, None, None, False, "ARCH_LBR"),
+    Xfeature(16, "hwp", "Hardware P-states", True, None, None, False, None),
+    Xfeature(17, "tilecfg", "AMX TILECFG", False, 64, 2752, False, "AMX_TILE"),
+    Xfeature(18, "tiledata", "AMX TILEDATA", False, None, 2816, True, "AMX_TILE"),
+    Xfeature(19, "apx", "APX extended GPRs", False, 128, 960, False, "APX"),
+)
+
+XFEATURES: dict[int, Xfeature] = {x.number: x for x in _TABLE}
+_BY_NAME: dict[str, Xfeature] = {x.name: x for x in _TABLE}
+
+MPX_MASK = 0x18
+AVX512_MASK = 0xE0
+XTILE_MASK = 0x60000
+USER_DYNAMIC_MASK = 1 << 18
+SUPERVISOR_MASK = sum(x.mask for x in _TABLE if x.supervisor)
+
+
+def by_name(name: str) -> Xfeature:
+    """Return the xfeature called ``name`` (case-insensitive); raise KeyError otherwise."""
+    return _BY_NAME[name.lower()]
+
+
+def bits(mask: int) -> Iterator[int]:
+    """Yield the numbers of the bits set in ``mask``, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
+def mask_of(*names: str) -> int:
+    """Return the xfeature mask of the named xfeatures."""
+    return sum(by_name(name).mask for name in names)
+
+
+def name_of(number: int) -> str:
+    """Return the name of xfeature ``number``, or ``bitN`` where the table has none."""
+    feature = XFEATURES.get(number)
+    return feature.name if feature else f"bit{number}"
+
+
+def format_mask(mask: int) -> str:
+    """Return ``0x602e7 (x87|sse|…)`` for an xfeature mask; ``0x0 (none)`` for zero."""
+    names = "|".join(name_of(number) for number in bits(mask)) or "none"
+    return f"{mask:#x} ({names})"
