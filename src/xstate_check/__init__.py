@@ -1,0 +1,70 @@
+"""xstate-check: is a guest's CPUID/XCR0 (XSAVE) configuration consistent, before it boots?
+
+The public API is imported lazily so that ``import xstate_check`` stays cheap on a VM's boot
+path; each name below loads its module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "CpuidSet",
+    "Finding",
+    "HostState",
+    "InputError",
+    "PrebootError",
+    "ProbeError",
+    "Report",
+    "Template",
+    "XsaveLayout",
+    "check",
+    "check_host",
+    "load_cpuid",
+    "load_template",
+    "preboot",
+]
+
+_LAZY = {
+    "CpuidSet": "xstate_check.cpuid",
+    "Finding": "xstate_check.report",
+    "HostState": "xstate_check.hoststate",
+    "InputError": "xstate_check.errors",
+    "PrebootError": "xstate_check.preboot",
+    "ProbeError": "xstate_check.errors",
+    "Report": "xstate_check.report",
+    "Template": "xstate_check.template",
+    "XsaveLayout": "xstate_check.layout",
+    "check": "xstate_check.api",
+    "check_host": "xstate_check.preboot",
+    "load_cpuid": "xstate_check.sources.load",
+    "load_template": "xstate_check.template",
+    "preboot": "xstate_check.preboot",
+}
+
+if TYPE_CHECKING:
+    from xstate_check.api import check
+    from xstate_check.cpuid import CpuidSet
+    from xstate_check.errors import InputError, ProbeError
+    from xstate_check.hoststate import HostState
+    from xstate_check.layout import XsaveLayout
+    from xstate_check.preboot import PrebootError, check_host, preboot
+    from xstate_check.report import Finding, Report
+    from xstate_check.sources.load import load_cpuid
+    from xstate_check.template import Template, load_template
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xstate_check' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

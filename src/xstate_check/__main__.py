@@ -1,0 +1,5 @@
+"""``python -m xstate_check``: the command line."""
+
+from xstate_check.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The library's one-call check of a CPUID table, with an optional template and host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xstate_check.cpuid import CpuidSet
+from xstate_check.hoststate import HostState
+from xstate_check.report import Report
+from xstate_check.subject import Role, Subject
+from xstate_check.template import Template
+
+__all__ = ["build_subject", "check"]
+
+
+def build_subject(
+    cpuid: CpuidSet | str | Path,
+    template: Template | str | Path | None = None,
+    host: HostState | None = None,
+    *,
+    name: str | None = None,
+    role: Role | None = None,
+) -> Subject:
+    """Return the subject for a CPUID table (or a source to load), a template and a host."""
+    from xstate_check.sources.load import load_cpuid
+    from xstate_check.template import apply_template, load_template
+
+    base = cpuid if isinstance(cpuid, CpuidSet) else load_cpuid(cpuid)
+    chosen_role: Role = role or ("guest" if base.meta.get("role") == "guest" else "cpu")
+    if template is None:
+        return Subject(name or base.source, base, role=chosen_role, host=host)
+    loaded = template if isinstance(template, Template) else load_template(template)
+    applied = apply_template(loaded, base)
+    return Subject(
+        name or base.source,
+        applied.cpuid,
+        # A template is applied to the table a VMM hands to KVM: the result is a guest's.
+        role="guest",
+        host=host,
+        template=str(loaded.path),
+        base=base,
+        missing_entries=applied.missing,
+    )
+
+
+def check(
+    cpuid: CpuidSet | str | Path,
+    template: Template | str | Path | None = None,
+    host: HostState | None = None,
+) -> Report:
+    """Check one CPUID table (or source), after an optional template, against the rules."""
+    from xstate_check.engine import evaluate
+
+    subject = build_subject(cpuid, template, host)
+    return Report((evaluate(subject),))

@@ -1,0 +1,277 @@
+"""The command line: ``xstate-check COMMAND …`` (also ``python -m xstate_check``).
+
+Exit codes: 0 no error findings (nor warnings with ``--strict``); 1 error findings;
+2 bad input or usage; 3 the environment cannot be probed; 4 an internal error (a bug).
+Nothing below this module prints or exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TextIO
+
+from xstate_check.errors import InputError, XstateCheckError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_PROBE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+
+class _UsageError(Exception):
+    """A command line argparse refused."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of exiting, so main() owns the exit code."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _use_color(stream: TextIO, choice: str) -> bool:
+    if choice == "never" or os.environ.get("NO_COLOR"):
+        return False
+    if choice == "always":
+        return True
+    return stream.isatty()
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    out = args.output
+    if out and out != "-":
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _report_exit(args: argparse.Namespace, report: object) -> int:
+    from xstate_check.formats import render
+    from xstate_check.report import Report
+
+    assert isinstance(report, Report)
+    color = _use_color(sys.stdout, args.color) and not (args.output and args.output != "-")
+    _emit(args, render(report, args.format, color=color))
+    return report.exit_code(strict=args.strict)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from xstate_check.api import build_subject
+    from xstate_check.engine import evaluate
+    from xstate_check.report import Report
+    from xstate_check.sources.load import load_cpuid
+
+    cpuid = load_cpuid(args.source, cpu=args.cpu)
+    subject = build_subject(cpuid, args.template)
+    return _report_exit(args, Report((evaluate(subject),)))
+
+
+def _cmd_host(args: argparse.Namespace) -> int:
+    from xstate_check.preboot import check_host
+
+    kvm = None if args.kvm is None else args.kvm
+    report = check_host(args.template, request_permission=args.request_permission, kvm=kvm)
+    return _report_exit(args, report)
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from xstate_check.gate import run_gate
+
+    report = run_gate(
+        args.templates,
+        profiles=args.profiles,
+        matrix=args.matrix,
+        changed_since=args.changed_since,
+        fail_on=args.fail_on,
+    )
+    _report_exit(args, report)
+    return report.exit_code(strict=args.strict)
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from xstate_check.api import build_subject
+    from xstate_check.formats.decode import decode_json, decode_text
+    from xstate_check.layout import XsaveLayout
+    from xstate_check.sources.load import load_cpuid
+
+    subject = build_subject(load_cpuid(args.source, cpu=args.cpu), args.template)
+    layout = XsaveLayout.from_cpuid(subject.cpuid)
+    title = subject.name + (f" + template {subject.template}" if subject.template else "")
+    if args.format == "json":
+        _emit(args, decode_json(subject.cpuid, layout, title=title))
+    elif args.format == "text":
+        _emit(args, decode_text(subject.cpuid, layout, title=title))
+    else:
+        raise _UsageError(f"decode writes text or json, not {args.format}")
+    for entry in subject.missing_entries:
+        where = f" ({entry.location})" if entry.location else ""
+        sys.stderr.write(
+            f"xstate-check: the template modifies CPUID leaf {entry.leaf:#x} subleaf "
+            f"{entry.subleaf:#x}, which the source lacks{where}; Firecracker refuses to boot\n"
+        )
+    return EXIT_FINDINGS if subject.missing_entries else EXIT_OK
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from xstate_check.api import build_subject
+    from xstate_check.sources.load import load_cpuid
+    from xstate_check.sources.ownjson import to_json_text
+
+    subject = build_subject(load_cpuid(args.source, cpu=args.cpu), args.template)
+    _emit(args, to_json_text(subject.cpuid))
+    return EXIT_OK
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    from xstate_check.explain import render_catalogue
+
+    _emit(args, render_catalogue(fmt=args.format))
+    return EXIT_OK
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from xstate_check.explain import render_rule
+
+    _emit(args, render_rule(args.rule, fmt=args.format))
+    return EXIT_OK
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from xstate_check.sources.profiles import render_profiles
+
+    _emit(args, render_profiles(fmt=args.format))
+    return EXIT_OK
+
+
+def _cmd_oracle(args: argparse.Namespace) -> int:
+    from xstate_check.api import build_subject
+    from xstate_check.oracle import exit_code, render_json, render_text, run_oracle
+    from xstate_check.sources.load import load_cpuid
+
+    subject = build_subject(load_cpuid(args.source, cpu=args.cpu), args.template)
+    result = run_oracle(subject.cpuid, xcr0=args.xcr0)
+    _emit(args, render_json(result) if args.format == "json" else render_text(result))
+    return exit_code(result)
+
+
+def _mask(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a mask such as 0x602e7, got {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"expected a 64-bit mask, got {text!r}")
+    return value
+
+
+def _build_parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--format", "-f", default="text", choices=("text", "json", "sarif", "junit", "github"),
+        help="output format (default: text)",
+    )
+    common.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE")
+    common.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings too, not only on errors"
+    )
+    common.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto",
+        help="colour the text format (auto: on a terminal, never under NO_COLOR)",
+    )
+    source = _Parser(add_help=False)
+    source.add_argument(
+        "source", help="a dump or JSON file, profile:NAME, 'host' (this CPU) or 'kvm'"
+    )
+    source.add_argument("--template", "-t", metavar="T", help="a Firecracker CPU template")
+    source.add_argument(
+        "--cpu", type=int, metavar="N", help="the logical CPU of a multi-CPU dump (default 0)"
+    )
+
+    parser = _Parser(
+        prog="xstate-check",
+        description="Check a guest's CPUID/XCR0 (XSAVE) configuration before a KVM VM boots.",
+    )
+    from xstate_check import __version__
+
+    parser.add_argument("--version", action="version", version=f"xstate-check {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def add(name: str, run: Callable[[argparse.Namespace], int], text: str,
+            parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text, parents=[common, *parents])
+        sub.set_defaults(run=run)
+        return sub
+
+    host = add("host", _cmd_host, "check this machine: syscall masks, CPUID, KVM's CPUID")
+    host.add_argument("--template", "-t", metavar="T", help="a Firecracker CPU template")
+    host.add_argument(
+        "--request-permission", action="store_true",
+        help="ask for guest AMX permission first, as Firecracker does (changes this process)",
+    )
+    kvm = host.add_mutually_exclusive_group()
+    kvm.add_argument("--kvm", dest="kvm", action="store_true", default=None,
+                     help="require a usable /dev/kvm (exit 3 without one)")
+    kvm.add_argument("--no-kvm", dest="kvm", action="store_false", help="do not open /dev/kvm")
+
+    add("check", _cmd_check, "check a CPUID source, after an optional template", [source])
+
+    gate = add("gate", _cmd_gate, "check templates on every matching CPU profile (the CI gate)")
+    gate.add_argument("templates", nargs="+", metavar="TEMPLATE", help="template files")
+    gate.add_argument(
+        "--profiles", nargs="+", default=["builtin"], metavar="P",
+        help="'builtin', profile:NAME, or CPUID files/folders (default: builtin)",
+    )
+    gate.add_argument("--matrix", metavar="FILE", help="a TOML file naming template x profile pairs")
+    gate.add_argument("--changed-since", metavar="REV", help="check only templates changed since REV")
+    gate.add_argument(
+        "--fail-on", choices=("new", "any"), default=None,
+        help="with --changed-since: fail on findings the change introduced (new, the default) or on all",
+    )
+
+    add("decode", _cmd_decode, "show the XSAVE layout: components, sizes, offsets, flags",
+        [source])
+    add("convert", _cmd_convert, "write a source as xstate-check's own CPUID JSON", [source])
+    add("rules", _cmd_rules, "list the rule catalogue")
+    explain = add("explain", _cmd_explain, "show one rule's page")
+    explain.add_argument("rule", metavar="ID|NAME", help="a rule id (XS0108) or name")
+    add("profiles", _cmd_profiles, "list the bundled CPU profiles (profile:NAME)")
+    oracle = add("oracle", _cmd_oracle,
+                 "run the guest's XSETBV for real in a throwaway KVM vCPU", [source])
+    oracle.add_argument("--xcr0", type=_mask, metavar="MASK",
+                        help="the XCR0 to try (default: what the source enumerates)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: sys.argv[1:]); return the exit code."""
+    try:
+        args = _build_parser().parse_args(argv)
+        return int(args.run(args))
+    except _UsageError as error:
+        sys.stderr.write(f"{error}\n")
+        return EXIT_INPUT
+    except InputError as error:
+        sys.stderr.write(f"xstate-check: {error.render()}\n")
+        return EXIT_INPUT
+    except XstateCheckError as error:
+        sys.stderr.write(f"xstate-check: {error}\n")
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`); stay quiet, as other Unix tools do.
+        sys.stderr.close()
+        return EXIT_OK
+    except OSError as error:
+        sys.stderr.write(f"xstate-check: {error}\n")
+        return EXIT_INPUT
+    except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback
+        sys.stderr.write(
+            f"xstate-check: internal error: {type(error).__name__}: {error}\n"
+            "This is a bug in xstate-check; please report it with the command that caused it.\n"
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,59 @@
+"""The text format: findings grouped by subject, for a person at a terminal or in a log."""
+
+from __future__ import annotations
+
+from xstate_check.report import Finding, Report, SubjectReport
+
+__all__ = ["render_text"]
+
+_COLORS = {"error": "\x1b[1;31m", "warning": "\x1b[1;33m", "info": "\x1b[1;36m"}
+_DIM = "\x1b[2m"
+_BOLD = "\x1b[1m"
+_RESET = "\x1b[0m"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _paint(text: str, style: str, color: bool) -> str:
+    return f"{style}{text}{_RESET}" if color else text
+
+
+def _finding(finding: Finding, color: bool) -> list[str]:
+    label = _paint(finding.severity, _COLORS[finding.severity], color)
+    lines = [f"  {label} {finding.rule} {finding.name}: {finding.message}"]
+    if finding.location is not None:
+        lines.append(f"    at {finding.location}")
+    lines.append(_paint(f"    consequence: {finding.consequence}", _DIM, color))
+    lines.append(_paint(f"    fix: {finding.fix}", _DIM, color))
+    return lines
+
+
+def _subject(subject: SubjectReport, color: bool) -> list[str]:
+    title = subject.name
+    if subject.template:
+        title += f" + template {subject.template}"
+    lines = [_paint(title, _BOLD, color)]
+    for key, value in subject.details.items():
+        if isinstance(value, (str, int, bool)) or value is None:
+            lines.append(f"  {key}: {value}")
+    if not subject.findings:
+        lines.append("  no findings")
+    for finding in subject.findings:
+        lines.extend(_finding(finding, color))
+    return lines
+
+
+def render_text(report: Report, *, color: bool = False) -> str:
+    """Return the report as text; ANSI colours only when ``color`` is true."""
+    lines: list[str] = []
+    for subject in report.subjects:
+        lines.extend(_subject(subject, color))
+        lines.append("")
+    summary = report.summary()
+    lines.append(
+        f"{_plural(summary['subjects'], 'subject')}: {_plural(summary['errors'], 'error')}, "
+        f"{_plural(summary['warnings'], 'warning')}, {_plural(summary['infos'], 'info')}"
+    )
+    return "\n".join(lines) + "\n"
