@@ -124,3 +124,32 @@ def cpuid_rows(entries: Iterable[tuple[int, int, int, int, int, int, int]]) -> C
     table = {(e[0], e[1]): Registers(*e[3:7]) for e in entries}
     flags = {(e[0], e[1]): e[2] for e in entries}
     return CpuidSet(table, "kvm", flags=flags)
+
+
+# --- Appended for the oracle (a real-mode guest in a throwaway vCPU) ---
+# struct kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags (u64 each)
+REGS = struct.Struct("=18Q")
+# struct kvm_sregs: cs ds es fs gs ss tr ldt (struct kvm_segment, 24 bytes each), gdt idt
+# (struct kvm_dtable, 16 bytes each), cr0 cr2 cr3 cr4 cr8 efer apic_base, interrupt_bitmap[4]
+SREGS_SEGMENT_SIZE = 24
+SREGS_CS_OFFSET = 0  # kvm_segment: base u64 @0, limit u32 @8, selector u16 @12
+SREGS_CR0_OFFSET = 224
+SREGS_CR4_OFFSET = 248
+# struct kvm_run: immediate_exit u8 @1, exit_reason u32 @8; the exit union starts @32
+KVM_RUN_IMMEDIATE_EXIT_OFFSET = 1
+KVM_RUN_EXIT_REASON_OFFSET = 8
+# union member io: direction u8 @32, size u8 @33, port u16 @34, count u32 @36, data_offset u64 @40
+KVM_RUN_IO = struct.Struct("=BBHIQ")
+KVM_RUN_IO_OFFSET = 32
+KVM_EXIT_IO_OUT = 1
+KVM_EXIT_UNKNOWN = 0
+KVM_EXIT_IO = 2
+KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
+KVM_EXIT_SHUTDOWN = 8
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTERNAL_ERROR = 17
+# struct kvm_xcrs { __u32 nr_xcrs; __u32 flags; struct kvm_xcr xcrs[16]; __u64 padding[16]; }
+# struct kvm_xcr { __u32 xcr; __u32 reserved; __u64 value; }
+XCRS_HEADER = struct.Struct("=II")
+XCR_ENTRY = struct.Struct("=IIQ")

@@ -1,0 +1,485 @@
+"""Seeded, reproducible mutations of real inputs, shared by the fuzz command and the tests.
+
+A ``Mutator`` holds seeds (the real files of ../shared/data, or text made from them) and makes
+input number ``index`` of campaign ``seed`` by stacking one to five mutations on one seed:
+byte flips, truncation, line duplication/deletion/swaps, hex digit corruption, numbers at
+their limits, format tokens, encoding damage, JSON structural mutations, token edits of rule
+expressions, and splicing two seeds. The same (seed, index) always gives the same bytes, on
+any machine and under any hash seed, so a failure is reproduced from two integers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = [
+    "EXPRESSION_TOKENS",
+    "JSON_TOKENS",
+    "MAX_INPUT",
+    "TEXT_TOKENS",
+    "TOML_TOKENS",
+    "Mutator",
+    "read_seeds",
+    "trim_dump",
+]
+
+#: Generated inputs are cut to this many bytes, so one input stays quick to read.
+MAX_INPUT = 1 << 20
+
+Mutation = Callable[[bytes, random.Random, "Mutator"], bytes]
+
+_HEX_RUN = re.compile(rb"[0-9A-Fa-f]{2,}")
+_NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_EXPR_TOKEN = re.compile(
+    rb"\s+|0[xXbB][0-9A-Fa-f_]+|\d+|[A-Za-z_][A-Za-z0-9_.]*|==|!=|<=|>=|&&|\|\||<<|>>|\*\*|\S"
+)
+_CPU_HEADER = re.compile(
+    rb"^(?:-+\[ (?:CPUID Registers / )?Logical CPU #[1-9]\d*|CPU#0*[1-9]\d* |CPU [1-9]\d*:"
+    rb"|_+ Logical CPU #[1-9]\d*)",
+    re.MULTILINE,
+)
+_FIELD_BLOCK = re.compile(rb"^-{80}$", re.MULTILINE)
+
+INTERESTING_NUMBERS: tuple[bytes, ...] = (
+    b"0", b"-1", b"1", b"7", b"31", b"32", b"63", b"64", b"255", b"65535",
+    b"2147483647", b"4294967295", b"4294967296", b"18446744073709551615",
+    b"18446744073709551616", b"-9223372036854775809", b"9" * 400, b"9" * 5000,
+    b"1e999", b"-0", b"0.5", b"1.0", b"NaN", b"Infinity", b"0x", b"0b", b"0x" + b"F" * 17,
+    b"0b" + b"1" * 65, b"0o17", b"1_000", b"\xd9\xa3",  # an Arabic-Indic digit three
+)
+INTERESTING_BYTES = b"\x00\x01\x7f\x80\xff\n\r\t \"'[]{},:;-=x#\\/.0123456789abcdefABCDEFGgz"
+
+#: Tokens of the dump formats (AIDA64/InstLatx64, libcpuid, ``cpuid -r``), spliced in anywhere.
+TEXT_TOKENS: tuple[bytes, ...] = (
+    b"CPUID ", b"CPUID 0000000D: ", b"[SL ", b"[SL 00]", b"[SL FF]", b"[SL 1]", b"]", b"[",
+    b"------[ CPUID Registers / Logical CPU #0 ]------\n",
+    b"------[ CPUID Registers / Logical CPU #99999999999999999999 ]------\n",
+    b"------[ Logical CPU #1 ]------\n", b"------[ Versions ]------\n",
+    b"CPU#000 AffMask: 0x0000000000000001\n", b"CPU:\n", b"CPU 0:\n", b"CPU 4294967296:\n",
+    b"   0x0000000d 0x00: eax=0x", b" ebx=0x", b" ecx=0x", b" edx=0x", b"eax=", b"0x",
+    b"basic_cpuid[13]=", b"ext_cpuid[", b"intel_fn4[", b"]=", b"allcpu: Package 0 / Core 0",
+    b"-" * 80 + b"\n", b"_________________ Logical CPU #0 _________________\n",
+    b"00000000-00000000-00000000-00000000", b"FFFFFFFF", b"-", b"\n\n", b"\r\n", b"\r",
+    b"\t", b"\xef\xbb\xbf", b"\x00", b"\xff\xfe", b"\xc3\x28", b"\xe2\x80\xa8", b"\x85",
+    b"x" * 10000,
+)
+#: Tokens of JSON (templates, fingerprints, the project's own JSON).
+JSON_TOKENS: tuple[bytes, ...] = (
+    b"{", b"}", b"[", b"]", b",", b":", b'"', b'\\"', b"\\u0000", b"\\ud800", b"\\", b"null",
+    b"true", b"false", b'"leaf": "0xd",', b'"subleaf": "0x0",', b'"flags": 1,',
+    b'"register": "eax",', b'"bitmap": "0b', b'"modifiers": [', b'"cpuid_modifiers": [',
+    b'"msr_modifiers": [', b'"kvm_capabilities": [', b'"entries": [', b'"schema": ',
+    b'"__proto__": 1,', b"0x", b"0b", b"x", b"_", b"1e999", b"-0", b"NaN", b"Infinity",
+    b"[" * 100, b"{\"a\":" * 100, b"[" * 50000, b"\xef\xbb\xbf", b"\x00", b"\xc3\x28", b"//",
+    b"/*", b"'",
+)
+#: Tokens of TOML rule files.
+TOML_TOKENS: tuple[bytes, ...] = (
+    b"[[rule]]\n", b"[rule]\n", b"[[rules]]\n", b"id = ", b"name = ", b"severity = ",
+    b"check = ", b"message = ", b"consequence = ", b"fix = ", b"summary = ", b"when = ",
+    b"references = [", b"examples = [", b'"""', b"'''", b'"', b"'", b"=", b"[", b"]", b"{", b"}",
+    b"\\", b"\\u0000", b"#", b"\n", b'"error"', b'"warning"', b'"info"', b'"bogus"', b"XS0001",
+    b"XS9999", b"{0.__class__}", b"{__import__('os').system('true')}", b"{}", b"{{", b"}}",
+    b"{xcr0", b"1979-05-27T07:32:00Z", b"inf", b"nan", b"0x", b"+", b"[" * 3000,
+    b'__import__("os").system("true")',
+)
+#: Tokens of the rule language, and of languages people may mistake it for.
+EXPRESSION_TOKENS: tuple[bytes, ...] = (
+    b"(", b")", b"[", b"]", b"{", b"}", b",", b".", b"!", b"~", b"-", b"+", b"*", b"/", b"%",
+    b"**", b"&", b"|", b"^", b"<<", b">>", b"==", b"!=", b"<", b"<=", b">", b">=", b"&&",
+    b"||", b"=>", b" => ", b" and ", b" or ", b"not ", b" in ", b" not in ", b"is", b"if",
+    b"else", b"lambda", b"implies", b"6.4", b"5.17", b"99999999999.1", b"'x87'", b'"tilecfg"',
+    b"[1, 2]", b"[]", b"xss", b"tiledata", b"tilecfg", b"AMX_TILE", b"XSAVE",
+    b"max_basic_leaf", b"amx.palettes", b"item", b"item.size", b"xsave_size(xcr0)",
+    b"<< 99999999999", b"<< 64", b"<< 63", b"* 0x100000000",
+    b"true", b"false", b"True", b"None", b"xcr0", b"xcr0.17", b"bit(17)", b"__class__",
+    b"__import__", b"__builtins__", b"os", b"system", b"eval", b"exec", b"open", b"getattr",
+    b"'", b'"', b"\\", b"#", b";", b"=", b":", b"@", b"$", b"`", b"?", b"0", b"1", b"17",
+    b"0x602e7", b"0b11", b"64", b"-1", b"18446744073709551616", b"9" * 5000, b"0x",
+    b"2**2**64", b"1 << 100000", b"(" * 200, b"(" * 5000, b"!" * 5000, b"-" * 5000, b"\x00",
+    b"\xc3\x28", b"\t", b"\n",
+)
+
+
+def trim_dump(data: bytes) -> bytes:
+    """Return a dump cut to its first logical CPU, keeping a libcpuid expected-field block.
+
+    Real dumps repeat the same registers for up to 256 logical CPUs; one CPU holds every
+    line shape, and a small input lets the fuzzer try many more of them.
+    """
+    second_cpu = _CPU_HEADER.search(data)
+    if second_cpu is None:
+        return data
+    head = data[: second_cpu.start()]
+    fields = _FIELD_BLOCK.search(data, second_cpu.start())
+    return head + (data[fields.start():] if fields else b"")
+
+
+def read_seeds(paths: Sequence[Path], *, trim: bool = False) -> list[bytes]:
+    """Return the bytes of each file in ``paths`` (sorted), trimmed to one CPU if asked."""
+    seeds = []
+    for path in sorted(paths):
+        data = path.read_bytes()
+        seeds.append(trim_dump(data) if trim else data)
+    return seeds
+
+
+class Mutator:
+    """Makes reproducible inputs from seeds by stacking mutations.
+
+    ``tokens`` are spliced in by the token mutation; ``structure`` names an extra family of
+    mutations ("json" or "expression") that understands the seeds' syntax.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[bytes],
+        *,
+        tokens: Sequence[bytes] = TEXT_TOKENS,
+        structure: str | None = None,
+        max_stack: int = 5,
+    ) -> None:
+        if not seeds:
+            raise ValueError("a mutator needs at least one seed")
+        self.seeds = list(seeds)
+        self.tokens = list(tokens)
+        self.max_stack = max_stack
+        mutations: list[tuple[Mutation, int]] = [
+            (flip_bit, 3), (set_byte, 3), (insert_bytes, 2), (delete_range, 2),
+            (truncate, 3), (duplicate_line, 3), (delete_line, 3), (swap_lines, 2),
+            (corrupt_hex, 6), (corrupt_number, 4), (insert_token, 5), (splice, 2),
+            (replace_line, 2), (damage_encoding, 1), (repeat_chunk, 1),
+        ]
+        if structure == "json":
+            mutations += [(json_structure, 10)]
+        elif structure == "expression":
+            mutations += [(expression_tokens, 14), (combine_expressions, 4), (nest, 1)]
+        elif structure is not None:
+            raise ValueError(f"unknown structure {structure!r}")
+        self.mutations = [mutation for mutation, _ in mutations]
+        self.weights = [weight for _, weight in mutations]
+
+    def rng(self, seed: int, index: int) -> random.Random:
+        """Return the random generator of input ``index`` of campaign ``seed``."""
+        # A str seed goes through SHA-512: the same on every run, whatever PYTHONHASHSEED.
+        return random.Random(f"xstate-check-fuzz:{seed}:{index}")
+
+    def input(self, seed: int, index: int) -> bytes:
+        """Return input number ``index`` of campaign ``seed`` (always the same bytes)."""
+        return self.mutate(self.rng(seed, index))
+
+    def mutate(self, rng: random.Random, data: bytes | None = None) -> bytes:
+        """Return ``data`` (default: a seed ``rng`` picks) after one to max_stack mutations."""
+        if data is None:
+            data = rng.choice(self.seeds)
+        # Few mutations most of the time, so inputs stay close to a real file's shape.
+        count = min(self.max_stack, 1 + int(rng.expovariate(0.9)))
+        for mutation in rng.choices(self.mutations, self.weights, k=count):
+            data = mutation(data, rng, self)[:MAX_INPUT]
+        return data
+
+
+def _position(data: bytes, rng: random.Random) -> int:
+    return rng.randrange(len(data) + 1)
+
+
+def _line_spans(data: bytes) -> list[tuple[int, int]]:
+    spans = []
+    start = 0
+    for line in data.splitlines(keepends=True):
+        spans.append((start, start + len(line)))
+        start += len(line)
+    return spans
+
+
+def flip_bit(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Flip one bit of one byte."""
+    if not data:
+        return bytes([rng.randrange(256)])
+    at = rng.randrange(len(data))
+    return data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1:]
+
+
+def set_byte(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Overwrite one byte with a byte that means something in some format."""
+    if not data:
+        return bytes([rng.choice(INTERESTING_BYTES)])
+    at = rng.randrange(len(data))
+    return data[:at] + bytes([rng.choice(INTERESTING_BYTES)]) + data[at + 1:]
+
+
+def insert_bytes(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Insert a few random bytes."""
+    at = _position(data, rng)
+    return data[:at] + rng.randbytes(rng.randint(1, 8)) + data[at:]
+
+
+def delete_range(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Delete a short run of bytes."""
+    at = _position(data, rng)
+    return data[:at] + data[at + rng.randint(1, 64):]
+
+
+def truncate(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Cut the input short, at a random byte or at the end of a line."""
+    if rng.random() < 0.5:
+        spans = _line_spans(data)
+        if spans:
+            return data[: rng.choice(spans)[1]]
+    return data[: _position(data, rng)]
+
+
+def duplicate_line(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Repeat one line (a repeated register row, key, header or rule)."""
+    spans = _line_spans(data)
+    if not spans:
+        return data
+    start, end = rng.choice(spans)
+    line = data[start:end] if data[start:end].endswith(b"\n") else data[start:end] + b"\n"
+    return data[:end] + line * rng.randint(1, 3) + data[end:]
+
+
+def delete_line(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Delete one to a few consecutive lines."""
+    spans = _line_spans(data)
+    if not spans:
+        return data
+    first = rng.randrange(len(spans))
+    last = min(len(spans) - 1, first + rng.randint(0, 3))
+    return data[: spans[first][0]] + data[spans[last][1]:]
+
+
+def swap_lines(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Swap two lines."""
+    lines = data.splitlines(keepends=True)
+    if len(lines) < 2:
+        return data
+    i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+    lines[i], lines[j] = lines[j], lines[i]
+    return b"".join(lines)
+
+
+def corrupt_hex(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Damage one run of hex digits: another value, a digit more or less, a non-hex digit."""
+    runs = list(_HEX_RUN.finditer(data))
+    if not runs:
+        return insert_token(data, rng, mutator)
+    run = rng.choice(runs)
+    digits = run.group()
+    choice = rng.randrange(8)
+    if choice == 0:
+        new = bytes(rng.choice(b"0123456789ABCDEF") for _ in digits)
+    elif choice == 1:
+        new = digits[:-1]
+    elif choice == 2:
+        new = digits + bytes([rng.choice(b"0123456789abcdefF")])
+    elif choice == 3:
+        at = rng.randrange(len(digits))
+        new = digits[:at] + bytes([rng.choice(b"GgXxZz -+_.\x00")]) + digits[at + 1:]
+    elif choice == 4:
+        new = b"F" * rng.choice((8, 9, 16, 17, 64))
+    elif choice == 5:
+        new = digits.swapcase()
+    elif choice == 6:
+        new = b"0x" + digits if rng.random() < 0.5 else b"-" + digits
+    else:
+        new = b""
+    return data[: run.start()] + new + data[run.end():]
+
+
+def corrupt_number(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Replace one decimal number with a value at some limit (huge, negative, float, NaN)."""
+    numbers = list(_NUMBER.finditer(data))
+    if not numbers:
+        return insert_token(data, rng, mutator)
+    number = rng.choice(numbers)
+    return data[: number.start()] + rng.choice(INTERESTING_NUMBERS) + data[number.end():]
+
+
+def insert_token(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Insert or overwrite with a token of the input's own format."""
+    token = rng.choice(mutator.tokens)
+    at = _position(data, rng)
+    end = at + (len(token) if rng.random() < 0.3 else 0)
+    return data[:at] + token + data[end:]
+
+
+def splice(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Join the head of this input to the tail of another seed, at line or byte boundaries."""
+    other = rng.choice(mutator.seeds)
+    if rng.random() < 0.5:
+        mine, theirs = _line_spans(data), _line_spans(other)
+        if mine and theirs:
+            return data[: rng.choice(mine)[1]] + other[rng.choice(theirs)[0]:]
+    return data[: _position(data, rng)] + other[_position(other, rng):]
+
+
+def replace_line(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Replace one line with a line of another seed."""
+    spans, theirs = _line_spans(data), _line_spans(other := rng.choice(mutator.seeds))
+    if not spans or not theirs:
+        return data
+    start, end = rng.choice(spans)
+    other_start, other_end = rng.choice(theirs)
+    return data[:start] + other[other_start:other_end] + data[end:]
+
+
+def damage_encoding(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Change the encoding: UTF-16, a BOM, CR line ends, or invalid UTF-8 bytes."""
+    choice = rng.randrange(5)
+    if choice == 0:
+        return data.decode("utf-8", "replace").encode("utf-16")
+    if choice == 1:
+        return b"\xef\xbb\xbf" + data
+    if choice == 2:
+        return data.replace(b"\n", b"\r")
+    if choice == 3:
+        return data.replace(b"\n", b"\r\n")
+    at = _position(data, rng)
+    return data[:at] + rng.choice((b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80")) + data[at:]
+
+
+def repeat_chunk(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Repeat a chunk many times (long lines, many entries, deep nesting)."""
+    if not data:
+        return data
+    at = rng.randrange(len(data))
+    chunk = data[at: at + rng.randint(1, 64)]
+    return data[:at] + chunk * rng.choice((16, 256, 4096)) + data[at:]
+
+
+# JSON: mutate the parsed tree, then write it back with a random layout.
+
+_JSON_VALUES: tuple[object, ...] = (
+    None, True, False, 0, -1, 1, 17, 2**32, 2**64, -(2**63) - 1, 10**400, 0.5, 1e308, -0.0,
+    "", "0x", "0b", "0xd", "0x11", "0b1", "0bx", "0b" + "x" * 32, "0b" + "1" * 33, "eax", "esi",
+    "\u0000", "\ud800", "é", "x" * 1000, [], {}, [[]], {"": None}, ["0x1"], {"leaf": "0x0"},
+)
+_JSON_KEYS = (
+    "leaf", "subleaf", "flags", "modifiers", "register", "bitmap", "addr", "cpuid_modifiers",
+    "msr_modifiers", "kvm_capabilities", "guest_cpu_config", "kernel_version", "entries",
+    "schema", "source", "meta", "eax", "ebx", "ecx", "edx", "unknown", "", "__proto__",
+)
+
+
+def _json_nodes(tree: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    nodes = [path]
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            nodes.extend(_json_nodes(value, (*path, key)))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            nodes.extend(_json_nodes(value, (*path, index)))
+    return nodes
+
+
+def _json_get(tree: object, path: tuple[object, ...]) -> object:
+    for step in path:
+        tree = tree[step]  # type: ignore[index]
+    return tree
+
+
+def _replace(tree: object, path: tuple[object, ...], value: object) -> object:
+    """Return the tree with the node at ``path`` replaced by ``value`` (the root too)."""
+    if not path:
+        return value
+    parent = _json_get(tree, path[:-1])
+    parent[path[-1]] = value  # type: ignore[index]
+    return tree
+
+
+def _mutate_json_tree(tree: object, rng: random.Random) -> object:
+    nodes = _json_nodes(tree)
+    path = rng.choice(nodes)
+    node = _json_get(tree, path)
+    choice = rng.randrange(9)
+    if choice == 0 and path:  # delete this node
+        parent = _json_get(tree, path[:-1])
+        del parent[path[-1]]  # type: ignore[attr-defined]
+    elif choice == 1 and isinstance(node, dict):  # add a key, maybe an unknown one
+        node[rng.choice(_JSON_KEYS)] = rng.choice(_JSON_VALUES)
+    elif choice == 2 and isinstance(node, list) and node:  # duplicate an element
+        node.insert(rng.randrange(len(node) + 1), json.loads(json.dumps(rng.choice(node))))
+    elif choice == 3 and isinstance(node, list):  # reorder
+        rng.shuffle(node)
+    elif choice == 4 and isinstance(node, str):  # edit a string's characters
+        if node:
+            at = rng.randrange(len(node))
+            new = node[:at] + rng.choice("0x1b_ \n\"\\é\u0000G") + node[at + 1:]
+        else:
+            new = rng.choice(("0", "x", "0x"))
+        tree = _replace(tree, path, new)
+    elif choice == 5:  # copy a subtree over another
+        other = _json_get(tree, rng.choice(nodes))
+        tree = _replace(tree, path, json.loads(json.dumps(other)))
+    elif choice == 6:  # wrap in a list or object
+        tree = _replace(tree, path, [node] if rng.random() < 0.5 else {"value": node})
+    elif choice == 7 and isinstance(node, dict) and node:  # rename a key
+        old = rng.choice(list(node))
+        node[rng.choice(_JSON_KEYS)] = node.pop(old)
+    else:  # another value of any type
+        tree = _replace(tree, path, json.loads(json.dumps(rng.choice(_JSON_VALUES))))
+    return tree
+
+
+def json_structure(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Parse the input as JSON and change its tree: keys, types, values, order, nesting."""
+    try:
+        tree = json.loads(data)
+    except (ValueError, RecursionError):
+        return insert_token(data, rng, mutator)
+    for _ in range(rng.randint(1, 3)):
+        tree = _mutate_json_tree(tree, rng)
+    indent = rng.choice((None, 2, 2, 4, "\t"))
+    text = json.dumps(tree, indent=indent, ensure_ascii=rng.random() < 0.5)
+    if rng.random() < 0.1:  # a duplicated key, which json.dumps cannot write
+        text = re.sub(r'\{(\s*)("\w+": [^,{}\[\]]+,)', r"{\1\2\1\2", text, count=1)
+    return text.encode("utf-8", "surrogatepass")
+
+
+# Rule expressions: token edits.
+
+def _expression_tokens(data: bytes) -> list[bytes]:
+    return [match.group() for match in _EXPR_TOKEN.finditer(data)]
+
+
+def expression_tokens(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Delete, repeat, swap, insert or replace one token of a rule expression."""
+    tokens = _expression_tokens(data)
+    if not tokens:
+        return rng.choice(mutator.tokens)
+    at = rng.randrange(len(tokens))
+    choice = rng.randrange(5)
+    if choice == 0:
+        del tokens[at]
+    elif choice == 1:
+        tokens.insert(at, tokens[at])
+    elif choice == 2:
+        other = rng.randrange(len(tokens))
+        tokens[at], tokens[other] = tokens[other], tokens[at]
+    elif choice == 3:
+        tokens.insert(at, rng.choice(mutator.tokens))
+    else:
+        donor = _expression_tokens(rng.choice(mutator.seeds)) or [b"0"]
+        tokens[at] = rng.choice(donor)
+    return b"".join(tokens)
+
+
+def combine_expressions(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Join this expression and another seed with an operator, maybe in parentheses."""
+    operator = rng.choice((b" && ", b" || ", b" & ", b" | ", b" ^ ", b" == ", b" < ", b" "))
+    other = rng.choice(mutator.seeds)
+    if rng.random() < 0.5:
+        return b"(" + data + b")" + operator + b"(" + other + b")"
+    return data + operator + other
+
+
+def nest(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
+    """Nest the expression very deeply in parentheses or unary operators."""
+    depth = rng.choice((50, 500, 5000, 50000))
+    opener, closer = rng.choice(((b"(", b")"), (b"!", b""), (b"-", b""), (b"~", b"")))
+    return opener * depth + data + closer * depth

@@ -1,0 +1,531 @@
+#!/usr/bin/env python3
+"""The fuzz command: feed every reader mutated real inputs and count what comes back.
+
+    python fuzz/run.py [--inputs N] [--seed S] [--reader NAME]... [--jobs J] [--atheris]
+
+For each reader it prints the inputs tried, how many gave a result and how many an
+InputError, the distinct errors seen, and the failures, which must all be 0: uncaught
+exceptions (anything but the project's InputError), round-trip mismatches (a result that
+reads back differently, i.e. a reader that lied) and hangs (an input that took longer than
+``--time-limit`` seconds). Each failing input is written to fuzz-out/ with its traceback and
+the command that replays it. The exit status is 0 when every failure count is 0.
+
+Inputs are numbered: input I of campaign S is always the same bytes, so
+``--seed S --reader NAME --replay I`` re-runs exactly one input. Readers run in parallel
+worker processes; a worker stuck in C code is killed by a watchdog, its input counted as a
+hang, and the campaign goes on from the next input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import sysconfig
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+for _entry in (REPO / "src", REPO):
+    if str(_entry) not in sys.path:
+        sys.path.insert(0, str(_entry))
+
+import attrs  # noqa: E402
+
+from fuzz.mutate import Mutator  # noqa: E402
+from fuzz.readers import READERS, LateInputError, Mismatch, Reader, variant_of  # noqa: E402
+
+__all__ = ["Stats", "fuzz", "main", "mutator_for", "replay"]
+
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_OUT = REPO / "fuzz-out"
+#: Memory one input may map beyond what the process already has; an input that needs more
+#: is a failure (MemoryError), and cannot exhaust the machine.
+INPUT_MEMORY = 3 << 30
+CHUNK = 250
+REPRODUCERS_PER_KIND = 3
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|«[^»]*»")
+_NUMBER = re.compile(r"\b0[xXbB][0-9A-Fa-f_]+\b|\b\d+\b")
+
+
+class Hang(BaseException):  # noqa: N818 - a BaseException, so no `except Exception` can eat it
+    """Raised by the per-input alarm when one input takes longer than the time limit."""
+
+
+def error_shape(expected: str) -> str:
+    """Return an error text with quoted excerpts and numbers blanked, to count kinds."""
+    return _NUMBER.sub("N", _QUOTED.sub("'…'", expected))
+
+
+@attrs.define
+class Stats:
+    """What one reader gave back over a campaign."""
+
+    reader: str
+    tried: int = 0
+    results: int = 0
+    input_errors: int = 0
+    unlocated: int = 0
+    uncaught: int = 0
+    mismatches: int = 0
+    hangs: int = 0
+    seconds: float = 0.0
+    shapes: Counter[str] = attrs.field(factory=Counter)
+    texts: set[str] = attrs.field(factory=set)
+    failures: Counter[str] = attrs.field(factory=Counter)
+    reproducers: list[str] = attrs.field(factory=list)
+
+    @property
+    def failed(self) -> int:
+        """Return the number of inputs that crashed, lied or hung (must be 0)."""
+        return self.uncaught + self.mismatches + self.hangs
+
+    def merge(self, other: Stats) -> None:
+        """Add another part of the same reader's campaign to this one."""
+        for name in ("tried", "results", "input_errors", "unlocated", "uncaught",
+                     "mismatches", "hangs", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.shapes.update(other.shapes)
+        self.texts |= other.texts
+        self.failures.update(other.failures)
+        self.reproducers += other.reproducers
+
+
+def mutator_for(reader: Reader, data_dir: Path) -> Mutator:
+    """Return the mutator of a reader, seeded from the real files under ``data_dir``."""
+    return Mutator(reader.seeds(data_dir), tokens=reader.tokens, structure=reader.structure)
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise Hang
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+_LIBRARY = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"])
+
+
+@contextmanager
+def _memory_limit(extra: int) -> Iterator[None]:
+    """Cap the address space at its current size plus ``extra`` bytes, then restore it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        current = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = current + extra if hard == resource.RLIM_INFINITY else min(hard, current + extra)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _signature(error: BaseException) -> str:
+    """Return 'Type at file:line' of the innermost frame outside Python's library."""
+    where = "?"
+    for frame in traceback.extract_tb(error.__traceback__):
+        if not frame.filename.startswith(_LIBRARY) or "xstate_check" in frame.filename:
+            where = f"{Path(frame.filename).name}:{frame.lineno}"
+    return f"{type(error).__name__} at {where}"
+
+
+_saved: Counter[tuple[str, str]] = Counter()
+
+
+def _save(out_dir: Path | None, reader: Reader, seed: int, index: int, data: bytes,
+          kind: str, report: str, stats: Stats) -> None:
+    """Write a failing input and its log to out_dir (a few per kind of failure)."""
+    _saved[reader.name, kind] += 1
+    if out_dir is None or _saved[reader.name, kind] > REPRODUCERS_PER_KIND:
+        return
+    folder = out_dir / reader.name
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"seed{seed}-input{index}"
+    stem.with_suffix(reader.suffix).write_bytes(data)
+    replay = f"python fuzz/run.py --reader {reader.name} --seed {seed} --replay {index}"
+    stem.with_suffix(".log").write_text(f"{kind}\n{replay}\n\n{report}", encoding="utf-8")
+    stats.reproducers.append(str(stem.with_suffix(reader.suffix)))
+
+
+def try_one(reader: Reader, path: str, data: bytes, variant: int, stats: Stats,
+            time_limit: float) -> tuple[str, BaseException] | None:
+    """Run one input through a reader, count the outcome; return (kind, failure) if any."""
+    from xstate_check.errors import InputError
+
+    stats.tried += 1
+    with open(path, "wb") as handle:
+        handle.write(data)
+    try:
+        with _time_limit(time_limit):
+            reader.run(path, data, variant)
+    except InputError as error:
+        stats.input_errors += 1
+        stats.shapes[error_shape(error.expected)] += 1
+        if len(stats.texts) < 100_000:
+            stats.texts.add(error.expected)
+        if error.location.path != path or not error.location.line or not error.expected:
+            stats.unlocated += 1
+            stats.shapes[f"(without file and line) {error_shape(error.expected)}"] += 1
+        return None
+    except Hang as error:
+        stats.hangs += 1
+        kind, failure = f"hang over {time_limit} s", error
+    except Mismatch as error:
+        stats.mismatches += 1
+        kind, failure = f"mismatch: {error}", error
+    except LateInputError as error:
+        stats.uncaught += 1
+        kind, failure = error_shape(str(error)), error
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # noqa: BLE001 - counting every escape is the point
+        stats.uncaught += 1
+        kind, failure = _signature(error), error
+    else:
+        stats.results += 1
+        return None
+    stats.failures[kind] += 1
+    return kind, failure
+
+
+def fuzz(reader: Reader, inputs: int, *, seed: int = 0, data_dir: Path = DEFAULT_DATA,
+         start: int = 0, skip: frozenset[int] = frozenset(), time_limit: float = 10.0,
+         out_dir: Path | None = None, mutator: Mutator | None = None,
+         progress: Any = None) -> Stats:
+    """Run inputs ``start`` … ``inputs - 1`` of campaign ``seed`` through one reader."""
+    mutator = mutator or mutator_for(reader, data_dir)
+    stats = Stats(reader.name)
+    began = time.perf_counter()
+    with (tempfile.TemporaryDirectory(prefix="xstate-fuzz-", dir=_scratch()) as scratch,
+          _memory_limit(INPUT_MEMORY)):
+        for index in range(start, inputs):
+            if index in skip:
+                continue
+            if progress is not None:
+                progress.value = index
+            rng = mutator.rng(seed, index)
+            data = mutator.mutate(rng)
+            path = os.path.join(scratch, reader.file_name(data))
+            failure = try_one(reader, path, data, variant_of(rng), stats, time_limit)
+            if failure is not None:
+                kind, error = failure
+                report = "".join(traceback.format_exception(error))
+                _save(out_dir, reader, seed, index, data, kind, report, stats)
+    stats.seconds = time.perf_counter() - began
+    return stats
+
+
+def _scratch() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def replay(reader: Reader, seed: int, index: int, data_dir: Path, file: Path | None) -> int:
+    """Run one input (numbered, or from a file) and show its outcome with any traceback."""
+    from xstate_check.errors import InputError
+
+    if file is not None:
+        data, variant = file.read_bytes(), 0
+    else:
+        mutator = mutator_for(reader, data_dir)
+        rng = mutator.rng(seed, index)
+        data = mutator.mutate(rng)
+        variant = variant_of(rng)
+    with tempfile.TemporaryDirectory(prefix="xstate-fuzz-") as scratch:
+        path = os.path.join(scratch, reader.file_name(data))
+        Path(path).write_bytes(data)
+        print(f"{len(data)} bytes, variant {variant}, in {path}")
+        try:
+            reader.run(path, data, variant)
+        except InputError as error:
+            print(f"InputError: {error.render()}")
+            return 0
+        except Exception:  # noqa: BLE001 - show what escaped
+            traceback.print_exc()
+            return 1
+    print("a result")
+    return 0
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _worker(name: str, inputs: int, seed: int, data_dir: str, start: int,
+            skip: frozenset[int], time_limit: float, out_dir: str | None, conn: Connection,
+            progress: Any) -> None:
+    reader = READERS[name]
+    mutator = mutator_for(reader, Path(data_dir))
+    position = start
+    while position < inputs:
+        stop = min(inputs, position + CHUNK)
+        part = fuzz(reader, stop, seed=seed, start=position, skip=skip, time_limit=time_limit,
+                    out_dir=Path(out_dir) if out_dir else None, mutator=mutator,
+                    progress=progress)
+        conn.send((stop, part))
+        position = stop
+    conn.close()
+
+
+@attrs.define
+class _Campaign:
+    """One reader's campaign across (re)started worker processes."""
+
+    reader: Reader
+    total: Stats
+    committed: int = 0
+    skip: set[int] = attrs.field(factory=set)
+    process: Any = None
+    conn: Connection | None = None
+    progress: Any = None
+    last_index: int = -1
+    last_change: float = 0.0
+    done: bool = False
+
+
+def _start(context: Any, campaign: _Campaign, args: argparse.Namespace) -> None:
+    receive, send = context.Pipe(duplex=False)
+    campaign.progress = context.Value("q", campaign.committed)
+    campaign.process = context.Process(
+        target=_worker,
+        args=(campaign.reader.name, args.inputs, args.seed, str(args.data), campaign.committed,
+              frozenset(campaign.skip), args.time_limit, str(args.out), send, campaign.progress),
+        daemon=True,
+    )
+    campaign.process.start()
+    send.close()
+    campaign.conn = receive
+    campaign.last_index, campaign.last_change = -1, time.monotonic()
+
+
+def _poll(campaign: _Campaign, args: argparse.Namespace, watchdog: float) -> bool:
+    """Collect a worker's finished chunks; kill it when stuck. Return True when it stopped."""
+    assert campaign.conn is not None
+    try:
+        while campaign.conn.poll():
+            stop, part = campaign.conn.recv()
+            campaign.total.merge(part)
+            campaign.committed = stop
+    except EOFError:
+        pass
+    if campaign.committed >= args.inputs:
+        campaign.process.join()
+        return True
+    index = campaign.progress.value
+    now = time.monotonic()
+    if index != campaign.last_index:
+        campaign.last_index, campaign.last_change = index, now
+    alive = campaign.process.is_alive()
+    if alive and now - campaign.last_change < watchdog:
+        return False
+    # Stuck in C code past the alarm, or killed (out of memory, a signal): count it, go on.
+    if alive:
+        campaign.process.kill()
+    campaign.process.join()
+    if campaign.conn.poll():
+        return False  # a last chunk arrived while it ended; read it on the next poll
+    what = "hang (killed by the watchdog)" if alive else f"worker died ({campaign.process.exitcode})"
+    lost = Stats(campaign.reader.name, tried=1)
+    if alive:
+        lost.hangs = 1
+    else:
+        lost.uncaught = 1
+    lost.failures[what] += 1
+    mutator = mutator_for(campaign.reader, args.data)
+    data = mutator.mutate(mutator.rng(args.seed, index))
+    _save(args.out, campaign.reader, args.seed, index, data, what, what + "\n", lost)
+    campaign.total.merge(lost)
+    campaign.skip.add(index)
+    return True
+
+
+def _run_parallel(readers: Sequence[Reader], args: argparse.Namespace) -> list[Stats]:
+    context = multiprocessing.get_context("fork")
+    campaigns = [_Campaign(reader, Stats(reader.name)) for reader in readers]
+    waiting = list(campaigns)
+    running: list[_Campaign] = []
+    watchdog = max(30.0, 3 * args.time_limit)
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            campaign = waiting.pop(0)
+            _start(context, campaign, args)
+            running.append(campaign)
+        time.sleep(0.2)
+        for campaign in list(running):
+            if _poll(campaign, args, watchdog):
+                running.remove(campaign)
+                if campaign.committed < args.inputs and not args.stop_early:
+                    # Restart after the input that hung or killed the worker.
+                    waiting.insert(0, campaign)
+                else:
+                    campaign.done = True
+                    print(f"  {campaign.reader.name}: {campaign.total.tried} inputs, "
+                          f"{campaign.total.failed} failures, {campaign.total.seconds:.0f} s",
+                          file=sys.stderr, flush=True)
+    return [campaign.total for campaign in campaigns]
+
+
+# ----------------------------------------------------------------------------- atheris
+
+
+def _run_atheris(reader: Reader, args: argparse.Namespace) -> Stats:
+    """Run one reader under atheris (coverage-guided), with this mutator as its custom one."""
+    import atheris
+    import random as random_module
+
+    with atheris.instrument_imports(include=["xstate_check"]):
+        import xstate_check.api  # noqa: F401
+        import xstate_check.engine  # noqa: F401
+        import xstate_check.sources.load  # noqa: F401
+        import xstate_check.template  # noqa: F401
+
+    mutator = mutator_for(reader, args.data)
+    stats = Stats(reader.name)
+    scratch = tempfile.mkdtemp(prefix="xstate-fuzz-", dir=_scratch())
+    corpus = Path(scratch) / "corpus"
+    corpus.mkdir()
+    for number, seed_bytes in enumerate(mutator.seeds):
+        (corpus / f"seed{number}").write_bytes(seed_bytes)
+    began = time.perf_counter()
+
+    def test_one_input(data: bytes) -> None:
+        variant = int.from_bytes(data[:2].ljust(2, b"\0"), "little")
+        path = os.path.join(scratch, reader.file_name(data))
+        failure = try_one(reader, path, data, variant, stats, args.time_limit)
+        if failure is not None:
+            kind, error = failure
+            _save(args.out, reader, args.seed, stats.tried, data, kind,
+                  "".join(traceback.format_exception(error)), stats)
+
+    def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        rng = random_module.Random(seed)
+        if rng.random() < 0.5:
+            return bytes(atheris.Mutate(data, max_size))
+        return mutator.mutate(rng, data)[:max_size]
+
+    def report() -> None:
+        stats.seconds = time.perf_counter() - began
+        _print_table([stats], args)
+
+    import atexit
+
+    atexit.register(report)
+    argv = [sys.argv[0], f"-runs={args.inputs}", "-max_len=1048576", f"-seed={args.seed + 1}",
+            f"-timeout={int(args.time_limit) + 1}", "-rss_limit_mb=3072", str(corpus)]
+    atheris.Setup(argv, test_one_input, custom_mutator=custom_mutator)
+    atheris.Fuzz()
+    return stats  # not reached: atheris exits the process
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _print_table(results: Sequence[Stats], args: argparse.Namespace) -> None:
+    header = ("reader", "inputs", "results", "input errors", "distinct errors",
+              "distinct texts", "no line", "uncaught", "mismatches", "hangs", "seconds")
+    rows = [header]
+    for stats in results:
+        rows.append((stats.reader, f"{stats.tried:,}", f"{stats.results:,}",
+                     f"{stats.input_errors:,}", f"{len(stats.shapes):,}", f"{len(stats.texts):,}",
+                     f"{stats.unlocated:,}", f"{stats.uncaught:,}", f"{stats.mismatches:,}",
+                     f"{stats.hangs:,}", f"{stats.seconds:,.0f}"))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    for number, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
+                                              zip(row[1:], widths[1:], strict=True)]
+        print(" | ".join(cells))
+        if number == 0:
+            print("-+-".join("-" * width for width in widths))
+    for stats in results:
+        for kind, count in stats.failures.most_common():
+            print(f"FAILURE {stats.reader}: {count} x {kind}")
+        for path in stats.reproducers:
+            print(f"  reproducer: {path}")
+        if args.errors:
+            print(f"\n{stats.reader}: distinct errors (quoted text and numbers blanked)")
+            for shape, count in sorted(stats.shapes.items()):
+                print(f"  {count:8,}  {shape}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python fuzz/run.py",
+        description="Fuzz every xstate-check reader with mutated real inputs.",
+    )
+    parser.add_argument("--inputs", type=int, default=100_000, metavar="N",
+                        help="inputs per reader (default: 100000)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="campaign seed")
+    parser.add_argument("--reader", action="append", choices=sorted(READERS), metavar="NAME",
+                        help=f"a reader to fuzz (repeatable; default all: {', '.join(READERS)})")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="J",
+                        help="readers fuzzed at once, one process each (default: CPU count)")
+    parser.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS",
+                        help="one input taking longer is a hang (default: 10)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                        help="the real data the seeds come from (default: ../shared/data)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help="where failing inputs go (default: fuzz-out/)")
+    parser.add_argument("--errors", action="store_true", help="list the distinct errors seen")
+    parser.add_argument("--stop-early", action="store_true",
+                        help="stop a reader at its first hang instead of going on")
+    parser.add_argument("--atheris", action="store_true",
+                        help="coverage-guided: run the reader under atheris (one reader)")
+    parser.add_argument("--replay", type=int, metavar="I", help="run input I alone and show it")
+    parser.add_argument("--replay-file", type=Path, metavar="FILE",
+                        help="run one saved input file alone and show it")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the fuzz command; exit 0 when no reader crashed, lied or hung."""
+    args = _parser().parse_args(argv)
+    if not (args.data / "cpuid-dumps").is_dir():
+        print(f"fuzz: no real data at {args.data} (give --data DIR)", file=sys.stderr)
+        return 2
+    names = args.reader or list(READERS)
+    readers = [READERS[name] for name in names]
+    if args.replay is not None or args.replay_file is not None:
+        if len(readers) != 1:
+            print("fuzz: --replay needs one --reader", file=sys.stderr)
+            return 2
+        return replay(readers[0], args.seed, args.replay or 0, args.data, args.replay_file)
+    if args.atheris:
+        if len(readers) != 1:
+            print("fuzz: --atheris runs one --reader at a time", file=sys.stderr)
+            return 2
+        _run_atheris(readers[0], args)
+        return 0
+    began = time.perf_counter()
+    print(f"fuzzing {', '.join(names)}: {args.inputs:,} inputs each, seed {args.seed}, "
+          f"{args.jobs} jobs", file=sys.stderr, flush=True)
+    results = _run_parallel(readers, args)
+    print(f"\n$ python fuzz/run.py --inputs {args.inputs} --seed {args.seed}"
+          + "".join(f" --reader {name}" for name in args.reader or ()))
+    _print_table(results, args)
+    print(f"\n{sum(s.tried for s in results):,} inputs in "
+          f"{time.perf_counter() - began:,.0f} s; failures: {sum(s.failed for s in results)}")
+    return 1 if any(stats.failed for stats in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

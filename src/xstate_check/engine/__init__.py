@@ -1,0 +1,23 @@
+"""The rules engine: the rule language, the catalogue loader, and evaluation.
+
+``rules/*.toml`` hold the rules (data); this package reads them (``loader``), parses their
+expressions without ``eval`` (``tokenizer``, ``parser``), compiles them to closures
+(``evaluator``) and runs them on subjects (``evaluate``).
+"""
+
+from __future__ import annotations
+
+from xstate_check.engine.catalogue import FAMILIES, Catalogue, Rule
+from xstate_check.engine.evaluate import check_subjects, evaluate, evaluate_rules
+from xstate_check.engine.loader import default_rules_dir, load_catalogue
+
+__all__ = [
+    "FAMILIES",
+    "Catalogue",
+    "Rule",
+    "check_subjects",
+    "default_rules_dir",
+    "evaluate",
+    "evaluate_rules",
+    "load_catalogue",
+]

@@ -1,0 +1,123 @@
+"""The rule catalogue: rules as loaded from ``rules/*.toml``, compiled, cached."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import attrs
+
+from xstate_check.engine.evaluator import Evaluator
+from xstate_check.engine.examples import Example
+from xstate_check.errors import Location
+from xstate_check.facts import BitRef, Kind
+from xstate_check.report import Severity
+
+__all__ = [
+    "FAMILIES",
+    "Catalogue",
+    "CompiledRule",
+    "MessagePart",
+    "Rule",
+]
+
+#: Rule families, in catalogue order, with the id block each owns (XS01xx, XS02xx, …).
+FAMILIES: dict[str, int] = {
+    "xcr0": 1,
+    "layout": 2,
+    "features": 3,
+    "kvm": 4,
+    "linux-guest": 5,
+    "host": 6,
+}
+
+#: A message is literal text and placeholders (name, kind to show it as).
+MessagePart = str | tuple[str, Kind]
+
+
+@attrs.frozen(eq=False)
+class CompiledRule:
+    """What evaluation needs of a rule: one closure that is true when the subject passes.
+
+    ``test`` folds ``applies`` in (a rule that does not apply passes); ``each`` names the
+    list fact the rule walks, one finding per failing item; ``facts`` and ``functions`` are
+    the names the rule reads, from which a finding's location is derived.
+    """
+
+    test: Evaluator
+    each: str | None
+    lets: Mapping[str, Evaluator]
+    let_kinds: Mapping[str, Kind]
+    message: tuple[MessagePart, ...]
+    facts: frozenset[str]
+    functions: frozenset[str]
+
+
+@attrs.frozen(eq=False)
+class Rule:
+    """One rule of the catalogue, as written in its TOML file, and compiled."""
+
+    id: str
+    name: str
+    family: str
+    severity: Severity
+    summary: str
+    check: str
+    applies: str | None
+    each: str | None
+    lets: tuple[tuple[str, str], ...]
+    message: str
+    consequence: str
+    fix: str
+    explanation: str
+    references: tuple[str, ...]
+    cpuid_bits: tuple[BitRef, ...]
+    passes: tuple[Example, ...]
+    fails: tuple[Example, ...]
+    location: Location
+    compiled: CompiledRule = attrs.field(repr=False)
+
+
+@attrs.frozen(eq=False)
+class Catalogue:
+    """Every rule, ordered by id; look one up by id or name with ``get``."""
+
+    rules: tuple[Rule, ...]
+    paths: tuple[str, ...] = ()
+    _index: Mapping[str, Rule] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        index = {rule.id.upper(): rule for rule in self.rules}
+        index.update({rule.name: rule for rule in self.rules})
+        object.__setattr__(self, "_index", index)
+
+    def get(self, id_or_name: str) -> Rule:
+        """Return the rule with this id (``XS0108``, any case) or name; KeyError otherwise."""
+        key = id_or_name.strip()
+        rule = self._index.get(key.upper()) or self._index.get(key.lower())
+        if rule is None:
+            raise KeyError(id_or_name)
+        return rule
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __contains__(self, id_or_name: object) -> bool:
+        if not isinstance(id_or_name, str):
+            return False
+        try:
+            self.get(id_or_name)
+        except KeyError:
+            return False
+        return True
+
+    def family(self, name: str) -> Catalogue:
+        """Return the catalogue of one family's rules (``xcr0``, ``layout``, …)."""
+        return Catalogue(tuple(rule for rule in self.rules if rule.family == name), self.paths)
+
+    def select(self, ids_or_names: Iterable[str]) -> Catalogue:
+        """Return the catalogue of the named rules, in id order."""
+        wanted = {self.get(key).id for key in ids_or_names}
+        return Catalogue(tuple(rule for rule in self.rules if rule.id in wanted), self.paths)

@@ -1,0 +1,558 @@
+"""Read ``rules/*.toml``: check every key, parse every expression, compile every rule.
+
+Any problem is an ``InputError`` naming the file, line and column, with the line drawn and a
+caret under the bad span; positions come from the raw text, since ``tomllib`` keeps none.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+from xstate_check.engine import examples
+from xstate_check.engine.catalogue import FAMILIES, Catalogue, CompiledRule, MessagePart, Rule
+from xstate_check.engine.evaluator import Evaluator, compile_expression, constant_value, names_read
+from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
+from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
+from xstate_check.errors import InputError, Location
+from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind
+from xstate_check.report import SEVERITIES
+
+__all__ = [
+    "FILE_KEYS",
+    "RULE_KEYS",
+    "default_rules_dir",
+    "load_catalogue",
+    "load_rule_files",
+    "load_rule_text",
+]
+
+FILE_KEYS = ("family", "description", "rule")
+RULE_REQUIRED = ("id", "name", "severity", "summary", "check", "message", "consequence", "fix",
+                 "references", "pass", "fail")
+RULE_OPTIONAL = ("applies", "each", "let", "cpuid_bits", "explanation")
+RULE_KEYS = RULE_REQUIRED + RULE_OPTIONAL
+EXAMPLE_KEYS = ("base", "role", "cpuid", "template", "flags", "missing", "host", "note")
+MESSAGE_FORMATS: dict[str, Kind] = {
+    "mask": "mask", "size": "size", "hex": "int", "dec": "str", "sizes": "sizes",
+    "version": "version", "bool": "bool", "str": "str",
+}
+
+_RULE_HEADER = re.compile(r"(?m)^[ \t]*\[\[[ \t]*rule[ \t]*\]\]")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_ID = re.compile(r"XS(\d\d)(\d\d)")
+_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_LET_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_BITS = re.compile(r"(0x[0-9a-fA-F]+|\d+)\.(0x[0-9a-fA-F]+|\d+)\.(eax|ebx|ecx|edx)"
+                   r"(?::(\d+)(?:-(\d+))?)?")
+_TYPE_KINDS: dict[str, Kind] = {"int": "mask", "bool": "bool", "str": "str",
+                                "version": "version", "list:int": "sizes"}
+
+
+class _Source:
+    """The raw text of one rule file, to turn offsets into lines, columns and drawings."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.text = text
+        self.headers = [match.start() for match in _RULE_HEADER.finditer(text)]
+
+    def fail(self, offset: int, expected: str, length: int = 1) -> NoReturn:
+        """Raise InputError at ``offset`` with a caret under ``length`` characters."""
+        offset = max(0, min(offset, len(self.text)))
+        line_start = self.text.rfind("\n", 0, offset) + 1
+        line_end = self.text.find("\n", offset)
+        line_end = len(self.text) if line_end < 0 else line_end
+        line = self.text.count("\n", 0, offset) + 1
+        column = offset - line_start
+        end = min(column + max(1, length), line_end - line_start)
+        raise InputError(Location(self.path, line, column + 1), expected,
+                         snippet=self.text[line_start:line_end],
+                         span=(column, max(end, column + 1)))
+
+    def block(self, index: int) -> tuple[int, int]:
+        """Return the text span of the ``index``-th ``[[rule]]`` table (the file if unsure)."""
+        if index >= len(self.headers):
+            return 0, len(self.text)
+        end = self.headers[index + 1] if index + 1 < len(self.headers) else len(self.text)
+        return self.headers[index], end
+
+    def key(self, span: tuple[int, int], key: str, after: int | None = None) -> int | None:
+        """Return the offset of ``key =`` within ``span`` (from ``after``), or None."""
+        name = re.escape(key)
+        spellings = f"{name}|\"{name}\"|'{name}'"
+        pattern = re.compile(r"(?m)(?:^|[{,])[ \t]*(?:" + spellings + r")[ \t]*=")
+        match = pattern.search(self.text, after if after is not None else span[0], span[1])
+        if match is None:
+            return None
+        return match.end() - len(match.group().lstrip("{, \t"))
+
+    def value(self, span: tuple[int, int], key: str, content: str,
+              after: int | None = None) -> tuple[int, bool]:
+        """Return (offset, exact) where the string value of ``key`` begins.
+
+        ``exact`` says the raw text there equals ``content``, so that offsets inside the value
+        map to the file one for one.
+        """
+        key_at = self.key(span, key, after)
+        if key_at is None:
+            return span[0], False
+        position = self.text.index("=", key_at) + 1
+        while position < len(self.text) and self.text[position] in " \t":
+            position += 1
+        for quote in ('"""', "'''", '"', "'"):
+            if self.text.startswith(quote, position):
+                start = position + len(quote)
+                if len(quote) == 3 and self.text.startswith("\n", start):
+                    start += 1
+                exact = self.text[start:start + len(content)] == content
+                return (start, True) if exact else (position, False)
+        return position, False
+
+
+class _RuleReader:
+    """Checks and compiles one ``[[rule]]`` table."""
+
+    def __init__(self, source: _Source, index: int, table: Mapping[str, Any], family: str):
+        self.source = source
+        self.index = index
+        self.table = table
+        self.family = family
+        self.span = source.block(index)
+
+    # --- errors ---------------------------------------------------------------------------
+
+    def fail_key(self, key: str, expected: str, after: int | None = None) -> NoReturn:
+        at = self.source.key(self.span, key, after)
+        if at is None:
+            self.source.fail(self.span[0], expected, len("[[rule]]"))
+        self.source.fail(at, expected, len(key))
+
+    def fail_in(self, key: str, content: str, span: tuple[int, int], expected: str,
+                after: int | None = None) -> NoReturn:
+        start, exact = self.source.value(self.span, key, content, after)
+        if exact:
+            self.source.fail(start + span[0], expected, span[1] - span[0])
+        self.fail_key(key, expected, after)
+
+    # --- plain fields ---------------------------------------------------------------------
+
+    def text(self, key: str, required: bool = True) -> str:
+        value = self.table.get(key)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str) or not value.strip():
+            self.fail_key(key, f"{key} = a non-empty string")
+        return value.strip()
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.fail_key(key, f"{key} = a list of strings")
+        return tuple(value)
+
+    def location(self) -> Location:
+        offset = self.span[0]
+        return Location(self.source.path, self.source.text.count("\n", 0, offset) + 1, 1)
+
+    # --- expressions ----------------------------------------------------------------------
+
+    def parse(self, key: str, content: str, names: Mapping[str, Resolved],
+              after: int | None = None) -> Node:
+        def resolve(name: str) -> Resolved:
+            return names[name]
+
+        try:
+            return parse_expression(content, resolve, names)
+        except RuleSyntaxError as error:
+            self.fail_in(key, content, error.span, error.message, after)
+
+    def read(self) -> Rule:
+        unknown = [key for key in self.table if key not in RULE_KEYS]
+        if unknown:
+            self.fail_key(unknown[0], f"one of the rule keys ({', '.join(RULE_KEYS)}), not "
+                          f"{unknown[0]!r}")
+        for key in RULE_REQUIRED:
+            if key not in self.table:
+                self.source.fail(self.span[0], f"the rule key {key!r}", len("[[rule]]"))
+        rule_id = self.text("id")
+        match = _ID.fullmatch(rule_id)
+        if match is None:
+            self.fail_in("id", rule_id, (0, len(rule_id)), "an id such as \"XS0108\"")
+        if int(match.group(1)) != FAMILIES[self.family]:
+            self.fail_in("id", rule_id, (0, len(rule_id)), f"an id XS{FAMILIES[self.family]:02d}nn "
+                         f"for the {self.family} family")
+        name = self.text("name")
+        if _NAME.fullmatch(name) is None:
+            self.fail_in("name", name, (0, len(name)), "a lower-case name with dashes, such as "
+                         "\"amx-tile-pair\"")
+        severity = self.text("severity")
+        if severity not in SEVERITIES:
+            self.fail_in("severity", severity, (0, len(severity)),
+                         f"a severity: {', '.join(SEVERITIES)}")
+        names = self.names()
+        each = self.table.get("each")
+        if each is not None:
+            if not isinstance(each, str) or FACTS.get(each) is None or FACTS[each].kind != "items":
+                lists = ", ".join(n for n, spec in FACTS.items() if spec.kind == "items")
+                self.fail_key("each", f"each = the name of a list fact ({lists})")
+            names.update({f"item.{field}": Resolved("item", "int") for field in ITEM_FIELDS})
+        lets, let_nodes, let_kinds = self.lets(names)
+        check_text = self.text("check")
+        check = self.parse("check", check_text, names)
+        if check.type != "bool":
+            self.fail_in("check", check_text, check.span, "a condition (true when the subject "
+                         "passes)")
+        applies_text = self.table.get("applies")
+        node: Node = check
+        if applies_text is not None:
+            applies_text = self.text("applies")
+            applies = self.parse("applies", applies_text, names)
+            if applies.type != "bool":
+                self.fail_in("applies", applies_text, applies.span, "a condition")
+            node = Binary("=>", applies, check, "bool", check.span)
+        constant, value = constant_value(node)
+        if constant:
+            expected = "a check that reads some fact (this one is always " \
+                       f"{'true' if value else 'false'})"
+            if not (each is not None and value is False):
+                self.fail_in("check", check_text, (0, len(check_text)), expected)
+        facts, functions, _ = names_read(node)
+        for let_node in let_nodes:
+            more_facts, more_functions, _ = names_read(let_node)
+            facts |= more_facts
+            functions |= more_functions
+        message_text = self.text("message")
+        message = self.message(message_text, names, let_kinds)
+        return Rule(
+            id=rule_id,
+            name=name,
+            family=self.family,
+            severity=severity,
+            summary=self.text("summary"),
+            check=check_text,
+            applies=applies_text,
+            each=each,
+            lets=tuple((key, text) for key, text in self.table.get("let", {}).items()),
+            message=message_text,
+            consequence=self.text("consequence"),
+            fix=self.text("fix"),
+            explanation=self.text("explanation", required=False),
+            references=self.strings("references"),
+            cpuid_bits=self.cpuid_bits(),
+            passes=self.read_examples("pass"),
+            fails=self.read_examples("fail"),
+            location=self.location(),
+            compiled=CompiledRule(
+                test=compile_expression(node, lets),
+                each=each,
+                lets=lets,
+                let_kinds=let_kinds,
+                message=message,
+                facts=frozenset(facts),
+                functions=frozenset(functions),
+            ),
+        )
+
+    def names(self) -> dict[str, Resolved]:
+        names: dict[str, Resolved] = {}
+        for name, spec in FACTS.items():
+            if spec.kind == "items":
+                continue
+            names[name] = Resolved("fact", _language_type(spec.kind))
+        for name, value in CONSTANTS.items():
+            names[name] = Resolved("constant", "int", value=value)
+        for name, function in FUNCTIONS.items():
+            names[name] = Resolved("function", _language_type(function.kind),
+                                   tuple(_language_type(kind) for kind in function.args))
+        return names
+
+    def lets(self, names: dict[str, Resolved]) -> tuple[
+        dict[str, Evaluator], list[Node], dict[str, Kind]
+    ]:
+        table = self.table.get("let", {})
+        if not isinstance(table, dict):
+            self.fail_key("let", "let = a table of name = \"expression\"")
+        lets: dict[str, Evaluator] = {}
+        nodes: list[Node] = []
+        kinds: dict[str, Kind] = {}
+        header = re.compile(r"(?m)^[ \t]*\[[ \t]*rule\.let[ \t]*\]")
+        found = header.search(self.source.text, self.span[0], self.span[1])
+        after = found.end() if found else self.source.key(self.span, "let")
+        for name, text in table.items():
+            if _LET_NAME.fullmatch(name) is None or name in names or name in KEYWORDS:
+                self.fail_key(name, f"a new lower-case name for this let, not {name!r}", after)
+            if not isinstance(text, str):
+                self.fail_key(name, f"{name} = \"an expression\"", after)
+            node = self.parse(name, text, names, after)
+            if node.type == "items" or (node.type.startswith("list:") and node.type != "list:int"):
+                self.fail_in(name, text, node.span, "a number, mask, condition or string", after)
+            lets[name] = compile_expression(node, lets)
+            nodes.append(node)
+            kinds[name] = _node_kind(node)
+            names[name] = Resolved("let", node.type)
+        return lets, nodes, kinds
+
+    def message(self, text: str, names: Mapping[str, Resolved],
+                let_kinds: Mapping[str, Kind]) -> tuple[MessagePart, ...]:
+        parts: list[MessagePart] = []
+        position = 0
+        for match in _PLACEHOLDER.finditer(text):
+            parts.append(text[position:match.start()])
+            position = match.end()
+            token = match.group()
+            if token in ("{{", "}}"):
+                parts.append(token[0])
+                continue
+            if match.group(1) is None:
+                self.fail_in("message", text, (match.start(), match.end()),
+                             "'{name}' or '{name:format}'; write '{{' or '}}' for a brace")
+            name, _, fmt = match.group(1).strip().partition(":")
+            meaning = names.get(name)
+            if meaning is None or meaning.role in ("constant", "function"):
+                self.fail_in("message", text, (match.start() + 1, match.end() - 1),
+                             f"a fact, let or item field to show, not {name!r}")
+            if fmt and fmt not in MESSAGE_FORMATS:
+                self.fail_in("message", text, (match.start() + 1, match.end() - 1),
+                             f"a format among {', '.join(MESSAGE_FORMATS)}")
+            if fmt:
+                kind = MESSAGE_FORMATS[fmt]
+            elif meaning.role == "let":
+                kind = let_kinds[name]
+            elif meaning.role == "item":
+                kind = "int"
+            else:
+                kind = FACTS[name].kind
+            parts.append((name, kind))
+        parts.append(text[position:])
+        return tuple(part for part in parts if part != "")
+
+    def cpuid_bits(self) -> tuple[BitRef, ...]:
+        refs: list[BitRef] = []
+        for text in self.strings("cpuid_bits"):
+            match = _BITS.fullmatch(text)
+            if match is None:
+                self.fail_in("cpuid_bits", text, (0, len(text)),
+                             "CPUID bits such as \"0xd.0.eax:17-18\" or \"0x7.0.edx:24\"")
+            low = int(match.group(4)) if match.group(4) else 0
+            high = int(match.group(5)) if match.group(5) else (low if match.group(4) else 31)
+            if high > 31 or low > high:
+                self.fail_in("cpuid_bits", text, (0, len(text)), "bit numbers 0 to 31, low-high")
+            mask = ((1 << (high - low + 1)) - 1) << low
+            refs.append((int(match.group(1), 0), int(match.group(2), 0), match.group(3), mask))
+        return tuple(refs)
+
+    def read_examples(self, key: str) -> tuple[examples.Example, ...]:
+        value = self.table.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+            self.fail_key(key, f"at least one [[rule.{key}]] example table")
+        found: list[examples.Example] = []
+        after = self.span[0]
+        for number, table in enumerate(value):
+            header = re.compile(rf"(?m)^[ \t]*\[\[[ \t]*rule\.{key}[ \t]*\]\]")
+            match = header.search(self.source.text, after, self.span[1])
+            at = match.start() if match else self.span[0]
+            after = match.end() if match else after
+            found.append(self.example(key, number, table, at))
+        return tuple(found)
+
+    def example(self, key: str, number: int, table: Mapping[str, Any],
+                at: int) -> examples.Example:
+        region = (at, self.span[1])
+
+        def fail(field: str, expected: str) -> NoReturn:
+            where = self.source.key(region, field)
+            self.source.fail(where if where is not None else at, expected,
+                             len(field) if where is not None else 1)
+
+        for field in table:
+            if field not in EXAMPLE_KEYS:
+                fail(field, f"one of the example keys ({', '.join(EXAMPLE_KEYS)}), not {field!r}")
+        base = table.get("base", "spr-guest")
+        if base not in examples.BASES:
+            fail("base", f"base = one of {', '.join(examples.BASES)}")
+        role = table.get("role")
+        if role not in (None, "guest", "cpu"):
+            fail("role", "role = \"guest\" or \"cpu\"")
+
+        def pairs(field: str) -> tuple[tuple[str, str], ...]:
+            value = table.get(field, {})
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                fail(field, f"{field} = {{ \"0xd.0.eax\" = \"0x202e7\", … }}")
+            for cpuid_key, edit in value.items():
+                try:
+                    _, _, register = examples.parse_key(cpuid_key)
+                    if register is None:
+                        if edit.strip() != "absent":
+                            raise examples.ExampleError(f"\"absent\" for the entry {cpuid_key!r}")
+                    else:
+                        examples.parse_edit(edit)
+                except examples.ExampleError as error:
+                    fail(field, str(error))
+            return tuple(value.items())
+
+        host = table.get("host", {})
+        if not isinstance(host, dict):
+            fail("host", "host = { guest_permitted = \"0x2e7\", … }")
+        for host_key, host_value in host.items():
+            if host_key not in examples.HOST_KEYS:
+                fail("host", f"host facts among {', '.join(examples.HOST_KEYS)}, not {host_key!r}")
+            if not isinstance(host_value, str):
+                fail("host", f"{host_key} = \"a string\" (masks in hex)")
+        missing = table.get("missing", [])
+        if not isinstance(missing, list) or not all(isinstance(m, str) for m in missing):
+            fail("missing", "missing = [\"0xd.0x11\", …]")
+        note = table.get("note", "")
+        if not isinstance(note, str):
+            fail("note", "note = \"a sentence\"")
+        line = self.source.text.count("\n", 0, at) + 1
+        return examples.Example(
+            base=base,
+            role=role,
+            cpuid=pairs("cpuid"),
+            template=pairs("template"),
+            flags=self.flag_pairs(table, fail),
+            missing=tuple(missing),
+            host=tuple((k, str(v)) for k, v in host.items()),
+            note=note.strip(),
+            location=Location(self.source.path, line, 1),
+        )
+
+
+    @staticmethod
+    def flag_pairs(table: Mapping[str, Any],
+                   fail: Callable[[str, str], NoReturn]) -> tuple[tuple[str, str], ...]:
+        """Return an example's ``flags = { "0x1e.0" = "0" }`` edits, checked."""
+        value = table.get("flags", {})
+        if not isinstance(value, dict):
+            fail("flags", "flags = { \"0x1e.0\" = \"0\" }")
+        for key, flags in value.items():
+            try:
+                _, _, register = examples.parse_key(key)
+                valid = register is None and isinstance(flags, str) and flags.strip().isdigit()
+            except examples.ExampleError:
+                valid = False
+            if not valid:
+                fail("flags", f"flags = {{ \"LEAF.SUBLEAF\" = \"FLAGS\" }}, not {key!r}")
+        return tuple(value.items())
+
+
+def _node_kind(node: Node) -> Kind:
+    """Return how a let's value is shown: as its fact or function is, else by its type."""
+    if isinstance(node, Call):
+        return FUNCTIONS[node.name].kind
+    if isinstance(node, Name) and node.role == "fact":
+        return FACTS[node.name].kind
+    return _TYPE_KINDS.get(node.type, "str")
+
+
+def _language_type(kind: Kind) -> str:
+    if kind in ("mask", "size", "int"):
+        return "int"
+    if kind == "sizes":
+        return "list:int"
+    return kind
+
+
+def _decode_error(path: str, text: str, error: tomllib.TOMLDecodeError) -> InputError:
+    match = re.search(r"\(at line (\d+), column (\d+)\)", str(error))
+    message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(error))
+    if match is None:
+        return InputError(Location(path), f"valid TOML ({message})")
+    line, column = int(match.group(1)), int(match.group(2))
+    lines = text.splitlines()
+    snippet = lines[line - 1] if 0 < line <= len(lines) else None
+    return InputError(Location(path, line, column), f"valid TOML ({message})", snippet=snippet,
+                      span=(column - 1, column) if snippet is not None else None)
+
+
+def load_rule_text(text: str, path: str) -> list[Rule]:
+    """Read one rule file's text; its name (without ``.toml``) must be its family."""
+    source = _Source(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise _decode_error(path, text, error) from None
+    whole = (0, len(text))
+    for key in data:
+        if key not in FILE_KEYS:
+            at = source.key(whole, key)
+            source.fail(at or 0, f"one of the top-level keys ({', '.join(FILE_KEYS)}), not "
+                        f"{key!r}", len(key))
+    family = data.get("family")
+    stem = Path(path).stem
+    if family not in FAMILIES:
+        at = source.key(whole, "family")
+        source.fail(at or 0, f"family = one of {', '.join(FAMILIES)}", 6)
+    if family != stem:
+        at = source.key(whole, "family")
+        source.fail(at or 0, f"family = {stem!r}, the file's name", 6)
+    rules = data.get("rule", [])
+    if not isinstance(rules, list) or not rules:
+        source.fail(0, "at least one [[rule]] table")
+    return [_RuleReader(source, index, table, family).read() for index, table in enumerate(rules)]
+
+
+def load_rule_files(paths: Sequence[Path], read: Callable[[Path], str] | None = None) -> Catalogue:
+    """Load rule files into one catalogue; ids and names must be unique across files."""
+    rules: list[Rule] = []
+    seen: dict[str, Rule] = {}
+    for path in paths:
+        try:
+            text = read(path) if read else path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(Location(str(path)), f"a readable UTF-8 rule file ({error})") from None
+        for rule in load_rule_text(text, str(path)):
+            for key in (rule.id, rule.name):
+                if key in seen:
+                    other = seen[key]
+                    raise InputError(rule.location, f"a unique rule id and name: {key} is also "
+                                     f"the rule at {other.location}")
+                seen[key] = rule
+            rules.append(rule)
+    if not rules:
+        raise InputError(Location(", ".join(str(p) for p in paths) or "rules/"),
+                         "at least one rule file")
+    rules.sort(key=lambda rule: rule.id)
+    return Catalogue(tuple(rules), tuple(str(path) for path in paths))
+
+
+def default_rules_dir() -> Path:
+    """Return where the shipped rules are: inside the installed package, else the repo's."""
+    packaged = resources.files("xstate_check") / "rules"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[3] / "rules"
+
+
+def _rule_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    files: list[Path] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.toml")))
+        else:
+            files.append(path)
+    return files
+
+
+@functools.cache
+def _default_catalogue() -> Catalogue:
+    return load_rule_files(_rule_files([default_rules_dir()]))
+
+
+def load_catalogue(paths: Sequence[str | os.PathLike[str]] | None = None) -> Catalogue:
+    """Return the catalogue: the shipped rules (loaded once), or the rule files in ``paths``.
+
+    ``paths`` may name TOML files and directories of them. A malformed rule raises
+    ``InputError`` naming the file and line, with a caret under the bad span.
+    """
+    if paths is None:
+        return _default_catalogue()
+    return load_rule_files(_rule_files(paths))

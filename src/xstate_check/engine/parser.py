@@ -1,0 +1,390 @@
+"""Recursive-descent parser of rule expressions, with a type check.
+
+Each ``_parse_*`` method handles one precedence level; its docstring holds the level's
+grammar line. The tree is small frozen nodes, each with the span it came from so that a
+type error can be drawn with a caret. Precedence, lowest first::
+
+    implication  =>  (right-associative)
+    or, and, not
+    comparison   == != < <= > >= in, not in  (not chained)
+    |  ^  &  << >>  + -  *
+    unary        ~ -
+    primary      number, version (6.4), "string", true, false, name, call(...), [list], (...)
+
+Types: ``int`` (masks, sizes, numbers), ``bool``, ``str``, ``version`` and lists of them.
+``a in b`` on two ints means "every bit of a is set in b"; with a list on the right it is
+membership.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import NoReturn
+
+import attrs
+
+from xstate_check.engine.tokenizer import RuleSyntaxError, Token, tokenize
+
+__all__ = [
+    "Binary",
+    "Call",
+    "Compare",
+    "ListExpr",
+    "Literal",
+    "Name",
+    "Node",
+    "Resolved",
+    "Unary",
+    "parse_expression",
+]
+
+Span = tuple[int, int]
+
+#: What a name stands for: its role (``fact``, ``constant``, ``function``, ``let``, ``item``),
+#: its type in the language and, for calls, the argument types.
+@attrs.frozen
+class Resolved:
+    """The meaning of one name in an expression."""
+
+    role: str
+    type: str
+    args: tuple[str, ...] = ()
+    value: object = None
+
+
+@attrs.frozen
+class Literal:
+    """A constant: a number, version, string, boolean, or an xfeature constant folded in."""
+
+    value: object
+    type: str
+    span: Span
+
+
+@attrs.frozen
+class Name:
+    """A fact, a ``let`` binding or an ``item`` field, read when the rule is evaluated."""
+
+    name: str
+    role: str
+    type: str
+    span: Span
+
+
+@attrs.frozen
+class Call:
+    """A call of a function from the fixed table in ``facts.FUNCTIONS``."""
+
+    name: str
+    args: tuple[Node, ...]
+    type: str
+    span: Span
+
+
+@attrs.frozen
+class Unary:
+    """``not x``, ``~x`` or ``-x``."""
+
+    op: str
+    operand: Node
+    type: str
+    span: Span
+
+
+@attrs.frozen
+class Binary:
+    """A boolean (``and``, ``or``, ``=>``) or integer (``| ^ & << >> + - *``) operation."""
+
+    op: str
+    left: Node
+    right: Node
+    type: str
+    span: Span
+
+
+@attrs.frozen
+class Compare:
+    """A comparison (``== != < <= > >=``) or membership (``in``, ``not in``); a bool."""
+
+    op: str
+    left: Node
+    right: Node
+    span: Span
+    type: str = "bool"
+
+
+@attrs.frozen
+class ListExpr:
+    """A list literal ``[a, b, …]`` whose items share one type."""
+
+    items: tuple[Node, ...]
+    type: str
+    span: Span
+
+
+Node = Literal | Name | Call | Unary | Binary | Compare | ListExpr
+
+_INT_OPS = {"|", "^", "&", "<<", ">>", "+", "-", "*"}
+_ORDERED = {"int", "version"}
+
+
+class _Parser:
+    def __init__(self, source: str, resolve: Callable[[str], Resolved], names: Collection[str]):
+        self.source = source
+        self.resolve = resolve
+        self.tokens = tokenize(source, names)
+        self.index = 0
+
+    # --- token helpers -------------------------------------------------------------------
+
+    @property
+    def token(self) -> Token:
+        return self.tokens[self.index]
+
+    def check(self, kind: str, *texts: str) -> bool:
+        token = self.token
+        return token.kind == kind and (not texts or token.text in texts)
+
+    def read(self) -> Token:
+        token = self.token
+        self.index += 1
+        return token
+
+    def expect(self, kind: str, text: str | None, expected: str) -> Token:
+        if not self.check(kind, *(() if text is None else (text,))):
+            self.fail(f"expected {expected}", self.token)
+        return self.read()
+
+    def fail(self, message: str, where: Token | Span) -> NoReturn:
+        span = (where.start, max(where.end, where.start + 1)) if isinstance(where, Token) else where
+        if isinstance(where, Token) and where.kind == "END":
+            message += ", found the end of the expression"
+        raise RuleSyntaxError(message, source=self.source, span=span)
+
+    def want(self, node: Node, wanted: str, what: str) -> None:
+        if node.type != wanted:
+            self.fail(f"{what} needs {_describe(wanted)}, found {_describe(node.type)}", node.span)
+
+    # --- grammar --------------------------------------------------------------------------
+
+    def parse(self) -> Node:
+        """expression = implication END"""
+        node = self._parse_implication()
+        if not self.check("END"):
+            self.fail("expected an operator or the end of the expression", self.token)
+        return node
+
+    def _parse_implication(self) -> Node:
+        """implication = disjunction ( "=>" implication )?"""
+        left = self._parse_disjunction()
+        if self.check("OP", "=>"):
+            self.read()
+            right = self._parse_implication()
+            self.want(left, "bool", "'=>'")
+            self.want(right, "bool", "'=>'")
+            return Binary("=>", left, right, "bool", (left.span[0], right.span[1]))
+        return left
+
+    def _parse_disjunction(self) -> Node:
+        """disjunction = conjunction ( "or" conjunction )*"""
+        node = self._parse_conjunction()
+        while self.check("KEYWORD", "or"):
+            self.read()
+            right = self._parse_conjunction()
+            self.want(node, "bool", "'or'")
+            self.want(right, "bool", "'or'")
+            node = Binary("or", node, right, "bool", (node.span[0], right.span[1]))
+        return node
+
+    def _parse_conjunction(self) -> Node:
+        """conjunction = negation ( "and" negation )*"""
+        node = self._parse_negation()
+        while self.check("KEYWORD", "and"):
+            self.read()
+            right = self._parse_negation()
+            self.want(node, "bool", "'and'")
+            self.want(right, "bool", "'and'")
+            node = Binary("and", node, right, "bool", (node.span[0], right.span[1]))
+        return node
+
+    def _parse_negation(self) -> Node:
+        """negation = "not" negation | comparison"""
+        if self.check("KEYWORD", "not"):
+            start = self.read().start
+            operand = self._parse_negation()
+            self.want(operand, "bool", "'not'")
+            return Unary("not", operand, "bool", (start, operand.span[1]))
+        return self._parse_comparison()
+
+    def _parse_comparison(self) -> Node:
+        """comparison = bit_or ( COMPARE_OP bit_or )?
+
+        COMPARE_OP = "==" | "!=" | "<" | "<=" | ">" | ">=" | "in" | "not" "in"
+        """
+        left = self._parse_bit_or()
+        if self.check("OP", "==", "!=", "<", "<=", ">", ">=") or self.check("KEYWORD", "in"):
+            op = self.read().text
+        elif self.check("KEYWORD", "not"):
+            self.read()
+            self.expect("KEYWORD", "in", "'in' after 'not'")
+            op = "not in"
+        else:
+            return left
+        right = self._parse_bit_or()
+        span = (left.span[0], right.span[1])
+        if op in ("in", "not in"):
+            if right.type == "int":
+                self.want(left, "int", f"'{op}' on a mask")
+            elif right.type.startswith("list:"):
+                self.want(left, right.type[5:], f"'{op}' on this list")
+            else:
+                self.fail(f"'{op}' needs a mask or a list on its right, found "
+                          f"{_describe(right.type)}", right.span)
+        elif op in ("==", "!="):
+            if left.type != right.type:
+                self.fail(f"'{op}' compares {_describe(left.type)} with "
+                          f"{_describe(right.type)}", span)
+        else:
+            if left.type not in _ORDERED:
+                self.fail(f"'{op}' needs numbers or versions, found {_describe(left.type)}",
+                          left.span)
+            self.want(right, left.type, f"'{op}'")
+        if self.check("OP", "==", "!=", "<", "<=", ">", ">=") or self.check("KEYWORD", "in"):
+            self.fail("comparisons do not chain; use 'and'", self.token)
+        return Compare(op, left, right, span)
+
+    def _binary_level(self, ops: tuple[str, ...], lower: Callable[[], Node]) -> Node:
+        node = lower()
+        while self.check("OP", *ops):
+            op = self.read().text
+            right = lower()
+            self.want(node, "int", f"'{op}'")
+            self.want(right, "int", f"'{op}'")
+            node = Binary(op, node, right, "int", (node.span[0], right.span[1]))
+        return node
+
+    def _parse_bit_or(self) -> Node:
+        """bit_or = bit_xor ( "|" bit_xor )*"""
+        return self._binary_level(("|",), self._parse_bit_xor)
+
+    def _parse_bit_xor(self) -> Node:
+        """bit_xor = bit_and ( "^" bit_and )*"""
+        return self._binary_level(("^",), self._parse_bit_and)
+
+    def _parse_bit_and(self) -> Node:
+        """bit_and = shift ( "&" shift )*"""
+        return self._binary_level(("&",), self._parse_shift)
+
+    def _parse_shift(self) -> Node:
+        """shift = additive ( ("<<" | ">>") additive )*"""
+        return self._binary_level(("<<", ">>"), self._parse_additive)
+
+    def _parse_additive(self) -> Node:
+        """additive = product ( ("+" | "-") product )*"""
+        return self._binary_level(("+", "-"), self._parse_product)
+
+    def _parse_product(self) -> Node:
+        """product = unary ( "*" unary )*"""
+        return self._binary_level(("*",), self._parse_unary)
+
+    def _parse_unary(self) -> Node:
+        """unary = ("~" | "-") unary | primary"""
+        if self.check("OP", "~", "-"):
+            token = self.read()
+            operand = self._parse_unary()
+            self.want(operand, "int", f"'{token.text}'")
+            return Unary(token.text, operand, "int", (token.start, operand.span[1]))
+        return self._parse_primary()
+
+    def _parse_primary(self) -> Node:
+        """primary = NUMBER | VERSION | STRING | "true" | "false" | NAME | NAME "(" args ")"
+                   | "[" items "]" | "(" implication ")"
+        """
+        token = self.token
+        if token.kind == "NUMBER":
+            self.read()
+            return Literal(int(token.text.replace("_", ""), 0), "int", (token.start, token.end))
+        if token.kind == "VERSION":
+            self.read()
+            major, minor = token.text.split(".")
+            return Literal((int(major), int(minor)), "version", (token.start, token.end))
+        if token.kind == "STRING":
+            self.read()
+            return Literal(token.text[1:-1], "str", (token.start, token.end))
+        if token.kind == "KEYWORD" and token.text in ("true", "false"):
+            self.read()
+            return Literal(token.text == "true", "bool", (token.start, token.end))
+        if token.kind == "NAME":
+            return self._parse_name()
+        if token.kind == "LBRACKET":
+            return self._parse_list()
+        if token.kind == "LPAREN":
+            self.read()
+            node = self._parse_implication()
+            close = self.expect("RPAREN", None, "')' to close the '(' at column "
+                                f"{token.start + 1}")
+            return attrs.evolve(node, span=(token.start, close.end))
+        self.fail("expected a number, name, '(' or '['", token)
+
+    def _parse_name(self) -> Node:
+        """name = NAME ( "(" ( implication ( "," implication )* )? ")" )?"""
+        token = self.read()
+        meaning = self.resolve(token.text)
+        span = (token.start, token.end)
+        if meaning.role == "function":
+            self.expect("LPAREN", None, f"'(' after the function {token.text}")
+            args: list[Node] = []
+            if not self.check("RPAREN"):
+                args.append(self._parse_implication())
+                while self.check("COMMA"):
+                    self.read()
+                    args.append(self._parse_implication())
+            close = self.expect("RPAREN", None, f"')' to close the call of {token.text}")
+            span = (token.start, close.end)
+            if len(args) != len(meaning.args):
+                self.fail(f"{token.text}() takes {len(meaning.args)} argument(s), "
+                          f"found {len(args)}", span)
+            for arg, wanted in zip(args, meaning.args, strict=True):
+                self.want(arg, wanted, f"{token.text}()")
+            return Call(token.text, tuple(args), meaning.type, span)
+        if self.check("LPAREN"):
+            self.fail(f"{token.text} is not a function", self.token)
+        if meaning.role == "constant":
+            return Literal(meaning.value, meaning.type, span)
+        return Name(token.text, meaning.role, meaning.type, span)
+
+    def _parse_list(self) -> Node:
+        """list = "[" ( bit_or ( "," bit_or )* )? "]" """
+        start = self.read().start
+        items: list[Node] = []
+        if not self.check("RBRACKET"):
+            items.append(self._parse_bit_or())
+            while self.check("COMMA"):
+                self.read()
+                items.append(self._parse_bit_or())
+        end = self.expect("RBRACKET", None, "',' or ']'").end
+        if not items:
+            self.fail("an empty list matches nothing", (start, end))
+        for item in items[1:]:
+            self.want(item, items[0].type, "a list")
+        return ListExpr(tuple(items), "list:" + items[0].type, (start, end))
+
+
+def _describe(type_name: str) -> str:
+    return {
+        "int": "a number or mask",
+        "bool": "a condition",
+        "str": "a string",
+        "version": "a version",
+        "items": "a list of entries",
+    }.get(type_name, "a list" if type_name.startswith("list:") else type_name)
+
+
+def parse_expression(
+    source: str, resolve: Callable[[str], Resolved], names: Collection[str]
+) -> Node:
+    """Parse and type-check ``source``; ``names`` lists every name ``resolve`` knows.
+
+    Raises ``RuleSyntaxError`` with the source and the span of the problem.
+    """
+    return _Parser(source, resolve, names).parse()

@@ -1,0 +1,785 @@
+"""Facts: the named values the rules read, computed lazily from one subject.
+
+A rule names facts (``xcr0``, ``host.guest_permitted``), xfeature constants (``tilecfg``,
+``avx512``), CPUID feature bits (``AMX_TILE``) and a few functions (``std_size(mask)``).
+This module is the single table of those names: their kind (how a message shows them),
+what they mean, how they are computed, and which CPUID bits they come from (so a finding
+can point at the template line that set or cleared those bits).
+
+A fact the subject lacks (no HostState, a dump without leaf 0xD subleaves) raises
+``Missing``: the rule that reads it is *not applicable*, never a false finding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal, NamedTuple
+
+import attrs
+
+from xstate_check.cpuid import FEATURES, INDEXED_LEAVES, CpuidSet
+from xstate_check.errors import Location
+from xstate_check.layout import LEGACY_AND_HEADER, XsaveLayout
+from xstate_check.subject import Subject
+from xstate_check.xfeatures import (
+    AVX512_MASK,
+    MPX_MASK,
+    SUPERVISOR_MASK,
+    USER_DYNAMIC_MASK,
+    XFEATURES,
+    XTILE_MASK,
+    bits,
+    format_mask,
+)
+
+__all__ = [
+    "CONSTANTS",
+    "FACTS",
+    "FUNCTIONS",
+    "BitRef",
+    "EntryItem",
+    "FactSpec",
+    "Facts",
+    "FunctionSpec",
+    "Kind",
+    "Missing",
+    "format_value",
+    "valid_xcr0",
+]
+
+#: How a value is typed in the rule language and shown in a message.
+#: ``mask``: an xfeature mask (``0x602e7 (x87|sse|…)``); ``size``: bytes (``2696 (0xa88)``);
+#: ``int``: a number shown in hex; ``items``: a list of entries a rule can walk with ``each``.
+Kind = Literal["mask", "size", "int", "bool", "str", "version", "sizes", "items"]
+
+#: (leaf, subleaf, register, bits): CPUID register bits a fact is computed from.
+BitRef = tuple[int, int, str, int]
+
+_ALL = 0xFFFF_FFFF
+FP_SSE_MASK = 0x3
+BIT63 = 1 << 63
+KNOWN_MASK = sum(x.mask for x in XFEATURES.values())
+USER_MASK = KNOWN_MASK & ~SUPERVISOR_MASK
+#: The size of Linux's ``init_fpstate`` register buffer (one page), LNX-08.
+INIT_FPSTATE_SIZE = 4096
+
+
+class Missing(Exception):  # noqa: N818 - a signal that a fact is absent, not an error
+    """Raised when a subject lacks a fact a rule reads: that rule is not applicable."""
+
+
+class EntryItem(NamedTuple):
+    """One CPUID entry a rule walks with ``each`` (``item.leaf``, ``item.subleaf``)."""
+
+    leaf: int
+    subleaf: int
+    location: Location | None
+
+
+#: The attributes an ``each`` rule can read from its ``item``, with their kinds.
+ITEM_FIELDS: dict[str, Kind] = {"leaf": "int", "subleaf": "int"}
+
+SourceSpec = tuple[BitRef, ...] | Callable[["Facts", object], Iterable[BitRef]]
+
+
+@attrs.frozen
+class FactSpec:
+    """One named fact: kind, meaning, how it is computed, which CPUID bits it reads."""
+
+    name: str
+    kind: Kind
+    doc: str
+    compute: Callable[[Facts], object] = attrs.field(repr=False)
+    sources: SourceSpec = attrs.field(default=(), repr=False)
+
+    def bit_refs(self, facts: Facts, value: object) -> Iterable[BitRef]:
+        """Return the CPUID bits this fact's value came from, on one subject."""
+        if callable(self.sources):
+            return self.sources(facts, value)
+        return self.sources
+
+
+@attrs.frozen
+class FunctionSpec:
+    """A function a rule can call: argument kinds, result kind, implementation."""
+
+    name: str
+    args: tuple[Kind, ...]
+    kind: Kind
+    doc: str
+    call: Callable[..., object] = attrs.field(repr=False)
+    sources: Callable[[Facts], Iterable[BitRef]] | None = attrs.field(default=None, repr=False)
+
+
+class Facts(dict[str, object]):
+    """The facts of one subject: a dict that computes a missing name on first read."""
+
+    __slots__ = ("_layout", "cpuid", "subject")
+
+    def __init__(self, subject: Subject) -> None:
+        super().__init__()
+        self.subject = subject
+        self.cpuid = subject.cpuid
+        self._layout: XsaveLayout | None = None
+
+    def __missing__(self, name: str) -> object:
+        value = FACTS[name].compute(self)
+        self[name] = value
+        return value
+
+    def require_subleaves(self) -> None:
+        """Raise Missing where the source holds leaf 0xD subleaf 0 only (libcpuid native)."""
+        if self.cpuid.meta.get("leaf_0xd_subleaves") == "absent":
+            raise Missing("the source holds no leaf 0xD subleaves")
+
+    @property
+    def layout(self) -> XsaveLayout:
+        """Return the subject's XsaveLayout; Missing where the source has no 0xD subleaves."""
+        if self._layout is None:
+            self.require_subleaves()
+            self._layout = XsaveLayout.from_cpuid(self.cpuid)
+        return self._layout
+
+
+FACTS: dict[str, FactSpec] = {}
+
+
+def _fact(name: str, kind: Kind, doc: str, sources: SourceSpec = ()) -> Callable[
+    [Callable[[Facts], object]], Callable[[Facts], object]
+]:
+    def register(compute: Callable[[Facts], object]) -> Callable[[Facts], object]:
+        FACTS[name] = FactSpec(name, kind, doc, compute, sources)
+        return compute
+
+    return register
+
+
+def _reg(leaf: int, subleaf: int, register: str, mask: int = _ALL) -> BitRef:
+    return (leaf, subleaf, register, mask)
+
+
+_XCR0_REFS = (_reg(0xD, 0, "eax"), _reg(0xD, 0, "edx"))
+_XSS_REFS = (_reg(0xD, 1, "ecx"), _reg(0xD, 1, "edx"))
+
+
+def _mask_refs(mask: int) -> list[BitRef]:
+    """Return the 0xD.0 / 0xD.1 enumeration bits and the subleaves of the xfeatures of mask."""
+    refs: list[BitRef] = []
+    for number in bits(mask):
+        if SUPERVISOR_MASK >> number & 1:
+            refs.append(_reg(0xD, 1, "ecx" if number < 32 else "edx", 1 << (number % 32)))
+        else:
+            refs.append(_reg(0xD, 0, "eax" if number < 32 else "edx", 1 << (number % 32)))
+        if number >= 2:
+            refs.extend(_reg(0xD, number, register) for register in ("eax", "ebx", "ecx"))
+    return refs
+
+
+def _component_sources(facts: Facts, value: object) -> list[BitRef]:
+    return _mask_refs(value if isinstance(value, int) else 0)
+
+
+# --- the subject -----------------------------------------------------------------------
+
+
+@_fact("role", "str", "``guest`` (a table handed to KVM_SET_CPUID2) or ``cpu`` (a CPU's own view)")
+def _role(facts: Facts) -> object:
+    return facts.subject.role
+
+
+@_fact("vendor", "str", "the vendor string of leaf 0 (``GenuineIntel``, ``AuthenticAMD``)",
+       (_reg(0, 0, "ebx"), _reg(0, 0, "ecx"), _reg(0, 0, "edx")))
+def _vendor(facts: Facts) -> object:
+    return facts.cpuid.vendor
+
+
+@_fact("has_template", "bool", "whether a template was applied to make this subject")
+def _has_template(facts: Facts) -> object:
+    return facts.subject.template is not None
+
+
+@_fact("has_host", "bool", "whether host facts (a HostState) come with this subject")
+def _has_host(facts: Facts) -> object:
+    return facts.subject.host is not None
+
+
+@_fact("max_basic_leaf", "int", "CPUID.0:EAX, the highest basic leaf", (_reg(0, 0, "eax"),))
+def _max_basic_leaf(facts: Facts) -> object:
+    return facts.cpuid.max_basic_leaf
+
+
+# --- leaf 0xD as enumerated ------------------------------------------------------------
+
+
+def _xcr0_of(cpuid: CpuidSet) -> int:
+    regs = cpuid.get(0xD, 0)
+    return regs.edx << 32 | regs.eax
+
+
+def _xss_of(cpuid: CpuidSet) -> int:
+    regs = cpuid.get(0xD, 1)
+    return regs.edx << 32 | regs.ecx
+
+
+@_fact("xcr0", "mask", "0xD.0 EDX:EAX: the XCR0 bits enumerated, which a guest that enables "
+       "every enumerated xfeature writes with XSETBV", _XCR0_REFS)
+def _xcr0(facts: Facts) -> object:
+    return _xcr0_of(facts.cpuid)
+
+
+@_fact("xss", "mask", "0xD.1 EDX:ECX: the IA32_XSS (supervisor) bits enumerated", _XSS_REFS)
+def _xss(facts: Facts) -> object:
+    facts.require_subleaves()
+    return _xss_of(facts.cpuid)
+
+
+@_fact("size_current", "size", "0xD.0 EBX: standard-format size for the XCR0 now enabled",
+       (_reg(0xD, 0, "ebx"),))
+def _size_current(facts: Facts) -> object:
+    return facts.cpuid.get(0xD, 0).ebx
+
+
+@_fact("size_max", "size", "0xD.0 ECX: standard-format size for every enumerated XCR0 bit",
+       (_reg(0xD, 0, "ecx"),))
+def _size_max(facts: Facts) -> object:
+    return facts.cpuid.get(0xD, 0).ecx
+
+
+@_fact("compacted_size_current", "size", "0xD.1 EBX: compacted size of the XCR0 | IA32_XSS "
+       "now enabled", (_reg(0xD, 1, "ebx"),))
+def _compacted_size_current(facts: Facts) -> object:
+    facts.require_subleaves()
+    return facts.cpuid.get(0xD, 1).ebx
+
+
+@_fact("xsave_features", "int", "0xD.1 EAX: XSAVEOPT, XSAVEC, XGETBV1, XSAVES, XFD (bits 0-4)",
+       (_reg(0xD, 1, "eax"),))
+def _xsave_features(facts: Facts) -> object:
+    facts.require_subleaves()
+    return facts.cpuid.get(0xD, 1).eax
+
+
+@_fact("tiledata_size", "size", "0xD.0x12 EAX: the size of the TILEDATA component",
+       (_reg(0xD, 18, "eax"),))
+def _tiledata_size(facts: Facts) -> object:
+    return facts.cpuid.get(0xD, 18).eax
+
+
+@_fact("amx.palettes", "int", "0x1D.0 EAX: the highest AMX tile palette", (_reg(0x1D, 0, "eax"),))
+def _amx_palettes(facts: Facts) -> object:
+    return facts.cpuid.get(0x1D, 0).eax
+
+
+@_fact("amx.bytes_per_tile", "size", "0x1D.1 EAX[31:16]: bytes per tile of palette 1",
+       (_reg(0x1D, 1, "eax", 0xFFFF_0000),))
+def _amx_bytes_per_tile(facts: Facts) -> object:
+    return facts.cpuid.get(0x1D, 1).eax >> 16
+
+
+@_fact("amx.max_names", "int", "0x1D.1 EBX[31:16]: tile registers (names) of palette 1",
+       (_reg(0x1D, 1, "ebx", 0xFFFF_0000),))
+def _amx_max_names(facts: Facts) -> object:
+    return facts.cpuid.get(0x1D, 1).ebx >> 16
+
+
+# --- the layout (needs the component subleaves) ---------------------------------------
+
+
+def _sized(layout: XsaveLayout, mask: int) -> list[int]:
+    """Return the xfeatures of mask (>= 2) whose subleaf enumerates a size."""
+    return [n for n in bits(mask & ~FP_SSE_MASK) if n in layout.components
+            and layout.components[n].size]
+
+
+@_fact("standard_sizes", "sizes", "every 0xD.0 EBX an OS could see: the standard-format size "
+       "of some XCR0 made of enumerated xfeatures", (_reg(0xD, 0, "eax"), _reg(0xD, 0, "ebx")))
+def _standard_sizes(facts: Facts) -> object:
+    layout = facts.layout
+    xcr0 = facts["xcr0"]
+    assert isinstance(xcr0, int)
+    # std_size(m) is max(576, the end of m's last component), so the values an XCR0 made of
+    # enumerated xfeatures can give are 576 and the end of each enumerated user component.
+    sizes = {LEGACY_AND_HEADER}
+    for number in _sized(layout, xcr0):
+        component = layout.components[number]
+        if not component.supervisor:
+            sizes.add(max(LEGACY_AND_HEADER, component.end))
+    return tuple(sorted(sizes))
+
+
+@_fact("overlapping", "mask", "enumerated user xfeatures whose standard-format regions overlap "
+       "each other or the 576-byte legacy area and header (APX over MPX excepted)",
+       _component_sources)
+def _overlapping(facts: Facts) -> object:
+    layout = facts.layout
+    xcr0 = facts["xcr0"]
+    assert isinstance(xcr0, int)
+    regions = [(n, layout.components[n].offset, layout.components[n].end)
+               for n in _sized(layout, xcr0) if not layout.components[n].supervisor]
+    result = 0
+    for index, (number, start, end) in enumerate(regions):
+        if start < LEGACY_AND_HEADER:
+            result |= 1 << number
+        for other, other_start, other_end in regions[index + 1:]:
+            pair = 1 << number | 1 << other
+            if pair & MPX_MASK and pair >> 19 & 1:
+                continue  # APX reuses the MPX area; the two never coexist (apx-excludes-mpx)
+            if start < other_end and other_start < end:
+                result |= pair
+    return result
+
+
+@_fact("misordered", "mask", "enumerated user xfeatures whose standard offset is below that of "
+       "a lower-numbered one (APX, which Linux before 6.16 does not know, left out)",
+       _component_sources)
+def _misordered(facts: Facts) -> object:
+    layout = facts.layout
+    xcr0 = facts["xcr0"]
+    assert isinstance(xcr0, int)
+    result = 0
+    highest = 0
+    for number in _sized(layout, xcr0 & ~(1 << 19)):
+        component = layout.components[number]
+        if component.supervisor:
+            continue
+        if component.offset < highest:
+            result |= 1 << number
+        highest = max(highest, component.offset)
+    return result
+
+
+@_fact("unsized", "mask", "enumerated xfeatures (XCR0 or IA32_XSS) whose subleaf gives no size",
+       _component_sources)
+def _unsized(facts: Facts) -> object:
+    layout = facts.layout
+    mask = (layout.xcr0_supported | layout.xss_supported) & ~FP_SSE_MASK & ~BIT63
+    return sum(1 << n for n in bits(mask)
+               if n not in layout.components or not layout.components[n].size)
+
+
+@_fact("kind_mismatch", "mask", "xfeatures enumerated in XCR0 whose subleaf says supervisor "
+       "(ECX[0]=1), or enumerated in IA32_XSS whose subleaf says user", _component_sources)
+def _kind_mismatch(facts: Facts) -> object:
+    layout = facts.layout
+    result = 0
+    for number in _sized(layout, layout.xcr0_supported):
+        if layout.components[number].supervisor:
+            result |= 1 << number
+    for number in _sized(layout, layout.xss_supported):
+        if not layout.components[number].supervisor:
+            result |= 1 << number
+    return result
+
+
+@_fact("reserved_flags", "mask", "enumerated xfeatures whose subleaf sets reserved bits "
+       "(ECX[31:3] or EDX)", _component_sources)
+def _reserved_flags(facts: Facts) -> object:
+    layout = facts.layout
+    mask = layout.xcr0_supported | layout.xss_supported
+    return sum(1 << n for n in _sized(layout, mask)
+               if layout.components[n].ecx & ~0x7 or layout.components[n].edx)
+
+
+@_fact("xfd_flagged", "mask", "xfeatures whose subleaf sets ECX[2] (XFD supported)",
+       _component_sources)
+def _xfd_flagged(facts: Facts) -> object:
+    layout = facts.layout
+    return sum(1 << n for n, component in layout.components.items() if component.xfd)
+
+
+@_fact("stale_components", "mask", "subleaves n >= 2 that enumerate a size although bit n is "
+       "in neither 0xD.0 EDX:EAX nor 0xD.1 EDX:ECX", _component_sources)
+def _stale_components(facts: Facts) -> object:
+    layout = facts.layout
+    enumerated = layout.xcr0_supported | layout.xss_supported
+    return sum(1 << n for n, component in layout.components.items()
+               if component.size and not enumerated >> n & 1)
+
+
+@_fact("size_mismatch", "mask", "enumerated xfeatures whose size differs from the architectural "
+       "size (RULES-CATALOGUE.md §1)", _component_sources)
+def _size_mismatch(facts: Facts) -> object:
+    layout = facts.layout
+    mask = layout.xcr0_supported | layout.xss_supported
+    result = 0
+    for number in _sized(layout, mask):
+        expected = XFEATURES[number].size if number in XFEATURES else None
+        if expected is not None and layout.components[number].size != expected:
+            result |= 1 << number
+    return result
+
+
+def _host_reference(facts: Facts) -> CpuidSet:
+    """Return the table whose layout the guest's must equal: KVM's, the host's or the base."""
+    host = facts.subject.host
+    if host is not None:
+        for table in (host.kvm_cpuid_permitted, host.kvm_cpuid, host.host_cpuid):
+            if table is not None:
+                return table
+    if facts.subject.base is not None:
+        return facts.subject.base
+    raise Missing("neither host facts nor a base table to compare the layout with")
+
+
+@_fact("host_layout_mismatch", "mask", "enumerated xfeatures whose size, offset or alignment "
+       "differ from the host's (KVM's table, the host CPUID, or the table before the template)",
+       _component_sources)
+def _host_layout_mismatch(facts: Facts) -> object:
+    layout = facts.layout
+    reference = XsaveLayout.from_cpuid(_host_reference(facts))
+    result = 0
+    for number in _sized(layout, layout.xcr0_supported | layout.xss_supported):
+        theirs = reference.components.get(number)
+        if theirs is None or not theirs.size:
+            continue  # the host lacks it: guest-within-kvm-supported speaks of that
+        ours = layout.components[number]
+        same_offset = ours.offset == theirs.offset or ours.supervisor
+        if ours.size != theirs.size or not same_offset or ours.aligned != theirs.aligned:
+            result |= 1 << number
+    return result
+
+
+# --- what a Linux guest does with it (RULES-CATALOGUE.md §4) ---------------------------
+
+#: The gate Linux checks for each user xfeature (``xsave_cpuid_features[]``), except PKRU:
+#: Linux gates it on OSPKE, which it force-sets itself when PKU is present (LNX-12), and a
+#: KVM guest's table has OSPKE clear (a runtime bit), so PKU is the gate that decides.
+_LINUX_GATES: dict[int, str] = {
+    0: "FPU", 1: "SSE", 2: "AVX", 3: "MPX", 4: "MPX", 5: "AVX512F", 6: "AVX512F",
+    7: "AVX512F", 9: "PKU", 17: "AMX_TILE", 18: "AMX_TILE", 19: "APX",
+}
+_LINUX_SUPERVISOR_GATES: dict[int, str] = {10: "ENQCMD", 11: "SHSTK", 12: "SHSTK"}
+
+
+def _gate_refs(facts: Facts, value: object) -> list[BitRef]:
+    refs = list(_XCR0_REFS)
+    for name in sorted(set(_LINUX_GATES.values()) | {"XFD"}):
+        where = FEATURES[name]
+        refs.append((where.leaf, where.subleaf, where.register, 1 << where.bit))
+    return refs
+
+
+@_fact("linux_xcr0", "mask", "the XCR0 a Linux guest writes: the enumerated user xfeatures whose "
+       "CPUID gate is set (LNX-04), without TILEDATA when XFD is absent (LNX-05)", _gate_refs)
+def _linux_xcr0(facts: Facts) -> object:
+    xcr0 = facts["xcr0"]
+    assert isinstance(xcr0, int)
+    result = 0
+    for number, gate in _LINUX_GATES.items():
+        if xcr0 >> number & 1 and facts[gate]:
+            result |= 1 << number
+    if not facts["XFD"]:
+        result &= ~USER_DYNAMIC_MASK
+    return result
+
+
+@_fact("linux_dropped", "mask", "enumerated XCR0 bits a Linux guest leaves out (xcr0 & "
+       "~linux_xcr0)", _gate_refs)
+def _linux_dropped(facts: Facts) -> object:
+    xcr0, linux = facts["xcr0"], facts["linux_xcr0"]
+    assert isinstance(xcr0, int) and isinstance(linux, int)
+    return xcr0 & ~linux
+
+
+@_fact("linux_default_size", "size", "the size of a Linux guest's default (non-dynamic) XSAVE "
+       "buffer: compacted with XSAVES, standard otherwise (LNX-08)", _component_sources)
+def _linux_default_size(facts: Facts) -> object:
+    layout = facts.layout
+    linux = facts["linux_xcr0"]
+    assert isinstance(linux, int)
+    default = linux & ~USER_DYNAMIC_MASK
+    if facts["XSAVES"]:
+        xss = facts["xss"]
+        assert isinstance(xss, int)
+        for number, gate in _LINUX_SUPERVISOR_GATES.items():
+            if xss >> number & 1 and facts[gate]:
+                default |= 1 << number
+        return layout.compacted_size(default)
+    return layout.standard_size(default)
+
+
+# --- CPUID feature bits against the xfeatures they need (RULES-CATALOGUE.md §8) ---------
+
+#: Feature -> the xfeatures it needs in 0xD.0 (QEMU-01 / LNX-04 pairs).
+_FEATURE_XSTATE: dict[str, int] = {
+    "AVX": 1 << 2, "MPX": MPX_MASK, "AVX512F": AVX512_MASK, "PKU": 1 << 9,
+    "AMX_TILE": XTILE_MASK, "APX": 1 << 19,
+}
+
+
+def _feature_refs(facts: Facts, value: object) -> list[BitRef]:
+    refs = list(_XCR0_REFS)
+    for name in _FEATURE_XSTATE:
+        where = FEATURES[name]
+        refs.append((where.leaf, where.subleaf, where.register, 1 << where.bit))
+    return refs
+
+
+def _features_lacking_xstate(facts: Facts) -> list[tuple[str, int]]:
+    xcr0 = facts["xcr0"]
+    assert isinstance(xcr0, int)
+    return [(name, need & ~xcr0) for name, need in _FEATURE_XSTATE.items()
+            if facts[name] and need & ~xcr0]
+
+
+@_fact("feature_without_xstate", "mask", "xfeatures a set CPUID feature needs (AVX: ymm, MPX, "
+       "AVX512F, PKU: pkru, AMX_TILE: TILECFG|TILEDATA, APX) that 0xD.0 lacks", _feature_refs)
+def _feature_without_xstate(facts: Facts) -> object:
+    return sum(missing for _, missing in _features_lacking_xstate(facts))
+
+
+@_fact("feature_without_xstate_names", "str", "the CPUID features of feature_without_xstate, "
+       "each with the xfeatures it lacks", _feature_refs)
+def _feature_without_xstate_names(facts: Facts) -> object:
+    return ", ".join(f"{name} (lacks {format_mask(missing)})"
+                     for name, missing in _features_lacking_xstate(facts)) or "none"
+
+
+@_fact("xstate_without_feature", "mask", "xfeatures enumerated in 0xD.0 whose CPUID feature "
+       "(AVX, MPX, AVX512F, PKU, AMX_TILE, APX) is clear", _feature_refs)
+def _xstate_without_feature(facts: Facts) -> object:
+    xcr0 = facts["xcr0"]
+    assert isinstance(xcr0, int)
+    result = 0
+    for name, need in _FEATURE_XSTATE.items():
+        if not facts[name]:
+            result |= need & xcr0
+    return result
+
+
+def _feature_fact(name: str) -> None:
+    where = FEATURES[name]
+    shift = where.bit
+
+    def compute(facts: Facts) -> object:
+        if where.leaf == 0xD:
+            facts.require_subleaves()
+        return bool(facts.cpuid.register(where.leaf, where.subleaf, where.register) >> shift & 1)
+
+    FACTS[name] = FactSpec(
+        name, "bool",
+        f"CPUID.({where.leaf:#x},{where.subleaf}):{where.register.upper()}[{where.bit}] {name}",
+        compute, ((where.leaf, where.subleaf, where.register, 1 << where.bit),),
+    )
+
+
+for _name in FEATURES:
+    _feature_fact(_name)
+
+
+# --- the template and the table before it ----------------------------------------------
+
+
+def _entry_location(cpuid: CpuidSet, leaf: int, subleaf: int) -> Location | None:
+    found = [where for (lf, sub, _, _), where in cpuid.provenance.items()
+             if (lf, sub) == (leaf, subleaf)]
+    return min(found) if found else None
+
+
+@_fact("missing_entries", "items", "the CPUID entries a template modifies that the base table "
+       "lacks (Firecracker refuses to boot)")
+def _missing_entries(facts: Facts) -> object:
+    return tuple(EntryItem(entry.leaf, entry.subleaf, entry.location)
+                 for entry in facts.subject.missing_entries)
+
+
+@_fact("flags_cleared", "items", "entries of indexed leaves whose KVM flags the template changed "
+       "from SIGNIFICANT_INDEX to not")
+def _flags_cleared(facts: Facts) -> object:
+    base = facts.subject.base
+    if base is None:
+        return ()
+    cpuid = facts.cpuid
+    items = []
+    for (leaf, subleaf), flags in sorted(cpuid.flags.items()):
+        if leaf in INDEXED_LEAVES and not flags & 1 and base.flags.get((leaf, subleaf), 0) & 1:
+            items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf)))
+    return tuple(items)
+
+
+def _base(facts: Facts) -> CpuidSet:
+    if facts.subject.base is None:
+        raise Missing("no template, so no table before it")
+    return facts.subject.base
+
+
+@_fact("base.xcr0", "mask", "0xD.0 EDX:EAX of the table before the template", _XCR0_REFS)
+def _base_xcr0(facts: Facts) -> object:
+    return _xcr0_of(_base(facts))
+
+
+@_fact("base.xss", "mask", "0xD.1 EDX:ECX of the table before the template", _XSS_REFS)
+def _base_xss(facts: Facts) -> object:
+    return _xss_of(_base(facts))
+
+
+# --- the host (HostState) ---------------------------------------------------------------
+
+
+def _host_field(facts: Facts, field: str) -> object:
+    host = facts.subject.host
+    if host is None:
+        raise Missing("no host facts")
+    value = getattr(host, field)
+    if value is None:
+        raise Missing(f"the host probe could not read {field}")
+    return value
+
+
+def _host_fact(name: str, field: str, doc: str) -> None:
+    FACTS[name] = FactSpec(name, "mask", doc, lambda facts: _host_field(facts, field))
+
+
+_host_fact("host.supported", "supported", "ARCH_GET_XCOMP_SUPP: what the host kernel can enable "
+           "for a process")
+_host_fact("host.permitted", "permitted", "ARCH_GET_XCOMP_PERM: this process's permission")
+_host_fact("host.guest_permitted", "guest_permitted", "ARCH_GET_XCOMP_GUEST_PERM: the guest "
+           "(vCPU) permission of the probing process")
+_host_fact("host.xcr0", "xcr0", "XGETBV(0) in the probing process")
+_host_fact("host.kvm_guest_supported", "kvm_guest_supported", "KVM_X86_XCOMP_GUEST_SUPP: KVM's "
+           "supported XCR0 before the permission filter")
+
+
+@_fact("host.cpuid_xcr0", "mask", "0xD.0 EDX:EAX of the host's own CPUID")
+def _host_cpuid_xcr0(facts: Facts) -> object:
+    table = _host_field(facts, "host_cpuid")
+    assert isinstance(table, CpuidSet)
+    return _xcr0_of(table)
+
+
+@_fact("host.kernel", "version", "the host kernel's (major, minor) version")
+def _host_kernel(facts: Facts) -> object:
+    host = facts.subject.host
+    if host is None or host.kernel_version == (0, 0):
+        raise Missing("no host kernel version")
+    return host.kernel_version
+
+
+@_fact("host.permission_requested", "bool", "whether the probe asked for guest permission "
+       "(ARCH_REQ_XCOMP_GUEST_PERM) before reading KVM")
+def _host_permission_requested(facts: Facts) -> object:
+    return bool(_host_field(facts, "permission_requested"))
+
+
+@_fact("kvm.cpuid_xcr0", "mask", "0xD.0 EDX:EAX of KVM_GET_SUPPORTED_CPUID as read with the "
+       "guest permission the probing process had")
+def _kvm_cpuid_xcr0(facts: Facts) -> object:
+    table = _host_field(facts, "kvm_cpuid")
+    assert isinstance(table, CpuidSet)
+    return _xcr0_of(table)
+
+
+@_fact("kvm.xcr0", "mask", "the XCR0 bits KVM supports for a guest whose VMM holds the guest "
+       "permission: KVM_X86_XCOMP_GUEST_SUPP, else 0xD.0 of KVM_GET_SUPPORTED_CPUID (after the "
+       "permission request where it was made)")
+def _kvm_xcr0(facts: Facts) -> object:
+    host = facts.subject.host
+    if host is None:
+        raise Missing("no host facts")
+    if host.kvm_guest_supported is not None:
+        return host.kvm_guest_supported
+    for table in (host.kvm_cpuid_permitted, host.kvm_cpuid):
+        if table is not None:
+            return _xcr0_of(table)
+    raise Missing("KVM's supported XCR0 was not read")
+
+
+@_fact("kvm.xss", "mask", "0xD.1 EDX:ECX of KVM_GET_SUPPORTED_CPUID: the IA32_XSS bits KVM "
+       "supports")
+def _kvm_xss(facts: Facts) -> object:
+    host = facts.subject.host
+    if host is None:
+        raise Missing("no host facts")
+    for table in (host.kvm_cpuid_permitted, host.kvm_cpuid):
+        if table is not None:
+            return _xss_of(table)
+    raise Missing("KVM's supported CPUID was not read")
+
+
+# --- functions ---------------------------------------------------------------------------
+
+
+def valid_xcr0(mask: int) -> bool:
+    """Return whether XSETBV accepts ``mask`` by the architectural rules (XCR0-03..10)."""
+    if not mask & 1 or mask & (SUPERVISOR_MASK | BIT63):
+        return False
+    if mask & 0x4 and not mask & 0x2:
+        return False
+    if mask & MPX_MASK not in (0, MPX_MASK):
+        return False
+    if mask & AVX512_MASK and mask & (AVX512_MASK | 0x4) != AVX512_MASK | 0x4:
+        return False
+    if mask & XTILE_MASK not in (0, XTILE_MASK):
+        return False
+    return not (mask >> 19 & 1 and mask & MPX_MASK)
+
+
+def _std_size(facts: Facts, mask: int) -> int:
+    return facts.layout.standard_size(mask)
+
+
+def _compacted_size(facts: Facts, mask: int) -> int:
+    return facts.layout.compacted_size(mask)
+
+
+def _layout_sources(facts: Facts) -> list[BitRef]:
+    xcr0, xss = facts["xcr0"], facts["xss"]
+    assert isinstance(xcr0, int) and isinstance(xss, int)
+    return _mask_refs(xcr0 | xss)
+
+
+FUNCTIONS: dict[str, FunctionSpec] = {
+    spec.name: spec
+    for spec in (
+        FunctionSpec("std_size", ("mask",), "size", "standard-format size of an xfeature mask "
+                     "from this table's subleaves (KVM's xstate_required_size)", _std_size,
+                     _layout_sources),
+        FunctionSpec("compacted_size", ("mask",), "size", "compacted-format size of an xfeature "
+                     "mask from this table's subleaves", _compacted_size, _layout_sources),
+        FunctionSpec("valid_xcr0", ("mask",), "bool", "whether XSETBV accepts the mask "
+                     "(x87, YMM needs SSE, MPX pair, AVX-512 triple with YMM, AMX pair, no "
+                     "supervisor bits, no APX with MPX)", lambda facts, mask: valid_xcr0(mask)),
+        FunctionSpec("popcount", ("int",), "int", "the number of bits set",
+                     lambda facts, value: bin(value).count("1")),
+    )
+}
+
+#: Named xfeature masks: every xfeature by name, and the groups the rules speak of.
+CONSTANTS: dict[str, int] = {
+    **{x.name: x.mask for x in XFEATURES.values()},
+    "fp_sse": FP_SSE_MASK,
+    "mpx": MPX_MASK,
+    "avx512": AVX512_MASK,
+    "xtile": XTILE_MASK,
+    "dynamic": USER_DYNAMIC_MASK,
+    "supervisor": SUPERVISOR_MASK,
+    "user": USER_MASK,
+    "known": KNOWN_MASK,
+}
+
+_CLASHES = (set(CONSTANTS) & set(FACTS)) | (set(CONSTANTS) & set(FUNCTIONS)) | (
+    set(FACTS) & set(FUNCTIONS)
+)
+assert not _CLASHES, f"names used twice in the rule language: {sorted(_CLASHES)}"
+
+
+# --- showing values in messages -----------------------------------------------------------
+
+
+def format_value(value: object, kind: Kind) -> str:
+    """Return a value as a message shows it: masks with names, sizes in bytes and hex."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if kind == "mask" and isinstance(value, int):
+        return format_mask(value)
+    if kind == "size" and isinstance(value, int):
+        return f"{value} ({value:#x})"
+    if kind == "sizes" and isinstance(value, tuple):
+        return ", ".join(f"{size} ({size:#x})" for size in value)
+    if kind == "version" and isinstance(value, tuple):
+        return ".".join(str(part) for part in value)
+    if kind == "int" and isinstance(value, int):
+        return f"{value:#x}"
+    if isinstance(value, int):
+        return str(value)
+    return str(value)

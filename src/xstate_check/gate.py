@@ -1,0 +1,528 @@
+"""The CI gate: every CPU template on every CPU profile it may run on, in one report.
+
+``run_gate(templates, profiles=…, matrix=…, changed_since=…, fail_on=…)`` applies each
+template to each profile of its vendor (or to the profiles a matrix file names), checks
+each template x profile pair as one subject, and returns a ``GateResult``: the report and
+the exit code policy. A template that modifies a CPUID entry a profile lacks gives the
+``template-leaf-missing`` error for that pair: Firecracker refuses to boot there.
+
+Which profiles a template runs on, first rule that applies:
+1. the first ``[[template]]`` entry of the matrix file whose ``path`` pattern matches it;
+2. its vendor, inferred from the template itself: a template that modifies a leaf only one
+   vendor defines (AMD's extended leaves above 0x80000008; Intel's 0x12, 0x14, 0x19-0x1E,
+   0x20, 0x23, 0x24) or sets a bit only AMD defines (in 0x80000001 ECX/EDX or 0x80000008
+   EBX) is that vendor's;
+3. otherwise every profile: nothing in the template ties it to one vendor, and Firecracker
+   applies a custom template on any host (FIRECRACKER.md §2.2).
+
+Regression mode (``changed_since=REV``) checks only the templates whose file differs from
+REV (a file REV lacks counts as changed), checks their REV version on the same profiles and
+marks each finding ``new`` or ``unchanged``: matched first by rule and message, then by
+rule alone (a message that changed with an unrelated edit is still the same problem).
+``fail_on="new"`` (the default there) fails only on new findings, ``"any"`` on all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import re
+import subprocess
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import attrs
+
+from xstate_check.api import build_subject
+from xstate_check.cpuid import CpuidSet
+from xstate_check.engine import evaluate
+from xstate_check.errors import InputError, Location
+from xstate_check.formats._findings import counts, findings_with_state
+from xstate_check.report import Finding, Report, SubjectReport
+from xstate_check.sources.load import load_cpuid
+from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
+from xstate_check.subject import Subject
+from xstate_check.template import Template, load_template, parse_template
+
+__all__ = [
+    "AMD",
+    "INTEL",
+    "FailOn",
+    "GateProfile",
+    "GateResult",
+    "Matrix",
+    "MatrixEntry",
+    "load_matrix",
+    "resolve_profiles",
+    "run_gate",
+    "template_vendor",
+]
+
+FailOn = Literal["new", "any"]
+INTEL = "GenuineIntel"
+AMD = "AuthenticAMD"
+_VENDOR_WORDS = {"intel": INTEL, "amd": AMD, INTEL.lower(): INTEL, AMD.lower(): AMD}
+
+# Leaves Intel CPUs have and AMD's do not (SGX, PT, Key Locker, hybrid, PCONFIG, LBR, AMX
+# tiles and TMUL, PQE, AVX10), and the extended leaves beyond Intel's last (0x80000008).
+_INTEL_ONLY_LEAVES = frozenset({0x12, 0x14, 0x19, 0x1A, 0x1B, 0x1C, 0x1D, 0x1E, 0x20, 0x23, 0x24})
+_INTEL_LAST_EXTENDED_LEAF = 0x80000008
+# Bits Intel's SDM leaves reserved where AMD's APM defines them: setting one is AMD-only.
+# 0x80000001 ECX: Intel defines LAHF (0), LZCNT (5), PREFETCHW (8); EDX: SYSCALL (11),
+# NX (20), Page1GB (26), RDTSCP (27), LM (29); 0x80000008 EBX: WBNOINVD (9).
+_AMD_ONLY_BITS = {
+    (0x80000001, 0, "ecx"): 0xFFFF_FFFF & ~((1 << 0) | (1 << 5) | (1 << 8)),
+    (0x80000001, 0, "edx"): 0xFFFF_FFFF & ~((1 << 11) | (1 << 20) | (1 << 26) | (1 << 27)
+                                            | (1 << 29)),
+    (0x80000008, 0, "ebx"): 0xFFFF_FFFF & ~(1 << 9),
+}
+
+
+@attrs.frozen
+class GateProfile:
+    """One CPU profile the gate checks templates on: a name and its CpuidSet."""
+
+    name: str
+    cpuid: CpuidSet = attrs.field(eq=False)
+
+    @property
+    def vendor(self) -> str:
+        """Return the profile's CPU vendor string (``GenuineIntel``, ``AuthenticAMD``)."""
+        return self.cpuid.vendor
+
+
+@attrs.frozen
+class MatrixEntry:
+    """One ``[[template]]`` of a matrix file: a template path pattern and where it runs."""
+
+    path: str
+    profiles: tuple[str, ...]
+    vendor: str | None
+    location: Location
+
+    def matches(self, template: str, base: Path) -> bool:
+        """Return whether the pattern matches a template path (relative to ``base``) or name."""
+        candidates = {Path(template).name, PurePosixPath(Path(template).as_posix()).as_posix()}
+        with contextlib.suppress(ValueError):
+            candidates.add(Path(os.path.abspath(template)).relative_to(base).as_posix())
+        return any(fnmatch.fnmatchcase(candidate, self.path) for candidate in candidates)
+
+
+@attrs.frozen
+class Matrix:
+    """A matrix file: which profiles each template is checked on.
+
+    ``folder`` is the matrix file's folder; ``templates_dir`` (relative to it) is where the
+    ``path`` patterns are looked up when the gate is given no template.
+    """
+
+    path: str
+    folder: Path
+    entries: tuple[MatrixEntry, ...]
+    templates_dir: str | None = None
+
+    def entry_for(self, template: str) -> MatrixEntry | None:
+        """Return the first entry whose pattern matches ``template``, or None."""
+        return next((e for e in self.entries if e.matches(template, self.folder)), None)
+
+    def templates(self) -> list[str]:
+        """Return the template files the patterns name under ``templates_dir``, in order."""
+        root = self.folder / (self.templates_dir or ".")
+        found: dict[str, None] = {}
+        for entry in self.entries:
+            hits = sorted(root.glob(entry.path))
+            if not hits:
+                raise InputError(
+                    entry.location,
+                    f"expected the pattern {entry.path!r} to name template files under {root}",
+                )
+            for hit in hits:
+                found.setdefault(os.path.relpath(hit))
+        return list(found)
+
+
+@attrs.frozen
+class GateResult:
+    """What a gate run found: the report and the policy its exit code follows.
+
+    ``baseline`` is the revision compared with in regression mode (None otherwise);
+    ``fail_on`` is ``new`` (only findings the change introduced fail) or ``any``.
+    """
+
+    report: Report
+    fail_on: FailOn = "any"
+    baseline: str | None = None
+
+    def failing(self, strict: bool = False) -> list[Finding]:
+        """Return the findings that fail the gate: errors (and warnings when ``strict``)."""
+        failing = []
+        for subject in self.report.subjects:
+            for finding, state in findings_with_state(subject):
+                if not counts(subject, state):
+                    continue
+                if finding.severity == "error" or (strict and finding.severity == "warning"):
+                    failing.append(finding)
+        return failing
+
+    def exit_code(self, strict: bool = False) -> int:
+        """Return 1 when a finding fails the gate (see ``failing``), else 0."""
+        return 1 if self.failing(strict) else 0
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def resolve_profiles(specs: Sequence[str]) -> list[GateProfile]:
+    """Return the profiles named by ``builtin``, ``profile:PATTERN`` and CPUID files/folders.
+
+    A folder stands for every ``*.json`` file in it; a file is read by ``load_cpuid`` (any
+    format it detects) and named by its stem. Two profiles of one name are an InputError.
+    """
+    chosen: dict[str, GateProfile] = {}
+
+    def add(name: str, cpuid: CpuidSet, where: str) -> None:
+        if name in chosen:
+            if chosen[name].cpuid.source == cpuid.source:
+                return
+            raise InputError(
+                Location(where),
+                f"expected profile names to be unique, but {name!r} is both "
+                f"{chosen[name].cpuid.source} and {cpuid.source}",
+            )
+        chosen[name] = GateProfile(name, cpuid)
+
+    for spec in specs:
+        if spec == "builtin":
+            for info in profile_index():
+                add(info.name, load_profile(info.name), spec)
+        elif spec.startswith("profile:"):
+            pattern = spec.removeprefix("profile:")
+            infos = match_profiles(pattern)
+            if not infos:
+                load_profile(pattern)  # raises the InputError that lists the known names
+            for info in infos:
+                add(info.name, load_profile(info.name), spec)
+        else:
+            for path in _profile_files(spec):
+                add(Path(path).stem, load_cpuid(path), path)
+    if not chosen:
+        raise InputError(Location("--profiles"), "expected at least one profile")
+    return list(chosen.values())
+
+
+def _profile_files(spec: str) -> list[str]:
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(str(child) for child in path.glob("*.json") if child.is_file())
+        if not files:
+            raise InputError(Location(spec), "expected a folder holding CPUID *.json files")
+        return files
+    if not path.exists():
+        raise InputError(
+            Location(spec), "expected 'builtin', profile:NAME, or an existing CPUID file or folder"
+        )
+    return [spec]
+
+
+# --------------------------------------------------------------------------- matrix
+
+_ENTRY_KEYS = ("path", "profiles", "vendor")
+_TOP_KEYS = ("templates_dir", "template")
+
+
+def _line_of_entry(text: str, index: int) -> int:
+    """Return the 1-based line of the ``index``-th ``[[template]]`` header (0 if absent)."""
+    seen = -1
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip().replace(" ", "") == "[[template]]":
+            seen += 1
+            if seen == index:
+                return number
+    return 0
+
+
+def load_matrix(path: str | os.PathLike[str]) -> Matrix:
+    """Read a matrix file (TOML): ``[[template]]`` entries of ``path`` and ``profiles``/``vendor``.
+
+    ``path`` is a shell pattern matched against the template's name, its path as given, and
+    its path relative to the matrix's folder; ``profiles`` lists profile names or patterns
+    (``fc-cascade-lake-*``); ``vendor`` (``intel``/``amd``) keeps only that vendor's profiles.
+    Unknown keys, wrong types and an entry with neither are InputErrors with the line.
+    """
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(Location(name), f"a readable UTF-8 matrix file ({error})") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        # Python 3.11's tomllib gives the position only inside the message.
+        found = re.search(r"\(at line (\d+), column (\d+)\)$", str(error))
+        line, column = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+        problem = str(error)[: found.start()].strip() if found else str(error)
+        raise InputError(Location(name, line, column), f"expected TOML: {problem}") from None
+    for key in document:
+        if key not in _TOP_KEYS:
+            raise InputError(
+                Location(name),
+                f"expected only templates_dir and [[template]] tables, found {key!r}",
+            )
+    templates_dir = document.get("templates_dir")
+    if templates_dir is not None and not isinstance(templates_dir, str):
+        raise InputError(Location(name), "expected templates_dir as a string (a folder)")
+    raw = document.get("template", [])
+    if not isinstance(raw, list) or not raw:
+        raise InputError(Location(name), "expected one or more [[template]] tables")
+    entries = []
+    for index, table in enumerate(raw):
+        where = Location(name, _line_of_entry(text, index))
+        entries.append(_matrix_entry(table, where))
+    folder = Path(os.path.abspath(name)).parent
+    return Matrix(name, folder, tuple(entries), templates_dir)
+
+
+def _matrix_entry(table: object, where: Location) -> MatrixEntry:
+    if not isinstance(table, dict):
+        raise InputError(where, "expected [[template]] as a table")
+    for key in table:
+        if key not in _ENTRY_KEYS:
+            raise InputError(
+                where, f"expected only path, profiles and vendor in [[template]], found {key!r}"
+            )
+    pattern = table.get("path")
+    if not isinstance(pattern, str) or not pattern:
+        raise InputError(where, 'expected path = "a template file name or pattern"')
+    profiles = table.get("profiles", [])
+    if not isinstance(profiles, list) or not all(isinstance(p, str) and p for p in profiles):
+        raise InputError(where, "expected profiles as a list of profile names or patterns")
+    vendor = table.get("vendor")
+    if vendor is not None:
+        if not isinstance(vendor, str) or vendor.lower() not in _VENDOR_WORDS:
+            raise InputError(where, f'expected vendor = "intel" or "amd", found {vendor!r}')
+        vendor = _VENDOR_WORDS[vendor.lower()]
+    if not profiles and vendor is None:
+        raise InputError(where, "expected profiles, vendor, or both in [[template]]")
+    return MatrixEntry(pattern, tuple(profiles), vendor, where)
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def template_vendor(template: Template) -> str | None:
+    """Return the vendor a template can only be meant for (``GenuineIntel``/``AuthenticAMD``).
+
+    None when nothing in it ties it to one vendor, or it points to both.
+    """
+    vendors: set[str] = set()
+    for leaf, _subleaf in template.entries():
+        if leaf in _INTEL_ONLY_LEAVES:
+            vendors.add(INTEL)
+        elif _INTEL_LAST_EXTENDED_LEAF < leaf <= 0x8000FFFF:
+            vendors.add(AMD)
+    for key, (filter_bits, value_bits) in template.modified_bits().items():
+        if filter_bits & value_bits & _AMD_ONLY_BITS.get(key, 0):
+            vendors.add(AMD)
+    return vendors.pop() if len(vendors) == 1 else None
+
+
+def _select(entry: MatrixEntry, profiles: Sequence[GateProfile]) -> list[GateProfile]:
+    chosen = list(profiles)
+    if entry.profiles:
+        chosen = []
+        for pattern in entry.profiles:
+            hits = [p for p in profiles if fnmatch.fnmatchcase(p.name, pattern)]
+            if not hits:
+                raise InputError(
+                    entry.location,
+                    f"expected the profile pattern {pattern!r} to match one of the profiles: "
+                    + ", ".join(p.name for p in profiles),
+                )
+            chosen.extend(p for p in hits if p not in chosen)
+    if entry.vendor is not None:
+        chosen = [p for p in chosen if p.vendor == entry.vendor]
+    return chosen
+
+
+def _profiles_for(
+    template: Template, profiles: Sequence[GateProfile], matrix: Matrix | None
+) -> list[GateProfile]:
+    entry = matrix.entry_for(template.path) if matrix is not None else None
+    if entry is not None:
+        return _select(entry, profiles)
+    vendor = template_vendor(template)
+    return [p for p in profiles if vendor is None or p.vendor == vendor]
+
+
+# --------------------------------------------------------------------------- git
+
+
+def _git(root: str, *args: str, where: str) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(
+            ["git", "-C", root, *args], capture_output=True, check=False, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        raise InputError(
+            Location(where), f"expected git to run, to compare with a revision ({error})"
+        ) from None
+
+
+@attrs.frozen
+class _Baseline:
+    """A template file's state at the revision: changed or not, and its old text."""
+
+    changed: bool
+    old_text: str | None
+
+
+def _baselines(paths: Sequence[str], rev: str) -> dict[str, _Baseline]:
+    """Return, for each template path, whether it changed since ``rev`` and its old text."""
+    by_root: dict[str, list[tuple[str, str]]] = {}
+    for path in paths:
+        folder = os.path.dirname(os.path.abspath(path))
+        top = _git(folder, "rev-parse", "--show-toplevel", where=path)
+        if top.returncode != 0:
+            raise InputError(
+                Location(path), "expected a file inside a git work tree (for --changed-since)"
+            )
+        root = top.stdout.decode("utf-8", "surrogateescape").strip()
+        relative = Path(os.path.realpath(path)).relative_to(os.path.realpath(root)).as_posix()
+        by_root.setdefault(root, []).append((path, relative))
+    result: dict[str, _Baseline] = {}
+    for root, members in by_root.items():
+        verify = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}",
+                      where=members[0][0])
+        if verify.returncode != 0:
+            raise InputError(
+                Location("--changed-since"),
+                f"expected a git revision (commit, branch or tag) of {root}, found {rev!r}",
+            )
+        relatives = [relative for _, relative in members]
+        diff = _git(root, "diff", "--name-only", "--no-renames", rev, "--", *relatives,
+                    where=members[0][0])
+        listed = _git(root, "ls-tree", "-r", "--name-only", rev, "--", *relatives,
+                      where=members[0][0])
+        changed = set(diff.stdout.decode("utf-8", "surrogateescape").splitlines())
+        existing = set(listed.stdout.decode("utf-8", "surrogateescape").splitlines())
+        for path, relative in members:
+            if relative not in existing:
+                result[path] = _Baseline(True, None)
+            elif relative not in changed:
+                result[path] = _Baseline(False, None)
+            else:
+                shown = _git(root, "show", f"{rev}:{relative}", where=path)
+                old = shown.stdout.decode("utf-8", "replace") if shown.returncode == 0 else None
+                result[path] = _Baseline(True, old)
+    return result
+
+
+def _baseline_states(new: Sequence[Finding], old: Iterable[Finding]) -> list[str]:
+    """Mark each new finding ``unchanged`` if the old version had it, else ``new``."""
+    old = list(old)
+    exact = Counter((f.rule, f.message) for f in old)
+    by_rule = Counter(f.rule for f in old)
+    states: list[str | None] = [None] * len(new)
+    for index, finding in enumerate(new):
+        key = (finding.rule, finding.message)
+        if exact[key] > 0:
+            exact[key] -= 1
+            by_rule[finding.rule] -= 1
+            states[index] = "unchanged"
+    for index, finding in enumerate(new):
+        if states[index] is None and by_rule[finding.rule] > 0:
+            by_rule[finding.rule] -= 1
+            states[index] = "unchanged"
+    return [state or "new" for state in states]
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _subject(template: Template, profile: GateProfile) -> Subject:
+    """Return one pair's subject, named by its profile (its template is beside it)."""
+    return build_subject(profile.cpuid, template, name=profile.name)
+
+
+def _same_guest(one: Subject, other: Subject) -> bool:
+    """Return whether two subjects give the rules the same table, so the same findings.
+
+    Rules read the guest table, its KVM flags and the entries the template lacked; the
+    template lines (provenance) only place the findings.
+    """
+    return (
+        one.cpuid == other.cpuid
+        and dict(one.cpuid.flags) == dict(other.cpuid.flags)
+        and [(m.leaf, m.subleaf) for m in one.missing_entries]
+        == [(m.leaf, m.subleaf) for m in other.missing_entries]
+    )
+
+
+def _regression_states(report: SubjectReport, subject: Subject, old: Template | None,
+                       profile: GateProfile) -> list[str]:
+    """Mark the findings of ``report`` against the old template's on the same profile."""
+    if old is None:
+        return ["new"] * len(report.findings)
+    before = _subject(old, profile)
+    if _same_guest(before, subject):
+        # The change does not reach this profile's guest (a leaf it lacks, a bit it already
+        # had): every finding was there before, at most on another line.
+        return ["unchanged"] * len(report.findings)
+    return _baseline_states(report.findings, evaluate(before).findings)
+
+
+def run_gate(
+    templates: Sequence[str | os.PathLike[str]] = (),
+    *,
+    profiles: Sequence[str] | None = None,
+    matrix: str | os.PathLike[str] | None = None,
+    changed_since: str | None = None,
+    fail_on: FailOn | None = None,
+) -> GateResult:
+    """Check each template on each of its profiles; one subject per template x profile pair.
+
+    ``profiles`` holds ``builtin`` (the default), ``profile:NAME`` patterns and CPUID
+    files or folders. With no template, a matrix's own ``path`` patterns name them.
+    ``changed_since`` turns on regression mode (see the module docstring); ``fail_on``
+    defaults to ``new`` there and is ``any`` otherwise.
+    """
+    grid = load_matrix(matrix) if matrix is not None else None
+    paths = [os.fspath(path) for path in templates]
+    if not paths:
+        if grid is None:
+            raise InputError(Location("gate"), "expected template files or a --matrix file")
+        paths = grid.templates()
+    policy: FailOn = fail_on or ("new" if changed_since else "any")
+    pool = resolve_profiles(list(profiles) if profiles else ["builtin"])
+
+    baselines = _baselines(paths, changed_since) if changed_since else {}
+    subjects: list[SubjectReport] = []
+    for path in dict.fromkeys(paths):
+        baseline = baselines.get(path)
+        if baseline is not None and not baseline.changed:
+            continue
+        template = load_template(path)
+        old: Template | None = None
+        if baseline is not None and baseline.old_text is not None:
+            try:
+                old = parse_template(baseline.old_text, template.path)
+            except InputError:
+                old = None  # a version that did not parse has no findings to keep
+        for profile in _profiles_for(template, pool, grid):
+            subject = _subject(template, profile)
+            report = evaluate(subject)
+            details: dict[str, object] = {
+                **report.details, "profile": profile.name, "vendor": profile.vendor,
+                "fail_on": policy,
+            }
+            if changed_since:
+                states = _regression_states(report, subject, old, profile)
+                details["baseline"] = changed_since
+                details["baseline_state"] = states
+                details["new"] = states.count("new")
+            subjects.append(attrs.evolve(report, details=details))
+    return GateResult(Report(subjects), policy, changed_since)

@@ -1,0 +1,381 @@
+"""A small strict JSON parser that remembers the line and column of every value.
+
+It accepts exactly RFC 8259 JSON, as serde_json (which Firecracker uses) does: no comments,
+no trailing commas, no NaN or Infinity, no leading zeros, no raw control characters in
+strings, no lone surrogates, no byte-order mark, nothing after the document, at most 128
+nested arrays and objects. A repeated key in one object is an error unless the caller asks
+to see the repeats. Every syntax error is an ``InputError`` naming path, line and column,
+with the offending source line and a caret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any
+
+from xstate_check.errors import InputError, Location
+
+__all__ = ["MAX_DEPTH", "MAX_FILE_SIZE", "Node", "error_at", "parse", "read_text"]
+
+#: Files larger than this are refused before they are parsed (16 MiB).
+MAX_FILE_SIZE = 16 * 1024 * 1024
+
+#: serde_json's recursion limit: deeper nesting is refused.
+MAX_DEPTH = 128
+
+# The whitespace pattern matches the empty string, so it never returns None.
+_skip: Callable[[str, int], re.Match[str]] = re.compile(r"[ \t\n\r]*").match  # type: ignore[assignment]
+_STRING = re.compile(
+    r'"([^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*)"'
+).match
+_VALID_ESCAPE = re.compile(r'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})').match
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?").match
+_NUMBER_TAIL = frozenset(".eE0123456789")
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|(.))")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
+                   "r": "\r", "t": "\t"}
+_LITERALS = (("true", True), ("false", False), ("null", None))
+
+
+class Node:
+    """One JSON value with its position: ``value`` (plain Python), ``line``, ``column``.
+
+    Objects have ``items`` (key -> Node, first occurrence) and ``keys`` (key -> the key's
+    own string Node); arrays have ``items`` (a list of Node); scalars have ``items = None``.
+    ``duplicates`` lists the key Nodes of repeated keys (only when the parser allowed them).
+    ``offset`` and ``end`` are character offsets of the value in the text.
+    """
+
+    __slots__ = ("_newlines", "duplicates", "end", "items", "keys", "offset", "value")
+
+    def __init__(
+        self,
+        value: Any,
+        offset: int,
+        end: int,
+        newlines: list[int],
+        *,
+        items: dict[str, Node] | list[Node] | None = None,
+        keys: dict[str, Node] | None = None,
+        duplicates: list[Node] | None = None,
+    ) -> None:
+        self.value = value
+        self.offset = offset
+        self.end = end
+        self._newlines = newlines
+        self.items = items
+        self.keys = keys
+        self.duplicates = duplicates or []
+
+    @property
+    def line(self) -> int:
+        """Return the 1-based line where the value starts."""
+        return bisect_left(self._newlines, self.offset) + 1
+
+    @property
+    def column(self) -> int:
+        """Return the 1-based column (in characters) where the value starts."""
+        line = bisect_left(self._newlines, self.offset)
+        return self.offset - (self._newlines[line - 1] + 1 if line else 0) + 1
+
+    @property
+    def kind(self) -> str:
+        """Return the JSON type: object, array, string, number, boolean or null."""
+        value = self.value
+        if isinstance(value, dict):
+            return "object"
+        if isinstance(value, list):
+            return "array"
+        if isinstance(value, str):
+            return "string"
+        if isinstance(value, bool):
+            return "boolean"
+        if value is None:
+            return "null"
+        return "number"
+
+    def object_items(self) -> dict[str, Node]:
+        """Return the members of an object node (empty for any other kind)."""
+        return self.items if isinstance(self.items, dict) else {}
+
+    def array_items(self) -> list[Node]:
+        """Return the elements of an array node (empty for any other kind)."""
+        return self.items if isinstance(self.items, list) else []
+
+    def __repr__(self) -> str:
+        return f"Node({self.kind} at {self.line}:{self.column})"
+
+
+def _line_bounds(text: str, offset: int) -> tuple[int, int, int]:
+    """Return (1-based line, start offset of that line, end offset of that line)."""
+    start = text.rfind("\n", 0, offset) + 1
+    end = text.find("\n", offset)
+    if end < 0:
+        end = len(text)
+    return text.count("\n", 0, start) + 1, start, end
+
+
+def error_at(text: str, path: str, offset: int, end: int | None, expected: str) -> InputError:
+    """Return an InputError at a character offset of ``text``, with its line and a caret.
+
+    ``end`` (exclusive) widens the caret over a span on the same line.
+    """
+    offset = max(0, min(offset, len(text)))
+    if offset == len(text) and offset > 0:
+        # At the end of the file: point just after the last character that is not blank.
+        offset = len(text.rstrip(" \t\r\n")) or offset
+    line, start, stop = _line_bounds(text, offset)
+    snippet = text[start:stop].rstrip("\r")
+    column = offset - start
+    last = column + 1 if end is None else max(column + 1, min(end, stop) - start)
+    return InputError(
+        Location(path, line, column + 1), expected, snippet=snippet, span=(column, last)
+    )
+
+
+def read_text(path: str | os.PathLike[str], what: str = "a JSON file") -> str:
+    """Read a UTF-8 text file of at most MAX_FILE_SIZE bytes; any failure is an InputError."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as handle:
+            data = handle.read(MAX_FILE_SIZE + 1)
+    except OSError as error:
+        raise InputError(
+            Location(name), f"expected {what} that can be read ({error.strerror or error})"
+        ) from None
+    if len(data) > MAX_FILE_SIZE:
+        raise InputError(Location(name), f"expected {what} of at most 16 MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise InputError(
+            Location(name, line, column), f"expected UTF-8 text in {what} (byte {error.start})"
+        ) from None
+
+
+def parse(text: str, path: str, *, allow_duplicates: bool = False) -> Node:
+    """Parse one strict JSON document and return its root Node.
+
+    A repeated key in an object raises InputError, unless ``allow_duplicates`` is set: then
+    the first occurrence is kept in ``items`` and the repeats are listed in ``duplicates``.
+    """
+    return _Parser(text, path, allow_duplicates).document()
+
+
+def _decode_string(raw: str) -> str | None:
+    """Return the value of a string body with escapes; None if it has a lone surrogate."""
+    if "\\" not in raw:
+        return raw
+
+    def one(match: re.Match[str]) -> str:
+        hexdigits = match.group(1)
+        return chr(int(hexdigits, 16)) if hexdigits else _SIMPLE_ESCAPES[match.group(2)]
+
+    value = _ESCAPE.sub(one, raw)
+    if _SURROGATE.search(value):
+        try:
+            value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
+class _Parser:
+    """Recursive descent over the text; one method per JSON production."""
+
+    def __init__(self, text: str, path: str, allow_duplicates: bool) -> None:
+        self.text = text
+        self.path = path
+        self.allow_duplicates = allow_duplicates
+        newlines = []
+        index = text.find("\n")
+        while index >= 0:
+            newlines.append(index)
+            index = text.find("\n", index + 1)
+        self.newlines = newlines
+
+    def fail(
+        self, offset: int, expected: str, end: int | None = None, *, found: bool = True
+    ) -> InputError:
+        """Return the InputError for ``offset``, saying what was found there."""
+        if found:
+            expected = f"{expected}, found {self.found(offset)}"
+        return error_at(self.text, self.path, offset, end, expected)
+
+    def found(self, offset: int) -> str:
+        """Describe the character at ``offset`` for an error message."""
+        if offset >= len(self.text):
+            return "the end of the file"
+        char = self.text[offset]
+        if char == "\ufeff":
+            return "a byte-order mark (JSON files must not start with one)"
+        for word in ("NaN", "Infinity"):
+            if self.text.startswith(word, offset):
+                return f"{word} (not a JSON number)"
+        return repr(char)
+
+    def document(self) -> Node:
+        """document = ws value ws EOF."""
+        node, offset = self.value(_skip(self.text, 0).end(), 0)
+        offset = _skip(self.text, offset).end()
+        if offset != len(self.text):
+            raise self.fail(offset, "expected the end of the JSON document")
+        return node
+
+    def value(self, offset: int, depth: int) -> tuple[Node, int]:
+        """value = object / array / string / number / true / false / null."""
+        text = self.text
+        char = text[offset : offset + 1]
+        if char == '"':
+            return self.string(offset)
+        if char == "{":
+            return self.object(offset, depth + 1)
+        if char == "[":
+            return self.array(offset, depth + 1)
+        if char and char in "-0123456789":
+            return self.number(offset)
+        for word, literal in _LITERALS:
+            if text.startswith(word, offset):
+                end = offset + len(word)
+                return Node(literal, offset, end, self.newlines), end
+        raise self.fail(offset, "expected a JSON value")
+
+    def object(self, offset: int, depth: int) -> tuple[Node, int]:
+        """object = '{' ws [ member *( ',' ws member ) ] '}'; member = string ws ':' ws value ws."""
+        if depth > MAX_DEPTH:
+            raise self.fail(offset, f"expected at most {MAX_DEPTH} nested arrays and objects")
+        text = self.text
+        items: dict[str, Node] = {}
+        keys: dict[str, Node] = {}
+        duplicates: list[Node] = []
+        cursor = _skip(text, offset + 1).end()
+        if text.startswith("}", cursor):
+            return Node({}, offset, cursor + 1, self.newlines, items=items, keys=keys), cursor + 1
+        while True:
+            if not text.startswith('"', cursor):
+                if text.startswith("}", cursor) and items:
+                    raise self.fail(cursor, "expected another \"key\" after ',' (JSON allows "
+                                    "no trailing comma)")
+                raise self.fail(cursor, 'expected a "key" string in double quotes')
+            key, cursor = self.string(cursor)
+            cursor = _skip(text, cursor).end()
+            if not text.startswith(":", cursor):
+                raise self.fail(cursor, f"expected ':' after the key {key.value!r}")
+            member, cursor = self.value(_skip(text, cursor + 1).end(), depth)
+            name = key.value
+            if name in items:
+                if not self.allow_duplicates:
+                    first = keys[name]
+                    raise self.fail(
+                        key.offset,
+                        f"expected each key once in an object, but {name!r} is already at "
+                        f"line {first.line} column {first.column} (Firecracker: duplicate "
+                        f"field `{name}`)",
+                        key.end,
+                        found=False,
+                    )
+                duplicates.append(key)
+            else:
+                items[name] = member
+                keys[name] = key
+            cursor = _skip(text, cursor).end()
+            char = text[cursor : cursor + 1]
+            if char == ",":
+                cursor = _skip(text, cursor + 1).end()
+                continue
+            if char == "}":
+                value = {name: node.value for name, node in items.items()}
+                node = Node(
+                    value, offset, cursor + 1, self.newlines,
+                    items=items, keys=keys, duplicates=duplicates,
+                )
+                return node, cursor + 1
+            raise self.fail(cursor, "expected ',' or '}' in the object")
+
+    def array(self, offset: int, depth: int) -> tuple[Node, int]:
+        """array = '[' ws [ value ws *( ',' ws value ws ) ] ']'."""
+        if depth > MAX_DEPTH:
+            raise self.fail(offset, f"expected at most {MAX_DEPTH} nested arrays and objects")
+        text = self.text
+        items: list[Node] = []
+        cursor = _skip(text, offset + 1).end()
+        if text.startswith("]", cursor):
+            return Node([], offset, cursor + 1, self.newlines, items=items), cursor + 1
+        while True:
+            if text.startswith("]", cursor) and items:
+                raise self.fail(cursor, "expected another value after ',' (JSON allows no "
+                                "trailing comma)")
+            element, cursor = self.value(cursor, depth)
+            items.append(element)
+            cursor = _skip(text, cursor).end()
+            char = text[cursor : cursor + 1]
+            if char == ",":
+                cursor = _skip(text, cursor + 1).end()
+                continue
+            if char == "]":
+                values = [n.value for n in items]
+                node = Node(values, offset, cursor + 1, self.newlines, items=items)
+                return node, cursor + 1
+            raise self.fail(cursor, "expected ',' or ']' in the array")
+
+    def string(self, offset: int) -> tuple[Node, int]:
+        """string = '"' *( unescaped / escape ) '"'."""
+        match = _STRING(self.text, offset)
+        if match is None:
+            raise self.string_error(offset)
+        end = match.end()
+        raw = match.group(1)
+        value = raw if "\\" not in raw else _decode_string(raw)
+        if value is None:
+            raise self.fail(offset, "expected \\u escapes that pair surrogates (no lone "
+                            "surrogate)", end, found=False)
+        return Node(value, offset, end, self.newlines), end
+
+    def string_error(self, offset: int) -> InputError:
+        """Return the error for the malformed string that starts at ``offset``."""
+        text = self.text
+        cursor = offset + 1
+        while cursor < len(text):
+            char = text[cursor]
+            if char == '"':
+                break
+            if char == "\\":
+                if not _VALID_ESCAPE(text, cursor):
+                    return self.fail(
+                        cursor, 'expected a JSON escape (\\" \\\\ \\/ \\b \\f \\n \\r \\t '
+                        "or \\u and 4 hex digits)", cursor + 2, found=False
+                    )
+                cursor += 2
+                continue
+            if ord(char) < 0x20:
+                return self.fail(cursor, "expected no raw control character inside a string "
+                                 "(write it as an escape such as \\n)")
+            cursor += 1
+        node = Node(None, offset, offset, self.newlines)
+        return self.fail(len(text), f"expected '\"' to close the string that starts at line "
+                         f"{node.line} column {node.column}")
+
+    def number(self, offset: int) -> tuple[Node, int]:
+        """number = [ '-' ] int [ frac ] [ exp ]."""
+        match = _NUMBER(self.text, offset)
+        end = match.end() if match else offset + 1
+        if match is None or self.text[end : end + 1] in _NUMBER_TAIL:
+            raise self.fail(
+                end, "expected a JSON number (digits, no leading zero, digits after '.' and 'e')"
+            )
+        literal = match.group(0)
+        value: int | float
+        if match.group(1) is None and match.group(2) is None and len(literal) <= 40:
+            value = int(literal)
+            # serde_json keeps integers in u64 or i64; anything larger becomes a float.
+            if not -(2**63) <= value < 2**64:
+                value = float(literal)
+        else:
+            value = float(literal)
+        return Node(value, offset, end, self.newlines), end

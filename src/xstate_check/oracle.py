@@ -1,0 +1,803 @@
+"""The oracle: run the guest's XSETBV for real in a throwaway KVM vCPU.
+
+A child process opens /dev/kvm, creates a VM with one vCPU, hands it the subject's CPUID
+with KVM_SET_CPUID2 and runs a tiny real-mode guest that sets CR4.OSXSAVE, loads EDX:EAX
+and executes XSETBV, as a guest kernel does in ``fpu__init_cpu_xstate``. The guest reports
+through a port write: "done" (XCR0 is then read back with KVM_GET_XCRS), or the vector of
+the exception (#GP 13, #UD 6) that its interrupt vector table caught. The child closes every
+descriptor it did not open itself, is killed when it stops reporting for ``timeout``
+seconds, and is always reaped; the calling process never holds a VM.
+
+XCR0 bits this machine cannot put to the test are not tried: bits the subject enumerates
+but this host's KVM cannot enable, and bits where the vCPU's 0xD.0 (read back with
+KVM_GET_CPUID2) differs from the subject's because KVM rewrote it. They are reported as
+untestable here, and XSETBV runs with the rest. Everything that touches KVM goes through a
+``KvmSystem`` so a fake can stand in for what this machine cannot show (EPERM from
+KVM_SET_CPUID2 on an AMX host, a missing /dev/kvm).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import gc
+import json
+import mmap
+import os
+import select
+import signal
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, Protocol
+
+import attrs
+
+from xstate_check.cpuid import CpuidSet
+from xstate_check.errors import InputError, Location, ProbeError
+from xstate_check.sources import kvmabi, syscalls
+from xstate_check.xfeatures import USER_DYNAMIC_MASK, format_mask
+
+__all__ = [
+    "ORACLE_SCHEMA",
+    "KvmSystem",
+    "LinuxKvm",
+    "OracleResult",
+    "Outcome",
+    "exit_code",
+    "render_text",
+    "run_many",
+    "run_oracle",
+    "run_subjects",
+    "split_testable",
+    "to_json",
+    "to_json_text",
+]
+
+#: The ``schema`` of :func:`to_json_text` output.
+ORACLE_SCHEMA = "xstate-check-oracle/1"
+
+KVM_DEVICE = syscalls.KVM_DEVICE
+
+#: What happened to one XCR0 value in one vCPU.
+#: ``accepted``: XSETBV succeeded; ``#GP``/``#UD``: XSETBV raised that exception;
+#: ``exception``: another vector; ``xsave-unavailable``: MOV to CR4.OSXSAVE raised #GP
+#: because the subject does not enumerate XSAVE (a guest kernel then never runs XSETBV);
+#: ``set-cpuid-failed``: KVM_SET_CPUID2 refused the subject; ``timeout``: the vCPU did not
+#: report in time; ``unexpected-exit``: KVM_RUN stopped for another reason.
+Outcome = Literal[
+    "accepted", "#GP", "#UD", "exception", "xsave-unavailable", "set-cpuid-failed",
+    "timeout", "unexpected-exit",
+]
+#: The step of the guest program that was running when it reported.
+Stage = Literal["cr4", "xsetbv", "done"]
+
+GUEST_FAULTS = frozenset({"#GP", "#UD", "exception"})
+INCONCLUSIVE = frozenset({"timeout", "unexpected-exit"})
+
+# ---------------------------------------------------------------------------------------
+# The guest: 16-bit real mode, CS = DS = SS = 0, everything inside 64 KiB at GPA 0.
+# ---------------------------------------------------------------------------------------
+GUEST_MEMORY_SIZE = 0x10000
+CODE_ADDRESS = 0x1000
+STUB_ADDRESS = 0x1100  # one 8-byte stub per exception vector 0..31
+STUB_SIZE = 8
+EXCEPTION_VECTORS = 32
+STACK_TOP = 0x8000
+REPORT_PORT = 0x10
+DONE = 0xFF
+CR4_OSXSAVE = 1 << 18
+X87_MASK = 1
+VECTOR_UD = 6
+VECTOR_GP = 13
+_STAGE_CR4, _STAGE_XSETBV, _STAGE_DONE = 1, 2, 3
+STAGES: dict[int, Stage] = {_STAGE_CR4: "cr4", _STAGE_XSETBV: "xsetbv", _STAGE_DONE: "done"}
+
+# The host sets EDI = XCR0[31:0], EDX = XCR0[63:32], ECX = 0, ESI = CR4 bits to set
+# (CR4.OSXSAVE, or 0 to provoke #UD), BL carries the stage into the exception stubs.
+# XCR0 is read back with KVM_GET_XCRS, not XGETBV: a KVM that runs real mode through its
+# instruction emulator (as kvm-pvm does) cannot emulate XGETBV.
+GUEST_MAIN = bytes([
+    0xB3, _STAGE_CR4,                     # mov bl, 1             stage: CR4.OSXSAVE
+    0x0F, 0x20, 0xE0,                     # mov eax, cr4
+    0x66, 0x25, 0xFF, 0xFF, 0xFB, 0xFF,   # and eax, ~0x40000     clear OSXSAVE
+    0x66, 0x09, 0xF0,                     # or eax, esi           set it when ESI says so
+    0x0F, 0x22, 0xE0,                     # mov cr4, eax          #GP without CPUID XSAVE
+    0xB3, _STAGE_XSETBV,                  # mov bl, 2             stage: XSETBV
+    0x66, 0x89, 0xF8,                     # mov eax, edi          EDX:EAX = XCR0 to try
+    0x0F, 0x01, 0xD1,                     # xsetbv                (ECX = 0: XCR0)
+    0xB3, _STAGE_DONE,                    # mov bl, 3             stage: done
+    0xB0, DONE,                           # mov al, 0xff          "done"
+    0x88, 0xDC,                           # mov ah, bl            stage
+    0xE7, REPORT_PORT,                    # out 0x10, ax
+    0xF4,                                 # hlt
+])
+
+
+def _stub(vector: int) -> bytes:
+    """Return the exception stub for ``vector``: report (vector, stage) on the port."""
+    return bytes([
+        0xB0, vector,                     # mov al, vector
+        0x88, 0xDC,                       # mov ah, bl            stage
+        0xE7, REPORT_PORT,                # out 0x10, ax
+        0xF4,                             # hlt
+        0x90,                             # nop (pads the stub to 8 bytes)
+    ])
+
+
+def guest_image() -> bytes:
+    """Return the guest's first pages: the interrupt vector table, the program, the stubs."""
+    image = bytearray(STUB_ADDRESS + STUB_SIZE * EXCEPTION_VECTORS)
+    for vector in range(EXCEPTION_VECTORS):
+        # Real-mode IVT entry: offset (u16), segment (u16).
+        struct.pack_into("<HH", image, vector * 4, STUB_ADDRESS + STUB_SIZE * vector, 0)
+        start = STUB_ADDRESS + STUB_SIZE * vector
+        image[start:start + STUB_SIZE] = _stub(vector)
+    image[CODE_ADDRESS:CODE_ADDRESS + len(GUEST_MAIN)] = GUEST_MAIN
+    return bytes(image)
+
+
+# ---------------------------------------------------------------------------------------
+# The system layer: every open, ioctl and mmap the oracle makes.
+# ---------------------------------------------------------------------------------------
+class KvmSystem(Protocol):
+    """What the oracle asks of the operating system; a fake can stand in for it."""
+
+    def open_kvm(self) -> int:
+        """Open /dev/kvm and return the descriptor; raise OSError (ENOENT, EACCES…)."""
+        ...
+
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
+        """Issue one ioctl; a bytearray argument is updated in place; raise OSError."""
+        ...
+
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        """Map a vCPU's ``struct kvm_run`` (shared, read-write)."""
+        ...
+
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        """Return anonymous page-aligned memory and its user-space address."""
+        ...
+
+    def close(self, fd: int) -> None:
+        """Close a descriptor."""
+        ...
+
+    def request_guest_permission(self, xfeature: int) -> None:
+        """Ask for guest permission for a dynamic xfeature (ARCH_REQ_XCOMP_GUEST_PERM)."""
+        ...
+
+
+class LinuxKvm:
+    """The real system layer: /dev/kvm, fcntl.ioctl, mmap and arch_prctl."""
+
+    def __init__(self, device: str = KVM_DEVICE) -> None:
+        self.device = device
+
+    def open_kvm(self) -> int:
+        """Open the KVM device read-write, close-on-exec."""
+        return os.open(self.device, os.O_RDWR | os.O_CLOEXEC)
+
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
+        """Issue one ioctl through fcntl (a bytearray is passed by reference)."""
+        if isinstance(arg, bytearray):
+            return int(fcntl.ioctl(fd, request, arg, True))
+        return int(fcntl.ioctl(fd, request, arg))
+
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        """Map ``struct kvm_run`` of a vCPU."""
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        """Return anonymous memory for the guest and its address."""
+        memory = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                           mmap.PROT_READ | mmap.PROT_WRITE)
+        view = ctypes.c_char.from_buffer(memory)
+        address = ctypes.addressof(view)
+        del view  # release the buffer export so the map can be closed
+        return memory, address
+
+    def close(self, fd: int) -> None:
+        """Close a descriptor."""
+        os.close(fd)
+
+    def request_guest_permission(self, xfeature: int) -> None:
+        """Call arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, xfeature); raise OSError on failure."""
+        syscalls.req_xcomp_guest_perm(syscalls.RealSystem(), xfeature)
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+@attrs.frozen
+class OracleResult:
+    """What one XCR0 value did in a real vCPU holding the subject's CPUID.
+
+    ``xcr0_requested`` is what was asked (``xcr0_given`` False: the subject's 0xD.0
+    EDX:EAX, which a Linux guest enables); ``untestable_bits`` are the requested bits this
+    machine cannot test (see :func:`split_testable`), left out of ``xcr0_tried``, which is
+    what XSETBV got. ``vcpu_xcr0`` is the 0xD.0 EDX:EAX the vCPU holds after
+    KVM_SET_CPUID2 (None when it failed or was not reached). ``set_cpuid_errno`` is
+    KVM_SET_CPUID2's errno (None: accepted).
+    ``stage`` and ``vector`` say where the guest stopped; ``xcr0_read_back`` is the vCPU's
+    XCR0 after an accepted XSETBV (KVM_GET_XCRS).
+    """
+
+    subject: str
+    xcr0_requested: int
+    xcr0_tried: int
+    outcome: Outcome
+    set_cpuid_errno: int | None = None
+    untestable_bits: int = 0
+    enumerated_xcr0: int = 0
+    kvm_supported_xcr0: int | None = None
+    vcpu_xcr0: int | None = None
+    xcr0_given: bool = False
+    stage: Stage | None = None
+    vector: int | None = None
+    xcr0_read_back: int | None = None
+    permission_requested: bool = False
+    permission_errno: int | None = None
+    detail: str = ""
+
+    @property
+    def guest_faults(self) -> bool:
+        """Return whether the guest's XSETBV (or what led to it) raised an exception."""
+        return self.outcome in GUEST_FAULTS
+
+    @property
+    def kvm_refused(self) -> bool:
+        """Return whether KVM_SET_CPUID2 refused the subject's CPUID."""
+        return self.outcome == "set-cpuid-failed"
+
+    @property
+    def enumeration_rewritten(self) -> bool:
+        """Return whether KVM_SET_CPUID2 left the vCPU a 0xD.0 other than the subject's."""
+        return self.vcpu_xcr0 is not None and self.vcpu_xcr0 != self.enumerated_xcr0
+
+    @property
+    def exit_code(self) -> int:
+        """Return 1 for a guest fault or a refused CPUID, 3 when inconclusive, else 0."""
+        return exit_code([self])
+
+
+def exit_code(results: Iterable[OracleResult]) -> int:
+    """Return the exit code: 1 if any run faulted or was refused, 3 if inconclusive, else 0."""
+    results = list(results)
+    if any(r.guest_faults or r.kvm_refused for r in results):
+        return 1
+    if any(r.outcome in INCONCLUSIVE for r in results):
+        return 3
+    return 0
+
+
+def _errno_name(code: int | None) -> str | None:
+    if code is None:
+        return None
+    if code == errno.EOPNOTSUPP:
+        return "EOPNOTSUPP"  # the kernel's name; Python's table says ENOTSUP
+    return errno.errorcode.get(code, str(code))
+
+
+def _verdict(result: OracleResult) -> str:
+    """Return one sentence saying what happened and what it means for the guest."""
+    outcome = result.outcome
+    if outcome == "accepted":
+        read = "" if result.xcr0_read_back is None else f"; XCR0 is now {result.xcr0_read_back:#x}"
+        return f"accepted{read}: a guest kernel enabling this XCR0 boots past XSETBV"
+    if outcome == "#GP":
+        return ("#GP: a guest kernel enabling this XCR0 oopses at boot in "
+                "fpu__init_cpu_xstate")
+    if outcome == "#UD":
+        return "#UD: XSETBV ran with CR4.OSXSAVE clear"
+    if outcome == "exception":
+        return f"exception vector {result.vector} at stage {result.stage}"
+    if outcome == "xsave-unavailable":
+        return ("not run: MOV to CR4.OSXSAVE raised #GP because the subject does not "
+                "enumerate XSAVE (CPUID.1:ECX[26]); a guest kernel does not use XSAVE")
+    if outcome == "set-cpuid-failed":
+        return "not run: KVM_SET_CPUID2 refused the subject's CPUID"
+    if outcome == "timeout":
+        return f"no answer: {result.detail or 'the vCPU did not report in time'}"
+    return f"no answer: {result.detail}"
+
+
+def render_text(result: OracleResult) -> str:
+    """Return the result as lines of text for a person."""
+    lines = [f"oracle: {result.subject}"]
+    if result.permission_requested:
+        granted = ("granted" if result.permission_errno is None
+                   else f"failed: {_errno_name(result.permission_errno)}")
+        lines.append(f"  guest permission  ARCH_REQ_XCOMP_GUEST_PERM(18) {granted}")
+    if result.set_cpuid_errno is None:
+        lines.append("  KVM_SET_CPUID2    accepted")
+    else:
+        code = result.set_cpuid_errno
+        lines.append(f"  KVM_SET_CPUID2    failed: {_errno_name(code)} ({os.strerror(code)})")
+        if code == errno.EPERM and result.enumerated_xcr0 & USER_DYNAMIC_MASK:
+            lines.append("                    the subject enumerates tiledata (xfeature 18) "
+                         "and this process holds no guest permission for it "
+                         "(ARCH_REQ_XCOMP_GUEST_PERM)")
+    if result.enumeration_rewritten:
+        held = format_mask(result.vcpu_xcr0 or 0)
+        lines.append(f"  KVM rewrote 0xD.0 the vCPU enumerates {held},")
+        lines.append(f"                    not the subject's {format_mask(result.enumerated_xcr0)}")
+    origin = "given" if result.xcr0_given else "the subject's 0xD.0 EDX:EAX"
+    lines.append(f"  XCR0 requested    {format_mask(result.xcr0_requested)} ({origin})")
+    if result.untestable_bits:
+        supported = ("unknown" if result.kvm_supported_xcr0 is None
+                     else format_mask(result.kvm_supported_xcr0))
+        lines.append(f"  untestable here   {format_mask(result.untestable_bits)}: not a guest "
+                     "fault; this host's KVM")
+        lines.append(f"                    can enable only {supported}"
+                     + (", and rewrote 0xD.0" if result.enumeration_rewritten else ""))
+    label = "XCR0 not tried   " if result.kvm_refused else "XCR0 tried       "
+    lines.append(f"  {label} {format_mask(result.xcr0_tried)}")
+    lines.append(f"  XSETBV            {_verdict(result)}")
+    return "\n".join(lines)
+
+
+def to_json(result: OracleResult) -> dict[str, object]:
+    """Return the result as a JSON-ready dict (masks as integers, errno also by name)."""
+    return {
+        "subject": result.subject,
+        "outcome": result.outcome,
+        "guest_faults": result.guest_faults,
+        "set_cpuid_errno": result.set_cpuid_errno,
+        "set_cpuid_error": _errno_name(result.set_cpuid_errno),
+        "xcr0_requested": result.xcr0_requested,
+        "xcr0_given": result.xcr0_given,
+        "xcr0_tried": result.xcr0_tried,
+        "untestable_bits": result.untestable_bits,
+        "enumerated_xcr0": result.enumerated_xcr0,
+        "kvm_supported_xcr0": result.kvm_supported_xcr0,
+        "vcpu_xcr0": result.vcpu_xcr0,
+        "stage": result.stage,
+        "vector": result.vector,
+        "xcr0_read_back": result.xcr0_read_back,
+        "permission_requested": result.permission_requested,
+        "permission_error": _errno_name(result.permission_errno),
+        "detail": result.detail,
+    }
+
+
+def to_json_text(results: Sequence[OracleResult]) -> str:
+    """Return every result as one JSON document (byte-identical for identical results)."""
+    document = {
+        "schema": ORACLE_SCHEMA,
+        "results": [to_json(result) for result in results],
+        "exit_code": exit_code(results),
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------
+def enumerated_xcr0(cpuid: CpuidSet) -> int:
+    """Return the subject's 0xD.0 EDX:EAX: the XCR0 a Linux guest enables by default."""
+    regs = cpuid.get(0xD, 0)
+    return regs.edx << 32 | regs.eax
+
+
+def split_testable(requested: int, *, enumerated: int, supported: int | None,
+                   held: int | None) -> tuple[int, int]:
+    """Return (XCR0 to try, untestable bits) for ``requested`` on this machine.
+
+    Untestable: bits the subject enumerates (``enumerated``) that KVM cannot enable
+    (``supported``), and bits where the vCPU's 0xD.0 after KVM_SET_CPUID2 (``held``)
+    disagrees with the subject's. x87 is always testable: KVM accepts it whatever 0xD.0
+    says. A bit neither enumerated nor supported stays: XSETBV must #GP on it anyway.
+    """
+    untestable = 0
+    if supported is not None:
+        untestable |= enumerated & ~supported
+    if held is not None:
+        untestable |= enumerated ^ held
+    untestable &= requested & ~X87_MASK
+    return requested & ~untestable, untestable
+
+
+@attrs.frozen
+class _Job:
+    """One subject: its packed CPUID, the XCR0 values to try (None: enumerated), CR4 bits."""
+
+    subject: str
+    cpuid2: bytes
+    enumerated: int
+    xcr0_values: tuple[int | None, ...]
+    cr4_bits: int = CR4_OSXSAVE
+
+
+def run_oracle(
+    cpuid: CpuidSet,
+    *,
+    xcr0: int | None = None,
+    timeout: float = 2.0,
+    system: KvmSystem | None = None,
+    request_permission: bool = False,
+    osxsave: bool = True,
+) -> OracleResult:
+    """Run one XCR0 (default: the subject's enumerated one) in a throwaway vCPU.
+
+    ``request_permission`` asks for guest permission for tiledata in the child first (as
+    a VMM does); ``osxsave=False`` leaves CR4.OSXSAVE clear, so XSETBV raises #UD.
+    """
+    return run_many(cpuid, [xcr0], timeout=timeout, system=system,
+                    request_permission=request_permission, osxsave=osxsave)[0]
+
+
+def run_many(
+    cpuid: CpuidSet,
+    xcr0_values: Iterable[int | None],
+    *,
+    timeout: float = 2.0,
+    system: KvmSystem | None = None,
+    request_permission: bool = False,
+    osxsave: bool = True,
+) -> list[OracleResult]:
+    """Run many XCR0 values in one vCPU of one throwaway VM holding ``cpuid``, in order.
+
+    ``timeout`` bounds how long the child may go without reporting a result; the other
+    options are those of :func:`run_oracle`.
+    """
+    return _run_jobs([_job(cpuid, xcr0_values, osxsave=osxsave)], timeout=timeout,
+                     system=system, request_permission=request_permission)
+
+
+def run_subjects(
+    cpuids: Iterable[CpuidSet],
+    *,
+    xcr0: int | None = None,
+    timeout: float = 2.0,
+    system: KvmSystem | None = None,
+    request_permission: bool = False,
+) -> list[OracleResult]:
+    """Run each subject in its own throwaway VM, all in one child process, in order."""
+    return _run_jobs([_job(cpuid, [xcr0]) for cpuid in cpuids], timeout=timeout,
+                     system=system, request_permission=request_permission)
+
+
+def _job(cpuid: CpuidSet, xcr0_values: Iterable[int | None], *, osxsave: bool = True) -> _Job:
+    """Check and pack one subject; raise InputError for values KVM cannot take."""
+    values = tuple(xcr0_values)
+    for value in values:
+        if value is not None and not 0 <= value < 1 << 64:
+            raise InputError(Location("--xcr0"), f"an XCR0 value of 0..2**64-1, not {value:#x}")
+    if len(cpuid) > kvmabi.KVM_MAX_CPUID_ENTRIES:
+        raise InputError(Location(cpuid.source),
+                         f"at most {kvmabi.KVM_MAX_CPUID_ENTRIES} CPUID entries "
+                         f"(KVM_MAX_CPUID_ENTRIES), not {len(cpuid)}")
+    return _Job(cpuid.source, bytes(kvmabi.pack_cpuid2(cpuid)), enumerated_xcr0(cpuid), values,
+                CR4_OSXSAVE if osxsave else 0)
+
+
+# --- the parent side ---------------------------------------------------------------------
+def _run_jobs(
+    jobs: list[_Job], *, timeout: float, system: KvmSystem | None, request_permission: bool
+) -> list[OracleResult]:
+    """Run the jobs in a child process and turn its records into results."""
+    system = system or LinuxKvm()
+    records = _in_child(
+        lambda emit: _execute(jobs, system, emit, request_permission), timeout=timeout
+    )
+    return _assemble(jobs, records, timeout=timeout, request_permission=request_permission)
+
+
+def _in_child(work: Callable[[Callable[[dict[str, object]], None]], None], *,
+              timeout: float) -> tuple[list[dict[str, object]], bool]:
+    """Run ``work(emit)`` in a forked child; return its records and whether it finished.
+
+    The child keeps only the pipe to the parent, is killed after ``timeout`` seconds
+    without a record, and is always reaped.
+    """
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as error:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise ProbeError(f"cannot start the oracle child: {error.strerror}",
+                         error.errno) from None
+    if pid == 0:  # pragma: no cover - the child; its records are what the tests see
+        _child(work, write_fd, timeout)
+    os.close(write_fd)
+    reaped = False
+    try:
+        lines, finished = _collect(read_fd, timeout)
+        if not finished:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        reaped = True
+    finally:
+        os.close(read_fd)
+        if not reaped:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    records = [json.loads(line) for line in lines]
+    if finished and not (records and records[-1].get("kind") == "end"):
+        how = (f"signal {-os.waitstatus_to_exitcode(status)}"
+               if os.WIFSIGNALED(status) else f"status {os.waitstatus_to_exitcode(status)}")
+        records.append({"kind": "died", "detail": f"the oracle child ended with {how}"})
+    return records, finished
+
+
+def _collect(read_fd: int, timeout: float) -> tuple[list[bytes], bool]:
+    """Read newline-separated records until EOF (True) or ``timeout`` idle seconds (False)."""
+    poller = select.poll()
+    poller.register(read_fd, select.POLLIN)
+    pending = b""
+    lines: list[bytes] = []
+    while True:
+        if not poller.poll(max(0, int(timeout * 1000))):
+            return lines, False
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            return lines, True
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        lines.extend(complete)
+
+
+def _child(work: Callable[[Callable[[dict[str, object]], None]], None], write_fd: int,
+           timeout: float) -> None:  # pragma: no cover - runs in the forked child
+    """Close every other descriptor, run ``work`` and exit without returning."""
+    try:
+        gc.disable()  # objects shared with the parent must not run finalizers here
+        os.closerange(0, write_fd)
+        os.closerange(write_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        alarm = min(int(timeout) + 2, 1 << 30)  # dies by itself should the parent be gone
+
+        def emit(record: dict[str, object]) -> None:
+            signal.alarm(alarm)
+            data = (json.dumps(record) + "\n").encode()
+            while data:
+                data = data[os.write(write_fd, data):]
+
+        signal.alarm(alarm)
+        try:
+            work(emit)
+        except OSError as error:
+            emit({"kind": "error", "errno": error.errno,
+                  "detail": f"{error.filename or 'KVM'}: {error.strerror}"})
+        except BaseException as error:  # reported to the parent as a record
+            emit({"kind": "error", "errno": None, "detail": f"{type(error).__name__}: {error}"})
+        else:
+            emit({"kind": "end"})
+    finally:
+        os._exit(0)
+
+
+def _assemble(jobs: list[_Job], outcome: tuple[list[dict[str, object]], bool], *,
+              timeout: float, request_permission: bool) -> list[OracleResult]:
+    """Turn the child's records into one result per (job, XCR0), in order."""
+    records, finished = outcome
+    for record in records:
+        if record["kind"] in ("error", "died"):
+            code = record.get("errno")
+            raise ProbeError(f"KVM oracle: {record['detail']}",
+                             code if isinstance(code, int) else None)
+    host = next((r for r in records if r["kind"] == "host"), {})
+    supported = _int_or_none(host.get("kvm_supported_xcr0"))
+    permission_errno = _int_or_none(host.get("permission_errno"))
+    held = {r["job"]: r for r in records if r["kind"] == "job"}
+    runs = {(r["job"], r["index"]): r for r in records if r["kind"] == "run"}
+    results: list[OracleResult] = []
+    for job_index, job in enumerate(jobs):
+        job_record = held.get(job_index, {})
+        set_cpuid_errno = _int_or_none(job_record.get("set_cpuid_errno"))
+        vcpu_xcr0 = _int_or_none(job_record.get("vcpu_xcr0"))
+        for index, value in enumerate(job.xcr0_values):
+            requested = job.enumerated if value is None else value
+            tried, untestable = split_testable(requested, enumerated=job.enumerated,
+                                               supported=supported, held=vcpu_xcr0)
+            run = runs.get((job_index, index))
+            if run is None:
+                run = {"outcome": "timeout", "detail": (
+                    f"no report within {timeout:g}s" if not finished
+                    else "the oracle child did not report this run")}
+            results.append(OracleResult(
+                subject=job.subject,
+                xcr0_requested=requested,
+                xcr0_tried=tried,
+                outcome=run["outcome"],  # type: ignore[arg-type]
+                set_cpuid_errno=set_cpuid_errno,
+                untestable_bits=untestable,
+                enumerated_xcr0=job.enumerated,
+                kvm_supported_xcr0=supported,
+                vcpu_xcr0=vcpu_xcr0,
+                xcr0_given=value is not None,
+                stage=run.get("stage"),  # type: ignore[arg-type]
+                vector=_int_or_none(run.get("vector")),
+                xcr0_read_back=_int_or_none(run.get("xcr0_read_back")),
+                permission_requested=request_permission,
+                permission_errno=permission_errno,
+                detail=str(run.get("detail", "")),
+            ))
+    return results
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+# --- the child side ----------------------------------------------------------------------
+def _execute(jobs: list[_Job], system: KvmSystem,
+             emit: Callable[[dict[str, object]], None], request_permission: bool) -> None:
+    """Run every job against KVM, emitting a ``host`` record and one ``run`` per XCR0."""
+    permission_errno: int | None = None
+    if request_permission:
+        try:
+            system.request_guest_permission(syscalls.ARCH_XCOMP_TILEDATA)
+        except OSError as error:
+            permission_errno = error.errno
+    try:
+        kvm = system.open_kvm()
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, error.filename or KVM_DEVICE) from None
+    memory: mmap.mmap | None = None
+    try:
+        version = system.ioctl(kvm, kvmabi.KVM_GET_API_VERSION)
+        if version != kvmabi.KVM_API_VERSION:
+            raise OSError(errno.EINVAL, f"KVM API version {version}, expected "
+                                        f"{kvmabi.KVM_API_VERSION}", KVM_DEVICE)
+        supported = _supported_xcr0(system, kvm)
+        run_size = system.ioctl(kvm, kvmabi.KVM_GET_VCPU_MMAP_SIZE)
+        emit({"kind": "host", "kvm_supported_xcr0": supported,
+              "permission_errno": permission_errno})
+        memory, address = system.guest_memory(GUEST_MEMORY_SIZE)
+        image = guest_image()
+        memory[:len(image)] = image
+        for job_index, job in enumerate(jobs):
+            _execute_job(job_index, job, system, kvm=kvm, address=address, run_size=run_size,
+                         supported=supported, emit=emit)
+    finally:
+        if memory is not None:
+            memory.close()
+        system.close(kvm)
+
+
+def _supported_xcr0(system: KvmSystem, kvm: int) -> int:
+    """Return the XCR0 bits this host's KVM can enable for a guest.
+
+    KVM_X86_XCOMP_GUEST_SUPP (unfiltered by permission) where the kernel has it,
+    else 0xD.0 EDX:EAX of KVM_GET_SUPPORTED_CPUID.
+    """
+    value = ctypes.c_uint64(0)
+    attr = bytearray(kvmabi.DEVICE_ATTR.pack(0, kvmabi.KVM_X86_GRP_SYSTEM,
+                                             kvmabi.KVM_X86_XCOMP_GUEST_SUPP,
+                                             ctypes.addressof(value)))
+    try:
+        system.ioctl(kvm, kvmabi.KVM_GET_DEVICE_ATTR, attr)
+        return value.value
+    except OSError:
+        buffer = kvmabi.empty_cpuid2(kvmabi.KVM_MAX_CPUID_ENTRIES)
+        system.ioctl(kvm, kvmabi.KVM_GET_SUPPORTED_CPUID, buffer)
+        return enumerated_xcr0(kvmabi.unpack_cpuid2(buffer, "kvm"))
+
+
+def _execute_job(job_index: int, job: _Job, system: KvmSystem, *, kvm: int, address: int,
+                 run_size: int, supported: int,
+                 emit: Callable[[dict[str, object]], None]) -> None:
+    """Create one VM with one vCPU for ``job``, try each XCR0 value, tear it all down."""
+    vm = system.ioctl(kvm, kvmabi.KVM_CREATE_VM, 0)
+    vcpu: int | None = None
+    run: mmap.mmap | None = None
+    try:
+        region = bytearray(kvmabi.USERSPACE_MEMORY_REGION.pack(
+            0, 0, 0, GUEST_MEMORY_SIZE, address))
+        system.ioctl(vm, kvmabi.KVM_SET_USER_MEMORY_REGION, region)
+        vcpu = system.ioctl(vm, kvmabi.KVM_CREATE_VCPU, 0)
+        run = system.map_vcpu(vcpu, run_size)
+        set_cpuid_errno: int | None = None
+        vcpu_xcr0: int | None = None
+        try:
+            system.ioctl(vcpu, kvmabi.KVM_SET_CPUID2, bytearray(job.cpuid2))
+        except OSError as error:
+            set_cpuid_errno = error.errno
+        else:
+            vcpu_xcr0 = _held_xcr0(system, vcpu)
+            _real_mode(system, vcpu)
+        emit({"kind": "job", "job": job_index, "set_cpuid_errno": set_cpuid_errno,
+              "vcpu_xcr0": vcpu_xcr0})
+        for index, value in enumerate(job.xcr0_values):
+            requested = job.enumerated if value is None else value
+            tried, _ = split_testable(requested, enumerated=job.enumerated,
+                                      supported=supported, held=vcpu_xcr0)
+            record: dict[str, object] = {"kind": "run", "job": job_index, "index": index}
+            if set_cpuid_errno is not None:
+                record["outcome"] = "set-cpuid-failed"
+            else:
+                record.update(_try_xcr0(system, vcpu, run, tried, job.cr4_bits))
+            emit(record)
+    finally:
+        if run is not None:
+            run.close()
+        if vcpu is not None:
+            system.close(vcpu)
+        system.close(vm)
+
+
+def _held_xcr0(system: KvmSystem, vcpu: int) -> int | None:
+    """Return 0xD.0 EDX:EAX of the CPUID the vCPU holds (KVM_GET_CPUID2); None if unknown."""
+    buffer = kvmabi.empty_cpuid2(kvmabi.KVM_MAX_CPUID_ENTRIES)
+    try:
+        system.ioctl(vcpu, kvmabi.KVM_GET_CPUID2, buffer)
+    except OSError:
+        return None
+    return enumerated_xcr0(kvmabi.unpack_cpuid2(buffer, "vcpu"))
+
+
+def _real_mode(system: KvmSystem, vcpu: int) -> None:
+    """Put the vCPU in real mode with CS base 0 (the reset state has CS base 0xffff0000)."""
+    sregs = bytearray(kvmabi.KVM_SREGS_SIZE)
+    system.ioctl(vcpu, kvmabi.KVM_GET_SREGS, sregs)
+    struct.pack_into("=Q", sregs, kvmabi.SREGS_CS_OFFSET, 0)  # base
+    struct.pack_into("=H", sregs, kvmabi.SREGS_CS_OFFSET + 12, 0)  # selector
+    system.ioctl(vcpu, kvmabi.KVM_SET_SREGS, sregs)
+
+
+def _try_xcr0(system: KvmSystem, vcpu: int, run: mmap.mmap, xcr0: int,
+              cr4_bits: int) -> dict[str, object]:
+    """Run the guest program once with ``xcr0`` and decode how it stopped."""
+    regs = bytearray(kvmabi.REGS.pack(
+        0, 0, 0, xcr0 >> 32,          # rax rbx rcx(=0: XCR0) rdx
+        cr4_bits, xcr0 & 0xFFFFFFFF,  # rsi rdi
+        STACK_TOP, 0,                 # rsp rbp
+        0, 0, 0, 0, 0, 0, 0, 0,       # r8..r15
+        CODE_ADDRESS, 0x2,            # rip rflags (bit 1 is always set)
+    ))
+    system.ioctl(vcpu, kvmabi.KVM_SET_REGS, regs)
+    try:
+        system.ioctl(vcpu, kvmabi.KVM_RUN, 0)
+    except OSError as error:
+        return {"outcome": "unexpected-exit",
+                "detail": f"KVM_RUN failed: {_errno_name(error.errno)} ({error.strerror})"}
+    (reason,) = struct.unpack_from("=I", run, kvmabi.KVM_RUN_EXIT_REASON_OFFSET)
+    if reason != kvmabi.KVM_EXIT_IO:
+        return {"outcome": "unexpected-exit", "detail": f"KVM_RUN exit reason {reason}"}
+    direction, size, port, count, offset = kvmabi.KVM_RUN_IO.unpack_from(
+        run, kvmabi.KVM_RUN_IO_OFFSET)
+    if (direction, size, port, count) != (kvmabi.KVM_EXIT_IO_OUT, 2, REPORT_PORT, 1):
+        return {"outcome": "unexpected-exit",
+                "detail": f"port I/O direction {direction} size {size} port {port:#x}"}
+    vector, stage_number = run[offset], run[offset + 1]
+    _complete_io(system, vcpu, run)
+    stage = STAGES.get(stage_number)
+    if vector == DONE and stage == "done":
+        return {"outcome": "accepted", "stage": stage, "xcr0_read_back": _read_xcr0(system, vcpu)}
+    outcome: Outcome = "exception"
+    if stage == "cr4" and vector == VECTOR_GP:
+        outcome = "xsave-unavailable"
+    elif stage == "xsetbv" and vector == VECTOR_GP:
+        outcome = "#GP"
+    elif stage == "xsetbv" and vector == VECTOR_UD:
+        outcome = "#UD"
+    return {"outcome": outcome, "stage": stage, "vector": vector}
+
+
+def _read_xcr0(system: KvmSystem, vcpu: int) -> int | None:
+    """Return the vCPU's XCR0 as KVM_GET_XCRS reports it (None where KVM lists none)."""
+    xcrs = bytearray(kvmabi.KVM_XCRS_SIZE)
+    system.ioctl(vcpu, kvmabi.KVM_GET_XCRS, xcrs)
+    (count, _flags) = kvmabi.XCRS_HEADER.unpack_from(xcrs, 0)
+    for index in range(min(count, 16)):
+        number, _reserved, value = kvmabi.XCR_ENTRY.unpack_from(
+            xcrs, kvmabi.XCRS_HEADER.size + index * kvmabi.XCR_ENTRY.size)
+        if number == 0:
+            return int(value)
+    return None
+
+
+def _complete_io(system: KvmSystem, vcpu: int, run: mmap.mmap) -> None:
+    """Let KVM finish the pending port write without entering the guest (immediate_exit)."""
+    run[kvmabi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 1
+    try:
+        system.ioctl(vcpu, kvmabi.KVM_RUN, 0)
+    except OSError as error:
+        if error.errno != errno.EINTR:
+            raise
+    finally:
+        run[kvmabi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 0

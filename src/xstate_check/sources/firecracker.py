@@ -1,0 +1,166 @@
+"""Firecracker JSON as a CPUID source: fingerprints and cpu-template-helper template dumps.
+
+Both hold a guest CPU configuration in the custom CPU template format with every bit given
+(``0b`` plus 32 characters of 0 and 1): a fingerprint (``cpu-template-helper fingerprint
+dump``) wraps it in ``guest_cpu_config`` beside version facts; a template dump
+(``cpu-template-helper template dump``) is the bare template. The table is what KVM_GET_CPUID2
+returned for vCPU 0 after Firecracker's normalization, so it is a *guest* table: 0xD.0 and
+0xD.1 EBX are the reset values (XCR0 = 1), which KVM recomputes when the guest writes XCR0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from xstate_check import jsonpos
+from xstate_check.cpuid import REGISTERS, CpuidSet, Registers
+from xstate_check.errors import InputError, Location
+from xstate_check.jsonpos import Node
+from xstate_check.template import Template, template_from_node
+
+__all__ = ["is_firecracker_json", "load_firecracker", "read_firecracker"]
+
+#: The version facts of a fingerprint, in Firecracker's field order; all are JSON strings.
+FINGERPRINT_FACTS = (
+    "firecracker_version",
+    "kernel_version",
+    "microcode_version",
+    "bios_version",
+    "bios_revision",
+)
+_FINGERPRINT_FIELDS = (*FINGERPRINT_FACTS, "guest_cpu_config")
+_FULL = 0xFFFF_FFFF
+_SIGNATURE = re.compile(r'"(?:guest_cpu_config"\s*:\s*\{|cpuid_modifiers"\s*:\s*\[)')
+_FILE_NAME = re.compile(r"fingerprint_(?P<cpu>.+?)_(?P<kernel>\d+\.\d+)host\.json")
+
+
+def is_firecracker_json(text: str) -> bool:
+    """Return whether ``text`` looks like a Firecracker fingerprint or template dump (cheap)."""
+    return text.lstrip()[:1] == "{" and _SIGNATURE.search(text) is not None
+
+
+def load_firecracker(path: str | os.PathLike[str]) -> CpuidSet:
+    """Read a fingerprint or template dump file (at most 16 MiB); errors are InputError."""
+    name = os.fspath(path)
+    return read_firecracker(jsonpos.read_text(name, "a Firecracker JSON file"), name)
+
+
+def read_firecracker(text: str, path: str) -> CpuidSet:
+    """Build the guest CpuidSet of a fingerprint or a cpu-template-helper template dump.
+
+    ``meta`` holds ``format`` (``firecracker-fingerprint`` or ``firecracker-dump``),
+    ``role`` (``guest``), ``cpu`` and, for fingerprints, the version facts.
+    """
+    root = jsonpos.parse(text, path, allow_duplicates=True)
+    members = root.object_items()
+    meta: dict[str, str] = {"role": "guest"}
+    if "guest_cpu_config" in members:
+        meta["format"] = "firecracker-fingerprint"
+        _check_fingerprint_fields(root, text, path)
+        for name in FINGERPRINT_FACTS:
+            if name in members:
+                meta[name] = _fact(members[name], name, text, path)
+        template = template_from_node(members["guest_cpu_config"], text, path)
+    elif "cpuid_modifiers" in members:
+        meta["format"] = "firecracker-dump"
+        template = template_from_node(root, text, path)
+    else:
+        raise jsonpos.error_at(
+            text, path, root.offset, root.offset + 1,
+            "expected a Firecracker fingerprint (an object with guest_cpu_config) or a "
+            "cpu-template-helper template dump (an object with cpuid_modifiers)",
+        )
+    entries, flags = _full_entries(template, text, path, root)
+    cpuid = CpuidSet(entries, path, flags=flags)
+    meta["cpu"] = _cpu_name(path, cpuid)
+    return cpuid.replace(meta=meta)
+
+
+def _check_fingerprint_fields(root: Node, text: str, path: str) -> None:
+    """Refuse a repeated fingerprint field, as serde does; unknown fields are allowed."""
+    for key in root.duplicates:
+        if key.value in _FINGERPRINT_FIELDS:
+            raise jsonpos.error_at(
+                text, path, key.offset, key.end,
+                f"expected {key.value!r} once in a fingerprint (Firecracker: duplicate field "
+                f"`{key.value}`)",
+            )
+
+
+def _fact(node: Node, name: str, text: str, path: str) -> str:
+    """Return one version fact, which must be a JSON string."""
+    if node.kind != "string":
+        raise jsonpos.error_at(
+            text, path, node.offset, node.end,
+            f"expected {name!r} as a string, found a JSON {node.kind} (Firecracker: invalid "
+            "type, expected a string)",
+        )
+    value: str = node.value
+    return value
+
+
+def _full_entries(
+    template: Template, text: str, path: str, root: Node
+) -> tuple[dict[tuple[int, int], Registers], dict[tuple[int, int], int]]:
+    """Turn fully specified modifiers into CPUID entries and their KVM flags."""
+    entries: dict[tuple[int, int], Registers] = {}
+    flags: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], Location] = {}
+    for leaf_modifier in template.cpuid_modifiers:
+        key = (leaf_modifier.leaf, leaf_modifier.subleaf)
+        label = f"CPUID entry ({leaf_modifier.leaf:#x}, {leaf_modifier.subleaf:#x})"
+        if key in entries:
+            first = where[key]
+            raise _error_at_location(
+                text, leaf_modifier.location,
+                f"expected each CPUID entry once in a dump, but {label} is already at line "
+                f"{first.line}",
+            )
+        values: dict[str, int] = {}
+        for modifier in leaf_modifier.modifiers:
+            if modifier.filter != _FULL:
+                raise _error_at_location(
+                    text, modifier.location,
+                    f"expected a bitmap of all 32 bits, 0 or 1 only (a dump must give every "
+                    f"bit), for {modifier.register} of {label}; a bitmap with x or fewer "
+                    "characters belongs in a CPU template, which is passed with --template",
+                )
+            values[modifier.register] = modifier.value
+        absent = [register for register in REGISTERS if register not in values]
+        if absent:
+            raise _error_at_location(
+                text, leaf_modifier.location,
+                f"expected all four registers eax, ebx, ecx, edx in {label} (a dump must give "
+                f"every bit), but {', '.join(absent)} is absent",
+            )
+        entries[key] = Registers(**values)
+        flags[key] = leaf_modifier.flags
+        where[key] = leaf_modifier.location
+    if not entries:
+        raise jsonpos.error_at(
+            text, path, root.offset, root.offset + 1,
+            "expected at least one CPUID entry in cpuid_modifiers",
+        )
+    return entries, flags
+
+
+def _error_at_location(text: str, location: Location, expected: str) -> InputError:
+    """Return an InputError at a Location recorded while parsing ``text``."""
+    start = 0
+    for _ in range(location.line - 1):
+        start = text.index("\n", start) + 1
+    offset = start + location.column - 1
+    end = offset + 1
+    if text.startswith('"', offset):
+        closing = text.find('"', offset + 1)
+        end = closing + 1 if closing > 0 else end
+    return jsonpos.error_at(text, location.path, offset, end, expected)
+
+
+def _cpu_name(path: str, cpuid: CpuidSet) -> str:
+    """Name the CPU: from fingerprint_<CPU>_<kernel>host.json, else the brand string."""
+    match = _FILE_NAME.fullmatch(os.path.basename(path))
+    if match:
+        return match.group("cpu")
+    return cpuid.brand or f"{cpuid.vendor or 'unknown'} {cpuid.signature:#x}"

@@ -1,0 +1,356 @@
+"""The project's own CPUID JSON (schema ``xstate-check-cpuid/1``): what ``convert`` writes.
+
+```
+{"schema": "xstate-check-cpuid/1",
+ "source": "dumps/GenuineIntel00806F8_SapphireRapids_05_CPUID.txt",
+ "role": "cpu",                       # "cpu": a CPU as an OS saw it; "guest": a guest's table
+ "meta": {"cpu": "0", "format": "aida64"},
+ "entries": [{"leaf": "0x0000000d", "subleaf": "0x0", "flags": 1,
+              "eax": "0x000602e7", "ebx": "0x00002b00", "ecx": "0x00002b00", "edx": "0x00000000"}]}
+```
+
+``schema`` and ``entries`` are required; ``source`` defaults to the file's path, ``role`` to
+``"cpu"`` and ``meta`` to ``{}``. Leaf, subleaf and registers are strings of ``0x`` and 1 to 8
+hexadecimal digits (decimal is refused, as in Firecracker templates); ``flags`` (KVM's
+per-entry flags) is an optional integer, written only where the table records it. Unknown
+keys and a repeated (leaf, subleaf) are errors. ``meta["format"]`` names the format the table
+was first read from and is kept; a file without it reads as ``"xstate-check-json"``.
+``to_json_text`` is deterministic (entries sorted, meta keys sorted, ASCII only) and
+``read_cpuid_json`` gives back equal entries, flags, meta, role and source. The template
+provenance of a ``CpuidSet`` is not written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+from xstate_check.cpuid import REGISTERS, CpuidSet, Registers
+from xstate_check.errors import InputError, Location
+
+__all__ = [
+    "FORMAT",
+    "ROLES",
+    "SCHEMA",
+    "read_cpuid_json",
+    "to_json_text",
+]
+
+SCHEMA = "xstate-check-cpuid/1"
+FORMAT = "xstate-check-json"
+ROLES = ("cpu", "guest")
+
+_TOP_KEYS = ("schema", "source", "role", "meta", "entries")
+_ENTRY_KEYS = ("leaf", "subleaf", "flags", *REGISTERS)
+_HEX_VALUE = re.compile(r"0x[0-9a-fA-F]{1,8}\Z")
+_U32 = 0xFFFFFFFF
+
+
+def to_json_text(cpuid: CpuidSet) -> str:
+    """Return ``cpuid`` as the project's CPUID JSON; the same table gives the same bytes."""
+    role = cpuid.meta.get("role", "cpu")
+    meta = {key: cpuid.meta[key] for key in sorted(cpuid.meta) if key != "role"}
+    out = [
+        "{",
+        f'  "schema": {json.dumps(SCHEMA)},',
+        f'  "source": {json.dumps(cpuid.source)},',
+        f'  "role": {json.dumps(role)},',
+    ]
+    if meta:
+        out.append('  "meta": {')
+        items = [f"    {json.dumps(key)}: {json.dumps(value)}" for key, value in meta.items()]
+        out.append(",\n".join(items))
+        out.append("  },")
+    else:
+        out.append('  "meta": {},')
+    rows = []
+    for (leaf, subleaf), regs in sorted(cpuid.entries.items()):
+        fields = [f'"leaf": "0x{leaf:08x}"', f'"subleaf": "{subleaf:#x}"']
+        flags = cpuid.flags.get((leaf, subleaf))
+        if flags is not None:
+            fields.append(f'"flags": {flags}')
+        fields.extend(
+            f'"{name}": "0x{value:08x}"' for name, value in zip(REGISTERS, regs, strict=True)
+        )
+        rows.append("    {" + ", ".join(fields) + "}")
+    if rows:
+        out.append('  "entries": [')
+        out.append(",\n".join(rows))
+        out.append("  ]")
+    else:
+        out.append('  "entries": []')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- positions
+
+_WS = re.compile(r"[ \t\r\n]*")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_SKIP = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+_SCALAR = re.compile(r"[^,\]}\s]+")
+
+_Path = tuple[str | int, ...]
+
+
+class _Positions:
+    """Where keys and values of the top three levels of a valid JSON text start.
+
+    Built only when an error needs a line: ``json`` itself keeps no positions.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.keys: dict[_Path, int] = {}
+        self.values: dict[_Path, int] = {}
+        self.duplicates: list[_Path] = []
+        self._walk(_WS.match(text, 0).end(), (), 0)  # type: ignore[union-attr]
+
+    def _ws(self, pos: int) -> int:
+        return _WS.match(self.text, pos).end()  # type: ignore[union-attr]
+
+    def _skip(self, pos: int) -> int:
+        """Return the end of the value starting at ``pos``, without recursion."""
+        text = self.text
+        if text.startswith('"', pos):
+            return _STRING.match(text, pos).end()  # type: ignore[union-attr]
+        if not text.startswith(("[", "{"), pos):
+            match = _SCALAR.match(text, pos)
+            return match.end() if match else pos + 1
+        depth = 0
+        for match in _SKIP.finditer(text, pos):
+            token = match.group()
+            if token in ("[", "{"):
+                depth += 1
+            elif token in ("]", "}"):
+                depth -= 1
+                if depth == 0:
+                    return match.end()
+        return len(text)
+
+    def _walk(self, pos: int, path: _Path, depth: int) -> int:
+        text = self.text
+        self.values.setdefault(path, pos)
+        if depth >= 3 or not text.startswith(("[", "{"), pos):
+            return self._skip(pos)
+        is_object = text[pos] == "{"
+        pos = self._ws(pos + 1)
+        index = 0
+        while pos < len(text) and text[pos] not in "]}":
+            if is_object:
+                key_pos = pos
+                match = _STRING.match(text, pos)
+                if match is None:
+                    return len(text)
+                child: _Path = (*path, json.loads(match.group()))
+                pos = self._ws(match.end()) + 1  # past ':'
+                pos = self._ws(pos)
+                if child in self.keys:
+                    self.duplicates.append(child)
+                    self.keys[(*child, "#duplicate")] = key_pos
+                else:
+                    self.keys[child] = key_pos
+            else:
+                child = (*path, index)
+                index += 1
+            pos = self._ws(self._walk(pos, child, depth + 1))
+            if text.startswith(",", pos):
+                pos = self._ws(pos + 1)
+        return pos + 1
+
+    def location(self, path: str, at: _Path, *, key: bool = False) -> tuple[Location, str, int,
+                                                                              int]:
+        """Return the location of a key or value, its line and the span on that line."""
+        offset = self.keys.get(at) if key else self.values.get(at)
+        if offset is None:
+            offset = self.values.get(at, self.values.get((), 0))
+        end = self._skip(offset) if not key else _STRING.match(self.text, offset).end()  # type: ignore[union-attr]
+        start_of_line = self.text.rfind("\n", 0, offset) + 1
+        end_of_line = self.text.find("\n", offset)
+        if end_of_line < 0:
+            end_of_line = len(self.text)
+        line = self.text.count("\n", 0, offset) + 1
+        column = offset - start_of_line + 1
+        return (
+            Location(path, line, column),
+            self.text[start_of_line:end_of_line],
+            offset - start_of_line,
+            min(end, end_of_line) - start_of_line,
+        )
+
+
+class _Reader:
+    """Validation of one decoded document, with positions looked up on error."""
+
+    def __init__(self, text: str, path: str) -> None:
+        self.text = text
+        self.path = path
+        self._positions: _Positions | None = None
+
+    @property
+    def positions(self) -> _Positions:
+        if self._positions is None:
+            self._positions = _Positions(self.text)
+        return self._positions
+
+    def fail(self, at: _Path, expected: str, *, key: bool = False) -> InputError:
+        """Return an InputError pointing at the key or value ``at``."""
+        location, line, start, end = self.positions.location(self.path, at, key=key)
+        return InputError(location, expected, snippet=line, span=(start, max(end, start + 1)))
+
+    def hex_field(self, value: object, at: _Path, name: str) -> int:
+        """Return a ``"0x…"`` field as an int, or fail naming what was expected."""
+        if isinstance(value, str) and _HEX_VALUE.match(value):
+            return int(value, 16)
+        shown = json.dumps(value)
+        if len(shown) > 40:
+            shown = shown[:37] + "..."
+        raise self.fail(
+            at,
+            f'expected "{name}" as a string of "0x" and 1 to 8 hexadecimal digits '
+            f'such as "0x0000000d"; found {_json_name(value)} {shown}',
+        )
+
+
+def _json_name(value: object) -> str:
+    """Return the JSON name of a decoded value's type."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return {
+        dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"
+    }[type(value)]
+
+
+def read_cpuid_json(text: str, path: str) -> CpuidSet:
+    """Read the project's CPUID JSON, validating keys and types with line numbers."""
+    duplicates: list[bool] = []
+
+    def pairs_hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            duplicates.append(True)
+        return result
+
+    try:
+        document = json.loads(text, object_pairs_hook=pairs_hook)
+    except json.JSONDecodeError as error:
+        lines = text.splitlines()
+        snippet = lines[error.lineno - 1] if 0 < error.lineno <= len(lines) else None
+        # json's messages end in " at" and carry the position separately.
+        problem = re.sub(r"(?: starting)? at$", "", error.msg)
+        raise InputError(
+            Location(path, error.lineno, error.colno),
+            f"expected valid JSON: {problem[:1].lower()}{problem[1:]}",
+            snippet=snippet,
+            span=(error.colno - 1, error.colno),
+        ) from None
+    except (ValueError, RecursionError) as error:
+        raise InputError(Location(path), f"expected valid JSON: {error}") from None
+
+    reader = _Reader(text, path)
+    if duplicates and reader.positions.duplicates:
+        at = reader.positions.duplicates[0]
+        where = ".".join(str(part) for part in at)
+        raise reader.fail(
+            (*at, "#duplicate"), f'expected each key once in an object; "{where}" is repeated',
+            key=True,
+        )
+    if not isinstance(document, dict):
+        raise reader.fail(
+            (), f'expected a JSON object with "schema": "{SCHEMA}"; found {_json_name(document)}'
+        )
+    for key in document:
+        if key not in _TOP_KEYS:
+            allowed = ", ".join(f'"{k}"' for k in _TOP_KEYS)
+            raise reader.fail((key,), f'expected one of the keys {allowed}; found "{key}"',
+                              key=True)
+    if "schema" not in document:
+        raise reader.fail((), f'expected the key "schema": "{SCHEMA}" in the top-level object')
+    if document["schema"] != SCHEMA:
+        raise reader.fail(
+            ("schema",),
+            f'expected "schema": "{SCHEMA}"; found {json.dumps(document["schema"])}',
+        )
+    source = document.get("source", path)
+    if not isinstance(source, str):
+        raise reader.fail(("source",), f'expected "source" as a string; found {_json_name(source)}')
+    role = document.get("role", "cpu")
+    if role not in ROLES:
+        raise reader.fail(
+            ("role",), f'expected "role" to be "cpu" or "guest"; found {json.dumps(role)}'
+        )
+    meta = _read_meta(reader, document.get("meta", {}))
+    if meta.setdefault("role", role) != role:
+        raise reader.fail(
+            ("meta", "role"), f'expected "meta"."role" to equal "role" ("{role}")', key=True
+        )
+    meta.setdefault("format", FORMAT)
+    entries, flags = _read_entries(reader, document)
+    return CpuidSet(entries, source, flags=flags, meta=meta)
+
+
+def _read_meta(reader: _Reader, meta: object) -> dict[str, str]:
+    """Validate ``meta``: an object of strings."""
+    if not isinstance(meta, dict):
+        raise reader.fail(("meta",), f'expected "meta" as an object; found {_json_name(meta)}')
+    for key, value in meta.items():
+        if not isinstance(value, str):
+            raise reader.fail(
+                ("meta", key), f'expected "meta"."{key}" as a string; found {_json_name(value)}'
+            )
+    return dict(meta)
+
+
+def _read_entries(
+    reader: _Reader, document: Mapping[str, object]
+) -> tuple[dict[tuple[int, int], Registers], dict[tuple[int, int], int]]:
+    """Validate ``entries`` and return the rows and the recorded flags."""
+    if "entries" not in document:
+        raise reader.fail((), 'expected the key "entries" (an array) in the top-level object')
+    raw = document["entries"]
+    if not isinstance(raw, list):
+        raise reader.fail(("entries",), f'expected "entries" as an array; found {_json_name(raw)}')
+    entries: dict[tuple[int, int], Registers] = {}
+    flags: dict[tuple[int, int], int] = {}
+    first_index: dict[tuple[int, int], int] = {}
+    for index, entry in enumerate(raw):
+        at: _Path = ("entries", index)
+        if not isinstance(entry, dict):
+            raise reader.fail(at, f"expected an entry object; found {_json_name(entry)}")
+        for key in entry:
+            if key not in _ENTRY_KEYS:
+                allowed = ", ".join(f'"{k}"' for k in _ENTRY_KEYS)
+                raise reader.fail((*at, key), f'expected one of the entry keys {allowed}; '
+                                  f'found "{key}"', key=True)
+        missing = [key for key in ("leaf", "subleaf", *REGISTERS) if key not in entry]
+        if missing:
+            names = ", ".join(f'"{k}"' for k in missing)
+            raise reader.fail(at, f"expected the entry keys {names}")
+        leaf = reader.hex_field(entry["leaf"], (*at, "leaf"), "leaf")
+        subleaf = reader.hex_field(entry["subleaf"], (*at, "subleaf"), "subleaf")
+        regs = Registers(*(reader.hex_field(entry[name], (*at, name), name)
+                           for name in REGISTERS))
+        key_pair = (leaf, subleaf)
+        if key_pair in entries:
+            other, _, _, _ = reader.positions.location(
+                reader.path, ("entries", first_index[key_pair])
+            )
+            raise reader.fail(
+                at,
+                f"expected each leaf and subleaf once; leaf {leaf:#x} subleaf {subleaf:#x} "
+                f"is already at line {other.line}",
+            )
+        if "flags" in entry:
+            value = entry["flags"]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U32:
+                raise reader.fail(
+                    (*at, "flags"),
+                    f'expected "flags" as an integer from 0 to {_U32}; found {json.dumps(value)}',
+                )
+            flags[key_pair] = value
+        entries[key_pair] = regs
+        first_index[key_pair] = index
+    return entries, flags

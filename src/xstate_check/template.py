@@ -1,0 +1,557 @@
+"""Firecracker x86_64 custom CPU templates: parse with positions, apply with provenance.
+
+The parser accepts exactly what Firecracker's serde deserializer accepts (FIRECRACKER.md §1
+and §7) and quotes Firecracker's own error wording; every error names file, line and column.
+Applying follows ``apply_template_to_cpuid``: each modifier needs its exact (leaf, subleaf)
+entry, overwrites that entry's flags and applies ``new = (old & ~filter) | value`` in order;
+a template never adds an entry. Each bit a template sets or clears remembers its JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal
+
+import attrs
+
+from xstate_check import jsonpos
+from xstate_check.cpuid import CpuidSet, Registers
+from xstate_check.errors import InputError, Location
+from xstate_check.jsonpos import Node
+from xstate_check.subject import MissingEntry
+
+__all__ = [
+    "AppliedTemplate",
+    "LeafModifier",
+    "MsrModifier",
+    "RegisterModifier",
+    "Template",
+    "apply_template",
+    "load_template",
+    "parse_bitmap",
+    "parse_template",
+    "template_from_node",
+    "template_to_json",
+]
+
+Register = Literal["eax", "ebx", "ecx", "edx"]
+
+_U32 = 0xFFFF_FFFF
+_TOP_LEVEL = ("kvm_capabilities", "cpuid_modifiers", "msr_modifiers")
+_AARCH64_KEYS = ("reg_modifiers", "vcpu_features")
+_FINGERPRINT_KEYS = ("guest_cpu_config", "firecracker_version", "kernel_version")
+_VM_CONFIG_KEYS = ("boot-source", "machine-config", "cpu-config", "drives")
+_LEAF_FIELDS = ("leaf", "subleaf", "flags", "modifiers")
+_REGISTER_FIELDS = ("register", "bitmap")
+_MSR_FIELDS = ("addr", "bitmap")
+_PREFIX_HINT = (
+    "Make sure to prefix the number with '0x' for hexadecimal numbers or '0b' for binary "
+    "numbers."
+)
+_INT_ERROR_TEXT = {
+    "Empty": "cannot parse integer from empty string",
+    "InvalidDigit": "invalid digit found in string",
+    "PosOverflow": "number too large to fit in target type",
+}
+
+
+@attrs.frozen
+class RegisterModifier:
+    """One ``{"register", "bitmap"}``: the bits ``filter`` selects become ``value``."""
+
+    register: Register
+    filter: int
+    value: int
+    location: Location
+
+
+@attrs.frozen
+class LeafModifier:
+    """One cpuid modifier: the (leaf, subleaf) entry, its new KVM flags, register changes.
+
+    ``location`` is where the ``"leaf"`` value stands in the JSON.
+    """
+
+    leaf: int
+    subleaf: int
+    flags: int
+    modifiers: tuple[RegisterModifier, ...]
+    location: Location
+
+
+@attrs.frozen
+class MsrModifier:
+    """One ``{"addr", "bitmap"}``: a 64-bit MSR change."""
+
+    addr: int
+    filter: int
+    value: int
+    location: Location
+
+
+@attrs.frozen
+class Template:
+    """A parsed Firecracker x86_64 custom CPU template, in file order.
+
+    ``kvm_capabilities`` holds the normalized strings (``"56"``, ``"!56"``).
+    """
+
+    path: str
+    cpuid_modifiers: tuple[LeafModifier, ...] = ()
+    msr_modifiers: tuple[MsrModifier, ...] = ()
+    kvm_capabilities: tuple[str, ...] = ()
+
+    def entries(self) -> list[tuple[int, int]]:
+        """Return the (leaf, subleaf) entries the template modifies, in first-use order."""
+        return list(dict.fromkeys((mod.leaf, mod.subleaf) for mod in self.cpuid_modifiers))
+
+    def modified_bits(self) -> dict[tuple[int, int, str], tuple[int, int]]:
+        """Return (leaf, subleaf, register) -> (filter, value) after all modifiers, in order.
+
+        ``filter`` has a 1 for every bit the template pins; ``value`` gives those bits.
+        """
+        result: dict[tuple[int, int, str], tuple[int, int]] = {}
+        for leaf_modifier in self.cpuid_modifiers:
+            for modifier in leaf_modifier.modifiers:
+                key = (leaf_modifier.leaf, leaf_modifier.subleaf, modifier.register)
+                old_filter, old_value = result.get(key, (0, 0))
+                result[key] = (
+                    old_filter | modifier.filter,
+                    (old_value & ~modifier.filter) | modifier.value,
+                )
+        return result
+
+
+@attrs.frozen
+class AppliedTemplate:
+    """The result of applying a template: the guest CpuidSet and the entries it lacked."""
+
+    cpuid: CpuidSet
+    missing: tuple[MissingEntry, ...] = ()
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def parse_template(text: str, path: str) -> Template:
+    """Parse a template's JSON text; any deviation from Firecracker's rules is an InputError."""
+    root = jsonpos.parse(text, path, allow_duplicates=True)
+    return template_from_node(root, text, path)
+
+
+def load_template(path: str | os.PathLike[str]) -> Template:
+    """Read and parse a template file (at most 16 MiB of UTF-8); errors are InputError."""
+    name = os.fspath(path)
+    return parse_template(jsonpos.read_text(name, "a CPU template file"), name)
+
+
+def template_from_node(node: Node, text: str, path: str) -> Template:
+    """Interpret an already parsed JSON node (a file, or a fingerprint's guest_cpu_config)."""
+    return _Reader(text, path).template(node)
+
+
+def _rust_parse_u32(digits: str, radix: int, bits: int = 32) -> int | str:
+    """Mimic Rust's ``from_str_radix`` for an unsigned type: the value or the error kind."""
+    if digits in ("", "+"):
+        return "Empty" if digits == "" else "InvalidDigit"
+    if digits[0] == "+":
+        digits = digits[1:]
+    limit = (1 << bits) - 1
+    result = 0
+    for char in digits:
+        # ASCII digits only: Python's int() would also accept '_', spaces and other scripts.
+        digit = "0123456789abcdef".find(char.lower()) if char.isascii() else -1
+        if digit < 0 or digit >= radix:
+            return "InvalidDigit"
+        result = result * radix + digit
+        if result > limit:
+            return "PosOverflow"
+    return result
+
+
+def parse_bitmap(text: str, width: int) -> tuple[int, int] | str:
+    """Parse a tri-state bitmap as Firecracker does: (filter, value), or its error message.
+
+    An optional ``0b`` prefix, then ``0``/``1``/``x`` read from the right; ``_`` is skipped;
+    missing high bits are ``x``; more than ``width`` characters (counting a ``_`` met after
+    the width is full) is too long.
+    """
+    body = text[2:] if text.startswith("0b") else text
+    if len(body) <= width and body.strip("01x") == "":
+        # Fast path: no separators, no bad characters.
+        return (
+            int(body.replace("0", "1").replace("x", "0"), 2) if body else 0,
+            int(body.replace("x", "0"), 2) if body else 0,
+        )
+    filter_bits = value_bits = 0
+    bit = 0
+    for char in reversed(body):
+        if bit == width:
+            return f"Failed to parse string [{text}] as a bitmap - string is too long"
+        if char == "_":
+            continue
+        if char == "1":
+            value_bits |= 1 << bit
+        if char in "01":
+            filter_bits |= 1 << bit
+        elif char != "x":
+            byte = char.encode("utf-8", "surrogatepass")[-1]
+            return (
+                f"Failed to parse string [{text}] as a bitmap - unknown character: {byte}"
+            )
+        bit += 1
+    return filter_bits, value_bits
+
+
+def _describe(node: Node) -> str:
+    """Name what a JSON value is, for 'found …' in messages."""
+    kind = node.kind
+    if kind == "string":
+        return f"the string {_quote(node.value)}"
+    if kind == "number":
+        return f"the number {json.dumps(node.value)}"
+    if kind in ("boolean", "null"):
+        return json.dumps(node.value)
+    return f"an {kind}"
+
+
+def _quote(value: str) -> str:
+    """Show a string on one line, JSON-escaped, in double quotes."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _oneline(value: str) -> str:
+    """Show a string on one line, JSON-escaped, without quotes."""
+    return _quote(value)[1:-1]
+
+
+def _serde_type(node: Node) -> str:
+    """Say what serde_json's 'invalid type' message would say the value is."""
+    kind = node.kind
+    value = node.value
+    if kind == "number":
+        return f"floating point `{value!r}`" if isinstance(value, float) else f"integer `{value}`"
+    if kind == "string":
+        return f"string {_quote(value)}"
+    if kind == "boolean":
+        return f"boolean `{json.dumps(value)}`"
+    return {"null": "null", "object": "map", "array": "sequence"}[kind]
+
+
+class _Reader:
+    """Turns the JSON tree of one file into a Template, raising positioned InputErrors."""
+
+    def __init__(self, text: str, path: str) -> None:
+        self.text = text
+        self.path = path
+
+    def location(self, node: Node) -> Location:
+        """Return the Location of a node."""
+        return Location(self.path, node.line, node.column)
+
+    def error(self, node: Node, expected: str) -> InputError:
+        """Return an InputError pointing at ``node``."""
+        return jsonpos.error_at(self.text, self.path, node.offset, node.end, expected)
+
+    def fields(
+        self, node: Node, what: str, struct: str, fields: tuple[str, ...], *, required: bool,
+        deny_unknown: bool = False,
+    ) -> dict[str, Node]:
+        """Check an object's keys like a serde derive: repeats, missing and unknown fields."""
+        if node.kind != "object":
+            raise self.error(
+                node, f"expected {what} as an object, found {_describe(node)} (Firecracker: "
+                f"invalid type: {_serde_type(node)}, expected struct {struct})"
+            )
+        members = node.object_items()
+        for key in node.duplicates:
+            if key.value in fields:
+                raise self.error(
+                    key, f"expected {key.value!r} once in {what} (Firecracker: duplicate field "
+                    f"`{key.value}`)"
+                )
+        if deny_unknown:
+            for name, key in (node.keys or {}).items():
+                if name not in fields:
+                    raise self.error(key, self.unknown_field_message(name, what, fields))
+        if required:
+            for name in fields:
+                if name not in members:
+                    raise jsonpos.error_at(
+                        self.text, self.path, node.offset, node.offset + 1,
+                        f"expected the field {name!r} in {what} (Firecracker: missing field "
+                        f"`{name}`)",
+                    )
+        return members
+
+    @staticmethod
+    def unknown_field_message(name: str, what: str, fields: tuple[str, ...]) -> str:
+        """Word the error for a key a deny_unknown_fields struct does not know."""
+        allowed = ", ".join(fields)
+        serde = ", ".join(f"`{field}`" for field in fields)
+        message = f"expected only {allowed} in {what}, found {_quote(name)}"
+        if name in _AARCH64_KEYS:
+            message += (
+                f": {name} belongs to aarch64 CPU templates, and aarch64 templates are not x86 "
+                "templates"
+            )
+        elif name in _FINGERPRINT_KEYS:
+            message += ": this looks like a Firecracker fingerprint, which is a CPUID source"
+        elif name in _VM_CONFIG_KEYS:
+            message += (
+                ": this looks like a Firecracker VM configuration; its template is the file "
+                'named by "cpu-config"'
+            )
+        return f"{message} (Firecracker: unknown field `{name}`, expected one of {serde})"
+
+    def array(self, node: Node, what: str) -> list[Node]:
+        """Require a JSON array (serde's Vec)."""
+        if node.kind != "array":
+            raise self.error(
+                node, f"expected {what} as an array, found {_describe(node)} (Firecracker: "
+                f"invalid type: {_serde_type(node)}, expected a sequence)"
+            )
+        return node.array_items()
+
+    def string(self, node: Node, what: str) -> str:
+        """Require a JSON string (serde's String)."""
+        if node.kind != "string":
+            raise self.error(
+                node, f"expected {what} as a string, found {_describe(node)} (Firecracker: "
+                f"invalid type: {_serde_type(node)}, expected a string)"
+            )
+        value: str = node.value
+        return value
+
+    def number(self, node: Node, what: str, example: str) -> int:
+        """Parse leaf/subleaf/addr: a string with a lowercase 0x or 0b prefix, range u32."""
+        text = self.string(node, f'"{what}" (such as "{example}")')
+        if text.startswith("0b"):
+            radix, name = 2, "binary digits"
+        elif text.startswith("0x"):
+            radix, name = 16, "hex digits"
+        else:
+            raise self.error(
+                node, f'expected "{what}" as a string with a lowercase 0x or 0b prefix such as '
+                f'"{example}", found {_quote(text)} (Firecracker: No supported number system '
+                f"prefix found in value [{_oneline(text)}]. {_PREFIX_HINT})"
+            )
+        parsed = _rust_parse_u32(text[2:], radix)
+        if isinstance(parsed, str):
+            problem = {
+                "Empty": f"no {name} after the prefix",
+                "InvalidDigit": f"a character that is not one of the {name}",
+                "PosOverflow": "a value above 0xffffffff",
+            }[parsed]
+            raise self.error(
+                node, f'expected "{what}" as {name} after {text[:2]} that fit in 32 bits, '
+                f"found {problem} in {_quote(text)} (Firecracker: Failed to parse string "
+                f"[{_oneline(text)}] as a number for CPU template - ParseIntError {{ kind: "
+                f"{parsed} }})"
+            )
+        return parsed
+
+    def flags(self, node: Node) -> int:
+        """Parse ``flags``: a JSON integer from 0 to 2**32-1 (no bool, float or string)."""
+        value = node.value
+        if node.kind == "number" and isinstance(value, int) and 0 <= value <= _U32:
+            return value
+        if node.kind == "number" and isinstance(value, int):
+            serde = f"invalid value: integer `{value}`, expected u32"
+        else:
+            serde = f"invalid type: {_serde_type(node)}, expected u32"
+        raise self.error(
+            node, f'expected "flags" as a JSON integer from 0 to 4294967295 (KVM cpuid '
+            f"flags: 1 = significant index), found {_describe(node)} (Firecracker: {serde})"
+        )
+
+    def bitmap(self, node: Node, width: int) -> tuple[int, int]:
+        """Parse a bitmap string of ``width`` bits into (filter, value)."""
+        text = self.string(node, f'"bitmap" (such as "0b{"x" * (width - 4)}0110")')
+        parsed = parse_bitmap(text, width)
+        if isinstance(parsed, str):
+            body = text[2:] if text.startswith("0b") else text
+            if parsed.endswith("too long"):
+                count = len(body.replace("_", ""))
+                found = (
+                    f"{count} bit characters" if count > width
+                    else f"a _ left of all {width} bit characters (Firecracker counts it)"
+                )
+            else:
+                bad = next(char for char in reversed(body) if char not in "01x_")
+                found = f"the character {bad!r}"
+            raise self.error(
+                node, f'expected "bitmap" as at most {width} characters 0, 1 or x (lowercase) '
+                f"after an optional 0b, with _ as separator, found {found} in {_quote(text)} "
+                f"(Firecracker: {parsed.replace(text, _oneline(text), 1)})"
+            )
+        return parsed
+
+    def register(self, node: Node) -> Register:
+        """Parse ``register``: exactly eax, ebx, ecx or edx."""
+        text = self.string(node, '"register" (eax, ebx, ecx or edx)')
+        if text == "eax":
+            return "eax"
+        if text == "ebx":
+            return "ebx"
+        if text == "ecx":
+            return "ecx"
+        if text == "edx":
+            return "edx"
+        raise self.error(
+            node, f'expected "register" as one of eax, ebx, ecx, edx (lowercase), found '
+            f"{_quote(text)} (Firecracker: Invalid CPUID register. Must be one of [eax, ebx, "
+            "ecx, edx])"
+        )
+
+    def capability(self, node: Node) -> str:
+        """Parse one kvm_capabilities string: ``N`` or ``!N``, N decimal fitting u32."""
+        text = self.string(node, 'a KVM capability (such as "171" or "!56")')
+        remove = text.startswith("!")
+        parsed = _rust_parse_u32(text[1:] if remove else text, 10)
+        if isinstance(parsed, str):
+            raise self.error(
+                node, f"expected a KVM capability as a decimal number, optionally after !, "
+                f"found {_quote(text)} (Firecracker: Failed to parse string "
+                f"[{_oneline(text)}] as a kvm capability - can not convert to numeric: "
+                f"{_INT_ERROR_TEXT[parsed]})"
+            )
+        return f"!{parsed}" if remove else str(parsed)
+
+    def template(self, node: Node) -> Template:
+        """Read the top-level CustomCpuTemplate object."""
+        members = self.fields(
+            node, "an x86_64 CPU template", "CustomCpuTemplate", _TOP_LEVEL,
+            required=False, deny_unknown=True,
+        )
+        capabilities: tuple[str, ...] = ()
+        leaves: tuple[LeafModifier, ...] = ()
+        msrs: tuple[MsrModifier, ...] = ()
+        if "kvm_capabilities" in members:
+            items = self.array(members["kvm_capabilities"], '"kvm_capabilities"')
+            capabilities = tuple(self.capability(item) for item in items)
+        if "cpuid_modifiers" in members:
+            items = self.array(members["cpuid_modifiers"], '"cpuid_modifiers"')
+            leaves = tuple(self.leaf_modifier(item) for item in items)
+        if "msr_modifiers" in members:
+            items = self.array(members["msr_modifiers"], '"msr_modifiers"')
+            msrs = tuple(self.msr_modifier(item) for item in items)
+        return Template(self.path, leaves, msrs, capabilities)
+
+    def leaf_modifier(self, node: Node) -> LeafModifier:
+        """Read one cpuid modifier {leaf, subleaf, flags, modifiers}; other keys are ignored."""
+        members = self.fields(
+            node, "a cpuid modifier", "CpuidLeafModifier", _LEAF_FIELDS, required=True
+        )
+        leaf = self.number(members["leaf"], "leaf", "0x7")
+        subleaf = self.number(members["subleaf"], "subleaf", "0x0")
+        flags = self.flags(members["flags"])
+        modifiers = tuple(
+            self.register_modifier(item)
+            for item in self.array(members["modifiers"], '"modifiers"')
+        )
+        return LeafModifier(leaf, subleaf, flags, modifiers, self.location(members["leaf"]))
+
+    def register_modifier(self, node: Node) -> RegisterModifier:
+        """Read one {register, bitmap}; other keys are ignored."""
+        members = self.fields(
+            node, "a register modifier", "CpuidRegisterModifier", _REGISTER_FIELDS, required=True
+        )
+        register = self.register(members["register"])
+        filter_bits, value_bits = self.bitmap(members["bitmap"], 32)
+        return RegisterModifier(
+            register, filter_bits, value_bits, self.location(members["bitmap"])
+        )
+
+    def msr_modifier(self, node: Node) -> MsrModifier:
+        """Read one {addr, bitmap} with a 64-bit bitmap; other keys are ignored."""
+        members = self.fields(
+            node, "an MSR modifier", "RegisterModifier", _MSR_FIELDS, required=True
+        )
+        addr = self.number(members["addr"], "addr", "0x10a")
+        filter_bits, value_bits = self.bitmap(members["bitmap"], 64)
+        return MsrModifier(addr, filter_bits, value_bits, self.location(members["bitmap"]))
+
+
+# --- applying --------------------------------------------------------------------------
+
+
+def apply_template(template: Template, base: CpuidSet) -> AppliedTemplate:
+    """Apply a template to a base CpuidSet as Firecracker does, remembering each bit's line.
+
+    A modifier whose exact (leaf, subleaf) the base lacks is recorded in ``missing`` (where
+    Firecracker refuses to boot) and skipped; the result never gains an entry.
+    """
+    entries = dict(base.entries)
+    flags = dict(base.flags)
+    provenance = dict(base.provenance)
+    missing: dict[tuple[int, int], MissingEntry] = {}
+    for leaf_modifier in template.cpuid_modifiers:
+        key = (leaf_modifier.leaf, leaf_modifier.subleaf)
+        if key not in entries:
+            missing.setdefault(key, MissingEntry(*key, leaf_modifier.location))
+            continue
+        flags[key] = leaf_modifier.flags
+        values = entries[key]._asdict()
+        for modifier in leaf_modifier.modifiers:
+            old = values[modifier.register]
+            values[modifier.register] = (old & ~modifier.filter & _U32) | modifier.value
+            bits = modifier.filter
+            while bits:
+                low = bits & -bits
+                provenance[(*key, modifier.register, low.bit_length() - 1)] = modifier.location
+                bits ^= low
+        entries[key] = Registers(**values)
+    cpuid = CpuidSet(
+        entries,
+        base.source,
+        flags=flags,
+        provenance=provenance,
+        meta={**base.meta, "template": template.path},
+    )
+    return AppliedTemplate(cpuid, tuple(missing.values()))
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def _bitmap_text(filter_bits: int, value_bits: int, width: int) -> str:
+    """Write a bitmap as Firecracker serializes it: 0b, then every bit, x where unfiltered."""
+    chars = [
+        ("1" if value_bits >> bit & 1 else "0") if filter_bits >> bit & 1 else "x"
+        for bit in range(width - 1, -1, -1)
+    ]
+    return "0b" + "".join(chars)
+
+
+def template_to_json(template: Template) -> str:
+    """Write a template as Firecracker's serializer does (cpu-template-helper dump style).
+
+    Field order is Firecracker's; leaf, subleaf and addr are lowercase ``0x`` hex; bitmaps
+    are ``0b`` plus 32 (CPUID) or 64 (MSR) characters; ``kvm_capabilities`` always appears.
+    """
+    document = {
+        "kvm_capabilities": list(template.kvm_capabilities),
+        "cpuid_modifiers": [
+            {
+                "leaf": f"{modifier.leaf:#x}",
+                "subleaf": f"{modifier.subleaf:#x}",
+                "flags": modifier.flags,
+                "modifiers": [
+                    {
+                        "register": register.register,
+                        "bitmap": _bitmap_text(register.filter, register.value, 32),
+                    }
+                    for register in modifier.modifiers
+                ],
+            }
+            for modifier in template.cpuid_modifiers
+        ],
+        "msr_modifiers": [
+            {"addr": f"{msr.addr:#x}", "bitmap": _bitmap_text(msr.filter, msr.value, 64)}
+            for msr in template.msr_modifiers
+        ],
+    }
+    return json.dumps(document, indent=2)
+

@@ -1,0 +1,381 @@
+"""The CI gate: templates x profiles, matrix files, vendor inference, regression mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from xstate_check.errors import InputError, Location
+from xstate_check.formats import render
+from xstate_check.gate import (
+    AMD,
+    INTEL,
+    FailOn,
+    GateResult,
+    load_matrix,
+    resolve_profiles,
+    run_gate,
+    template_vendor,
+)
+from xstate_check.report import Finding, Report, Severity, SubjectReport
+from xstate_check.sources.profiles import match_profiles, profile_index
+from xstate_check.template import load_template
+
+REPO = Path(__file__).resolve().parents[1]
+MATRIX = REPO / "examples" / "firecracker-matrix.toml"
+X86_TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
+                 "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
+# 0xD.0 EAX bitmaps as they stand in Firecracker's T2.json and SPR_TO_T2_6.1.json; bit 17
+# (TILECFG) and bit 18 (TILEDATA) are the 15th and 14th characters after 0b.
+T2_XCR0 = '"0bxxxxxxxxxxxxxxxxxxxxxx0x00000xxx"'
+T2_XCR0_NO_TILEDATA = '"0bxxxxxxxxxxxxx0xxxxxxxx0x00000xxx"'
+SPR_XCR0 = '"0bxxxxxxxxxxxxx00xxxxxxx0x00000xxx"'
+SPR_XCR0_ONLY_TILEDATA_MASKED = '"0bxxxxxxxxxxxxx0xxxxxxxx0x00000xxx"'
+
+
+def _line_of(text: str, needle: str, start: int = 0) -> int:
+    """Return the 1-based line where ``needle`` first stands at or after offset ``start``."""
+    return text.count("\n", 0, text.index(needle, start)) + 1
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid",
+         "-c", "commit.gpgsign=false", *args],
+        capture_output=True, text=True, check=True,
+    )
+    return done.stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path, data_dir: Path) -> Path:
+    """A git repository whose first commit holds copies of T2 and SPR_TO_T2_6.1."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = tmp_path / "fleet"
+    (root / "cpu-templates").mkdir(parents=True)
+    for name in ("T2", "SPR_TO_T2_6.1"):
+        shutil.copy(data_dir / "firecracker" / f"{name}.json", root / "cpu-templates")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "templates")
+    return root
+
+
+def _states(subject: SubjectReport) -> list[str]:
+    """Return a gate subject's baseline_state list (new/unchanged per finding)."""
+    states = subject.details["baseline_state"]
+    assert isinstance(states, list)
+    return states
+
+
+def _edit(path: Path, old: str, new: str) -> int:
+    """Replace ``old`` (once) in a file and return the line of the change."""
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return _line_of(text, old)
+
+
+# --------------------------------------------------------------------------- the whole fleet
+
+
+def test_gate_runs_firecracker_templates_on_their_hosts(data_dir: Path) -> None:
+    """The example matrix checks each Firecracker x86 template on the hosts it is for."""
+    result = run_gate(matrix=MATRIX)
+    grid = load_matrix(MATRIX)
+    expected = []
+    for entry in grid.entries:
+        names = dict.fromkeys(i.name for p in entry.profiles for i in match_profiles(p))
+        expected += [(entry.path, name) for name in names]
+    seen = [(Path(s.template or "").name, s.details["profile"]) for s in result.report.subjects]
+    assert seen == expected
+    # T2, C3: SKX 3 + CLX 4 + ICX 4 kernels; T2S: SKX+CLX; T2CL: CLX+ICX; T2A: Milan 4; SPR/GNR.
+    assert len(seen) == 2 * (3 + 4 + 4) + (3 + 4) + (4 + 4) + 4 + 1 + 2 + 1 + 2
+    # Firecracker's official templates keep the XSETBV invariants on their own hosts
+    # (FIRECRACKER.md §3.3): no pair may fail.
+    assert result.report.errors == []
+    assert result.exit_code() == 0
+
+
+def test_gate_without_matrix_uses_each_templates_vendor(data_dir: Path) -> None:
+    """Without a matrix, T2A runs on AMD profiles only, SPR_TO_T2_6.1 on Intel only."""
+    folder = data_dir / "firecracker"
+    result = run_gate([folder / "T2A.json", folder / "SPR_TO_T2_6.1.json"])
+    by_template: dict[str, set[str]] = {}
+    for subject in result.report.subjects:
+        by_template.setdefault(Path(subject.template or "").name, set()).add(
+            str(subject.details["vendor"])
+        )
+    assert by_template == {"T2A.json": {AMD}, "SPR_TO_T2_6.1.json": {INTEL}}
+    amd = [i.name for i in profile_index() if i.vendor == AMD]
+    names = [s.name for s in result.report.subjects if s.template and "T2A" in s.template]
+    assert names == amd
+
+
+@pytest.mark.parametrize("name", X86_TEMPLATES)
+def test_template_vendor_of_firecracker_templates(name: str, data_dir: Path) -> None:
+    """T2A sets AMD-only 0x80000008 EBX bits; the _6.1 SPR/GNR templates modify 0x1D/0x1E."""
+    template = load_template(data_dir / "firecracker" / f"{name}.json")
+    expected = {"T2A": AMD, "SPR_TO_T2_6.1": INTEL, "GNR_TO_T2_6.1": INTEL}.get(name)
+    assert template_vendor(template) == expected
+
+
+def test_missing_leaf_is_an_error_on_the_template_line(data_dir: Path) -> None:
+    """SPR_TO_T2_6.1 on a 5.10 host modifies 0xD.0x11, which KVM there lacks: an error."""
+    path = data_dir / "firecracker" / "SPR_TO_T2_6.1.json"
+    text = path.read_text(encoding="utf-8")
+    leaf_line = _line_of(text, '"leaf": "0xd"', text.index('"subleaf": "0x11"') - 40)
+    result = run_gate([path], profiles=["profile:fc-sapphire-rapids-5.10"])
+    (subject,) = result.report.subjects
+    missing = [f for f in subject.findings if f.name == "template-leaf-missing"]
+    assert missing and all(f.severity == "error" for f in missing)
+    assert missing[0].location is not None
+    assert (missing[0].location.path, missing[0].location.line) == (str(path), leaf_line)
+    assert result.exit_code() == 1
+
+
+def test_official_template_on_the_wrong_kernel_fails(data_dir: Path) -> None:
+    """GNR_TO_T2_6.1 on every GNR kernel fails only on 5.10, where 7.2 and 0xD.0x11 lack."""
+    result = run_gate([data_dir / "firecracker" / "GNR_TO_T2_6.1.json"],
+                      profiles=["profile:fc-granite-rapids-*"])
+    failing = {s.name for s in result.report.subjects if any(
+        f.severity == "error" for f in s.findings)}
+    assert failing == {"fc-granite-rapids-5.10"}
+
+
+# --------------------------------------------------------------------------- regression mode
+
+
+def test_masking_tiledata_but_not_tilecfg_fails_at_the_changed_line(repo: Path) -> None:
+    """A change masking XCR0 bit 18 but not 17 is a new error pointing at that line."""
+    template = repo / "cpu-templates" / "T2.json"
+    line = _edit(template, T2_XCR0, T2_XCR0_NO_TILEDATA)
+    result = run_gate([template], changed_since="HEAD")
+    assert result.fail_on == "new" and result.baseline == "HEAD"
+    new = [
+        (subject.name, finding)
+        for subject in result.report.subjects
+        for finding, state in zip(subject.findings, _states(subject), strict=True)
+        if state == "new"
+    ]
+    assert new, "the change must introduce findings"
+    pair_errors = [(n, f) for n, f in new if f.name == "amx-tile-pair"]
+    # Only profiles whose XCR0 has AMX can lose half of it.
+    amx = {i.name for i in profile_index() if i.role == "guest"
+           and i.name.startswith(("fc-sapphire-rapids-6", "fc-granite-rapids-6"))}
+    assert amx <= {name for name, _ in pair_errors}
+    for _, finding in pair_errors:
+        assert finding.severity == "error"
+        assert finding.location is not None
+        assert (finding.location.path, finding.location.line) == (str(template), line)
+    assert result.exit_code() == 1
+
+
+def test_unrelated_change_to_the_same_file_passes(repo: Path) -> None:
+    """Clearing an unrelated leaf-1 bit adds no finding: the gate passes on --fail-on new."""
+    template = repo / "cpu-templates" / "T2.json"
+    # 0x80000001 ECX: also clear bit 5 (LZCNT), a bit no XSAVE rule reads.
+    _edit(template, '"0bxx0xxxxxxxxxxxxxxxxxxxx0xxxxxxxx"', '"0bxx0xxxxxxxxxxxxxxxxxxxx0xx0xxxxx"')
+    result = run_gate([template], changed_since="HEAD")
+    assert result.report.subjects, "a changed template is checked"
+    for subject in result.report.subjects:
+        assert subject.details["new"] == 0, subject.name
+    assert result.exit_code() == 0
+    assert result.exit_code(strict=True) == 0
+    any_result = run_gate([template], changed_since="HEAD", fail_on="any")
+    assert any_result.exit_code() == (1 if any_result.report.errors else 0)
+
+
+def test_unmasking_tilecfg_in_spr_template_is_new(repo: Path) -> None:
+    """SPR_TO_T2_6.1 changed to keep TILECFG but mask TILEDATA fails on its SPR hosts."""
+    template = repo / "cpu-templates" / "SPR_TO_T2_6.1.json"
+    line = _edit(template, SPR_XCR0, SPR_XCR0_ONLY_TILEDATA_MASKED)
+    result = run_gate([template], changed_since="HEAD", matrix=MATRIX)
+    assert [s.name for s in result.report.subjects] == [
+        "fc-sapphire-rapids-6.1", "fc-sapphire-rapids-6.18"
+    ]
+    for subject in result.report.subjects:
+        states = dict(zip([f.name for f in subject.findings], _states(subject), strict=True))
+        assert states["amx-tile-pair"] == "new"
+        finding = next(f for f in subject.findings if f.name == "amx-tile-pair")
+        assert finding.location == Location(str(template), line, finding.location.column)  # type: ignore[union-attr]
+    assert result.exit_code() == 1
+
+
+def test_unchanged_templates_are_skipped(repo: Path) -> None:
+    """With nothing changed since HEAD the gate checks nothing and passes."""
+    result = run_gate(sorted((repo / "cpu-templates").glob("*.json")), changed_since="HEAD")
+    assert result.report.subjects == ()
+    assert result.exit_code() == 0
+
+
+def test_changes_since_an_older_revision_count(repo: Path) -> None:
+    """A change committed after REV is compared with REV, not with HEAD."""
+    template = repo / "cpu-templates" / "T2.json"
+    _edit(template, T2_XCR0, T2_XCR0_NO_TILEDATA)
+    _git(repo, "commit", "-q", "-am", "mask TILEDATA")
+    assert run_gate([template], changed_since="HEAD").report.subjects == ()
+    assert run_gate([template], changed_since="HEAD~1").exit_code() == 1
+
+
+def test_new_template_file_has_only_new_findings(repo: Path, data_dir: Path) -> None:
+    """A template REV lacks is changed, and all its findings are new."""
+    added = repo / "cpu-templates" / "SPR_TO_T2_6.1-copy.json"
+    shutil.copy(data_dir / "firecracker" / "SPR_TO_T2_6.1.json", added)
+    result = run_gate([added], changed_since="HEAD",
+                      profiles=["profile:fc-sapphire-rapids-5.10"])
+    (subject,) = result.report.subjects
+    assert subject.findings
+    assert set(_states(subject)) == {"new"}
+    assert result.exit_code() == 1
+
+
+def test_bad_revision_and_untracked_folder_are_input_errors(repo: Path, tmp_path: Path,
+                                                            data_dir: Path) -> None:
+    """An unknown revision, or a template outside any git work tree, is an InputError."""
+    template = repo / "cpu-templates" / "T2.json"
+    with pytest.raises(InputError, match="expected a git revision"):
+        run_gate([template], changed_since="no-such-branch")
+    loose = tmp_path / "loose" / "T2.json"
+    loose.parent.mkdir()
+    shutil.copy(data_dir / "firecracker" / "T2.json", loose)
+    env_dir = os.environ.get("GIT_CEILING_DIRECTORIES")
+    os.environ["GIT_CEILING_DIRECTORIES"] = str(tmp_path)
+    try:
+        with pytest.raises(InputError, match="inside a git work tree"):
+            run_gate([loose], changed_since="HEAD")
+    finally:
+        if env_dir is None:
+            os.environ.pop("GIT_CEILING_DIRECTORIES")
+        else:
+            os.environ["GIT_CEILING_DIRECTORIES"] = env_dir
+
+
+def test_regression_gate_in_every_format(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TILEDATA change shows at its line in sarif, junit, github, json and text."""
+    monkeypatch.chdir(repo)
+    template = Path("cpu-templates") / "T2.json"
+    line = _edit(template, T2_XCR0, T2_XCR0_NO_TILEDATA)
+    report = run_gate([template], changed_since="HEAD",
+                      profiles=["profile:fc-sapphire-rapids-6.1", "profile:fc-skylake-5.10"]).report
+
+    sarif = json.loads(render(report, "sarif"))
+    new = [r for r in sarif["runs"][0]["results"]
+           if r["baselineState"] == "new" and r["level"] == "error"]
+    assert [r["properties"]["ruleName"] for r in new] == ["amx-tile-pair"]
+    physical = new[0]["locations"][0]["physicalLocation"]
+    assert physical["artifactLocation"]["uri"] == "cpu-templates/T2.json"
+    assert physical["region"]["startLine"] == line
+
+    junit = ET.fromstring(render(report, "junit"))
+    cases = junit.findall("testsuite/testcase")
+    assert [c.get("name") for c in cases] == ["fc-sapphire-rapids-6.1", "fc-skylake-5.10"]
+    failure = cases[0].find("failure")
+    assert failure is not None and f"cpu-templates/T2.json:{line}:" in (failure.text or "")
+    assert cases[1].find("failure") is None
+
+    github = render(report, "github")
+    assert re.search(
+        rf"^::error file=cpu-templates/T2.json,line={line},col=\d+,title=XS\d+ amx-tile-pair "
+        r"\(fc-sapphire-rapids-6.1\)::", github, re.M)
+
+    document = json.loads(render(report, "json"))
+    states = document["subjects"][0]["details"]["baseline_state"]
+    names = [finding["name"] for finding in document["subjects"][0]["findings"]]
+    assert states[names.index("amx-tile-pair")] == "new"
+    assert f"cpu-templates/T2.json:{line}" in render(report, "text")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_matrix_errors_name_the_line(tmp_path: Path) -> None:
+    """Unknown keys, missing profiles/vendor and bad vendors are InputErrors with a line."""
+    bad = tmp_path / "m.toml"
+    bad.write_text('[[template]]\npath = "T2.json"\nprofiles = ["fc-*"]\n\n'
+                   '[[template]]\npath = "C3.json"\nhosts = ["x"]\n', encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        load_matrix(bad)
+    assert caught.value.location == Location(str(bad), 5)
+    assert "found 'hosts'" in str(caught.value)
+    bad.write_text('[[template]]\npath = "T2.json"\nvendor = "via"\n', encoding="utf-8")
+    with pytest.raises(InputError, match='vendor = "intel" or "amd"'):
+        load_matrix(bad)
+    bad.write_text('[[template]]\npath = "T2.json"\n', encoding="utf-8")
+    with pytest.raises(InputError, match="profiles, vendor, or both"):
+        load_matrix(bad)
+    bad.write_text("[[template]\n", encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        load_matrix(bad)
+    assert caught.value.location.line == 1
+
+
+def test_matrix_profile_pattern_must_match(tmp_path: Path, data_dir: Path) -> None:
+    """A matrix profile pattern that matches no profile is an InputError at its entry."""
+    matrix = tmp_path / "m.toml"
+    matrix.write_text('[[template]]\npath = "T2.json"\nprofiles = ["fc-pentium-*"]\n',
+                      encoding="utf-8")
+    with pytest.raises(InputError, match="'fc-pentium-\\*' to match one of the profiles"):
+        run_gate([data_dir / "firecracker" / "T2.json"], matrix=matrix)
+
+
+def test_matrix_vendor_keeps_that_vendors_profiles(tmp_path: Path, data_dir: Path) -> None:
+    """vendor = "amd" runs a template on every AMD profile, whatever it modifies."""
+    matrix = tmp_path / "m.toml"
+    matrix.write_text('[[template]]\npath = "*.json"\nvendor = "amd"\n', encoding="utf-8")
+    result = run_gate([data_dir / "firecracker" / "T2.json"], matrix=matrix)
+    assert [s.name for s in result.report.subjects] == [
+        i.name for i in profile_index() if i.vendor == AMD
+    ]
+
+
+def test_profiles_from_files_folders_and_patterns(tmp_path: Path, data_dir: Path) -> None:
+    """--profiles takes profile:PATTERN, CPUID files (named by stem) and folders of JSON."""
+    fingerprint = data_dir / "firecracker" / "fingerprint_AMD_GENOA_6.18host.json"
+    chosen = resolve_profiles(["profile:fc-milan-6.*", str(fingerprint)])
+    assert [p.name for p in chosen] == [
+        "fc-milan-6.1", "fc-milan-6.18", "fingerprint_AMD_GENOA_6.18host"
+    ]
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    shutil.copy(fingerprint, folder / "genoa.json")
+    assert [p.name for p in resolve_profiles([str(folder)])] == ["genoa"]
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(fingerprint.with_name("fingerprint_AMD_GENOA_5.10host.json"), other / "genoa.json")
+    with pytest.raises(InputError, match="unique"):
+        resolve_profiles([str(folder), str(other / "genoa.json")])
+    with pytest.raises(InputError, match="expected a bundled profile name"):
+        resolve_profiles(["profile:fc-pentium"])
+    with pytest.raises(InputError, match="existing CPUID file or folder"):
+        resolve_profiles([str(tmp_path / "absent")])
+
+
+def test_gate_needs_templates_or_a_matrix() -> None:
+    """A gate with neither template files nor a matrix is an InputError."""
+    with pytest.raises(InputError, match="template files or a --matrix"):
+        run_gate([])
+
+
+def test_exit_code_follows_fail_on_and_strict() -> None:
+    """GateResult fails on counted errors; strict adds warnings; old findings skip with new."""
+    def result(severity: Severity, state: str, fail_on: FailOn) -> GateResult:
+        finding = Finding("XS0000", "x", severity, "m", "c", "f")
+        subject = SubjectReport("p", "s", "t", [finding],
+                                {"baseline_state": [state], "fail_on": fail_on})
+        return GateResult(Report([subject]), fail_on, "HEAD")
+
+    assert result("error", "new", "new").exit_code() == 1
+    assert result("error", "unchanged", "new").exit_code() == 0
+    assert result("error", "unchanged", "any").exit_code() == 1
+    assert result("warning", "new", "new").exit_code() == 0
+    assert result("warning", "new", "new").exit_code(strict=True) == 1
+    assert result("warning", "unchanged", "new").exit_code(strict=True) == 0

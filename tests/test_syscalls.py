@@ -1,0 +1,256 @@
+"""The system layer: real arch_prctl/CPUID/XGETBV on this machine, errno mapping, child runs."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from xstate_check.sources import syscalls
+from xstate_check.sources.fakehost import FakeSystem, IllegalInstructionError
+from xstate_check.sources.syscalls import (
+    ARCH_GET_XCOMP_GUEST_PERM,
+    ARCH_GET_XCOMP_PERM,
+    ARCH_GET_XCOMP_SUPP,
+    ARCH_REQ_XCOMP_GUEST_PERM,
+    ARCH_REQ_XCOMP_PERM,
+    RealSystem,
+    System,
+    decode_child_result,
+    encode_child_result,
+    errno_meaning,
+    get_xcomp_guest_perm,
+    get_xcomp_perm,
+    get_xcomp_supp,
+    os_error,
+    req_xcomp_guest_perm,
+    req_xcomp_perm,
+)
+
+X86_LINUX = os.uname().machine == "x86_64" and os.uname().sysname == "Linux"
+needs_x86 = pytest.mark.skipif(not X86_LINUX, reason="needs Linux on x86-64")
+
+
+@pytest.fixture
+def real() -> RealSystem:
+    """Return a RealSystem of this machine."""
+    return RealSystem()
+
+
+def test_option_values_match_the_uapi_header() -> None:
+    """The arch_prctl option numbers are those of arch/x86/include/uapi/asm/prctl.h."""
+    assert (ARCH_GET_XCOMP_SUPP, ARCH_GET_XCOMP_PERM, ARCH_REQ_XCOMP_PERM) == (
+        0x1021, 0x1022, 0x1023,
+    )
+    assert (ARCH_GET_XCOMP_GUEST_PERM, ARCH_REQ_XCOMP_GUEST_PERM) == (0x1024, 0x1025)
+    assert syscalls.SYS_ARCH_PRCTL == 158
+
+
+def test_os_error_maps_errno_to_the_python_subclass() -> None:
+    """os_error() keeps the errno, so FileNotFoundError/PermissionError appear by themselves."""
+    assert isinstance(os_error(errno.ENOENT, "/dev/kvm"), FileNotFoundError)
+    assert isinstance(os_error(errno.EACCES, "/dev/kvm"), PermissionError)
+    error = os_error(errno.EBUSY, "ARCH_REQ_XCOMP_GUEST_PERM(18)")
+    assert (error.errno, error.filename) == (errno.EBUSY, "ARCH_REQ_XCOMP_GUEST_PERM(18)")
+
+
+def test_errno_meaning_names_kernel_versions() -> None:
+    """EINVAL means 'older than 5.16' for the process API and 'older than 5.17' for guests."""
+    assert "5.16" in errno_meaning(ARCH_GET_XCOMP_SUPP, errno.EINVAL)
+    assert "5.17" in errno_meaning(ARCH_GET_XCOMP_GUEST_PERM, errno.EINVAL)
+    assert "5.17" in errno_meaning(ARCH_REQ_XCOMP_GUEST_PERM, errno.EINVAL)
+    assert "vCPU" in errno_meaning(ARCH_REQ_XCOMP_GUEST_PERM, errno.EBUSY)
+    assert "sigaltstack" in errno_meaning(ARCH_REQ_XCOMP_PERM, errno.ENOSPC)
+    assert "dynamic" in errno_meaning(ARCH_REQ_XCOMP_PERM, errno.EOPNOTSUPP)
+
+
+@needs_x86
+def test_real_supported_mask_is_the_kernels_xcr0(real: RealSystem) -> None:
+    """ARCH_GET_XCOMP_SUPP equals XCR0 read with XGETBV: Linux enables every user xfeature."""
+    supported = get_xcomp_supp(real)
+    assert supported == real.xgetbv(0)
+    assert supported & 0x3 == 0x3
+
+
+@needs_x86
+def test_real_permissions_are_within_supported(real: RealSystem) -> None:
+    """The process and guest permissions are subsets of the supported mask."""
+    supported = get_xcomp_supp(real)
+    assert get_xcomp_perm(real) & ~supported == 0
+    assert get_xcomp_guest_perm(real) & ~supported == 0
+    # Non-dynamic xfeatures are permitted by default (everything but TILEDATA).
+    assert get_xcomp_perm(real) | (1 << 18) == supported | (1 << 18)
+
+
+@needs_x86
+def test_real_unknown_option_is_einval(real: RealSystem) -> None:
+    """An arch_prctl option the kernel does not know fails with EINVAL, as on old kernels."""
+    with pytest.raises(OSError) as caught:
+        real.arch_prctl_get(0x10FF)
+    assert caught.value.errno == errno.EINVAL
+
+
+@needs_x86
+def test_real_request_of_a_non_facility_is_eopnotsupp(real: RealSystem) -> None:
+    """ARCH_REQ_XCOMP_PERM(17) fails with EOPNOTSUPP: only 18 names the AMX facility."""
+    before = get_xcomp_perm(real)
+    with pytest.raises(OSError) as caught:
+        req_xcomp_perm(real, 17)
+    assert caught.value.errno == errno.EOPNOTSUPP
+    assert caught.value.filename == "ARCH_REQ_XCOMP_PERM(17)"
+    assert get_xcomp_perm(real) == before
+
+
+@needs_x86
+def test_real_request_out_of_range_is_einval(real: RealSystem) -> None:
+    """ARCH_REQ_XCOMP_PERM(64) fails with EINVAL (index >= XFEATURE_MAX)."""
+    with pytest.raises(OSError) as caught:
+        req_xcomp_perm(real, 64)
+    assert caught.value.errno == errno.EINVAL
+
+
+@needs_x86
+def test_real_cpuid_reads_the_vendor_of_proc_cpuinfo(real: RealSystem) -> None:
+    """CPUID leaf 0 spells the vendor /proc/cpuinfo reports."""
+    regs = real.cpuid(0, 0)
+    vendor = b"".join(r.to_bytes(4, "little") for r in (regs.ebx, regs.edx, regs.ecx)).decode()
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    assert f"vendor_id\t: {vendor}" in cpuinfo
+
+
+@needs_x86
+def test_real_xinuse_is_within_xcr0(real: RealSystem) -> None:
+    """XGETBV(1) (XINUSE) only reports components enabled in XCR0."""
+    leaf1 = real.cpuid(1, 0)
+    sub1 = real.cpuid(0xD, 1)
+    if not (leaf1.ecx >> 27 & 1 and sub1.eax >> 2 & 1):
+        pytest.skip("this CPU has no OSXSAVE or no XGETBV1")
+    assert real.xgetbv(1) & ~real.xgetbv(0) == 0
+
+
+@needs_x86
+def test_real_child_runs_in_another_process(real: RealSystem) -> None:
+    """run_isolated runs the function in a forked child and returns its bytes."""
+    answer = real.run_isolated(lambda system: str(os.getpid()).encode())
+    assert int(answer) != os.getpid()
+
+
+@needs_x86
+def test_real_child_oserror_comes_back_with_its_errno(real: RealSystem) -> None:
+    """An OSError raised in the child is raised in the parent with the same errno and context."""
+    before = get_xcomp_guest_perm(real)
+    supported = get_xcomp_supp(real)
+
+    def request(system: System) -> bytes:
+        req_xcomp_guest_perm(system, 18)
+        return b"granted"
+
+    if supported & (1 << 18):
+        assert real.run_isolated(request) == b"granted"
+    else:
+        with pytest.raises(OSError) as caught:
+            real.run_isolated(request)
+        assert caught.value.errno == errno.EOPNOTSUPP
+        assert caught.value.filename == "ARCH_REQ_XCOMP_GUEST_PERM(18)"
+    assert get_xcomp_guest_perm(real) == before
+
+
+@needs_x86
+def test_real_child_crash_is_a_runtime_error(real: RealSystem) -> None:
+    """A child that fails without an OSError is reported, not lost or hung."""
+
+    def broken(system: System) -> bytes:
+        raise ValueError("broken")
+
+    with pytest.raises(RuntimeError, match="broken"):
+        real.run_isolated(broken)
+
+
+def test_child_message_round_trip() -> None:
+    """A child's result, OSError and other failure survive encoding through the pipe."""
+    assert decode_child_result(encode_child_result(lambda: b"\x00abc"), "c") == b"\x00abc"
+
+    def fail() -> bytes:
+        raise os_error(errno.EBUSY, "ARCH_REQ_XCOMP_GUEST_PERM(18)")
+
+    with pytest.raises(OSError) as caught:
+        decode_child_result(encode_child_result(fail), "c")
+    assert caught.value.errno == errno.EBUSY
+    with pytest.raises(RuntimeError, match="died"):
+        decode_child_result(b"", "c")
+
+
+def test_fake_xgetbv_without_osxsave_is_sigill() -> None:
+    """The fake refuses XGETBV where a real CPU raises #UD (the process would die)."""
+    fake = FakeSystem.sapphire_rapids()
+    fake.cpu = fake.cpu.with_registers(1, 0, ecx=fake.cpu.get(1).ecx & ~(1 << 27))
+    with pytest.raises(IllegalInstructionError):
+        fake.xgetbv(0)
+
+
+def test_fake_guest_request_is_ebusy_once_a_vcpu_exists() -> None:
+    """ARCH_REQ_XCOMP_GUEST_PERM fails with EBUSY after the first vCPU (permission locked)."""
+    fake = FakeSystem.sapphire_rapids("6.8.0", guest_locked=True)
+    with pytest.raises(OSError) as caught:
+        req_xcomp_guest_perm(fake, 18)
+    assert caught.value.errno == errno.EBUSY
+    req_xcomp_perm(fake, 18)  # the process permission is not locked
+    assert get_xcomp_perm(fake) & (1 << 18)
+
+
+def test_fake_request_with_small_sigaltstack_is_enospc() -> None:
+    """ARCH_REQ_XCOMP_PERM fails with ENOSPC when a sigaltstack is too small; guests do not."""
+    fake = FakeSystem.sapphire_rapids("6.8.0", sigaltstack_too_small=True)
+    with pytest.raises(OSError) as caught:
+        req_xcomp_perm(fake, 18)
+    assert caught.value.errno == errno.ENOSPC
+    req_xcomp_guest_perm(fake, 18)
+    assert get_xcomp_guest_perm(fake) & (1 << 18)
+
+
+@pytest.mark.parametrize(
+    ("release", "process_errno", "guest_errno"),
+    [
+        ("5.15.0", errno.EINVAL, errno.EINVAL),
+        ("5.16.0", None, errno.EINVAL),
+        ("5.17.0", None, None),
+    ],
+)
+def test_fake_old_kernels_answer_einval(
+    release: str, process_errno: int | None, guest_errno: int | None
+) -> None:
+    """Kernels before 5.16 lack the process API and before 5.17 the guest API (EINVAL)."""
+    fake = FakeSystem.sapphire_rapids(release)
+    for option, expected in (
+        (ARCH_GET_XCOMP_SUPP, process_errno),
+        (ARCH_GET_XCOMP_PERM, process_errno),
+        (ARCH_GET_XCOMP_GUEST_PERM, guest_errno),
+    ):
+        if expected is None:
+            assert fake.arch_prctl_get(option) & 0x3 == 0x3
+        else:
+            with pytest.raises(OSError) as caught:
+                fake.arch_prctl_get(option)
+            assert caught.value.errno == expected
+
+
+def test_fake_request_of_tiledata_without_kernel_support_is_eopnotsupp() -> None:
+    """A kernel/CPU without TILEDATA answers ARCH_REQ_XCOMP_GUEST_PERM(18) with EOPNOTSUPP."""
+    fake = FakeSystem.genoa("6.8.0")
+    with pytest.raises(OSError) as caught:
+        req_xcomp_guest_perm(fake, 18)
+    assert caught.value.errno == errno.EOPNOTSUPP
+
+
+@needs_x86
+def test_real_child_killed_by_a_signal_is_reported(real: RealSystem) -> None:
+    """A child that dies of a signal (as XGETBV without OSXSAVE would) is named, not hung."""
+
+    def die(system: System) -> bytes:
+        os.kill(os.getpid(), 9)
+        return b"unreachable"
+
+    with pytest.raises(RuntimeError, match="killed by signal 9"):
+        real.run_isolated(die)
