@@ -51,6 +51,7 @@ def _timed(action: Callable[[], object]) -> float:
 
 
 def main() -> int:
+    """Print the figures; 0 also where /dev/kvm is not usable (the reason is printed)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="runs per median (default 200)")
     args = parser.parse_args()

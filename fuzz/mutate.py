@@ -340,7 +340,8 @@ def damage_encoding(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
     if choice == 3:
         return data.replace(b"\n", b"\r\n")
     at = _position(data, rng)
-    return data[:at] + rng.choice((b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80")) + data[at:]
+    invalid = rng.choice((b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80"))
+    return data[:at] + invalid + data[at:]
 
 
 def repeat_chunk(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:

@@ -9,12 +9,13 @@ reader that returns a partial or wrong table is caught as well as one that crash
 
 from __future__ import annotations
 
+import json
 import random
 import re
+import tomllib
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -25,13 +26,23 @@ from fuzz.mutate import (
     TOML_TOKENS,
     read_seeds,
 )
+from xstate_check import jsonpos
+from xstate_check.api import build_subject
+from xstate_check.cpuid import CpuidSet
+from xstate_check.engine import FAMILIES, Catalogue, evaluate, load_catalogue
+from xstate_check.errors import InputError
+from xstate_check.layout import XsaveLayout
+from xstate_check.sources.fakehost import genoa_cpu, sapphire_rapids_cpu
+from xstate_check.sources.load import load_cpuid
+from xstate_check.sources.ownjson import read_cpuid_json, to_json_text
+from xstate_check.subject import Subject
+from xstate_check.template import apply_template, load_template, parse_template, template_to_json
 
 __all__ = [
     "READERS",
     "LateInputError",
-    "Mismatch",
     "Reader",
-    "engine_available",
+    "RoundTripError",
     "render_cpuid_raw",
     "rules_dir",
     "variant_of",
@@ -40,7 +51,7 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Mismatch(AssertionError):
+class RoundTripError(AssertionError):
     """A reader's result did not survive a round trip: the reader told less than the truth."""
 
 
@@ -50,8 +61,6 @@ class LateInputError(AssertionError):
 
 def _follow_up(use: Callable[[], object]) -> None:
     """Run ``use`` on an accepted result; an InputError there is the reader's failure."""
-    from xstate_check.errors import InputError
-
     try:
         use()
     except InputError as error:
@@ -73,7 +82,6 @@ class Reader:
     run: Callable[[str, bytes, int], object]
     tokens: tuple[bytes, ...] = TEXT_TOKENS
     structure: str | None = None
-    modules: tuple[str, ...] = ()
     filename: Callable[[bytes], str] | None = None
 
     def file_name(self, data: bytes) -> str:
@@ -104,9 +112,9 @@ def _template_paths(data_dir: Path) -> list[Path]:
     ]
 
 
-def render_cpuid_raw(cpuid: object, header: str = "CPU:") -> bytes:
+def render_cpuid_raw(cpuid: CpuidSet, header: str = "CPU:") -> bytes:
     """Write a CpuidSet as ``cpuid -r`` text (FORMATS.md §3c), to make more raw seeds."""
-    rows = cpuid.rows()  # type: ignore[attr-defined]
+    rows = cpuid.rows()
     lines = [header]
     for leaf, sub, eax, ebx, ecx, edx in sorted(rows):
         lines.append(
@@ -125,7 +133,6 @@ def _libcpuid_seeds(data_dir: Path) -> list[bytes]:
 
 
 def _raw_seeds(data_dir: Path) -> list[bytes]:
-    from xstate_check.sources.load import load_cpuid
 
     seeds = read_seeds(_dumps(data_dir, "local/*.txt"), trim=True)
     # The one real `cpuid -r` file, plus the other real dumps written in that format.
@@ -144,8 +151,6 @@ def _template_seeds(data_dir: Path) -> list[bytes]:
 
 
 def _ownjson_seeds(data_dir: Path) -> list[bytes]:
-    from xstate_check.sources.load import load_cpuid
-    from xstate_check.sources.ownjson import to_json_text
 
     paths = [
         *_dumps(data_dir, "instlatx64/*SapphireRapids_05*"),
@@ -160,7 +165,8 @@ def _ownjson_seeds(data_dir: Path) -> list[bytes]:
 
 
 def _json_seeds(data_dir: Path) -> list[bytes]:
-    return [*_template_seeds(data_dir), *_fingerprint_seeds(data_dir)[:6], *_ownjson_seeds(data_dir)]
+    fingerprints = _fingerprint_seeds(data_dir)[:6]
+    return [*_template_seeds(data_dir), *fingerprints, *_ownjson_seeds(data_dir)]
 
 
 def _rule_file_seeds(data_dir: Path) -> list[bytes]:
@@ -168,7 +174,6 @@ def _rule_file_seeds(data_dir: Path) -> list[bytes]:
 
 
 def _expression_seeds(data_dir: Path) -> list[bytes]:
-    import tomllib
 
     seeds = []
     for path in sorted(rules_dir().glob("*.toml")):
@@ -185,7 +190,7 @@ def _expression_seeds(data_dir: Path) -> list[bytes]:
 
 
 def _rule_tables(document: dict[str, object]) -> list[dict[str, object]]:
-    tables = []
+    tables: list[dict[str, object]] = []
     for value in document.values():
         if isinstance(value, list):
             tables.extend(item for item in value if isinstance(item, dict))
@@ -198,10 +203,8 @@ def _rule_tables(document: dict[str, object]) -> list[dict[str, object]]:
 
 
 @cache
-def _base_cpuid() -> object:
+def _base_cpuid() -> CpuidSet:
     """A fixed CPUID table to apply generated templates to (every leaf a template touches)."""
-    from xstate_check.cpuid import CpuidSet
-
     rows = [(leaf, sub, 0x1234_5678, 0x9ABC_DEF0, 0x0F0F_0F0F, 0xF0F0_F0F0)
             for leaf in (*range(0x20), *range(0x8000_0000, 0x8000_0020))
             for sub in range(4)]
@@ -209,13 +212,8 @@ def _base_cpuid() -> object:
     return CpuidSet.from_rows(rows, "<fuzz base>")
 
 
-def _use_cpuid(result: object) -> None:
+def _use_cpuid(result: CpuidSet) -> None:
     """Use a CpuidSet as the program does, and check its own-JSON round trip is exact."""
-    from xstate_check.cpuid import CpuidSet
-    from xstate_check.layout import XsaveLayout
-    from xstate_check.sources.ownjson import read_cpuid_json, to_json_text
-
-    assert isinstance(result, CpuidSet), f"a CPUID reader returned {type(result).__name__}"
     XsaveLayout.from_cpuid(result)
     text = to_json_text(result)
     again = read_cpuid_json(text, "<round trip>")
@@ -226,34 +224,13 @@ def _use_cpuid(result: object) -> None:
         or dict(again.meta) != expected_meta
         or again.source != result.source
     ):
-        raise Mismatch("the project's JSON of this result reads back as another table")
+        raise RoundTripError("the project's JSON of this result reads back as another table")
     if to_json_text(again) != text:
-        raise Mismatch("the project's JSON of this result is not stable when re-written")
-    _evaluate(result)
-
-
-@cache
-def engine_available() -> bool:
-    """Return whether this checkout has the rule engine (results are then also evaluated)."""
-    try:
-        from xstate_check.engine import evaluate  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _evaluate(cpuid: object) -> None:
-    if not engine_available():
-        return
-    from xstate_check.api import build_subject
-    from xstate_check.engine import evaluate
-
-    evaluate(build_subject(cpuid))  # type: ignore[arg-type]
+        raise RoundTripError("the project's JSON of this result is not stable when re-written")
+    evaluate(build_subject(result))
 
 
 def _run_dump(path: str, data: bytes, variant: int) -> object:
-    from xstate_check.sources.load import load_cpuid
-
     # Mostly the default CPU; sometimes another one, present or not.
     cpu = {0: 0, 1: 1, 2: 4096}.get(variant % 20)
     result = load_cpuid(path, cpu=cpu)
@@ -262,32 +239,28 @@ def _run_dump(path: str, data: bytes, variant: int) -> object:
 
 
 def _run_cpuid_json(path: str, data: bytes, variant: int) -> object:
-    from xstate_check.sources.load import load_cpuid
-
     result = load_cpuid(path)
     _follow_up(lambda: _use_cpuid(result))
     return result
 
 
 def _run_template(path: str, data: bytes, variant: int) -> object:
-    from xstate_check.template import apply_template, load_template, parse_template, template_to_json
-
     template = load_template(path)
 
     def use() -> None:
-        applied = apply_template(template, _base_cpuid())  # type: ignore[arg-type]
+        applied = apply_template(template, _base_cpuid())
         text = template_to_json(template)
         again = parse_template(text, "<round trip>")
         if template_to_json(again) != text or again.modified_bits() != template.modified_bits():
-            raise Mismatch("the template written back reads as another template")
+            raise RoundTripError("the template written back reads as another template")
         if variant % 4 == 0:
-            _evaluate(applied.cpuid)
+            evaluate(build_subject(applied.cpuid))
 
     _follow_up(use)
     return template
 
 
-def _has_duplicates(node: Any) -> bool:
+def _has_duplicates(node: jsonpos.Node) -> bool:
     """Return whether any object in a jsonpos tree had a repeated key."""
     if node.duplicates:
         return True
@@ -302,16 +275,12 @@ def _serde_int(literal: str) -> int | float:
 
 
 def _run_jsonpos(path: str, data: bytes, variant: int) -> object:
-    import json
-
-    from xstate_check import jsonpos
-
     text = jsonpos.read_text(path)
     node = jsonpos.parse(text, path, allow_duplicates=bool(variant % 2))
     # Strict JSON that this parser accepts is JSON that Python's own reader reads alike,
     # integers beyond 64 bits becoming floats as in serde_json.
     if not _has_duplicates(node) and json.loads(text, parse_int=_serde_int) != node.value:
-        raise Mismatch("jsonpos and json.loads read different values")
+        raise RoundTripError("jsonpos and json.loads read different values")
     return node
 
 
@@ -320,36 +289,27 @@ _FAMILY_LINE = re.compile(rb'^family\s*=\s*"([a-z0-9-]+)"', re.MULTILINE)
 
 def _rule_file_name(data: bytes) -> str:
     """Name the input after the family it declares: the loader wants file name == family."""
-    from xstate_check.engine import FAMILIES
-
     match = _FAMILY_LINE.search(data)
     family = match.group(1).decode() if match else "xcr0"
     return f"{family if family in FAMILIES else 'xcr0'}.toml"
 
 
 @cache
-def _subjects() -> tuple[object, ...]:
+def _subjects() -> tuple[Subject, ...]:
     """Tables a loaded rule is evaluated on: odd values, an AMX CPU, an AMD guest."""
-    from xstate_check.api import build_subject
-    from xstate_check.sources.fakehost import genoa_cpu, sapphire_rapids_cpu
-
     return (
-        build_subject(_base_cpuid(), role="guest"),  # type: ignore[arg-type]
+        build_subject(_base_cpuid(), role="guest"),
         build_subject(sapphire_rapids_cpu(), role="cpu"),
         build_subject(genoa_cpu(), role="guest"),
     )
 
 
-def _evaluate_catalogue(catalogue: object) -> None:
-    from xstate_check.engine import evaluate
-
+def _evaluate_catalogue(catalogue: Catalogue) -> None:
     for subject in _subjects():
-        evaluate(subject, catalogue)  # type: ignore[arg-type]
+        evaluate(subject, catalogue)
 
 
 def _run_rule_file(path: str, data: bytes, variant: int) -> object:
-    from xstate_check.engine import load_catalogue
-
     catalogue = load_catalogue([path])
     _follow_up(lambda: _evaluate_catalogue(catalogue))
     return catalogue
@@ -367,10 +327,6 @@ def _expression_wrapper() -> tuple[str, str]:
 
 
 def _run_expression(path: str, data: bytes, variant: int) -> object:
-    import json
-
-    from xstate_check.engine import load_catalogue
-
     # The expression becomes the check of a real rule (a TOML string escapes any text).
     head, tail = _expression_wrapper()
     expression = data.decode("utf-8", "replace")
@@ -383,26 +339,22 @@ def _run_expression(path: str, data: bytes, variant: int) -> object:
 READERS: dict[str, Reader] = {
     reader.name: reader
     for reader in (
-        Reader("aida64", "AIDA64/InstLatx64 CPUID text", ".txt", _aida_seeds, _run_dump,
-               modules=("xstate_check.sources.load",)),
-        Reader("libcpuid", "libcpuid .test files", ".test", _libcpuid_seeds, _run_dump,
-               modules=("xstate_check.sources.load",)),
-        Reader("cpuid-raw", "Todd Allen's cpuid -r", ".txt", _raw_seeds, _run_dump,
-               modules=("xstate_check.sources.load",)),
+        Reader("aida64", "AIDA64/InstLatx64 CPUID text", ".txt", _aida_seeds, _run_dump),
+        Reader("libcpuid", "libcpuid .test files", ".test", _libcpuid_seeds, _run_dump),
+        Reader("cpuid-raw", "Todd Allen's cpuid -r", ".txt", _raw_seeds, _run_dump),
         Reader("fingerprint", "Firecracker fingerprints as a CPUID source", ".json",
-               _fingerprint_seeds, _run_cpuid_json, JSON_TOKENS, "json",
-               ("xstate_check.sources.load",)),
-        Reader("ownjson", "xstate-check's own CPUID JSON", ".json", _ownjson_seeds, _run_cpuid_json,
-               JSON_TOKENS, "json", ("xstate_check.sources.load", "xstate_check.sources.ownjson")),
+               _fingerprint_seeds, _run_cpuid_json, JSON_TOKENS, "json"),
+        Reader("ownjson", "xstate-check's own CPUID JSON", ".json", _ownjson_seeds,
+               _run_cpuid_json, JSON_TOKENS, "json"),
         Reader("template", "Firecracker CPU templates", ".json", _template_seeds, _run_template,
-               JSON_TOKENS, "json", ("xstate_check.template",)),
+               JSON_TOKENS, "json"),
         Reader("jsonpos", "the strict JSON parser with positions", ".json", _json_seeds,
-               _run_jsonpos, JSON_TOKENS, "json", ("xstate_check.jsonpos",)),
+               _run_jsonpos, JSON_TOKENS, "json"),
         Reader("rule-file", "TOML rule files", ".toml", _rule_file_seeds, _run_rule_file,
-               TOML_TOKENS, None, ("xstate_check.engine",), _rule_file_name),
+               TOML_TOKENS, None, _rule_file_name),
         Reader("expression", "the rule language (as a rule's check)", ".toml",
                _expression_seeds, _run_expression, EXPRESSION_TOKENS, "expression",
-               ("xstate_check.engine",), lambda data: "xcr0.toml"),
+               lambda data: "xcr0.toml"),
     )
 }
 

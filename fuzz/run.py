@@ -19,9 +19,12 @@ hang, and the campaign goes on from the next input.
 from __future__ import annotations
 
 import argparse
+import atexit
 import multiprocessing
 import os
+import random
 import re
+import resource
 import signal
 import sys
 import sysconfig
@@ -44,7 +47,8 @@ for _entry in (REPO / "src", REPO):
 import attrs  # noqa: E402
 
 from fuzz.mutate import Mutator  # noqa: E402
-from fuzz.readers import READERS, LateInputError, Mismatch, Reader, variant_of  # noqa: E402
+from fuzz.readers import READERS, LateInputError, Reader, RoundTripError, variant_of  # noqa: E402
+from xstate_check.errors import InputError  # noqa: E402
 
 __all__ = ["Stats", "fuzz", "main", "mutator_for", "replay"]
 
@@ -60,7 +64,7 @@ _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|«[^»]*»")
 _NUMBER = re.compile(r"\b0[xXbB][0-9A-Fa-f_]+\b|\b\d+\b")
 
 
-class Hang(BaseException):  # noqa: N818 - a BaseException, so no `except Exception` can eat it
+class Hang(BaseException):
     """Raised by the per-input alarm when one input takes longer than the time limit."""
 
 
@@ -129,8 +133,6 @@ _LIBRARY = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"])
 @contextmanager
 def _memory_limit(extra: int) -> Iterator[None]:
     """Cap the address space at its current size plus ``extra`` bytes, then restore it."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     with open("/proc/self/statm", encoding="ascii") as handle:
         current = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -154,27 +156,26 @@ def _signature(error: BaseException) -> str:
 _saved: Counter[tuple[str, str]] = Counter()
 
 
-def _save(out_dir: Path | None, reader: Reader, seed: int, index: int, data: bytes,
-          kind: str, report: str, stats: Stats) -> None:
-    """Write a failing input and its log to out_dir (a few per kind of failure)."""
+def _save(out_dir: Path | None, reader: Reader, *, seed: int, index: int, data: bytes,
+          kind: str, report: str) -> list[str]:
+    """Write a failing input and its log to out_dir (a few per kind); return what was written."""
     _saved[reader.name, kind] += 1
     if out_dir is None or _saved[reader.name, kind] > REPRODUCERS_PER_KIND:
-        return
+        return []
     folder = out_dir / reader.name
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"seed{seed}-input{index}"
     stem.with_suffix(reader.suffix).write_bytes(data)
     replay = f"python fuzz/run.py --reader {reader.name} --seed {seed} --replay {index}"
     stem.with_suffix(".log").write_text(f"{kind}\n{replay}\n\n{report}", encoding="utf-8")
-    stats.reproducers.append(str(stem.with_suffix(reader.suffix)))
+    return [str(stem.with_suffix(reader.suffix))]
 
 
-def try_one(reader: Reader, path: str, data: bytes, variant: int, stats: Stats,
+def try_one(reader: Reader, path: str, data: bytes, *, variant: int, stats: Stats,
             time_limit: float) -> tuple[str, BaseException] | None:
     """Run one input through a reader, count the outcome; return (kind, failure) if any."""
-    from xstate_check.errors import InputError
-
     stats.tried += 1
+    failure: BaseException
     with open(path, "wb") as handle:
         handle.write(data)
     try:
@@ -192,7 +193,7 @@ def try_one(reader: Reader, path: str, data: bytes, variant: int, stats: Stats,
     except Hang as error:
         stats.hangs += 1
         kind, failure = f"hang over {time_limit} s", error
-    except Mismatch as error:
+    except RoundTripError as error:
         stats.mismatches += 1
         kind, failure = f"mismatch: {error}", error
     except LateInputError as error:
@@ -200,7 +201,7 @@ def try_one(reader: Reader, path: str, data: bytes, variant: int, stats: Stats,
         kind, failure = error_shape(str(error)), error
     except KeyboardInterrupt:
         raise
-    except BaseException as error:  # noqa: BLE001 - counting every escape is the point
+    except BaseException as error:
         stats.uncaught += 1
         kind, failure = _signature(error), error
     else:
@@ -228,11 +229,14 @@ def fuzz(reader: Reader, inputs: int, *, seed: int = 0, data_dir: Path = DEFAULT
             rng = mutator.rng(seed, index)
             data = mutator.mutate(rng)
             path = os.path.join(scratch, reader.file_name(data))
-            failure = try_one(reader, path, data, variant_of(rng), stats, time_limit)
+            failure = try_one(reader, path, data, variant=variant_of(rng), stats=stats,
+                              time_limit=time_limit)
             if failure is not None:
                 kind, error = failure
-                report = "".join(traceback.format_exception(error))
-                _save(out_dir, reader, seed, index, data, kind, report, stats)
+                stats.reproducers += _save(
+                    out_dir, reader, seed=seed, index=index, data=data, kind=kind,
+                    report="".join(traceback.format_exception(error)),
+                )
     stats.seconds = time.perf_counter() - began
     return stats
 
@@ -241,10 +245,8 @@ def _scratch() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def replay(reader: Reader, seed: int, index: int, data_dir: Path, file: Path | None) -> int:
+def replay(reader: Reader, *, seed: int, index: int, data_dir: Path, file: Path | None) -> int:
     """Run one input (numbered, or from a file) and show its outcome with any traceback."""
-    from xstate_check.errors import InputError
-
     if file is not None:
         data, variant = file.read_bytes(), 0
     else:
@@ -261,7 +263,7 @@ def replay(reader: Reader, seed: int, index: int, data_dir: Path, file: Path | N
         except InputError as error:
             print(f"InputError: {error.render()}")
             return 0
-        except Exception:  # noqa: BLE001 - show what escaped
+        except Exception:
             traceback.print_exc()
             return 1
     print("a result")
@@ -271,16 +273,17 @@ def replay(reader: Reader, seed: int, index: int, data_dir: Path, file: Path | N
 # ----------------------------------------------------------------------------- workers
 
 
-def _worker(name: str, inputs: int, seed: int, data_dir: str, start: int,
-            skip: frozenset[int], time_limit: float, out_dir: str | None, conn: Connection,
-            progress: Any) -> None:
+def _worker(name: str, settings: dict[str, Any], conn: Connection, progress: Any) -> None:
+    """Run one reader's inputs from ``settings["start"]`` on, sending each chunk's Stats."""
+    inputs, seed, start, skip = (settings[key] for key in ("inputs", "seed", "start", "skip"))
+    out_dir = Path(settings["out"])
     reader = READERS[name]
-    mutator = mutator_for(reader, Path(data_dir))
+    mutator = mutator_for(reader, Path(settings["data"]))
     position = start
     while position < inputs:
         stop = min(inputs, position + CHUNK)
-        part = fuzz(reader, stop, seed=seed, start=position, skip=skip, time_limit=time_limit,
-                    out_dir=Path(out_dir) if out_dir else None, mutator=mutator,
+        part = fuzz(reader, stop, seed=seed, start=position, skip=skip,
+                    time_limit=settings["time_limit"], out_dir=out_dir, mutator=mutator,
                     progress=progress)
         conn.send((stop, part))
         position = stop
@@ -308,8 +311,11 @@ def _start(context: Any, campaign: _Campaign, args: argparse.Namespace) -> None:
     campaign.progress = context.Value("q", campaign.committed)
     campaign.process = context.Process(
         target=_worker,
-        args=(campaign.reader.name, args.inputs, args.seed, str(args.data), campaign.committed,
-              frozenset(campaign.skip), args.time_limit, str(args.out), send, campaign.progress),
+        args=(campaign.reader.name,
+              {"inputs": args.inputs, "seed": args.seed, "data": str(args.data),
+               "time_limit": args.time_limit, "out": str(args.out),
+               "start": campaign.committed, "skip": frozenset(campaign.skip)},
+              send, campaign.progress),
         daemon=True,
     )
     campaign.process.start()
@@ -344,7 +350,8 @@ def _poll(campaign: _Campaign, args: argparse.Namespace, watchdog: float) -> boo
     campaign.process.join()
     if campaign.conn.poll():
         return False  # a last chunk arrived while it ended; read it on the next poll
-    what = "hang (killed by the watchdog)" if alive else f"worker died ({campaign.process.exitcode})"
+    what = ("hang (killed by the watchdog)" if alive
+            else f"worker died (exit {campaign.process.exitcode})")
     lost = Stats(campaign.reader.name, tried=1)
     if alive:
         lost.hangs = 1
@@ -353,7 +360,8 @@ def _poll(campaign: _Campaign, args: argparse.Namespace, watchdog: float) -> boo
     lost.failures[what] += 1
     mutator = mutator_for(campaign.reader, args.data)
     data = mutator.mutate(mutator.rng(args.seed, index))
-    _save(args.out, campaign.reader, args.seed, index, data, what, what + "\n", lost)
+    lost.reproducers += _save(args.out, campaign.reader, seed=args.seed, index=index, data=data,
+                              kind=what, report=what + "\n")
     campaign.total.merge(lost)
     campaign.skip.add(index)
     return True
@@ -390,15 +398,9 @@ def _run_parallel(readers: Sequence[Reader], args: argparse.Namespace) -> list[S
 
 def _run_atheris(reader: Reader, args: argparse.Namespace) -> Stats:
     """Run one reader under atheris (coverage-guided), with this mutator as its custom one."""
-    import atheris
-    import random as random_module
+    import atheris  # noqa: PLC0415 - optional: only this mode needs it
 
-    with atheris.instrument_imports(include=["xstate_check"]):
-        import xstate_check.api  # noqa: F401
-        import xstate_check.engine  # noqa: F401
-        import xstate_check.sources.load  # noqa: F401
-        import xstate_check.template  # noqa: F401
-
+    atheris.instrument_all()  # coverage of every function loaded: xstate_check included
     mutator = mutator_for(reader, args.data)
     stats = Stats(reader.name)
     scratch = tempfile.mkdtemp(prefix="xstate-fuzz-", dir=_scratch())
@@ -411,14 +413,17 @@ def _run_atheris(reader: Reader, args: argparse.Namespace) -> Stats:
     def test_one_input(data: bytes) -> None:
         variant = int.from_bytes(data[:2].ljust(2, b"\0"), "little")
         path = os.path.join(scratch, reader.file_name(data))
-        failure = try_one(reader, path, data, variant, stats, args.time_limit)
+        failure = try_one(reader, path, data, variant=variant, stats=stats,
+                          time_limit=args.time_limit)
         if failure is not None:
             kind, error = failure
-            _save(args.out, reader, args.seed, stats.tried, data, kind,
-                  "".join(traceback.format_exception(error)), stats)
+            stats.reproducers += _save(
+                args.out, reader, seed=args.seed, index=stats.tried, data=data, kind=kind,
+                report="".join(traceback.format_exception(error)),
+            )
 
     def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
-        rng = random_module.Random(seed)
+        rng = random.Random(seed)
         if rng.random() < 0.5:
             return bytes(atheris.Mutate(data, max_size))
         return mutator.mutate(rng, data)[:max_size]
@@ -426,8 +431,6 @@ def _run_atheris(reader: Reader, args: argparse.Namespace) -> Stats:
     def report() -> None:
         stats.seconds = time.perf_counter() - began
         _print_table([stats], args)
-
-    import atexit
 
     atexit.register(report)
     argv = [sys.argv[0], f"-runs={args.inputs}", "-max_len=1048576", f"-seed={args.seed + 1}",
@@ -508,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(readers) != 1:
             print("fuzz: --replay needs one --reader", file=sys.stderr)
             return 2
-        return replay(readers[0], args.seed, args.replay or 0, args.data, args.replay_file)
+        return replay(readers[0], seed=args.seed, index=args.replay or 0, data_dir=args.data,
+                      file=args.replay_file)
     if args.atheris:
         if len(readers) != 1:
             print("fuzz: --atheris runs one --reader at a time", file=sys.stderr)

@@ -481,15 +481,15 @@ def test_bad_hex_names_line_and_column(tmp_path: Path) -> None:
 
 
 def test_malformed_register_line(tmp_path: Path) -> None:
-    """A register line missing EDX: the error names the line and the missing separator."""
+    """A register line with a short EBX: the column is that of the first wrong character."""
     path = tmp_path / "short.txt"
     path.write_text(AIDA_BAD_HEX.replace("000602G7-00002B00-00002B00-00000000", "000602E7-2B00"))
     with pytest.raises(InputError) as caught:
         load_cpuid(path)
     assert str(caught.value) == (
-        f"{path}:4:29: expected EBX as 8 hexadecimal digits\n"
+        f"{path}:4:30: expected EBX as 8 hexadecimal digits\n"
         "    CPUID 0000000D: 000602E7-2B00 [SL 00] [x87]\n"
-        "                             ~~~^"
+        "                             ~~~~^"
     )
 
 
@@ -555,7 +555,7 @@ def test_decimal_leaf_in_own_json(data_dir: Path, tmp_path: Path) -> None:
         f'{path}:{line}:14: expected "leaf" as a string of "0x" and 1 to 8 hexadecimal digits '
         'such as "0x0000000d"; found a string "13"',
         '        {"leaf": "13", "subleaf": "0x1", "eax": "0x0000001f", "ebx": "0x00002a80", '
-        '"ecx": "0x0000dd00", "edx": "0x00000000"},',
+        '"ecx": "0x0000dd00", "edx": "0x00000000"}…',  # lines are cut to 120 characters
     ]
 
 
@@ -593,3 +593,16 @@ def test_own_json_schema_errors(
     first = str(caught.value).splitlines()[0]
     assert first.startswith(f"{path}:{line}:")
     assert expected in first
+
+
+def test_long_malformed_line_gives_a_short_message(tmp_path: Path) -> None:
+    """A malformed register line of 100 000 characters: the snippet is cut around the error."""
+    path = tmp_path / "long.txt"
+    path.write_text("CPUID 0000000D: " + "0" * 100_000 + "\n")
+    with pytest.raises(InputError) as caught:
+        load_cpuid(path)
+    first, snippet, marker = str(caught.value).splitlines()
+    assert first == f"{path}:1:25: expected EAX as 8 hexadecimal digits"
+    assert len(snippet) <= 4 + 122
+    assert snippet.endswith("0…")
+    assert marker.endswith("^")

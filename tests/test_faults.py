@@ -9,6 +9,7 @@ another exception, and never a partial table reported as whole.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Callable
 
@@ -61,8 +62,9 @@ KVM_OPERATIONS = ("open_kvm", "ioctl:KVM_GET_API_VERSION", "ioctl:KVM_GET_SUPPOR
 class Faulty:
     """A modelled machine whose ``operation`` fails with ``code`` after ``after`` successes.
 
-    ``times`` bounds how often it fails (None: every call from then on). ``short`` cuts the message of a child process (``run_isolated``) to that many bytes, as
-    a child killed while writing would leave it.
+    ``times`` bounds how often it fails (None: every call from then on). ``short`` cuts the
+    message of a child process (``run_isolated``) to that many bytes, as a child killed
+    while writing would leave it.
     """
 
     inner: FakeSystem
@@ -80,7 +82,7 @@ class Faulty:
         self.seen += 1
         if self.seen > self.after and (self.times is None or self.failed < self.times):
             self.failed += 1
-            raise os_error(self.code, context or name.split(":")[-1])
+            raise os_error(self.code, context or name.rsplit(":", maxsplit=1)[-1])
 
     def uname(self) -> Uname:
         """Return the modelled uname (it cannot fail)."""
@@ -164,7 +166,7 @@ def test_every_errno_of_every_call_gives_a_result_or_probe_error(operation: str)
                 system = Faulty(machine(), operation, code)
                 where = f"{operation} -> {_errno_name(code)} on {machine_name} with {mode}"
                 try:
-                    state = hostsource.probe(system, **mode)  # type: ignore[arg-type]
+                    state = hostsource.probe(system, **mode)
                 except ProbeError as error:
                     assert error.exit_code == 3, where
                     assert error.errno == code, f"{where}: the errno is lost: {error}"
@@ -175,7 +177,7 @@ def test_every_errno_of_every_call_gives_a_result_or_probe_error(operation: str)
                 if system.failed:
                     # The fault happened and was absorbed: a note must name the errno or
                     # the call that failed.
-                    call = operation.split(":")[-1]
+                    call = operation.rsplit(":", maxsplit=1)[-1]
                     assert any(
                         _errno_name(code) in note or call in note for note in state.notes
                     ), f"{where}: the failure left no note: {state.notes}"
@@ -190,7 +192,7 @@ def test_kvm_required_and_unusable_is_exit_3(operation: str, code: int) -> None:
     # Failing on every call: for E2BIG, the buffer never becomes large enough.
     system = Faulty(FakeSystem.sapphire_rapids("6.8.0"), operation, code)
     with pytest.raises(ProbeError) as caught:
-        hostsource.probe(system, kvm=True)  # type: ignore[arg-type]
+        hostsource.probe(system, kvm=True)
     assert caught.value.errno == code
     assert caught.value.exit_code == 3
     assert _errno_name(code) in str(caught.value)
@@ -200,10 +202,10 @@ def test_kvm_required_and_unusable_is_exit_3(operation: str, code: int) -> None:
 def test_kvm_optional_and_unusable_gives_facts_without_kvm(code: int) -> None:
     """Without --kvm, an unusable /dev/kvm leaves the KVM facts unknown and says why."""
     system = Faulty(FakeSystem.sapphire_rapids("6.8.0"), "open_kvm", code)
-    state = hostsource.probe(system)  # type: ignore[arg-type]
+    state = hostsource.probe(system)
     assert not state.kvm_available
     assert state.kvm_cpuid is None
-    assert state.host_cpuid.feature("AMX_TILE")
+    assert state.host_cpuid is not None and state.host_cpuid.feature("AMX_TILE")
     assert any("/dev/kvm" in note and _errno_name(code) in note for note in state.notes)
 
 
@@ -212,7 +214,7 @@ def test_e2big_grows_the_buffer_until_kvm_answers() -> None:
     expected = hostsource.probe(FakeSystem.sapphire_rapids("6.8.0"), kvm=True)
     system = Faulty(FakeSystem.sapphire_rapids("6.8.0"), "ioctl:KVM_GET_SUPPORTED_CPUID",
                     errno.E2BIG, times=3)
-    state = hostsource.probe(system, kvm=True)  # type: ignore[arg-type]
+    state = hostsource.probe(system, kvm=True)
     assert system.failed == 3
     assert state.kvm_cpuid == expected.kvm_cpuid
     assert state.kvm_cpuid_permitted == expected.kvm_cpuid_permitted
@@ -221,7 +223,7 @@ def test_e2big_grows_the_buffer_until_kvm_answers() -> None:
 def test_dev_kvm_disappears_between_the_two_views() -> None:
     """/dev/kvm opens for the first view, then is gone (ENOENT) for the permitted view."""
     system = Faulty(FakeSystem.sapphire_rapids("6.1.0"), "open_kvm", errno.ENOENT, after=1)
-    state = hostsource.probe(system, kvm=True)  # type: ignore[arg-type]
+    state = hostsource.probe(system, kvm=True)
     assert state.kvm_available
     assert state.kvm_cpuid is not None
     assert state.kvm_cpuid_permitted is None
@@ -236,10 +238,10 @@ def test_dev_kvm_disappears_after_open(code: int) -> None:
         system = Faulty(FakeSystem.genoa("6.8.0"), "ioctl:KVM_GET_SUPPORTED_CPUID", code)
         if mode["kvm"]:
             with pytest.raises(ProbeError) as caught:
-                hostsource.probe(system, **mode)  # type: ignore[arg-type]
+                hostsource.probe(system, **mode)
             assert caught.value.errno == code
         else:
-            state = hostsource.probe(system, **mode)  # type: ignore[arg-type]
+            state = hostsource.probe(system, **mode)
             assert not state.kvm_available
             assert any(_errno_name(code) in note for note in state.notes)
         assert not system.inner.open_fds, "the descriptor leaked"
@@ -251,10 +253,8 @@ def test_a_failing_ioctl_never_leaks_the_descriptor() -> None:
                       "ioctl:KVM_GET_DEVICE_ATTR", "ioctl:KVM_CHECK_EXTENSION"):
         for code in ERRNOS:
             system = Faulty(FakeSystem.sapphire_rapids("6.8.0"), operation, code)
-            try:
-                hostsource.probe(system)  # type: ignore[arg-type]
-            except ProbeError:
-                pass
+            with contextlib.suppress(ProbeError):
+                hostsource.probe(system)
             assert not system.inner.open_fds, f"{operation} {_errno_name(code)} leaked"
 
 
@@ -272,7 +272,7 @@ def test_a_short_read_from_the_child_is_never_a_smaller_table(cut: int) -> None:
     whole = hostsource.probe(FakeSystem.sapphire_rapids("6.1.0"), kvm=True)
     assert whole.kvm_cpuid_permitted is not None
     system = Faulty(FakeSystem.sapphire_rapids("6.1.0"), short=cut)
-    state = hostsource.probe(system, kvm=True)  # type: ignore[arg-type]
+    state = hostsource.probe(system, kvm=True)
     assert state.kvm_cpuid is not None
     assert state.kvm_cpuid_permitted is None or (
         state.kvm_cpuid_permitted == whole.kvm_cpuid_permitted

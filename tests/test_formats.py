@@ -18,6 +18,7 @@ from xstate_check.formats import render
 from xstate_check.formats.github import escape_data, escape_property, render_github
 from xstate_check.formats.junit import render_junit
 from xstate_check.formats.sarif import render_sarif
+from xstate_check.gate import run_gate
 from xstate_check.report import Finding, Report, SubjectReport
 
 
@@ -242,3 +243,32 @@ def test_github_old_findings_are_notices_in_a_regression_gate(report: Report) ->
     commands = [c for c in render_github(marked).splitlines() if c.startswith("::")]
     assert commands[0].startswith("::error ")
     assert commands[1].startswith("::notice ") and "present at v1.2::" in commands[1]
+
+
+def test_every_format_of_the_firecracker_gate(data_dir: Path) -> None:
+    """The gate over Firecracker's templates renders valid SARIF, JUnit and GitHub output."""
+    folder = data_dir / "firecracker"
+    report = run_gate([folder / "SPR_TO_T2_6.1.json", folder / "T2A.json"],
+                      profiles=["profile:fc-sapphire-rapids-*", "profile:fc-milan-*"])
+    findings = report.findings()
+    assert any(f.name == "template-leaf-missing" for f in findings)  # 6.1 template on 5.10
+
+    document = json.loads(render(report, "sarif"))
+    _validate_sarif(document)
+    results = document["runs"][0]["results"]
+    assert len(results) == len(findings)
+    for result, finding in zip(results, findings, strict=True):
+        assert result["ruleId"] == finding.rule
+        physical = result["locations"][0]["physicalLocation"]
+        assert finding.location is not None and physical["region"]["startLine"] == (
+            finding.location.line
+        )
+
+    junit = ET.fromstring(render(report, "junit"))
+    assert junit.get("tests") == str(len(report.subjects))
+    failing = sum(1 for s in report.subjects if any(f.severity == "error" for f in s.findings))
+    assert junit.get("failures") == str(failing) != "0"
+
+    commands = [line for line in render(report, "github").splitlines() if line.startswith("::")]
+    assert len(commands) == len(findings)
+    assert all("\n" not in command for command in commands)

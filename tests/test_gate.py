@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from xstate_check.cli import main
 from xstate_check.errors import InputError, Location
 from xstate_check.formats import render
 from xstate_check.gate import (
@@ -371,7 +372,7 @@ def test_exit_code_follows_fail_on_and_strict() -> None:
         finding = Finding("XS0000", "x", severity, "m", "c", "f")
         subject = SubjectReport("p", "s", "t", [finding],
                                 {"baseline_state": [state], "fail_on": fail_on})
-        return GateResult(Report([subject]), fail_on, "HEAD")
+        return GateResult((subject,), fail_on, "HEAD")
 
     assert result("error", "new", "new").exit_code() == 1
     assert result("error", "unchanged", "new").exit_code() == 0
@@ -379,3 +380,42 @@ def test_exit_code_follows_fail_on_and_strict() -> None:
     assert result("warning", "new", "new").exit_code() == 0
     assert result("warning", "new", "new").exit_code(strict=True) == 1
     assert result("warning", "unchanged", "new").exit_code(strict=True) == 0
+    # A GateResult is a Report (every format renders it); .report counts every finding.
+    old_error = result("error", "unchanged", "new")
+    assert isinstance(old_error, Report) and old_error.report.exit_code() == 1
+
+
+def test_command_line_gate_follows_fail_on(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`xstate-check gate --changed-since` exits 1 on a new error, 0 on an unrelated change."""
+    template = repo / "cpu-templates" / "T2.json"
+    pristine = template.read_text(encoding="utf-8")
+    line = _edit(template, T2_XCR0, T2_XCR0_NO_TILEDATA)
+    assert main(["gate", str(template), "--changed-since", "HEAD", "--format", "sarif"]) == 1
+    results = json.loads(capsys.readouterr().out)["runs"][0]["results"]
+    assert any(r["baselineState"] == "new" and r["level"] == "error"
+               and r["locations"][0]["physicalLocation"]["region"]["startLine"] == line
+               for r in results)
+    template.write_text(pristine, encoding="utf-8")
+    _edit(template, '"0bxx0xxxxxxxxxxxxxxxxxxxx0xxxxxxxx"', '"0bxx0xxxxxxxxxxxxxxxxxxxx0xx0xxxxx"')
+    assert main(["gate", str(template), "--changed-since", "HEAD", "--format", "junit"]) == 0
+    assert ET.fromstring(capsys.readouterr().out).get("failures") == "0"
+
+
+def test_pre_commit_hooks_run_as_declared(repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Each hook's entry in .pre-commit-hooks.yaml runs; the changes hook fails a new error."""
+    text = (REPO / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
+    entries = dict(re.findall(r"^- id: (\S+)\n(?:  .*\n)*?  entry: (.+)$", text, re.M))
+    assert set(entries) == {"xstate-check-gate", "xstate-check-gate-changes"}
+    files = re.findall(r"^  files: (.+)$", text, re.M)
+    assert files and all(re.search(pattern, "cpu-templates/T2.json") for pattern in files)
+    monkeypatch.chdir(repo)
+    template = "cpu-templates/T2.json"
+    for entry in entries.values():
+        program, *options = entry.split()
+        assert program == "xstate-check"
+        assert main([*options, template]) == 0, entry
+    _edit(repo / template, T2_XCR0, T2_XCR0_NO_TILEDATA)
+    options = entries["xstate-check-gate-changes"].split()[1:]
+    assert main([*options, "--format", "github", template]) == 1
+    assert "::error file=cpu-templates/T2.json" in capsys.readouterr().out

@@ -216,7 +216,9 @@ def test_cli_refuses_special_files_with_exit_2(
         special = tmp_path / "huge.json"
         subprocess.run(["truncate", "-s", "1G", str(special)], check=True)
     source = data_dir / "cpuid-dumps/instlatx64/GenuineIntel00806F8_SapphireRapids_05_CPUID.txt"
-    argv = ["check", str(special)] if role == "source" else ["check", str(source), "-t", str(special)]
+    argv = ["check", str(special)]
+    if role == "template":
+        argv = ["check", str(source), "-t", str(special)]
     done = _cli(*argv)
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""

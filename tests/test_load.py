@@ -8,8 +8,10 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from xstate_check.cpuid import Registers
+from xstate_check.cpuid import CpuidSet, Registers
 from xstate_check.errors import InputError
 from xstate_check.sources import load
 from xstate_check.sources.load import (
@@ -20,7 +22,7 @@ from xstate_check.sources.load import (
     read_cpuid_text,
     read_text,
 )
-from xstate_check.sources.ownjson import to_json_text
+from xstate_check.sources.ownjson import read_cpuid_json, to_json_text
 
 SPR_05 = "cpuid-dumps/instlatx64/GenuineIntel00806F8_SapphireRapids_05_CPUID.txt"
 EXPECTED_DUMP = (
@@ -257,3 +259,59 @@ def test_read_cpuid_text_of_memory() -> None:
     assert cpuid.get(0xD, 1).ebx == 0x9A8
     with pytest.raises(InputError, match=r"^<stdin>:2:"):
         read_cpuid_text(text.replace("0x000009a8", "0x9a8"), "<stdin>")
+
+
+FRAGMENTS = [
+    "CPUID ", "0000000D", "00000000", ": ", "-", " [SL 01]", " [SL", "]", "\n", "\r\n",
+    "------[ CPUID Registers / Logical CPU #1 ]------", "CPU#001 AffMask: 0x2", "CPU:", "CPU 1:",
+    "   0x0000000d 0x01: eax=0x0000000f ebx=0x000009a8 ecx=0x00001800 edx=0x00000000",
+    "basic_cpuid[0]=0000000d 756e6547 6c65746e 49656e69", "ext_cpuid[1]=", "-" * 80,
+    '{"schema": "xstate-check-cpuid/1", "entries": [', '{"leaf": "0xd", "subleaf": "0x0"',
+    ', "eax": "0x1", "ebx": "0x0", "ecx": "0x0", "edx": "0x0"}', "]}", '"', "{", "[", "G", " ",
+]
+
+
+@given(
+    pieces=st.lists(st.sampled_from(FRAGMENTS), max_size=40),
+    cpu=st.none() | st.integers(min_value=-1, max_value=3),
+)
+def test_any_text_is_read_or_refused_with_input_error(pieces: list[str], cpu: int | None) -> None:
+    """Text made of format fragments either reads or raises InputError naming the path."""
+    text = "".join(pieces)
+    try:
+        cpuid = read_cpuid_text(text, "fuzz.txt", cpu=cpu)
+    except InputError as error:
+        assert str(error).startswith("fuzz.txt")
+    else:
+        assert cpuid.meta["format"] in FORMATS
+
+
+@given(
+    rows=st.dictionaries(
+        st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFF)),
+        st.tuples(*(st.integers(0, 0xFFFFFFFF) for _ in range(4))),
+        max_size=20,
+    ),
+    flag_keys=st.sets(st.integers(0, 19), max_size=5),
+    meta=st.dictionaries(st.text(max_size=8), st.text(max_size=12), max_size=4),
+    role=st.sampled_from(["cpu", "guest"]),
+    source=st.text(max_size=20),
+)
+def test_own_json_round_trips_any_table(
+    rows: dict[tuple[int, int], tuple[int, int, int, int]],
+    flag_keys: set[int],
+    meta: dict[str, str],
+    role: str,
+    source: str,
+) -> None:
+    """Any table, flags, meta, role and source survive to_json_text -> read_cpuid_json."""
+    keys = sorted(rows)
+    flags = {keys[i]: i for i in flag_keys if i < len(keys)}
+    cpuid = CpuidSet({key: Registers(*regs) for key, regs in rows.items()}, source,
+                     flags=flags, meta={**meta, "role": role})
+    back = read_cpuid_json(to_json_text(cpuid), "any.json")
+    assert back.rows() == cpuid.rows()
+    assert dict(back.flags) == flags
+    assert back.source == source
+    expected_meta = {"format": "xstate-check-json", **meta, "role": role}
+    assert dict(back.meta) == expected_meta

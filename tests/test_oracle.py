@@ -14,7 +14,7 @@ import mmap
 import os
 import signal
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,9 @@ import pytest
 from xstate_check import oracle
 from xstate_check.cpuid import CpuidSet
 from xstate_check.errors import InputError, ProbeError
+from xstate_check.hoststate import HostState
 from xstate_check.oracle import LinuxKvm, OracleResult, run_many, run_oracle, run_subjects
+from xstate_check.report import Finding
 from xstate_check.sources import kvmabi, syscalls
 from xstate_check.sources.kvm import kvm_cpuid
 from xstate_check.subject import Subject
@@ -30,6 +32,7 @@ from xstate_check.xfeatures import AVX512_MASK, MPX_MASK, XFEATURES, XTILE_MASK,
 
 KVM_DEVICE = Path("/dev/kvm")
 X87, SSE, YMM = 0x1, 0x2, 0x4
+XSAVE_BIT = 1 << 26  # CPUID.1:ECX
 TILEDATA = by_name("tiledata").mask
 #: The XSETBV bundle rules (DESIGN.md), which the differential test needs.
 BUNDLE_RULES = frozenset({
@@ -59,8 +62,10 @@ def sdm_faults(xcr0: int, enumerated: int) -> bool:
 
 
 def kvm_faults(xcr0: int, enumerated: int) -> bool:
-    """Return the SDM verdict as KVM applies it: x87 counts as enumerated even when 0xD.0
-    lacks it (``__kvm_set_xcr``: valid bits = guest_supported_xcr0 | XFEATURE_MASK_FP)."""
+    """Return the SDM verdict as KVM applies it: x87 always counts as enumerated.
+
+    ``__kvm_set_xcr``: valid bits = guest_supported_xcr0 | XFEATURE_MASK_FP.
+    """
     return sdm_faults(xcr0, enumerated | X87)
 
 
@@ -73,8 +78,14 @@ def subsets(mask: int) -> list[int]:
 
 
 def enumerating(cpuid: CpuidSet, mask: int) -> CpuidSet:
-    """Return ``cpuid`` with 0xD.0 EDX:EAX replaced by ``mask``."""
-    return cpuid.with_registers(0xD, 0, eax=mask & 0xFFFFFFFF, edx=mask >> 32)
+    """Return ``cpuid`` with 0xD.0 EDX:EAX replaced by ``mask`` and CPUID.1:ECX.XSAVE set.
+
+    XSAVE is set because a CPU that enumerates leaf 0xD has it, and because kvm-pvm's
+    KVM_GET_SUPPORTED_CPUID leaves it clear (it puts the host's leaf 1 back at
+    KVM_SET_CPUID2): without it the rules rightly expect no XSETBV at all.
+    """
+    with_xsave = cpuid.with_registers(1, 0, ecx=cpuid.get(1, 0).ecx | XSAVE_BIT)
+    return with_xsave.with_registers(0xD, 0, eax=mask & 0xFFFFFFFF, edx=mask >> 32)
 
 
 def open_descriptors() -> int:
@@ -155,7 +166,7 @@ def test_clean_cpuid_is_accepted(host_cpuid: CpuidSet) -> None:
 
 
 def test_bit_not_enumerated_raises_gp(host_cpuid: CpuidSet) -> None:
-    """XSETBV of a bit outside no bundle that the subject's 0xD.0 does not enumerate: #GP."""
+    """XSETBV of a bit in no bundle that the subject's 0xD.0 does not enumerate: #GP."""
     enumerated = oracle.enumerated_xcr0(host_cpuid)
     extra = next(1 << n for n in (9, 19, 62) if not enumerated >> n & 1)
     assert sdm_faults(enumerated | extra, enumerated)
@@ -167,9 +178,12 @@ def test_bit_not_enumerated_raises_gp(host_cpuid: CpuidSet) -> None:
 
 def test_xsetbv_is_checked_against_the_vcpus_enumeration(host_cpuid: CpuidSet,
                                                          host_xcr0: int) -> None:
-    """A subject enumerating x87|sse asks for ymm too. Mainline KVM keeps the subject's 0xD.0
-    and XSETBV #GPs; a KVM that rewrites 0xD.0 (kvm-pvm puts the host's back) is detected
-    with KVM_GET_CPUID2 and ymm is reported untestable instead of a wrong "accepted"."""
+    """ymm beyond a subject's x87|sse: #GP, or untestable where KVM rewrote 0xD.0.
+
+    Mainline KVM keeps the subject's 0xD.0 and XSETBV #GPs; a KVM that rewrites it (kvm-pvm
+    puts the host's back) is caught with KVM_GET_CPUID2 and ymm is reported untestable
+    instead of a wrong "accepted".
+    """
     assert host_xcr0 & YMM, "an x86-64 KVM host without AVX state"
     result = run_oracle(enumerating(host_cpuid, X87 | SSE), xcr0=X87 | SSE | YMM)
     assert result.vcpu_xcr0 is not None
@@ -216,8 +230,7 @@ def test_high_xcr0_bits_reach_xsetbv_through_edx(host_cpuid: CpuidSet) -> None:
 
 # --- differential: the oracle against the SDM rules, then against the rule engine -------
 def test_every_xcr0_subset_matches_the_sdm(host_cpuid: CpuidSet, host_xcr0: int) -> None:
-    """Every subset of the host's XCR0 bits (with and without x87), tried on the host's
-    CPUID in one vCPU, does what the SDM rules say."""
+    """Every subset of the host's XCR0 bits, x87 or not, does in one vCPU what the SDM says."""
     values = subsets(host_xcr0)
     results = run_many(host_cpuid, values)
     enumerated = oracle.enumerated_xcr0(host_cpuid)
@@ -229,8 +242,7 @@ def test_every_xcr0_subset_matches_the_sdm(host_cpuid: CpuidSet, host_xcr0: int)
 
 
 def test_every_enumeration_and_xcr0_matches_the_sdm(host_cpuid: CpuidSet, host_xcr0: int) -> None:
-    """Each subject enumerating a subset of the host's bits, with every XCR0 subset: the
-    "only enumerated bits" rule holds as the SDM says (x87 aside, see the KVM test)."""
+    """Every enumeration x every XCR0 subset of the host's bits matches the SDM (x87 aside)."""
     values = subsets(host_xcr0)
     if len(values) <= 128:
         enumerations = values
@@ -248,8 +260,7 @@ def test_every_enumeration_and_xcr0_matches_the_sdm(host_cpuid: CpuidSet, host_x
 def test_subjects_enabling_what_they_enumerate_match_the_sdm(
     host_cpuid: CpuidSet, host_xcr0: int, no_leaks: None
 ) -> None:
-    """One VM per subject, all in one child: each subject's default XCR0 (its 0xD.0) is
-    accepted exactly when the SDM bundle rules hold for it."""
+    """Subjects enabling their own 0xD.0 (one VM each) are accepted iff the SDM rules hold."""
     masks = subsets(host_xcr0)
     results = run_subjects(enumerating(host_cpuid, mask) for mask in masks)
     assert [r.xcr0_requested for r in results] == masks
@@ -259,48 +270,77 @@ def test_subjects_enabling_what_they_enumerate_match_the_sdm(
     assert wrong == []
 
 
-def test_rule_engine_agrees_with_the_oracle(host_cpuid: CpuidSet, host_xcr0: int) -> None:
-    """For every subject enumerating a subset of the host's XCR0 bits, the xcr0 rules
-    predict #GP exactly when the guest's XSETBV raises #GP."""
+def rule_engine(needed: frozenset[str]) -> Callable[[Subject], Iterable[Finding]]:
+    """Return the engine's findings function; skip where it or the ``needed`` rules lack."""
     engine = importlib.import_module("xstate_check.engine")
     evaluate = getattr(engine, "evaluate", None)
     if evaluate is None:
         pytest.skip("xstate_check.engine.evaluate is not there yet: the rule engine has "
                     "not landed, so the oracle is checked against the SDM rules only")
+    load_catalogue = getattr(engine, "load_catalogue", None)
     try:
-        catalogue = importlib.import_module("xstate_check.engine.catalogue").load_catalogue()
+        catalogue = load_catalogue() if load_catalogue is not None else None
     except InputError as error:
         pytest.skip(f"the rule engine has landed but its rules have not ({error})")
-    missing = sorted(BUNDLE_RULES - {rule.name for rule in catalogue.rules})
-    if missing:
-        pytest.skip(f"the catalogue lacks the xcr0 rules {', '.join(missing)}")
+    if catalogue is not None:
+        missing = sorted(needed - {rule.name for rule in catalogue.rules})
+        if missing:
+            pytest.skip(f"the catalogue lacks the rules {', '.join(missing)}")
+
+    def findings(subject: Subject) -> Iterable[Finding]:
+        """Return the engine's findings on ``subject``."""
+        report = evaluate(subject) if catalogue is None else evaluate(subject, catalogue)
+        return getattr(report, "findings", report)  # type: ignore[no-any-return]
+
+    return findings
+
+
+def test_rule_engine_agrees_with_the_oracle(host_cpuid: CpuidSet, host_xcr0: int) -> None:
+    """The xcr0 rules predict #GP exactly when XSETBV raises it, for every host subset."""
+    findings = rule_engine(BUNDLE_RULES)
     masks = subsets(host_xcr0)
     subjects = [enumerating(host_cpuid, mask) for mask in masks]
     disagreements = []
     for mask, cpuid, result in zip(masks, subjects, run_subjects(subjects), strict=True):
-        report = evaluate(Subject(f"xcr0 {mask:#x}", cpuid), catalogue)
-        findings = getattr(report, "findings", report)
-        fired = sorted({f.name for f in findings if f.name in XCR0_RULES
-                        and f.severity == "error"})
+        fired = sorted({f.name for f in findings(Subject(f"xcr0 {mask:#x}", cpuid))
+                        if f.name in XCR0_RULES and f.severity == "error"})
         if bool(fired) != (result.outcome == "#GP"):
             disagreements.append((hex(mask), fired, result.outcome))
     assert disagreements == []
 
 
+def test_permission_rule_agrees_with_kvm_set_cpuid2(host_cpuid: CpuidSet) -> None:
+    """dynamic-needs-guest-permission fires exactly where KVM_SET_CPUID2 gives EPERM."""
+    findings = rule_engine(frozenset({"dynamic-needs-guest-permission"}))
+    host = HostState(kernel_release=os.uname().release, guest_permitted=guest_permission())
+    enumerated = oracle.enumerated_xcr0(host_cpuid)
+    subjects = [enumerating(host_cpuid, mask) for mask in (enumerated, enumerated | XTILE_MASK)]
+    verdicts = []
+    for cpuid, result in zip(subjects, run_subjects(subjects), strict=True):
+        names = {f.name for f in findings(Subject("permission", cpuid, host=host))}
+        verdicts.append(("dynamic-needs-guest-permission" in names,
+                         result.set_cpuid_errno == errno.EPERM))
+    assert verdicts[0] == (False, False)
+    assert verdicts[1][0] == verdicts[1][1]
+
+
 # --- KVM behaviour that differs from the architecture -----------------------------------
 def test_kvm_lets_xsetbv_set_x87_the_subject_does_not_enumerate(host_cpuid: CpuidSet) -> None:
-    """KVM treats x87 as always valid (guest_supported_xcr0 | FP): a subject whose 0xD.0
-    lacks bit 0 still gets XSETBV(x87|sse) accepted, where the SDM's reserved-bit rule
-    says #GP (real CPUs always enumerate x87). (kvm-pvm accepts too, having put the host's
-    0xD.0 back.)"""
+    """KVM accepts XSETBV(x87|sse) for a subject whose 0xD.0 lacks x87; the SDM says #GP.
+
+    KVM's valid bits are guest_supported_xcr0 | FP (real CPUs always enumerate x87);
+    kvm-pvm accepts too, having put the host's 0xD.0 back.
+    """
     result = run_oracle(enumerating(host_cpuid, SSE), xcr0=X87 | SSE)
     assert sdm_faults(X87 | SSE, SSE)
     assert result.outcome == "accepted" and result.xcr0_read_back == X87 | SSE
 
 
 def test_tiledata_without_guest_permission_is_refused(host_cpuid: CpuidSet) -> None:
-    """A subject enumerating TILEDATA, no guest permission: KVM_SET_CPUID2 fails with EPERM
-    (KVM-03), even on a host without AMX: the dynamic-xfeature check runs first."""
+    """TILEDATA without guest permission: KVM_SET_CPUID2 gives EPERM, even without AMX.
+
+    KVM-03: the dynamic-xfeature check runs whatever the host supports.
+    """
     permission = guest_permission()
     if permission is not None and permission & TILEDATA:
         pytest.skip("this process holds guest permission for tiledata")
@@ -313,8 +353,10 @@ def test_tiledata_without_guest_permission_is_refused(host_cpuid: CpuidSet) -> N
 
 
 def test_permission_is_requested_in_the_child_only(host_cpuid: CpuidSet) -> None:
-    """request_permission asks in the child: its answer is reported, the caller's guest
-    permission is unchanged, and without AMX the request fails and EPERM stays."""
+    """request_permission asks in the child only and reports the answer.
+
+    The caller's guest permission is unchanged; without AMX the request fails and EPERM stays.
+    """
     before = guest_permission()
     subject = enumerating(host_cpuid, oracle.enumerated_xcr0(host_cpuid) | XTILE_MASK)
     result = run_oracle(subject, request_permission=True)
@@ -328,18 +370,22 @@ def test_permission_is_requested_in_the_child_only(host_cpuid: CpuidSet) -> None
 
 
 def test_subject_without_xsave_never_faults_at_xsetbv(host_cpuid: CpuidSet) -> None:
-    """CPUID.1:ECX.XSAVE cleared: mainline KVM makes CR4.OSXSAVE reserved (MOV to CR4 #GPs,
-    xsave-unavailable); a KVM that re-sets XSAVE in KVM_SET_CPUID2 (kvm-pvm) accepts. Either
-    way the guest is not reported as faulting at XSETBV."""
-    subject = host_cpuid.with_registers(1, 0, ecx=host_cpuid.get(1, 0).ecx & ~(1 << 26))
+    """A subject without XSAVE is never reported as faulting at XSETBV.
+
+    Mainline KVM makes CR4.OSXSAVE reserved (MOV to CR4 #GPs: xsave-unavailable); a KVM that
+    puts XSAVE back in KVM_SET_CPUID2 (kvm-pvm) accepts.
+    """
+    subject = host_cpuid.with_registers(1, 0, ecx=host_cpuid.get(1, 0).ecx & ~XSAVE_BIT)
     result = run_oracle(subject)
     assert result.outcome in ("xsave-unavailable", "accepted")
 
 
 # --- real data: Firecracker guest CPUIDs ------------------------------------------------
 def test_firecracker_fingerprints(shared_dir: Path, host_cpuid: CpuidSet, host_xcr0: int) -> None:
-    """Every x86 Firecracker guest CPUID in ../shared: SPR/GNR on 6.1+ hosts enumerate
-    TILEDATA (0x602e7, FORMATS.md §4) and get EPERM; the others run what this host can."""
+    """Firecracker guest CPUIDs: AMX ones get EPERM, the rest run what this host can test.
+
+    SPR/GNR on 6.1+ hosts enumerate TILEDATA (0x602e7, FORMATS.md §4).
+    """
     firecracker = pytest.importorskip("xstate_check.sources.firecracker")
     paths = sorted((shared_dir / "data" / "firecracker").glob("fingerprint_*.json"))
     cpuids = [firecracker.load_firecracker(path) for path in paths]
@@ -410,22 +456,23 @@ class HangingKvm(LinuxKvm):
 
 
 def test_stuck_vcpu_times_out_and_is_reaped(host_cpuid: CpuidSet, no_leaks: None) -> None:
-    """A vCPU that stops reporting: earlier runs are kept, the rest are ``timeout``, the
-    child is killed and reaped, and the exit code says inconclusive (3)."""
-    results = run_many(host_cpuid, [X87 | SSE, X87, X87 | YMM, X87 | SSE], timeout=0.3,
+    """A stuck vCPU: earlier runs kept, the rest ``timeout``, child reaped, exit code 3."""
+    results = run_many(host_cpuid, [X87 | SSE, X87, X87 | YMM, X87 | SSE], timeout=1.0,
                        system=HangingKvm(X87 | YMM))
     assert [r.outcome for r in results] == ["accepted", "accepted", "timeout", "timeout"]
-    assert "no report within 0.3s" in results[2].detail
+    assert "no report within 1s" in results[2].detail
     assert oracle.exit_code(results) == 3
 
 
 @pytest.mark.parametrize("code", [errno.ENOENT, errno.EACCES])
 def test_unusable_kvm_device_is_a_probe_error(tmp_path: Path, code: int, no_leaks: None) -> None:
-    """ENOENT (a real missing path) and EACCES (faked: root passes file modes) on /dev/kvm
-    raise ProbeError carrying the errno (exit code 3)."""
+    """ENOENT (real) or EACCES (faked: root passes modes) on /dev/kvm: ProbeError, exit 3."""
 
     class Forbidden(LinuxKvm):
+        """/dev/kvm that this user may not open."""
+
         def open_kvm(self) -> int:
+            """Refuse as a root-owned 0600 device refuses another user."""
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), self.device)
 
     missing = str(tmp_path / "kvm")
@@ -445,8 +492,10 @@ def test_device_that_is_not_kvm_is_a_probe_error(no_leaks: None) -> None:
 
 # --- fakes for what this machine cannot show --------------------------------------------
 class AmxHostKvm(LinuxKvm):
-    """An AMX host: KVM_SET_CPUID2 with TILEDATA fails with EPERM unless guest permission
-    was requested; once granted, the real KVM below gets the CPUID without the AMX bits."""
+    """An AMX host: KVM_SET_CPUID2 with TILEDATA gives EPERM until permission is requested.
+
+    Once granted, the real KVM below gets the CPUID without the AMX bits.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -469,8 +518,7 @@ class AmxHostKvm(LinuxKvm):
 
 
 def test_amx_host_refuses_without_permission_and_accepts_with_it(host_cpuid: CpuidSet) -> None:
-    """On an AMX host (faked) the same subject gets EPERM, then passes KVM_SET_CPUID2 once
-    the oracle asks for guest permission like a VMM does."""
+    """On a (faked) AMX host the subject gets EPERM, and passes once permission is asked."""
     subject = enumerating(host_cpuid, oracle.enumerated_xcr0(host_cpuid) | XTILE_MASK)
     refused = run_oracle(subject, system=AmxHostKvm())
     granted = run_oracle(subject, system=AmxHostKvm(), request_permission=True)
@@ -517,8 +565,7 @@ class ReportingKvm(LinuxKvm):
 ])
 def test_guest_reports_are_decoded(host_cpuid: CpuidSet, vector: int, stage: int,
                                    outcome: str) -> None:
-    """Each (vector, stage) report of the guest stubs maps to its outcome, including the
-    MOV-to-CR4 #GP this machine's KVM never produces."""
+    """Each (vector, stage) report maps to its outcome, the CR4 #GP this KVM never gives too."""
     result = run_oracle(host_cpuid, system=ReportingKvm(kvmabi.KVM_EXIT_IO, bytes([vector, stage])))
     assert result.outcome == outcome
     assert result.exit_code == (0 if outcome in ("accepted", "xsave-unavailable") else 1)
@@ -575,6 +622,7 @@ def test_text_names_the_outcome_and_the_masks(host_cpuid: CpuidSet) -> None:
 def test_exit_code_prefers_faults_over_inconclusive() -> None:
     """1 when any run faulted or was refused, else 3 when any was inconclusive, else 0."""
     def result(outcome: oracle.Outcome) -> OracleResult:
+        """Return a bare result with ``outcome``."""
         return OracleResult(subject="s", xcr0_requested=3, xcr0_tried=3, outcome=outcome)
 
     assert oracle.exit_code([result("accepted")]) == 0

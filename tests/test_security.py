@@ -47,7 +47,7 @@ CHILD = textwrap.dedent(
         evaluate(subject, load_catalogue())
     watched = tuple(json.loads(sys.argv[2]))
     events = []
-    sys.addaudithook(lambda event, args: events.append(event) if event.startswith(watched) else None)
+    sys.addaudithook(lambda event, _: events.append(event) if event.startswith(watched) else None)
     outcome = {"error": None, "expected": None, "line": None}
     try:
         catalogue = load_catalogue([sys.argv[1]])

@@ -40,6 +40,8 @@ def _use_color(stream: TextIO, choice: str) -> bool:
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:
+    if not text.endswith("\n"):
+        text += "\n"
     out = args.output
     if out and out != "-":
         with open(out, "w", encoding="utf-8") as handle:
@@ -105,7 +107,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     elif args.format == "text":
         _emit(args, decode_text(subject.cpuid, layout, title=title))
     else:
-        raise _UsageError(f"decode writes text or json, not {args.format}")
+        raise _UsageError(f"xstate-check decode: writes text or json, not {args.format}")
     for entry in subject.missing_entries:
         where = f" ({entry.location})" if entry.location else ""
         sys.stderr.write(
@@ -148,13 +150,17 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
 def _cmd_oracle(args: argparse.Namespace) -> int:
     from xstate_check.api import build_subject
-    from xstate_check.oracle import exit_code, render_json, render_text, run_oracle
+    from xstate_check.oracle import exit_code, render_text, run_oracle, to_json_text
     from xstate_check.sources.load import load_cpuid
 
+    if args.format not in ("text", "json"):
+        raise _UsageError(f"xstate-check oracle: writes text or json, not {args.format}")
     subject = build_subject(load_cpuid(args.source, cpu=args.cpu), args.template)
-    result = run_oracle(subject.cpuid, xcr0=args.xcr0)
-    _emit(args, render_json(result) if args.format == "json" else render_text(result))
-    return exit_code(result)
+    result = run_oracle(
+        subject.cpuid, xcr0=args.xcr0, request_permission=args.request_permission
+    )
+    _emit(args, to_json_text([result]) if args.format == "json" else render_text(result))
+    return exit_code([result])
 
 
 def _mask(text: str) -> int:
@@ -201,7 +207,7 @@ def _build_parser() -> _Parser:
     commands.required = True
 
     def add(name: str, run: Callable[[argparse.Namespace], int], text: str,
-            parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+            parents: Sequence[_Parser] = ()) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text, parents=[common, *parents])
         sub.set_defaults(run=run)
         return sub
@@ -225,11 +231,16 @@ def _build_parser() -> _Parser:
         "--profiles", nargs="+", default=["builtin"], metavar="P",
         help="'builtin', profile:NAME, or CPUID files/folders (default: builtin)",
     )
-    gate.add_argument("--matrix", metavar="FILE", help="a TOML file naming template x profile pairs")
-    gate.add_argument("--changed-since", metavar="REV", help="check only templates changed since REV")
+    gate.add_argument(
+        "--matrix", metavar="FILE", help="a TOML file naming the template x profile pairs"
+    )
+    gate.add_argument(
+        "--changed-since", metavar="REV", help="check only the templates changed since REV"
+    )
     gate.add_argument(
         "--fail-on", choices=("new", "any"), default=None,
-        help="with --changed-since: fail on findings the change introduced (new, the default) or on all",
+        help="with --changed-since: fail on the findings the change introduced (new, the "
+        "default) or on all of them (any)",
     )
 
     add("decode", _cmd_decode, "show the XSAVE layout: components, sizes, offsets, flags",
@@ -243,6 +254,10 @@ def _build_parser() -> _Parser:
                  "run the guest's XSETBV for real in a throwaway KVM vCPU", [source])
     oracle.add_argument("--xcr0", type=_mask, metavar="MASK",
                         help="the XCR0 to try (default: what the source enumerates)")
+    oracle.add_argument(
+        "--request-permission", action="store_true",
+        help="ask for guest AMX permission in the throwaway child first, as a VMM would",
+    )
     return parser
 
 
@@ -269,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         sys.stderr.write(f"xstate-check: {error}\n")
         return EXIT_INPUT
-    except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback
+    except Exception as error:
         sys.stderr.write(
             f"xstate-check: internal error: {type(error).__name__}: {error}\n"
             "This is a bug in xstate-check; please report it with the command that caused it.\n"

@@ -78,6 +78,20 @@ def _freeze(entries: Mapping[tuple[int, int], Registers]) -> Mapping[tuple[int, 
     return MappingProxyType(dict(sorted(entries.items())))
 
 
+def _freeze_flags(flags: Mapping[tuple[int, int], int]) -> Mapping[tuple[int, int], int]:
+    return MappingProxyType(dict(flags))
+
+
+def _freeze_provenance(
+    provenance: Mapping[tuple[int, int, str, int], Location],
+) -> Mapping[tuple[int, int, str, int], Location]:
+    return MappingProxyType(dict(provenance))
+
+
+def _freeze_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(meta))
+
+
 @attrs.frozen(eq=False)
 class CpuidSet:
     """An immutable CPUID table: (leaf, subleaf) -> Registers, with where it came from.
@@ -91,15 +105,11 @@ class CpuidSet:
 
     entries: Mapping[tuple[int, int], Registers] = attrs.field(converter=_freeze)
     source: str = "<memory>"
-    flags: Mapping[tuple[int, int], int] = attrs.field(
-        factory=dict, converter=lambda m: MappingProxyType(dict(m))
-    )
+    flags: Mapping[tuple[int, int], int] = attrs.field(factory=dict, converter=_freeze_flags)
     provenance: Mapping[tuple[int, int, str, int], Location] = attrs.field(
-        factory=dict, converter=lambda m: MappingProxyType(dict(m))
+        factory=dict, converter=_freeze_provenance
     )
-    meta: Mapping[str, str] = attrs.field(
-        factory=dict, converter=lambda m: MappingProxyType(dict(m))
-    )
+    meta: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_meta)
 
     @classmethod
     def from_rows(
@@ -178,7 +188,7 @@ class CpuidSet:
 
     def replace(self, **changes: object) -> CpuidSet:
         """Return a copy with some fields replaced."""
-        return attrs.evolve(self, **changes)  # type: ignore[misc]
+        return attrs.evolve(self, **changes)  # type: ignore[arg-type]
 
     def with_registers(self, leaf: int, subleaf: int, **registers: int) -> CpuidSet:
         """Return a copy where some registers of (leaf, subleaf) are replaced (entry added)."""

@@ -13,13 +13,13 @@ A fact the subject lacks (no HostState, a dump without leaf 0xD subleaves) raise
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import attrs
 
-from xstate_check.cpuid import FEATURES, INDEXED_LEAVES, CpuidSet
+from xstate_check.cpuid import FEATURES, INDEXED_LEAVES, CpuidSet, Registers
 from xstate_check.errors import Location
-from xstate_check.layout import LEGACY_AND_HEADER, XsaveLayout
+from xstate_check.layout import LEGACY_AND_HEADER
 from xstate_check.subject import Subject
 from xstate_check.xfeatures import (
     AVX512_MASK,
@@ -37,13 +37,16 @@ __all__ = [
     "FACTS",
     "FUNCTIONS",
     "BitRef",
+    "Components",
     "EntryItem",
     "FactSpec",
     "Facts",
     "FunctionSpec",
     "Kind",
     "Missing",
+    "available_of",
     "format_value",
+    "needs_of",
     "valid_xcr0",
 ]
 
@@ -111,16 +114,18 @@ class FunctionSpec:
     sources: Callable[[Facts], Iterable[BitRef]] | None = attrs.field(default=None, repr=False)
 
 
-class Facts(dict[str, object]):
+class Facts(dict[str, Any]):
     """The facts of one subject: a dict that computes a missing name on first read."""
 
-    __slots__ = ("_layout", "cpuid", "subject")
+    __slots__ = ("_components", "cpuid", "subject")
 
     def __init__(self, subject: Subject) -> None:
-        super().__init__()
         self.subject = subject
-        self.cpuid = subject.cpuid
-        self._layout: XsaveLayout | None = None
+        cpuid = self.cpuid = subject.cpuid
+        self._components: Components | None = None
+        # Every rule family reads XCR0; reading it here is cheaper than on first use.
+        regs = cpuid.entries.get((0xD, 0))
+        self["xcr0"] = regs.edx << 32 | regs.eax if regs is not None else 0
 
     def __missing__(self, name: str) -> object:
         value = FACTS[name].compute(self)
@@ -133,12 +138,12 @@ class Facts(dict[str, object]):
             raise Missing("the source holds no leaf 0xD subleaves")
 
     @property
-    def layout(self) -> XsaveLayout:
-        """Return the subject's XsaveLayout; Missing where the source has no 0xD subleaves."""
-        if self._layout is None:
+    def components(self) -> Components:
+        """Return the table's component subleaves; Missing where the source has none."""
+        if self._components is None:
             self.require_subleaves()
-            self._layout = XsaveLayout.from_cpuid(self.cpuid)
-        return self._layout
+            self._components = Components(self.cpuid)
+        return self._components
 
 
 FACTS: dict[str, FactSpec] = {}
@@ -262,6 +267,7 @@ def _xsave_features(facts: Facts) -> object:
 @_fact("tiledata_size", "size", "0xD.0x12 EAX: the size of the TILEDATA component",
        (_reg(0xD, 18, "eax"),))
 def _tiledata_size(facts: Facts) -> object:
+    facts.require_subleaves()
     return facts.cpuid.get(0xD, 18).eax
 
 
@@ -285,25 +291,64 @@ def _amx_max_names(facts: Facts) -> object:
 # --- the layout (needs the component subleaves) ---------------------------------------
 
 
-def _sized(layout: XsaveLayout, mask: int) -> list[int]:
-    """Return the xfeatures of mask (>= 2) whose subleaf enumerates a size."""
-    return [n for n in bits(mask & ~FP_SSE_MASK) if n in layout.components
-            and layout.components[n].size]
+class Components:
+    """The component subleaves 0xD.n (n >= 2) of one table that enumerate a size.
+
+    A light view of leaf 0xD for the rules (``XsaveLayout`` decodes more, at more cost):
+    ``regs[n]`` is subleaf n's (size, offset, flags, edx); the size formulas are those of
+    RULES-CATALOGUE.md §3.2 (KVM's xstate_required_size).
+    """
+
+    __slots__ = ("regs",)
+
+    def __init__(self, cpuid: CpuidSet) -> None:
+        self.regs: dict[int, Registers] = {
+            subleaf: regs for (leaf, subleaf), regs in cpuid.entries.items()
+            if leaf == 0xD and subleaf >= 2 and regs.eax
+        }
+
+    def sized(self, mask: int) -> list[int]:
+        """Return the xfeatures of mask (>= 2) whose subleaf enumerates a size, ascending."""
+        regs = self.regs
+        return [n for n in bits(mask & ~FP_SSE_MASK) if n in regs]
+
+    def standard_size(self, mask: int) -> int:
+        """Return max(576, end of the last user component of mask)."""
+        size = LEGACY_AND_HEADER
+        for number in self.sized(mask):
+            eax, ebx, ecx, _ = self.regs[number]
+            if not ecx & 1 and ebx + eax > size:
+                size = ebx + eax
+        return size
+
+    def compacted_size(self, mask: int) -> int:
+        """Return the compacted-format size of mask (components in ascending order)."""
+        offset = LEGACY_AND_HEADER
+        for number in self.sized(mask):
+            eax, _, ecx, _ = self.regs[number]
+            if ecx & 2:
+                offset = (offset + 63) & ~63
+            offset += eax
+        return offset
+
+
+def _enumerated(facts: Facts) -> tuple[Components, int, int]:
+    xcr0, xss = facts["xcr0"], facts["xss"]
+    assert isinstance(xcr0, int) and isinstance(xss, int)
+    return facts.components, xcr0, xss
 
 
 @_fact("standard_sizes", "sizes", "every 0xD.0 EBX an OS could see: the standard-format size "
        "of some XCR0 made of enumerated xfeatures", (_reg(0xD, 0, "eax"), _reg(0xD, 0, "ebx")))
 def _standard_sizes(facts: Facts) -> object:
-    layout = facts.layout
-    xcr0 = facts["xcr0"]
-    assert isinstance(xcr0, int)
+    components, xcr0, _ = _enumerated(facts)
     # std_size(m) is max(576, the end of m's last component), so the values an XCR0 made of
     # enumerated xfeatures can give are 576 and the end of each enumerated user component.
     sizes = {LEGACY_AND_HEADER}
-    for number in _sized(layout, xcr0):
-        component = layout.components[number]
-        if not component.supervisor:
-            sizes.add(max(LEGACY_AND_HEADER, component.end))
+    for number in components.sized(xcr0):
+        eax, ebx, ecx, _ = components.regs[number]
+        if not ecx & 1:
+            sizes.add(max(LEGACY_AND_HEADER, ebx + eax))
     return tuple(sorted(sizes))
 
 
@@ -311,11 +356,9 @@ def _standard_sizes(facts: Facts) -> object:
        "each other or the 576-byte legacy area and header (APX over MPX excepted)",
        _component_sources)
 def _overlapping(facts: Facts) -> object:
-    layout = facts.layout
-    xcr0 = facts["xcr0"]
-    assert isinstance(xcr0, int)
-    regions = [(n, layout.components[n].offset, layout.components[n].end)
-               for n in _sized(layout, xcr0) if not layout.components[n].supervisor]
+    components, xcr0, _ = _enumerated(facts)
+    regions = [(n, regs.ebx, regs.ebx + regs.eax) for n in components.sized(xcr0)
+               if not (regs := components.regs[n]).ecx & 1]
     result = 0
     for index, (number, start, end) in enumerate(regions):
         if start < LEGACY_AND_HEADER:
@@ -333,78 +376,70 @@ def _overlapping(facts: Facts) -> object:
        "a lower-numbered one (APX, which Linux before 6.16 does not know, left out)",
        _component_sources)
 def _misordered(facts: Facts) -> object:
-    layout = facts.layout
-    xcr0 = facts["xcr0"]
-    assert isinstance(xcr0, int)
+    components, xcr0, _ = _enumerated(facts)
     result = 0
     highest = 0
-    for number in _sized(layout, xcr0 & ~(1 << 19)):
-        component = layout.components[number]
-        if component.supervisor:
+    for number in components.sized(xcr0 & ~(1 << 19)):
+        regs = components.regs[number]
+        if regs.ecx & 1:
             continue
-        if component.offset < highest:
+        if regs.ebx < highest:
             result |= 1 << number
-        highest = max(highest, component.offset)
+        highest = max(highest, regs.ebx)
     return result
 
 
 @_fact("unsized", "mask", "enumerated xfeatures (XCR0 or IA32_XSS) whose subleaf gives no size",
        _component_sources)
 def _unsized(facts: Facts) -> object:
-    layout = facts.layout
-    mask = (layout.xcr0_supported | layout.xss_supported) & ~FP_SSE_MASK & ~BIT63
-    return sum(1 << n for n in bits(mask)
-               if n not in layout.components or not layout.components[n].size)
+    components, xcr0, xss = _enumerated(facts)
+    mask = (xcr0 | xss) & ~FP_SSE_MASK & ~BIT63
+    return sum(1 << n for n in bits(mask) if n not in components.regs)
 
 
 @_fact("kind_mismatch", "mask", "xfeatures enumerated in XCR0 whose subleaf says supervisor "
        "(ECX[0]=1), or enumerated in IA32_XSS whose subleaf says user", _component_sources)
 def _kind_mismatch(facts: Facts) -> object:
-    layout = facts.layout
-    result = 0
-    for number in _sized(layout, layout.xcr0_supported):
-        if layout.components[number].supervisor:
-            result |= 1 << number
-    for number in _sized(layout, layout.xss_supported):
-        if not layout.components[number].supervisor:
-            result |= 1 << number
-    return result
+    components, xcr0, xss = _enumerated(facts)
+    regs = components.regs
+    return sum(1 << n for n in components.sized(xcr0) if regs[n].ecx & 1) | sum(
+        1 << n for n in components.sized(xss) if not regs[n].ecx & 1
+    )
 
 
 @_fact("reserved_flags", "mask", "enumerated xfeatures whose subleaf sets reserved bits "
        "(ECX[31:3] or EDX)", _component_sources)
 def _reserved_flags(facts: Facts) -> object:
-    layout = facts.layout
-    mask = layout.xcr0_supported | layout.xss_supported
-    return sum(1 << n for n in _sized(layout, mask)
-               if layout.components[n].ecx & ~0x7 or layout.components[n].edx)
+    components, xcr0, xss = _enumerated(facts)
+    regs = components.regs
+    return sum(1 << n for n in components.sized(xcr0 | xss)
+               if regs[n].ecx & ~0x7 or regs[n].edx)
 
 
 @_fact("xfd_flagged", "mask", "xfeatures whose subleaf sets ECX[2] (XFD supported)",
        _component_sources)
 def _xfd_flagged(facts: Facts) -> object:
-    layout = facts.layout
-    return sum(1 << n for n, component in layout.components.items() if component.xfd)
+    facts.require_subleaves()
+    return sum(1 << n for n, regs in facts.components.regs.items() if regs.ecx & 4)
 
 
 @_fact("stale_components", "mask", "subleaves n >= 2 that enumerate a size although bit n is "
        "in neither 0xD.0 EDX:EAX nor 0xD.1 EDX:ECX", _component_sources)
 def _stale_components(facts: Facts) -> object:
-    layout = facts.layout
-    enumerated = layout.xcr0_supported | layout.xss_supported
-    return sum(1 << n for n, component in layout.components.items()
-               if component.size and not enumerated >> n & 1)
+    components, xcr0, xss = _enumerated(facts)
+    enumerated = xcr0 | xss
+    return sum(1 << n for n in components.regs if n < 64 and not enumerated >> n & 1)
 
 
 @_fact("size_mismatch", "mask", "enumerated xfeatures whose size differs from the architectural "
        "size (RULES-CATALOGUE.md §1)", _component_sources)
 def _size_mismatch(facts: Facts) -> object:
-    layout = facts.layout
-    mask = layout.xcr0_supported | layout.xss_supported
+    components, xcr0, xss = _enumerated(facts)
     result = 0
-    for number in _sized(layout, mask):
-        expected = XFEATURES[number].size if number in XFEATURES else None
-        if expected is not None and layout.components[number].size != expected:
+    for number in components.sized(xcr0 | xss):
+        feature = XFEATURES.get(number)
+        expected = feature.size if feature is not None else None
+        if expected is not None and components.regs[number].eax != expected:
             result |= 1 << number
     return result
 
@@ -425,16 +460,17 @@ def _host_reference(facts: Facts) -> CpuidSet:
        "differ from the host's (KVM's table, the host CPUID, or the table before the template)",
        _component_sources)
 def _host_layout_mismatch(facts: Facts) -> object:
-    layout = facts.layout
-    reference = XsaveLayout.from_cpuid(_host_reference(facts))
+    components, xcr0, xss = _enumerated(facts)
+    reference = Components(_host_reference(facts)).regs
     result = 0
-    for number in _sized(layout, layout.xcr0_supported | layout.xss_supported):
-        theirs = reference.components.get(number)
-        if theirs is None or not theirs.size:
+    for number in components.sized(xcr0 | xss):
+        theirs = reference.get(number)
+        if theirs is None:
             continue  # the host lacks it: guest-within-kvm-supported speaks of that
-        ours = layout.components[number]
-        same_offset = ours.offset == theirs.offset or ours.supervisor
-        if ours.size != theirs.size or not same_offset or ours.aligned != theirs.aligned:
+        ours = components.regs[number]
+        supervisor = ours.ecx & 1
+        if (ours.eax != theirs.eax or (ours.ebx != theirs.ebx and not supervisor)
+                or (ours.ecx ^ theirs.ecx) & 2):
             result |= 1 << number
     return result
 
@@ -484,7 +520,7 @@ def _linux_dropped(facts: Facts) -> object:
 @_fact("linux_default_size", "size", "the size of a Linux guest's default (non-dynamic) XSAVE "
        "buffer: compacted with XSAVES, standard otherwise (LNX-08)", _component_sources)
 def _linux_default_size(facts: Facts) -> object:
-    layout = facts.layout
+    components = facts.components
     linux = facts["linux_xcr0"]
     assert isinstance(linux, int)
     default = linux & ~USER_DYNAMIC_MASK
@@ -494,8 +530,8 @@ def _linux_default_size(facts: Facts) -> object:
         for number, gate in _LINUX_SUPERVISOR_GATES.items():
             if xss >> number & 1 and facts[gate]:
                 default |= 1 << number
-        return layout.compacted_size(default)
-    return layout.standard_size(default)
+        return components.compacted_size(default)
+    return components.standard_size(default)
 
 
 # --- CPUID feature bits against the xfeatures they need (RULES-CATALOGUE.md §8) ---------
@@ -549,12 +585,15 @@ def _xstate_without_feature(facts: Facts) -> object:
 
 def _feature_fact(name: str) -> None:
     where = FEATURES[name]
+    key = (where.leaf, where.subleaf)
+    index = ("eax", "ebx", "ecx", "edx").index(where.register)
     shift = where.bit
 
     def compute(facts: Facts) -> object:
         if where.leaf == 0xD:
             facts.require_subleaves()
-        return bool(facts.cpuid.register(where.leaf, where.subleaf, where.register) >> shift & 1)
+        regs = facts.cpuid.entries.get(key)
+        return regs is not None and bool(regs[index] >> shift & 1)
 
     FACTS[name] = FactSpec(
         name, "bool",
@@ -715,11 +754,11 @@ def valid_xcr0(mask: int) -> bool:
 
 
 def _std_size(facts: Facts, mask: int) -> int:
-    return facts.layout.standard_size(mask)
+    return facts.components.standard_size(mask)
 
 
 def _compacted_size(facts: Facts, mask: int) -> int:
-    return facts.layout.compacted_size(mask)
+    return facts.components.compacted_size(mask)
 
 
 def _layout_sources(facts: Facts) -> list[BitRef]:
@@ -756,6 +795,49 @@ CONSTANTS: dict[str, int] = {
     "user": USER_MASK,
     "known": KNOWN_MASK,
 }
+
+# --- what a fact needs of the subject ------------------------------------------------------
+
+#: Things a subject may lack, as bits: evaluation skips a rule whose facts need one of them
+#: (the rule is not applicable) without computing anything.
+NEEDS_HOST, NEEDS_BASE, NEEDS_SUBLEAVES = 1, 2, 4
+
+_SUBLEAF_FACTS = frozenset({
+    "xss", "compacted_size_current", "xsave_features", "tiledata_size", "standard_sizes",
+    "overlapping", "misordered", "unsized", "kind_mismatch", "reserved_flags", "xfd_flagged",
+    "stale_components", "size_mismatch", "host_layout_mismatch", "linux_xcr0",
+    "linux_dropped", "linux_default_size",
+    *(name for name, where in FEATURES.items() if where.leaf == 0xD),
+})
+_SUBLEAF_FUNCTIONS = frozenset({"std_size", "compacted_size"})
+
+
+def needs_of(facts_read: Iterable[str], functions_read: Iterable[str] = ()) -> int:
+    """Return the NEEDS_* bits of a set of facts and functions."""
+    needs = 0
+    for name in facts_read:
+        if name.startswith(("host.", "kvm.")):
+            needs |= NEEDS_HOST
+        elif name.startswith("base."):
+            needs |= NEEDS_BASE
+        if name in _SUBLEAF_FACTS:
+            needs |= NEEDS_SUBLEAVES
+    if any(name in _SUBLEAF_FUNCTIONS for name in functions_read):
+        needs |= NEEDS_SUBLEAVES
+    return needs
+
+
+def available_of(subject: Subject) -> int:
+    """Return the NEEDS_* bits a subject can satisfy."""
+    available = 0
+    if subject.host is not None:
+        available |= NEEDS_HOST
+    if subject.base is not None:
+        available |= NEEDS_BASE
+    if subject.cpuid.meta.get("leaf_0xd_subleaves") != "absent":
+        available |= NEEDS_SUBLEAVES
+    return available
+
 
 _CLASHES = (set(CONSTANTS) & set(FACTS)) | (set(CONSTANTS) & set(FUNCTIONS)) | (
     set(FACTS) & set(FUNCTIONS)

@@ -2,9 +2,10 @@
 
 ``run_gate(templates, profiles=…, matrix=…, changed_since=…, fail_on=…)`` applies each
 template to each profile of its vendor (or to the profiles a matrix file names), checks
-each template x profile pair as one subject, and returns a ``GateResult``: the report and
-the exit code policy. A template that modifies a CPUID entry a profile lacks gives the
-``template-leaf-missing`` error for that pair: Firecracker refuses to boot there.
+each template x profile pair as one subject, and returns a ``GateResult``: a Report whose
+``exit_code`` follows the gate's policy. A template that modifies a CPUID entry a profile
+lacks gives the ``template-leaf-missing`` error for that pair: Firecracker refuses to boot
+there.
 
 Which profiles a template runs on, first rule that applies:
 1. the first ``[[template]]`` entry of the matrix file whose ``path`` pattern matches it;
@@ -32,7 +33,7 @@ import subprocess
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import attrs
@@ -106,7 +107,7 @@ class MatrixEntry:
 
     def matches(self, template: str, base: Path) -> bool:
         """Return whether the pattern matches a template path (relative to ``base``) or name."""
-        candidates = {Path(template).name, PurePosixPath(Path(template).as_posix()).as_posix()}
+        candidates = {Path(template).name, Path(template).as_posix()}
         with contextlib.suppress(ValueError):
             candidates.add(Path(os.path.abspath(template)).relative_to(base).as_posix())
         return any(fnmatch.fnmatchcase(candidate, self.path) for candidate in candidates)
@@ -146,21 +147,26 @@ class Matrix:
 
 
 @attrs.frozen
-class GateResult:
-    """What a gate run found: the report and the policy its exit code follows.
+class GateResult(Report):
+    """What a gate run found: a Report whose exit code follows the gate's policy.
 
     ``baseline`` is the revision compared with in regression mode (None otherwise);
-    ``fail_on`` is ``new`` (only findings the change introduced fail) or ``any``.
+    ``fail_on`` is ``new`` (only findings the change introduced fail) or ``any``. Being a
+    Report, it renders in every format; ``report`` gives the plain Report.
     """
 
-    report: Report
     fail_on: FailOn = "any"
     baseline: str | None = None
+
+    @property
+    def report(self) -> Report:
+        """Return the subjects as a plain Report (whose exit code counts every finding)."""
+        return Report(self.subjects)
 
     def failing(self, strict: bool = False) -> list[Finding]:
         """Return the findings that fail the gate: errors (and warnings when ``strict``)."""
         failing = []
-        for subject in self.report.subjects:
+        for subject in self.subjects:
             for finding, state in findings_with_state(subject):
                 if not counts(subject, state):
                     continue
@@ -525,4 +531,4 @@ def run_gate(
                 details["baseline_state"] = states
                 details["new"] = states.count("new")
             subjects.append(attrs.evolve(report, details=details))
-    return GateResult(Report(subjects), policy, changed_since)
+    return GateResult(subjects, policy, changed_since)

@@ -42,6 +42,10 @@ class Component:
         return self.offset + self.size
 
 
+def _freeze_components(components: Mapping[int, Component]) -> Mapping[int, Component]:
+    return MappingProxyType(dict(sorted(components.items())))
+
+
 @attrs.frozen
 class XsaveLayout:
     """Leaf 0xD of one CpuidSet, decoded (RULES-CATALOGUE.md §3).
@@ -58,9 +62,7 @@ class XsaveLayout:
     size_max: int
     xsave_features: int
     compacted_size_current: int
-    components: Mapping[int, Component] = attrs.field(
-        converter=lambda m: MappingProxyType(dict(sorted(m.items())))
-    )
+    components: Mapping[int, Component] = attrs.field(converter=_freeze_components)
 
     @classmethod
     def from_cpuid(cls, cpuid: CpuidSet) -> XsaveLayout:

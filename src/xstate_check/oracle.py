@@ -315,8 +315,9 @@ def render_text(result: OracleResult) -> str:
         code = result.set_cpuid_errno
         lines.append(f"  KVM_SET_CPUID2    failed: {_errno_name(code)} ({os.strerror(code)})")
         if code == errno.EPERM and result.enumerated_xcr0 & USER_DYNAMIC_MASK:
-            lines.append("                    the subject enumerates tiledata (xfeature 18) "
-                         "and this process holds no guest permission for it "
+            lines.append("                    the subject enumerates tiledata (xfeature 18) and "
+                         "this process holds")
+            lines.append("                    no guest permission for it "
                          "(ARCH_REQ_XCOMP_GUEST_PERM)")
     if result.enumeration_rewritten:
         held = format_mask(result.vcpu_xcr0 or 0)
@@ -551,6 +552,7 @@ def _child(work: Callable[[Callable[[dict[str, object]], None]], None], write_fd
         alarm = min(int(timeout) + 2, 1 << 30)  # dies by itself should the parent be gone
 
         def emit(record: dict[str, object]) -> None:
+            """Send one record to the parent, re-arming the alarm."""
             signal.alarm(alarm)
             data = (json.dumps(record) + "\n").encode()
             while data:

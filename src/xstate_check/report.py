@@ -33,7 +33,9 @@ class Finding:
 
     def sort_key(self) -> tuple[Any, ...]:
         """Return the key findings are sorted by: location, severity, rule id, message."""
-        where = (self.location.path, self.location.line, self.location.column) if self.location else ("", 0, 0)
+        where = ("", 0, 0)
+        if self.location is not None:
+            where = (self.location.path, self.location.line, self.location.column)
         return (where, _SEVERITY_ORDER[self.severity], self.rule, self.message)
 
     def to_json(self) -> dict[str, object]:
@@ -76,11 +78,15 @@ class SubjectReport:
         return out
 
 
+def _subjects(subjects: Iterable[SubjectReport]) -> tuple[SubjectReport, ...]:
+    return tuple(subjects)
+
+
 @attrs.frozen
 class Report:
     """The findings of one run over one or more subjects."""
 
-    subjects: tuple[SubjectReport, ...] = attrs.field(converter=tuple, default=())
+    subjects: tuple[SubjectReport, ...] = attrs.field(converter=_subjects, default=())
 
     def findings(self, severity: Severity | None = None) -> list[Finding]:
         """Return every finding, or only those of one severity."""

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import attrs
 
-from xstate_check.engine.evaluator import Evaluator
+from xstate_check.engine.evaluator import Evaluator, Quick
 from xstate_check.engine.examples import Example
 from xstate_check.errors import Location
 from xstate_check.facts import BitRef, Kind
@@ -17,6 +17,7 @@ __all__ = [
     "Catalogue",
     "CompiledRule",
     "MessagePart",
+    "Plan",
     "Rule",
 ]
 
@@ -50,6 +51,8 @@ class CompiledRule:
     message: tuple[MessagePart, ...]
     facts: frozenset[str]
     functions: frozenset[str]
+    needs: int = 0
+    quick: Quick | None = None
 
 
 @attrs.frozen(eq=False)
@@ -77,6 +80,77 @@ class Rule:
     compiled: CompiledRule = attrs.field(repr=False)
 
 
+Step = tuple[int, Evaluator, Rule]
+QuickStep = tuple[int, frozenset[int], int, Evaluator, Rule]
+Group = tuple[str, int, int, frozenset[int] | None, tuple[QuickStep, ...]]
+
+
+@attrs.frozen(eq=False)
+class Plan:
+    """The order evaluation walks the rules in, built once per catalogue.
+
+    ``groups``: per fact, the rules with a quick pass condition on it, as
+    (fact, zero_mask, small_mask, all_pass, steps). The whole group passes at once when
+    ``fact & zero_mask == 0`` and ``fact & small_mask in all_pass`` (the conditions of
+    every rule folded together; ``all_pass`` is None where they have too many bits to
+    fold). Otherwise each step (mask, values, needs, test, rule) passes when
+    ``fact & mask in values``, else the rule's full test runs. ``plain``: (needs, test,
+    rule) of the other rules; ``walking``: the same for the ``each`` rules. ``needs`` are
+    the NEEDS_* bits of the facts a rule reads.
+    """
+
+    groups: tuple[Group, ...]
+    plain: tuple[Step, ...]
+    walking: tuple[Step, ...]
+
+    @classmethod
+    def of(cls, rules: Iterable[Rule]) -> Plan:
+        """Return the plan of ``rules``."""
+        groups: dict[str, list[QuickStep]] = {}
+        plain: list[Step] = []
+        walking: list[Step] = []
+        for rule in rules:
+            compiled = rule.compiled
+            if rule.each is not None:
+                walking.append((compiled.needs, compiled.test, rule))
+            elif compiled.quick is not None:
+                quick = compiled.quick
+                groups.setdefault(quick.name, []).append(
+                    (quick.mask, quick.values, compiled.needs, compiled.test, rule)
+                )
+            else:
+                plain.append((compiled.needs, compiled.test, rule))
+        return cls(tuple(_fold_group(name, tuple(steps)) for name, steps in groups.items()),
+                   tuple(plain), tuple(walking))
+
+
+#: Fold at most this many bits of small conditions into one table of passing values.
+_FOLD_BITS = 14
+
+
+def _fold_group(name: str, steps: tuple[QuickStep, ...]) -> Group:
+    """Fold a group's conditions: ``x & m == 0`` ones into one mask, small ones into a table."""
+    zero_mask = 0
+    small: list[tuple[int, frozenset[int]]] = []
+    for mask, values, *_ in steps:
+        if values == frozenset({0}):
+            zero_mask |= mask
+        else:
+            small.append((mask, values))
+    small_mask = 0
+    for mask, _ in small:
+        small_mask |= mask
+    if bin(small_mask).count("1") > _FOLD_BITS:
+        return (name, zero_mask, small_mask, None, steps)
+    candidates = [0]
+    for bit in range(64):
+        if small_mask >> bit & 1:
+            candidates += [value | 1 << bit for value in candidates]
+    all_pass = frozenset(value for value in candidates
+                         if all(value & mask in values for mask, values in small))
+    return (name, zero_mask, small_mask, all_pass, steps)
+
+
 @attrs.frozen(eq=False)
 class Catalogue:
     """Every rule, ordered by id; look one up by id or name with ``get``."""
@@ -84,11 +158,14 @@ class Catalogue:
     rules: tuple[Rule, ...]
     paths: tuple[str, ...] = ()
     _index: Mapping[str, Rule] = attrs.field(init=False, repr=False)
+    #: What evaluation walks; see ``Plan``.
+    plan: Plan = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         index = {rule.id.upper(): rule for rule in self.rules}
         index.update({rule.name: rule for rule in self.rules})
         object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "plan", Plan.of(self.rules))
 
     def get(self, id_or_name: str) -> Rule:
         """Return the rule with this id (``XS0108``, any case) or name; KeyError otherwise."""

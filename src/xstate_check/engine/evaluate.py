@@ -7,7 +7,16 @@ from collections.abc import Iterable
 from xstate_check.engine.catalogue import Catalogue, Rule
 from xstate_check.engine.loader import load_catalogue
 from xstate_check.errors import Location
-from xstate_check.facts import FACTS, FUNCTIONS, BitRef, EntryItem, Facts, Missing, format_value
+from xstate_check.facts import (
+    FACTS,
+    FUNCTIONS,
+    BitRef,
+    EntryItem,
+    Facts,
+    Missing,
+    available_of,
+    format_value,
+)
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
 
@@ -17,29 +26,57 @@ __all__ = ["check_subjects", "evaluate", "evaluate_rules"]
 _PSEUDO_SOURCES = ("<", "host", "kvm", "profile:", "example:")
 
 
-def evaluate_rules(subject: Subject, rules: Iterable[Rule]) -> list[Finding]:
-    """Return the findings of ``rules`` on ``subject``, in rule order (unsorted)."""
+def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule]) -> list[Finding]:
+    """Return the findings of ``rules`` on ``subject``, in plan order (unsorted)."""
+    plan = (rules if isinstance(rules, Catalogue) else Catalogue(tuple(rules))).plan
     facts = Facts(subject)
+    lacking = -1  # the NEEDS_* bits the subject lacks; worked out when first needed
     findings: list[Finding] = []
-    for rule in rules:
-        compiled = rule.compiled
-        if compiled.each is None:
+    for name, zero_mask, small_mask, all_pass, steps in plan.groups:
+        try:
+            value = facts[name]
+        except Missing:
+            value = None
+        else:
+            if not value & zero_mask and all_pass is not None and value & small_mask in all_pass:
+                continue  # every rule of the group passes
+        for mask, values, needs, test, rule in steps:
+            if value is not None and value & mask in values:
+                continue
+            if needs:
+                if lacking == -1:
+                    lacking = ~available_of(subject)
+                if needs & lacking:
+                    continue
             try:
-                if compiled.test(facts):
+                if test(facts):
                     continue
             except Missing:
                 continue
             findings.append(_finding(rule, facts, None))
+    if lacking == -1 and (plan.plain or plan.walking):
+        lacking = ~available_of(subject)
+    for needs, test, rule in plan.plain:
+        if needs & lacking:
             continue
         try:
-            items = facts[compiled.each]
+            if test(facts):
+                continue
+        except Missing:
+            continue
+        findings.append(_finding(rule, facts, None))
+    for needs, test, rule in plan.walking:
+        if needs & lacking:
+            continue
+        try:
+            items = facts[str(rule.each)]
         except Missing:
             continue
         assert isinstance(items, tuple)
         for item in items:
             facts["item"] = item
             try:
-                passed = compiled.test(facts)
+                passed = test(facts)
             except Missing:
                 continue
             if not passed:
@@ -50,12 +87,11 @@ def evaluate_rules(subject: Subject, rules: Iterable[Rule]) -> list[Finding]:
 
 def evaluate(subject: Subject, catalogue: Catalogue | None = None) -> SubjectReport:
     """Evaluate every rule of the catalogue (the shipped one by default) on one subject."""
-    rules = (catalogue or load_catalogue()).rules
     return SubjectReport(
         name=subject.name,
         source=subject.cpuid.source,
         template=subject.template,
-        findings=tuple(evaluate_rules(subject, rules)),
+        findings=tuple(evaluate_rules(subject, catalogue or load_catalogue())),
     )
 
 

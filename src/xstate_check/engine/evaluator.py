@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from xstate_check.engine.parser import Binary, Call, Compare, ListExpr, Literal, Name, Node, Unary
 from xstate_check.facts import FUNCTIONS, Facts
 
-__all__ = ["Evaluator", "compile_expression", "names_read"]
+__all__ = [
+    "Evaluator",
+    "Quick",
+    "compile_expression",
+    "constant_value",
+    "names_read",
+    "quick_condition",
+]
 
 #: A compiled expression: facts in, value out (may raise ``facts.Missing``).
 Evaluator = Callable[[Facts], Any]
@@ -51,13 +58,55 @@ class _Const:
         self.value: Any = value
 
 
-_Built = _Const | Evaluator
+class _Fact:
+    """A fact read, kept as a name so that the operation around it can inline the read."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Masked:
+    """``fact & MASK``, kept as data so that a comparison around it needs one closure."""
+
+    __slots__ = ("mask", "name")
+
+    def __init__(self, name: str, mask: int) -> None:
+        self.name = name
+        self.mask = mask
+
+
+class _MaskTest:
+    """``(fact & MASK == VALUE) == EQUAL``, kept as data so that ``and``, ``or`` and ``=>``
+    around it read the fact inline instead of calling another closure."""
+
+    __slots__ = ("equal", "mask", "name", "value")
+
+    def __init__(self, name: str, mask: int, value: int, equal: bool) -> None:
+        self.name = name
+        self.mask = mask
+        self.value = value
+        self.equal = equal
+
+
+_Built = _Const | _Fact | _Masked | _MaskTest | Evaluator
 
 
 def _run(built: _Built) -> Evaluator:
     if isinstance(built, _Const):
         value = built.value
         return lambda facts: value
+    if isinstance(built, _Fact):
+        return operator.itemgetter(built.name)
+    if isinstance(built, _Masked):
+        name, mask = built.name, built.mask
+        return lambda facts: facts[name] & mask
+    if isinstance(built, _MaskTest):
+        name, mask, value = built.name, built.mask, built.value
+        if built.equal:
+            return lambda facts: facts[name] & mask == value
+        return lambda facts: facts[name] & mask != value
     return built
 
 
@@ -90,7 +139,7 @@ def _build_name(node: Name, lets: Mapping[str, Evaluator]) -> _Built:
     if node.role == "item":
         field = operator.attrgetter(node.name.split(".", 1)[1])
         return lambda facts: field(facts["item"])
-    return operator.itemgetter(node.name)
+    return _Fact(node.name)
 
 
 def _build_list(node: ListExpr, lets: Mapping[str, Evaluator]) -> _Built:
@@ -116,11 +165,17 @@ def _build_unary(node: Unary, lets: Mapping[str, Evaluator]) -> _Built:
         if node.op == "not":
             return _Const(not operand.value)
         return _Const(_fold(node, ~operand.value if node.op == "~" else -operand.value))
+    if node.op == "not" and isinstance(operand, _Fact):
+        name = operand.name
+        return lambda facts: not facts[name]
+    if node.op == "not" and isinstance(operand, _MaskTest):
+        return _MaskTest(operand.name, operand.mask, operand.value, not operand.equal)
+    run = _run(operand)
     if node.op == "not":
-        return lambda facts: not operand(facts)
+        return lambda facts: not run(facts)
     if node.op == "~":
-        return lambda facts: operand(facts) ^ _MASK64
-    return lambda facts: -operand(facts)
+        return lambda facts: run(facts) ^ _MASK64
+    return lambda facts: -run(facts)
 
 
 def _build_binary(node: Binary, lets: Mapping[str, Evaluator]) -> _Built:
@@ -131,22 +186,26 @@ def _build_binary(node: Binary, lets: Mapping[str, Evaluator]) -> _Built:
     function = _INT_OPS[node.op]
     if isinstance(left, _Const) and isinstance(right, _Const):
         return _Const(_fold(node, function(left.value, right.value)))
+    if node.op == "&":
+        if isinstance(left, _Const):
+            left, right = right, left
+        if isinstance(right, _Const):
+            if isinstance(left, _Fact):
+                return _Masked(left.name, right.value)
+            if isinstance(left, _Masked):
+                return _Masked(left.name, left.mask & right.value)
+    run_left, run_right = _run(left), _run(right)
     if isinstance(right, _Const):
         constant = right.value
-        run = _run(left)
-        if node.op == "&":
-            return lambda facts: run(facts) & constant
         if node.op == "|":
-            return lambda facts: run(facts) | constant
-        return lambda facts: function(run(facts), constant)
+            return lambda facts: run_left(facts) | constant
+        return lambda facts: function(run_left(facts), constant)
     if isinstance(left, _Const):
         constant = left.value
-        if node.op == "&":
-            return lambda facts: constant & right(facts)
-        return lambda facts: function(constant, right(facts))
+        return lambda facts: function(constant, run_right(facts))
     if node.op == "&":
-        return lambda facts: left(facts) & right(facts)
-    return lambda facts: function(left(facts), right(facts))
+        return lambda facts: run_left(facts) & run_right(facts)
+    return lambda facts: function(run_left(facts), run_right(facts))
 
 
 def _build_logic(op: str, left: _Built, right: _Built) -> _Built:
@@ -161,12 +220,40 @@ def _build_logic(op: str, left: _Built, right: _Built) -> _Built:
             return left if right.value else _Const(False)
         if op == "or":
             return _Const(True) if right.value else left
-        return _Const(True) if right.value else (lambda facts: not left(facts))
+        run = _run(left)
+        return _Const(True) if right.value else (lambda facts: not run(facts))
+    if op == "=>":
+        # A => B is (not A) or B. When B is a plain mask test and A is not, B goes first: it
+        # usually holds, and A (a feature bit, a role) is then never computed. Either order
+        # gives the same findings, since the expressions have no side effects.
+        if isinstance(right, _MaskTest) and not isinstance(left, _MaskTest):
+            left, right = right, _negate(left)
+        else:
+            left = _negate(left)
+        op = "or"
+    if isinstance(left, _MaskTest) and isinstance(right, _MaskTest):
+        n1, m1, v1, e1 = left.name, left.mask, left.value, left.equal
+        n2, m2, v2, e2 = right.name, right.mask, right.value, right.equal
+        if op == "and":
+            return lambda facts: (facts[n1] & m1 == v1) == e1 and (facts[n2] & m2 == v2) == e2
+        return lambda facts: (facts[n1] & m1 == v1) == e1 or (facts[n2] & m2 == v2) == e2
+    if isinstance(left, _MaskTest):
+        n1, m1, v1, e1 = left.name, left.mask, left.value, left.equal
+        run_right = _run(right)
+        if op == "and":
+            return lambda facts: (facts[n1] & m1 == v1) == e1 and run_right(facts)
+        return lambda facts: (facts[n1] & m1 == v1) == e1 or run_right(facts)
+    run_left, run_right = _run(left), _run(right)
     if op == "and":
-        return lambda facts: left(facts) and right(facts)
-    if op == "or":
-        return lambda facts: left(facts) or right(facts)
-    return lambda facts: not left(facts) or right(facts)
+        return lambda facts: run_left(facts) and run_right(facts)
+    return lambda facts: run_left(facts) or run_right(facts)
+
+
+def _negate(built: _Built) -> _Built:
+    if isinstance(built, _MaskTest):
+        return _MaskTest(built.name, built.mask, built.value, not built.equal)
+    run = _run(built)
+    return lambda facts: not run(facts)
 
 
 def _build_compare(node: Compare, lets: Mapping[str, Evaluator]) -> _Built:
@@ -179,20 +266,30 @@ def _build_compare(node: Compare, lets: Mapping[str, Evaluator]) -> _Built:
             return built
         if isinstance(built, _Const):
             return _Const(not built.value)
-        return lambda facts: not built(facts)
+        return _negate(built)
     function = _COMPARE_OPS[op]
     if isinstance(left, _Const) and isinstance(right, _Const):
         return _Const(function(left.value, right.value))
     if isinstance(right, _Const):
         constant = right.value
+        if isinstance(left, _Masked) and op in ("==", "!="):
+            return _MaskTest(left.name, left.mask, constant, op == "==")
+        if isinstance(left, _Fact) and node.left.type == "int" and op in ("==", "!="):
+            return _MaskTest(left.name, _MASK64, constant, op == "==")
+        if isinstance(left, _Fact):
+            name = left.name
+            if op == "==":
+                return lambda facts: facts[name] == constant
+            if op == "!=":
+                return lambda facts: facts[name] != constant
+            if op == ">=":
+                return lambda facts: facts[name] >= constant
+            if op == "<=":
+                return lambda facts: facts[name] <= constant
         run = _run(left)
-        if op == "==":
-            return lambda facts: run(facts) == constant
-        if op == "!=":
-            return lambda facts: run(facts) != constant
         return lambda facts: function(run(facts), constant)
-    left_run = _run(left)
-    return lambda facts: function(left_run(facts), right(facts))
+    run_left, run_right = _run(left), _run(right)
+    return lambda facts: function(run_left(facts), run_right(facts))
 
 
 def _build_membership(node: Compare, left: _Built, right: _Built) -> _Built:
@@ -202,19 +299,34 @@ def _build_membership(node: Compare, left: _Built, right: _Built) -> _Built:
             return _Const(left.value & ~right.value == 0)
         if isinstance(right, _Const):
             outside = ~right.value & _MASK64
+            if isinstance(left, _Fact | _Masked):
+                if isinstance(left, _Masked):
+                    outside &= left.mask
+                return _MaskTest(left.name, outside, 0, True)
             run = _run(left)
             return lambda facts: not run(facts) & outside
         if isinstance(left, _Const):
             bits = left.value
-            return lambda facts: right(facts) & bits == bits
-        return lambda facts: left(facts) & ~right(facts) == 0
+            if isinstance(right, _Fact):
+                return _MaskTest(right.name, bits, bits, True)
+            run = _run(right)
+            return lambda facts: run(facts) & bits == bits
+        run_left, run_right = _run(left), _run(right)
+        return lambda facts: run_left(facts) & ~run_right(facts) == 0
     if isinstance(right, _Const):
         members = right.value
         if isinstance(left, _Const):
             return _Const(left.value in members)
-        return lambda facts: left(facts) in members
-    left_run = _run(left)
-    return lambda facts: left_run(facts) in right(facts)
+        if isinstance(left, _Masked):
+            name, mask = left.name, left.mask
+            return lambda facts: facts[name] & mask in members
+        if isinstance(left, _Fact):
+            name = left.name
+            return lambda facts: facts[name] in members
+        run = _run(left)
+        return lambda facts: run(facts) in members
+    run_left, run_right = _run(left), _run(right)
+    return lambda facts: run_left(facts) in run_right(facts)
 
 
 def compile_expression(node: Node, lets: Mapping[str, Evaluator] | None = None) -> Evaluator:
@@ -224,8 +336,16 @@ def compile_expression(node: Node, lets: Mapping[str, Evaluator] | None = None) 
 
 def constant_value(node: Node) -> tuple[bool, object]:
     """Return (True, value) when ``node`` needs no fact at all, else (False, None)."""
-    built = _build(node, {})
+    built = _build(node, {name: _never for name in _let_names(node)})
     return (True, built.value) if isinstance(built, _Const) else (False, None)
+
+
+def _never(facts: Facts) -> Any:
+    raise AssertionError("a let read while folding constants")
+
+
+def _let_names(node: Node) -> set[str]:
+    return {child.name for child in _walk(node) if isinstance(child, Name) and child.role == "let"}
 
 
 def _walk(node: Node) -> Iterator[Node]:
@@ -254,3 +374,132 @@ def names_read(node: Node) -> tuple[set[str], set[str], set[str]]:
         elif isinstance(child, Call):
             functions.add(child.name)
     return facts, functions, lets
+
+
+# --- quick pass conditions -------------------------------------------------------------------
+
+#: Enumerate at most this many mask bits when combining two bit tests.
+_ENUMERATE_BITS = 12
+
+
+class Quick(NamedTuple):
+    """``facts[name] & mask in values``: a condition under which a rule passes.
+
+    ``exact`` says it is also necessary (the rule passes exactly then); otherwise it is only
+    sufficient. Rules whose quick conditions read the same fact are checked in one loop.
+    """
+
+    name: str
+    mask: int
+    values: frozenset[int]
+    exact: bool
+
+
+def _subsets(mask: int) -> list[int]:
+    result = [0]
+    for bit in _bit_list(mask):
+        result += [value | bit for value in result]
+    return result
+
+
+def _bit_list(mask: int) -> list[int]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low)
+        mask ^= low
+    return out
+
+
+def _fact_mask(node: Node) -> tuple[str, int] | None:
+    """Return (fact, mask) when ``node`` is ``fact`` or ``fact & CONSTANT`` (an int fact)."""
+    if isinstance(node, Name) and node.role == "fact" and node.type == "int":
+        return node.name, _MASK64
+    if isinstance(node, Binary) and node.op == "&":
+        for one, other in ((node.left, node.right), (node.right, node.left)):
+            inner = _fact_mask(one)
+            constant, value = constant_value(other)
+            if inner is not None and constant and isinstance(value, int):
+                return inner[0], inner[1] & value
+    return None
+
+
+def _int_constant(node: Node) -> int | None:
+    constant, value = constant_value(node)
+    return value if constant and isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _complement(quick: Quick | None) -> Quick | None:
+    if quick is None or not quick.exact or bin(quick.mask).count("1") > _ENUMERATE_BITS:
+        return None
+    values = frozenset(v for v in _subsets(quick.mask) if v not in quick.values)
+    return Quick(quick.name, quick.mask, values, True)
+
+
+def _combine(op: str, first: Quick, second: Quick) -> Quick | None:
+    mask = first.mask | second.mask
+    if first.name != second.name or bin(mask).count("1") > _ENUMERATE_BITS:
+        return None
+    if op == "and":
+        values = [v for v in _subsets(mask)
+                  if v & first.mask in first.values and v & second.mask in second.values]
+    else:
+        values = [v for v in _subsets(mask)
+                  if v & first.mask in first.values or v & second.mask in second.values]
+    return Quick(first.name, mask, frozenset(values), first.exact and second.exact)
+
+
+def quick_condition(node: Node) -> Quick | None:
+    """Return a mask condition on one fact under which ``node`` is true, where one exists."""
+    if isinstance(node, Unary) and node.op == "not":
+        return _complement(quick_condition(node.operand))
+    if isinstance(node, Binary) and node.op in ("and", "or", "=>"):
+        first = quick_condition(node.left)
+        second = quick_condition(node.right)
+        if node.op == "=>":
+            first = _complement(first)
+            if first is None:
+                # The consequent alone is enough for the implication to hold.
+                return None if second is None else second._replace(exact=False)
+        if first is not None and second is not None:
+            combined = _combine("or" if node.op == "=>" else node.op, first, second)
+            if combined is not None:
+                return combined
+        if node.op == "and":
+            return None
+        either = first or second
+        return None if either is None else either._replace(exact=False)
+    if isinstance(node, Compare):
+        return _quick_compare(node)
+    return None
+
+
+def _quick_compare(node: Compare) -> Quick | None:
+    op = node.op
+    if op in ("==", "!="):
+        target = _fact_mask(node.left)
+        value = _int_constant(node.right)
+        if target is None or value is None:
+            return None
+        name, mask = target
+        equal = Quick(name, mask, frozenset({value} if not value & ~mask else ()), True)
+        return equal if op == "==" else _complement(equal)
+    if op not in ("in", "not in"):
+        return None
+    quick: Quick | None = None
+    if node.right.type == "int":
+        inside = _int_constant(node.right)
+        target = _fact_mask(node.left)
+        if inside is not None and target is not None:
+            quick = Quick(target[0], target[1] & ~inside & _MASK64, frozenset({0}), True)
+        required = _int_constant(node.left)
+        target = _fact_mask(node.right)
+        if required is not None and target is not None and not required & ~target[1]:
+            quick = Quick(target[0], required, frozenset({required}), True)
+    else:
+        target = _fact_mask(node.left)
+        constant, members = constant_value(node.right)
+        if target is not None and constant and isinstance(members, frozenset):
+            values = frozenset(v for v in members if isinstance(v, int) and not v & ~target[1])
+            quick = Quick(target[0], target[1], values, True)
+    return quick if op == "in" else _complement(quick)

@@ -17,17 +17,24 @@ from typing import Any, NoReturn
 
 from xstate_check.engine import examples
 from xstate_check.engine.catalogue import FAMILIES, Catalogue, CompiledRule, MessagePart, Rule
-from xstate_check.engine.evaluator import Evaluator, compile_expression, constant_value, names_read
+from xstate_check.engine.evaluator import (
+    Evaluator,
+    compile_expression,
+    constant_value,
+    names_read,
+    quick_condition,
+)
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
 from xstate_check.errors import InputError, Location
-from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind
+from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind, needs_of
 from xstate_check.report import SEVERITIES
 
 __all__ = [
     "FILE_KEYS",
     "RULE_KEYS",
     "default_rules_dir",
+    "language_names",
     "load_catalogue",
     "load_rule_files",
     "load_rule_text",
@@ -257,21 +264,13 @@ class _RuleReader:
                 message=message,
                 facts=frozenset(facts),
                 functions=frozenset(functions),
+                needs=needs_of(facts, functions),
+                quick=quick_condition(node),
             ),
         )
 
     def names(self) -> dict[str, Resolved]:
-        names: dict[str, Resolved] = {}
-        for name, spec in FACTS.items():
-            if spec.kind == "items":
-                continue
-            names[name] = Resolved("fact", _language_type(spec.kind))
-        for name, value in CONSTANTS.items():
-            names[name] = Resolved("constant", "int", value=value)
-        for name, function in FUNCTIONS.items():
-            names[name] = Resolved("function", _language_type(function.kind),
-                                   tuple(_language_type(kind) for kind in function.args))
-        return names
+        return language_names()
 
     def lets(self, names: dict[str, Resolved]) -> tuple[
         dict[str, Evaluator], list[Node], dict[str, Kind]
@@ -441,6 +440,20 @@ class _RuleReader:
             if not valid:
                 fail("flags", f"flags = {{ \"LEAF.SUBLEAF\" = \"FLAGS\" }}, not {key!r}")
         return tuple(value.items())
+
+
+def language_names() -> dict[str, Resolved]:
+    """Return every name a rule expression may use: facts, xfeature constants, functions."""
+    names: dict[str, Resolved] = {}
+    for name, spec in FACTS.items():
+        if spec.kind != "items":
+            names[name] = Resolved("fact", _language_type(spec.kind))
+    for name, value in CONSTANTS.items():
+        names[name] = Resolved("constant", "int", value=value)
+    for name, function in FUNCTIONS.items():
+        names[name] = Resolved("function", _language_type(function.kind),
+                               tuple(_language_type(kind) for kind in function.args))
+    return names
 
 
 def _node_kind(node: Node) -> Kind:

@@ -16,6 +16,8 @@ from xstate_check.cpuid import CpuidSet, Registers
 from xstate_check.errors import InputError, Location
 
 __all__ = [
+    "SNIPPET_WIDTH",
+    "clip_snippet",
     "read_aida64",
     "read_cpuid_raw",
     "read_libcpuid",
@@ -44,12 +46,47 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         pos = end + 1
 
 
-# One step of a line shape, for error messages: a literal, or a regex with what it means.
-_Step = tuple[str | re.Pattern[str], str]
+#: Snippets of longer lines are cut to this many characters around the error.
+SNIPPET_WIDTH = 120
+
+
+def clip_snippet(line: str, start: int, end: int) -> tuple[str, tuple[int, int]]:
+    """Return ``line`` cut to about ``SNIPPET_WIDTH`` characters around ``start:end``.
+
+    The span is moved to match; cut ends are marked with "…". A 16 MiB line thus gives a
+    short message.
+    """
+    if len(line) <= SNIPPET_WIDTH:
+        return line, (start, end)
+    low = max(0, min(start - SNIPPET_WIDTH // 3, len(line) - SNIPPET_WIDTH))
+    high = min(len(line), low + SNIPPET_WIDTH)
+    shift = (1 if low else 0) - low
+    snippet = ("…" if low else "") + line[low:high] + ("…" if high < len(line) else "")
+    return snippet, (start + shift, max(min(end, high), start + 1) + shift)
+
+
+def _line_error(
+    location: Location, line: str, span: tuple[int, int], expected: str
+) -> InputError:
+    """Return an InputError at ``line`` with a (clipped) caret drawing of ``span``."""
+    snippet, clipped = clip_snippet(line, *span)
+    return InputError(location, expected, snippet=snippet, span=clipped)
+
+
+# One step of a line shape, for error messages, with what it means: a literal, a number of
+# hexadecimal digits, or a regex.
+_Step = tuple[str | int | re.Pattern[str], str]
+
+_HEX_RUN = re.compile(r"[0-9A-Fa-f]*")
+_TOKEN_END = re.compile(r"[^\s\-:=\[\]]*")
 
 
 def _shape_error(path: str, lineno: int, line: str, steps: Sequence[_Step]) -> InputError:
-    """Return the error for the first place where ``line`` leaves the shape ``steps``."""
+    """Return the error for the first place where ``line`` leaves the shape ``steps``.
+
+    The column is that of the first wrong character: a non-hex digit, the ninth digit of
+    a register, a missing separator.
+    """
     pos = 0
     for step, what in steps:
         if isinstance(step, str):
@@ -57,36 +94,27 @@ def _shape_error(path: str, lineno: int, line: str, steps: Sequence[_Step]) -> I
                 pos += len(step)
                 continue
             end = pos + 1
+        elif isinstance(step, int):
+            run = _HEX_RUN.match(line, pos).end() - pos  # type: ignore[union-attr]
+            if run == step:
+                pos += step
+                continue
+            end = pos + min(run, step) + 1
         else:
             match = step.match(line, pos)
-            if match is not None and match.end() > pos:
+            if match is not None:
                 pos = match.end()
                 continue
-            end = _TOKEN_END.match(line, pos).end()  # type: ignore[union-attr]
-            bad = _HEX_RUN.match(line, pos).end()  # type: ignore[union-attr]
-            if pos < bad < end:
-                end = bad + 1
-            end = max(end, pos + 1)
-        return InputError(
-            Location(path, lineno, end), f"expected {what}", snippet=line, span=(pos, end)
-        )
+            end = max(pos + 1, _TOKEN_END.match(line, pos).end())  # type: ignore[union-attr]
+        return _line_error(Location(path, lineno, end), line, (pos, end), f"expected {what}")
     # The whole shape matched: the line went wrong after it (should not happen).
-    return InputError(
-        Location(path, lineno, pos + 1), "expected the end of the line", snippet=line,
-        span=(pos, max(pos + 1, len(line))),
+    return _line_error(
+        Location(path, lineno, pos + 1), line, (pos, max(pos + 1, len(line))),
+        "expected the end of the line",
     )
 
 
-_HEX_RUN = re.compile(r"[0-9A-Fa-f]*")
-_TOKEN_END = re.compile(r"[^\s\-:=\[\]]*")
-
-
-def _hex(count: int) -> re.Pattern[str]:
-    """Return a pattern of exactly ``count`` hex digits not followed by another one."""
-    return re.compile(rf"[0-9A-Fa-f]{{{count}}}(?![0-9A-Fa-f])")
-
-
-_HEX8 = _hex(8)
+_HEX8 = 8
 
 
 def _describe_cpus(seen: Sequence[int]) -> str:
@@ -127,11 +155,10 @@ class _Table:
             self.rows[key] = regs
             self.lines[key] = lineno
         elif old != regs:
-            raise InputError(
-                Location(self.path, lineno, 1),
+            raise _line_error(
+                Location(self.path, lineno, 1), line, (0, len(line)),
                 f"expected one value per leaf and subleaf; leaf {key[0]:#x} subleaf "
                 f"{key[1]:#x} already has other values at line {self.lines[key]}",
-                snippet=line,
             )
 
 
@@ -438,10 +465,9 @@ def _native_line(
         int(match.group(5), 16), int(match.group(6), 16),
     )
     if values.get(index, regs) != regs:
-        raise InputError(
-            Location(path, lineno, 1),
+        raise _line_error(
+            Location(path, lineno, 1), line, (0, len(line)),
             f"expected one value per array index; {match.group(1)}[{index}] is given twice",
-            snippet=line,
         )
     values[index] = regs
 
@@ -531,12 +557,10 @@ def _raw_line(path: str, lineno: int, line: str, table: _Table) -> None:
         if _RAW_ISH.match(line):
             raise _shape_error(path, lineno, line, _RAW_SHAPE)
         if not table.rows and _DECODED_VIEW.match(line):
-            raise InputError(
-                Location(path, lineno, 1),
+            raise _line_error(
+                Location(path, lineno, 1), line, (len(line) - len(line.lstrip()), len(line)),
                 "expected raw lines of `cpuid -r` (0xLEAF 0xSUB: eax=… ebx=… ecx=… edx=…);"
                 " this is the decoded view of `cpuid`, which does not hold every register",
-                snippet=line,
-                span=(len(line) - len(line.lstrip()), len(line)),
             )
         return
     regs = Registers(

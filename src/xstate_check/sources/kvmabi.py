@@ -42,7 +42,7 @@ CPUID2_HEADER = struct.Struct("=II")
 CPUID_ENTRY2 = struct.Struct("=7I12x")
 # struct kvm_device_attr { __u32 flags; __u32 group; __u64 attr; __u64 addr; }
 DEVICE_ATTR = struct.Struct("=IIQQ")
-# struct kvm_userspace_memory_region { __u32 slot; __u32 flags; __u64 gpa; __u64 size; __u64 uaddr; }
+# struct kvm_userspace_memory_region { u32 slot; u32 flags; u64 gpa; u64 size; u64 uaddr; }
 USERSPACE_MEMORY_REGION = struct.Struct("=IIQQQ")
 KVM_REGS_SIZE = 18 * 8
 KVM_SREGS_SIZE = 312

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 
 from xstate_check.cpuid import REGISTERS, CpuidSet, Registers
 from xstate_check.errors import InputError, Location
+from xstate_check.sources.dumps import clip_snippet
 
 __all__ = [
     "FORMAT",
@@ -87,8 +88,9 @@ def to_json_text(cpuid: CpuidSet) -> str:
 # --------------------------------------------------------------------------- positions
 
 _WS = re.compile(r"[ \t\r\n]*")
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-_SKIP = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+# Unrolled loops: no backtracking stack per character, even for a 16 MiB string.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_SKIP = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
 _SCALAR = re.compile(r"[^,\]}\s]+")
 
 _Path = tuple[str | int, ...]
@@ -159,13 +161,15 @@ class _Positions:
                 pos = self._ws(pos + 1)
         return pos + 1
 
-    def location(self, path: str, at: _Path, *, key: bool = False) -> tuple[Location, str, int,
-                                                                              int]:
+    def location(
+        self, path: str, at: _Path, *, key: bool = False
+    ) -> tuple[Location, str, int, int]:
         """Return the location of a key or value, its line and the span on that line."""
         offset = self.keys.get(at) if key else self.values.get(at)
         if offset is None:
             offset = self.values.get(at, self.values.get((), 0))
-        end = self._skip(offset) if not key else _STRING.match(self.text, offset).end()  # type: ignore[union-attr]
+        key_match = _STRING.match(self.text, offset) if key else None
+        end = key_match.end() if key_match is not None else self._skip(offset)
         start_of_line = self.text.rfind("\n", 0, offset) + 1
         end_of_line = self.text.find("\n", offset)
         if end_of_line < 0:
@@ -197,7 +201,8 @@ class _Reader:
     def fail(self, at: _Path, expected: str, *, key: bool = False) -> InputError:
         """Return an InputError pointing at the key or value ``at``."""
         location, line, start, end = self.positions.location(self.path, at, key=key)
-        return InputError(location, expected, snippet=line, span=(start, max(end, start + 1)))
+        snippet, span = clip_snippet(line, start, max(end, start + 1))
+        return InputError(location, expected, snippet=snippet, span=span)
 
     def hex_field(self, value: object, at: _Path, name: str) -> int:
         """Return a ``"0x…"`` field as an int, or fail naming what was expected."""
@@ -237,15 +242,19 @@ def read_cpuid_json(text: str, path: str) -> CpuidSet:
     try:
         document = json.loads(text, object_pairs_hook=pairs_hook)
     except json.JSONDecodeError as error:
-        lines = text.splitlines()
-        snippet = lines[error.lineno - 1] if 0 < error.lineno <= len(lines) else None
+        start = text.rfind("\n", 0, error.pos) + 1
+        end = text.find("\n", error.pos)
+        snippet, span = clip_snippet(
+            text[start:end if end >= 0 else len(text)].rstrip("\r"),
+            error.colno - 1, error.colno,
+        )
         # json's messages end in " at" and carry the position separately.
         problem = re.sub(r"(?: starting)? at$", "", error.msg)
         raise InputError(
             Location(path, error.lineno, error.colno),
             f"expected valid JSON: {problem[:1].lower()}{problem[1:]}",
             snippet=snippet,
-            span=(error.colno - 1, error.colno),
+            span=span,
         ) from None
     except (ValueError, RecursionError) as error:
         raise InputError(Location(path), f"expected valid JSON: {error}") from None

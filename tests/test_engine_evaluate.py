@@ -1,0 +1,149 @@
+"""Evaluation: findings, their messages and locations, reports, explain pages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xstate_check.engine import check_subjects, evaluate, load_catalogue
+from xstate_check.engine.evaluate import evaluate_rules
+from xstate_check.engine.examples import EXAMPLE_TEMPLATE, Example, base_table, build_subject
+from xstate_check.errors import InputError, Location
+from xstate_check.explain import render_catalogue, render_rule
+from xstate_check.facts import format_value
+from xstate_check.subject import MissingEntry, Subject
+
+CATALOGUE = load_catalogue()
+
+
+def test_message_shows_masks_with_names() -> None:
+    """Mask placeholders render as hex with xfeature names; sizes in bytes and hex."""
+    subject = build_subject(Example(cpuid=(("0xd.0.eax", "0x202e7"),)))
+    (finding,) = evaluate_rules(subject, [CATALOGUE.get("amx-tile-pair")])
+    assert finding.message == (
+        "CPUID.(0xD,0) enumerates 0x20000 (tilecfg) without its AMX partner: XCR0 0x202e7 "
+        "(x87|sse|ymm|opmask|zmm_hi256|hi16_zmm|pkru|tilecfg)")
+    (size,) = evaluate_rules(build_subject(Example(cpuid=(("0xd.0.ecx", "0xa88"),))),
+                             [CATALOGUE.get("xsave-max-size-covers")])
+    assert "ECX = 2696 (0xa88)" in size.message and "needs 11008 (0x2b00)" in size.message
+
+
+def test_format_value_kinds() -> None:
+    """Each kind has its own rendering."""
+    assert format_value(0x3, "mask") == "0x3 (x87|sse)"
+    assert format_value(576, "size") == "576 (0x240)"
+    assert format_value((6, 1), "version") == "6.1"
+    assert format_value(True, "bool") == "yes"
+    assert format_value((576, 832), "sizes") == "576 (0x240), 832 (0x340)"
+    assert format_value(0x1D, "int") == "0x1d"
+
+
+def test_each_rule_gives_one_finding_per_item_at_its_location() -> None:
+    """template-leaf-missing reports every missing entry at the modifier's own line."""
+    table = base_table("spr-guest")
+    missing = (MissingEntry(0xD, 0x13, Location("t.json", 40, 7)),
+               MissingEntry(0x7, 2, Location("t.json", 12, 7)))
+    subject = Subject("s", table, template="t.json", base=table, missing_entries=missing)
+    findings = evaluate(subject).findings
+    assert [(f.name, f.location) for f in findings] == [
+        ("template-leaf-missing", Location("t.json", 12, 7)),
+        ("template-leaf-missing", Location("t.json", 40, 7)),
+    ]
+    assert "leaf 0x7 subleaf 0x2" in findings[0].message
+
+
+def test_location_prefers_bits_the_template_changed() -> None:
+    """Of the rule's bits, those a template really changed give the location."""
+    example = Example(template=(("0xd.0.eax", "+bit17"), ("0xd.0.eax", "-bit18")))
+    (finding,) = evaluate_rules(build_subject(example), [CATALOGUE.get("amx-tile-pair")])
+    # Line 1 pins bit 17 to its old value; line 2 clears bit 18, which is what breaks the pair.
+    assert finding.location == Location(EXAMPLE_TEMPLATE, 2)
+
+
+def test_location_falls_back_to_the_source_file() -> None:
+    """Without a template line, a finding points at the table's file; pseudo sources at nothing."""
+    table = base_table("spr-guest").with_registers(0xD, 0, eax=0x202E7)
+    from_file = Subject("s", table.replace(source="/data/spr.json"))
+    (finding,) = evaluate_rules(from_file, [CATALOGUE.get("amx-tile-pair")])
+    assert finding.location == Location("/data/spr.json")
+    (finding,) = evaluate_rules(Subject("s", table.replace(source="kvm")),
+                                [CATALOGUE.get("amx-tile-pair")])
+    assert finding.location is None
+
+
+def test_host_rules_are_not_applicable_without_host() -> None:
+    """A dump without HostState gets no host or KVM finding, whatever its masks."""
+    subject = build_subject(Example(cpuid=(("0xd.0.eax", "+bit19"),)))
+    names = {f.name for f in evaluate(subject).findings}
+    assert "kvm-apx-unsupported" in names
+    assert not names & {r.name for r in CATALOGUE if r.family == "host"}
+    assert "guest-within-kvm-supported" not in names
+
+
+def test_layout_rules_are_not_applicable_without_subleaves() -> None:
+    """A source with only 0xD.0 (libcpuid native) skips the layout rules, no false finding."""
+    table = base_table("spr-cpu")
+    rows = [row for row in table.rows() if row[0] != 0xD or row[1] == 0]
+    bare = table.replace(entries={(r[0], r[1]): table.get(r[0], r[1]) for r in rows},
+                         meta={"role": "cpu", "leaf_0xd_subleaves": "absent"})
+    assert evaluate(Subject("native", bare, role="cpu")).findings == ()
+
+
+def test_check_subjects_keeps_subject_order() -> None:
+    """check_subjects reports each subject, in the order given."""
+    good = build_subject(Example(), name="good")
+    bad = build_subject(Example(cpuid=(("0xd.0.eax", "0x202e7"),)), name="bad")
+    report = check_subjects([good, bad])
+    assert [s.name for s in report.subjects] == ["good", "bad"]
+    assert [f.name for f in report.errors] == ["amx-tile-pair"]
+    assert report.exit_code() == 1
+
+
+def test_findings_are_sorted_for_byte_identical_output() -> None:
+    """Findings come out sorted, so JSON output does not depend on rule order."""
+    subject = build_subject(Example(cpuid=(("0xd.0.eax", "0x202e3"),)))
+    report = evaluate(subject)
+    keys = [f.sort_key() for f in report.findings]
+    assert keys == sorted(keys) and len(keys) >= 2
+    assert json.dumps(report.to_json()) == json.dumps(evaluate(subject).to_json())
+
+
+def test_explain_page_shows_the_failing_example_finding() -> None:
+    """The page of amx-tile-pair holds its check, the oops example's finding and references."""
+    page = render_rule("amx-tile-pair")
+    assert page.startswith("XS0108 amx-tile-pair (error, xcr0 family)\n")
+    assert "Check\n    xcr0 & xtile in [0, xtile]\n" in page
+    assert "0xD.0 EAX = 0x202e7" in page
+    assert "error: CPUID.(0xD,0) enumerates 0x20000 (tilecfg) without its AMX partner" in page
+    assert "Example that passes" in page and "References\n    - RULES-CATALOGUE.md" in page
+    assert render_rule("xs0108") == page
+
+
+def test_explain_json_and_every_rule_page() -> None:
+    """Every rule has a page; the JSON form lists examples with their findings."""
+    for rule in CATALOGUE:
+        assert render_rule(rule.id).startswith(f"{rule.id} {rule.name} ")
+    data = json.loads(render_rule("template-leaf-missing", fmt="json"))
+    assert data["id"] == "XS0401" and data["each"] == "missing_entries"
+    assert all(entry["finding"] for entry in data["examples"]["fail"])
+
+
+def test_explain_unknown_rule_is_an_input_error() -> None:
+    """An unknown id is a usage error naming the closest rule."""
+    with pytest.raises(InputError) as caught:
+        render_rule("amx-tile-pairs")
+    assert "did you mean amx-tile-pair?" in str(caught.value)
+    with pytest.raises(InputError):
+        render_rule("amx-tile-pair", fmt="sarif")
+
+
+def test_rules_listing_groups_by_family() -> None:
+    """`rules` lists every rule under its family; JSON gives one object per rule."""
+    text = render_catalogue()
+    assert text.index("\nlayout\n") < text.index("\nkvm\n")
+    assert "  XS0108  error    amx-tile-pair" in text
+    assert text.rstrip().endswith(f"{len(CATALOGUE)} rules; `xstate-check explain ID|NAME` "
+                                  "shows one rule's page.")
+    rows = json.loads(render_catalogue(fmt="json"))
+    assert len(rows) == len(CATALOGUE) and rows[0]["id"] == "XS0101"

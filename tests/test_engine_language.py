@@ -1,0 +1,180 @@
+"""The rule language: tokens, precedence, types, errors with carets, compiled evaluation."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xstate_check.cpuid import CpuidSet
+from xstate_check.engine.evaluator import compile_expression, constant_value, quick_condition
+from xstate_check.engine.loader import language_names
+from xstate_check.engine.parser import Node, Resolved, parse_expression
+from xstate_check.engine.tokenizer import RuleSyntaxError, tokenize
+from xstate_check.facts import Facts, Missing, valid_xcr0
+from xstate_check.hoststate import HostState
+from xstate_check.subject import Subject
+
+NAMES: dict[str, Resolved] = language_names()
+
+
+def parse(source: str) -> Node:
+    """Parse with the names every rule file can use."""
+    return parse_expression(source, NAMES.__getitem__, NAMES)
+
+
+def value_of(source: str, subject: Subject | None = None) -> object:
+    """Evaluate an expression on a subject (an empty guest table by default)."""
+    subject = subject or Subject("t", CpuidSet({}))
+    return compile_expression(parse(source))(Facts(subject))
+
+
+def error_of(source: str) -> str:
+    """Return the rendered syntax error of an expression."""
+    with pytest.raises(RuleSyntaxError) as caught:
+        parse(source)
+    return str(caught.value)
+
+
+def table(xcr0: int, **leaf7: int) -> Subject:
+    """A guest table with 0xD.0 EDX:EAX = xcr0 and leaf 7.0 registers as given."""
+    rows = [(0, 0, 0xD, 0, 0, 0), (0xD, 0, xcr0 & 0xFFFF_FFFF, 0x240, 0x340, xcr0 >> 32),
+            (7, 0, 0, leaf7.get("ebx", 0), leaf7.get("ecx", 0), leaf7.get("edx", 0))]
+    return Subject("t", CpuidSet.from_rows(rows))
+
+
+def test_unknown_name_is_rejected_with_a_suggestion_and_caret() -> None:
+    """A misspelt fact is an error at tokenizing, naming the closest fact, caret under it."""
+    assert error_of("xcr & tilecfg == 0") == (
+        "unknown name 'xcr' (did you mean 'xcr0'?)\n"
+        "    xcr & tilecfg == 0\n"
+        "    ~~^"
+    )
+
+
+def test_python_is_not_a_rule_language() -> None:
+    """Python builtins and attribute tricks are unknown names, never evaluated."""
+    assert "unknown name '__import__'" in error_of("__import__('os').system('true')")
+    assert "unexpected character" in error_of("xcr0 @ 1")
+    assert "unknown name 'xcr0.__class__'" in error_of("xcr0.__class__ == 0")
+
+
+def test_type_errors_point_at_the_operand() -> None:
+    """'and' on a mask is a type error drawn under the mask."""
+    assert error_of("xcr0 and XSAVE") == (
+        "'and' needs a condition, found a number or mask\n"
+        "    xcr0 and XSAVE\n"
+        "    ~~~^"
+    )
+
+
+def test_comparisons_do_not_chain() -> None:
+    """a == b == c is refused rather than read one way or the other."""
+    assert "comparisons do not chain" in error_of("xcr0 == 1 == 1")
+
+
+def test_unclosed_parenthesis_names_its_column() -> None:
+    """A missing ')' says which '(' it should close."""
+    message = error_of("(xcr0 & 1 == 1")
+    assert message.startswith("expected ')' to close the '(' at column 1, found the end")
+
+
+def test_function_arity_and_argument_type() -> None:
+    """Calls check their argument count and types; names that are not functions cannot be called."""
+    assert "std_size() takes 1 argument(s), found 2" in error_of("std_size(xcr0, xss) > 0")
+    assert "std_size() needs a number or mask, found a condition" in error_of("std_size(XSAVE) > 0")
+    assert "xcr0 is not a function" in error_of("xcr0(1) == 1")
+
+
+def test_in_needs_a_mask_or_list() -> None:
+    """'in' on a string right side is refused."""
+    assert "'in' needs a mask or a list on its right" in error_of("xcr0 in role")
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("1 | 2 & 3 == 3", True),           # & binds tighter than |, both tighter than ==
+    ("1 ^ 3 & 1 == 0", True),           # 1 ^ (3 & 1)
+    ("1 << 4 | 1 == 17", True),
+    ("2 * 3 + 1 == 7", True),
+    ("~0 == 0xffffffffffffffff", True),  # masks stay 64-bit
+    ("0x3 in 0x7", True),                # subset
+    ("0x9 in 0x7", False),
+    ("0x9 not in 0x7", True),
+    ("2 in [1, 2, 3]", True),
+    ("6.4 > 6.1", True),                 # versions compare as (major, minor)
+    ("6.10 > 6.9", True),
+    ("\"guest\" == 'guest'", True),
+    ("false => false => false", True),   # right-associative: false => (false => false)
+    ("not true or true", True),          # not binds tighter than or
+    ("true and false or true", True),
+    ("tilecfg | tiledata == xtile", True),
+    ("0b101 == 5", True),
+    ("1_000 == 1000", True),
+])
+def test_constant_expressions(source: str, expected: bool) -> None:
+    """Operators follow the documented precedence and meaning; constants fold at load."""
+    constant, value = constant_value(parse(source))
+    assert constant and value is expected
+
+
+def test_facts_are_read_from_the_subject() -> None:
+    """Facts, feature bits and functions evaluate on the subject's table."""
+    subject = table(0x602E7, edx=1 << 24)
+    assert value_of("xcr0 & xtile == xtile", subject) is True
+    assert value_of("AMX_TILE and not AVX512F", subject) is True
+    assert value_of("valid_xcr0(xcr0)", subject) is True
+    assert value_of("popcount(xcr0 & avx512) == 3", subject) is True
+
+
+def test_missing_facts_raise_missing() -> None:
+    """A host fact on a subject without HostState is Missing, not a value."""
+    with pytest.raises(Missing):
+        value_of("host.guest_permitted == 0")
+    hosted = Subject("t", CpuidSet({}), host=HostState(kernel_release="6.1.0"))
+    with pytest.raises(Missing):
+        value_of("host.guest_permitted == 0", hosted)
+    assert value_of("host.kernel < 6.4", hosted) is True
+
+
+@settings(max_examples=300, deadline=None)
+@given(mask=st.integers(0, (1 << 20) - 1) | st.sampled_from([1 << 63, 0x602E7 | 1 << 40]))
+def test_quick_conditions_match_the_full_test(mask: int) -> None:
+    """A rule's quick mask condition implies its full test (and equals it when exact)."""
+    from xstate_check.engine import load_catalogue
+
+    facts = Facts(table(mask))
+    for rule in load_catalogue().family("xcr0"):
+        quick = rule.compiled.quick
+        assert quick is not None and quick.name == "xcr0"
+        passes_quickly = mask & quick.mask in quick.values
+        try:
+            passes = bool(rule.compiled.test(facts))
+        except Missing:
+            continue
+        if passes_quickly:
+            assert passes, rule.name
+        if quick.exact:
+            assert passes_quickly == passes, rule.name
+
+
+def test_quick_condition_of_a_disjunction_is_exact() -> None:
+    """'xcr0 & avx512 == 0 or (avx512 | ymm) in xcr0' folds into one exact mask test."""
+    quick = quick_condition(parse("xcr0 & avx512 == 0 or (avx512 | ymm) in xcr0"))
+    assert quick is not None and quick.exact
+    assert (quick.name, quick.mask) == ("xcr0", 0xE4)
+    assert quick.values == frozenset({0x0, 0x4, 0xE4})
+
+
+def test_valid_xcr0_matches_the_xsetbv_rules() -> None:
+    """valid_xcr0 accepts the real enumerations and refuses each broken bundle."""
+    for good in (0x1, 0x3, 0x7, 0x1F, 0x2FF, 0x2E7, 0x602E7, 0x80207):
+        assert valid_xcr0(good), hex(good)
+    for bad in (0x0, 0x2, 0x5, 0xF, 0x67, 0xE3, 0x202E7, 0x402E7, 0x107, 0x8001F, 1 << 63 | 3):
+        assert not valid_xcr0(bad), hex(bad)
+
+
+def test_tokens_keep_their_positions() -> None:
+    """Tokens carry their offsets, for carets; whitespace is dropped; END closes the list."""
+    tokens = tokenize("xcr0  &  0x3", {"xcr0"})
+    assert [(t.kind, t.text, t.start) for t in tokens] == [
+        ("NAME", "xcr0", 0), ("OP", "&", 6), ("NUMBER", "0x3", 9), ("END", "", 12)]
