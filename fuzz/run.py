@@ -398,7 +398,7 @@ def _run_parallel(readers: Sequence[Reader], args: argparse.Namespace) -> list[S
 
 def _run_atheris(reader: Reader, args: argparse.Namespace) -> Stats:
     """Run one reader under atheris (coverage-guided), with this mutator as its custom one."""
-    import atheris  # noqa: PLC0415 - optional: only this mode needs it
+    import atheris
 
     atheris.instrument_all()  # coverage of every function loaded: xstate_check included
     mutator = mutator_for(reader, args.data)

@@ -178,3 +178,26 @@ def test_tokens_keep_their_positions() -> None:
     tokens = tokenize("xcr0  &  0x3", {"xcr0"})
     assert [(t.kind, t.text, t.start) for t in tokens] == [
         ("NAME", "xcr0", 0), ("OP", "&", 6), ("NUMBER", "0x3", 9), ("END", "", 12)]
+
+
+def test_deep_nesting_and_long_expressions_are_refused() -> None:
+    """Nesting and length limits keep parsing and compiling far from the recursion limit."""
+    assert error_of("(" * 40 + "xcr0" + ")" * 40 + " == 0").startswith(
+        "at most 32 levels of nesting")
+    assert error_of("not " * 40 + "XSAVE").startswith("at most 32 levels of nesting")
+    assert error_of(" | ".join(["xcr0"] * 300) + " == 0").startswith(
+        "a shorter expression (at most 512 tokens)")
+
+
+def test_numbers_are_at_most_64_bits() -> None:
+    """Literals beyond 64 bits (or with Python's digit limit in reach) are refused."""
+    assert error_of("xcr0 == 0x1" + "0" * 16).startswith("a number of at most 64 bits")
+    assert error_of("xcr0 == " + "9" * 5000).startswith("a number of at most 64 bits")
+    assert error_of("xcr0 == 0x_").startswith("a number: 0x")
+
+
+def test_shifts_stay_within_64_bits() -> None:
+    """A shift by a huge or negative count gives 0 instead of a huge number or an error."""
+    assert value_of("1 << 0xffffffff == 0") is True
+    assert value_of("1 << -1 == 0 and 8 >> 70 == 0") is True
+    assert value_of("(xcr0 | 1) << 0x7fffffff == 0", table(0x602E7)) is True

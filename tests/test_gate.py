@@ -419,3 +419,22 @@ def test_pre_commit_hooks_run_as_declared(repo: Path, monkeypatch: pytest.Monkey
     options = entries["xstate-check-gate-changes"].split()[1:]
     assert main([*options, "--format", "github", template]) == 1
     assert "::error file=cpu-templates/T2.json" in capsys.readouterr().out
+
+
+def test_example_templates_pass_and_the_broken_one_fails_where_amx_is() -> None:
+    """examples/templates pass the bundled fleet; masking TILEDATA alone fails on AMX hosts."""
+    good = run_gate(sorted((REPO / "examples" / "templates").glob("*.json")))
+    assert good.subjects and good.errors == [] and good.exit_code() == 0
+    path = REPO / "examples" / "broken" / "amx-half-masked.json"
+    line = _line_of(path.read_text(encoding="utf-8"), '"0bxxxxxxxxxxxxx0x')  # 0xD.0 EAX
+    broken = run_gate([path])
+    failing = {s.name for s in broken.subjects if any(f.severity == "error" for f in s.findings)}
+    with_tiledata = {
+        p.name for p in resolve_profiles(["builtin"]) if p.cpuid.get(0xD, 0).eax >> 18 & 1
+    }
+    assert failing == with_tiledata and len(with_tiledata) >= 5
+    for subject in broken.subjects:
+        for finding in subject.findings:
+            if finding.severity == "error":
+                assert finding.name == "amx-tile-pair"
+                assert finding.location is not None and finding.location.line == line

@@ -27,20 +27,26 @@ REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 #: A child that has not finished by then is stuck: a hang guard, not a speed target.
 HANG_GUARD = 120
+#: Refusing a FIFO takes no reading at all; a child still waiting after this is blocked.
+FIFO_GUARD = 20
 #: Peak resident memory a child may reach reading a file at the size limit: the
 #: interpreter and the package (about 40 MiB) plus a dozen copies of the input.
 MEMORY_BOUND = 40 * MIB + 12 * MAX_INPUT_BYTES
 
-# Each reader, called on a path in a child process; it prints the outcome as one JSON line:
-# {"error": type name, "expected": InputError.expected, "maxrss": peak KiB}.
+# Each reader, called on a path in a child process limited to 2 GiB of address space; it
+# prints the outcome as one JSON line:
+# {"error": type name, "expected": InputError.expected, "maxrss": peak resident KiB}.
 READERS = {
     "load_cpuid": "from xstate_check.sources.load import load_cpuid as read",
     "load_template": "from xstate_check.template import load_template as read",
     "load_firecracker": "from xstate_check.sources.firecracker import load_firecracker as read",
+    "load_catalogue": "from xstate_check.engine import load_catalogue\n"
+                      "def read(path): return load_catalogue([path])",
 }
 CHILD = textwrap.dedent(
     """
     import json, resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a runaway fails, not the machine
     {import_line}
     outcome = {{"error": None, "expected": None}}
     try:
@@ -48,23 +54,26 @@ CHILD = textwrap.dedent(
     except Exception as error:  # reported to the parent, which judges it
         outcome["error"] = type(error).__name__
         outcome["expected"] = getattr(error, "expected", str(error))
-    outcome["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak into ru_maxrss.
+    with open("/proc/self/status") as status:
+        peak = next(line for line in status if line.startswith("VmHWM:"))
+    outcome["maxrss"] = int(peak.split()[1])
     print(json.dumps(outcome))
     """
 )
 
 
-def _in_child(reader: str, path: Path | str) -> dict[str, object]:
+def _in_child(reader: str, path: Path | str, guard: int = HANG_GUARD) -> dict[str, object]:
     """Run one reader on ``path`` in a fresh interpreter and return its outcome."""
     code = CHILD.format(import_line=READERS[reader])
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     try:
         done = subprocess.run(
             [sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-            timeout=HANG_GUARD, env=env, check=False,
+            timeout=guard, env=env, check=False,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{reader}({path}) blocked: no answer after {HANG_GUARD} s")
+        pytest.fail(f"{reader}({path}) blocked: no answer after {guard} s")
     assert done.returncode == 0, done.stderr
     outcome: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
     return outcome
@@ -114,7 +123,7 @@ def test_dev_zero_is_refused(reader: str) -> None:
 @pytest.mark.parametrize("reader", sorted(READERS))
 def test_a_fifo_without_writer_is_refused_without_blocking(reader: str, fifo: Path) -> None:
     """A FIFO nobody writes to is refused at once; opening it must not wait for a writer."""
-    outcome = _in_child(reader, fifo)
+    outcome = _in_child(reader, fifo, FIFO_GUARD)
     assert outcome["error"] == "InputError", outcome
 
 
@@ -188,15 +197,15 @@ def test_pathological_files_at_the_limit_end_in_bounded_memory(
 # ----------------------------------------------------------------------------- the CLI
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+def _cli(*argv: str, guard: int = HANG_GUARD) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     try:
         return subprocess.run(
             [sys.executable, "-m", "xstate_check", *argv], capture_output=True, text=True,
-            timeout=HANG_GUARD, env=env, check=False, stdin=subprocess.DEVNULL,
+            timeout=guard, env=env, check=False, stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"xstate-check {' '.join(argv)} blocked: no answer after {HANG_GUARD} s")
+        pytest.fail(f"xstate-check {' '.join(argv)} blocked: no answer after {guard} s")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "sparse-gigabyte"])
@@ -219,7 +228,7 @@ def test_cli_refuses_special_files_with_exit_2(
     argv = ["check", str(special)]
     if role == "template":
         argv = ["check", str(source), "-t", str(special)]
-    done = _cli(*argv)
+    done = _cli(*argv, guard=FIFO_GUARD if kind == "fifo" else HANG_GUARD)
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert done.stderr.startswith(f"xstate-check: {special}")

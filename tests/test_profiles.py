@@ -160,8 +160,8 @@ def test_render_profiles_json_is_the_index() -> None:
     assert document["schema"] == INDEX_SCHEMA
     assert [entry["name"] for entry in document["profiles"]] == NAMES
     assert "BSD" in document["notices"]["libcpuid"]
-    with pytest.raises(ValueError, match="text or json"):
-        render_profiles("xml")
+    with pytest.raises(InputError, match="expected text or json"):
+        render_profiles("sarif")
 
 
 def test_profiles_command_lists_them() -> None:

@@ -182,6 +182,15 @@ def test_child_message_round_trip() -> None:
         decode_child_result(b"", "c")
 
 
+@pytest.mark.parametrize("cut", [1, 3, 5, 6, 9])
+def test_child_message_cut_short_is_never_read_as_whole(cut: int) -> None:
+    """A message cut anywhere (a child killed while writing) is an error, not a shorter body."""
+    message = encode_child_result(lambda: b"12345678")
+    assert len(message) == 1 + 4 + 8
+    with pytest.raises(RuntimeError, match="cut short"):
+        decode_child_result(message[:cut], "c")
+
+
 def test_fake_xgetbv_without_osxsave_is_sigill() -> None:
     """The fake refuses XGETBV where a real CPU raises #UD (the process would die)."""
     fake = FakeSystem.sapphire_rapids()

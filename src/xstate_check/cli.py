@@ -226,7 +226,10 @@ def _build_parser() -> _Parser:
     add("check", _cmd_check, "check a CPUID source, after an optional template", [source])
 
     gate = add("gate", _cmd_gate, "check templates on every matching CPU profile (the CI gate)")
-    gate.add_argument("templates", nargs="+", metavar="TEMPLATE", help="template files")
+    gate.add_argument(
+        "templates", nargs="*", metavar="TEMPLATE",
+        help="template files (may be left out when --matrix names them)",
+    )
     gate.add_argument(
         "--profiles", nargs="+", default=["builtin"], metavar="P",
         help="'builtin', profile:NAME, or CPUID files/folders (default: builtin)",

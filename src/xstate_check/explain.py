@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import textwrap
+from pathlib import Path
 
 from xstate_check.engine.catalogue import FAMILIES, Catalogue, Rule
 from xstate_check.engine.evaluate import evaluate_rules
@@ -61,7 +62,7 @@ def rule_page(rule: Rule) -> dict[str, object]:
                      for example in rule.fails],
             "pass": [{"example": describe(example)} for example in rule.passes],
         },
-        "defined_at": str(rule.location),
+        "defined_at": f"rules/{Path(rule.location.path).name}:{rule.location.line}",
     }
 
 
@@ -76,14 +77,18 @@ def _paragraph(text: str, indent: str = _INDENT) -> str:
 def _rule_text(rule: Rule) -> str:
     page = rule_page(rule)
     lines = [f"{rule.id} {rule.name} ({rule.severity}, {rule.family} family)",
-             textwrap.fill(rule.summary, _WIDTH), "", "Check"]
-    lines.append(_INDENT + rule.check)
+             textwrap.fill(rule.summary, _WIDTH)]
+    if rule.explanation:
+        lines += ["", "Problem", _paragraph(rule.explanation)]
+    lines += ["", "Check"]
+    if rule.each and rule.check == "false":
+        lines.append(_INDENT + f"every item of {rule.each} is a finding")
+    else:
+        lines.append(_INDENT + rule.check)
+        if rule.each:
+            lines.append(_INDENT + f"for each item of {rule.each}")
     if rule.applies:
         lines.append(_INDENT + f"applies when: {rule.applies}")
-    if rule.each:
-        lines.append(_INDENT + f"for each item of: {rule.each}")
-    if rule.explanation:
-        lines += ["", "Why", _paragraph(rule.explanation)]
     examples = page["examples"]
     assert isinstance(examples, dict)
     for entry in examples["fail"]:
@@ -92,13 +97,14 @@ def _rule_text(rule: Rule) -> str:
             lines.append(_paragraph(f"{rule.severity}: {entry['finding']}", _INDENT * 2))
     for entry in examples["pass"]:
         lines += ["", "Example that passes", _paragraph(entry["example"])]
-    lines += ["", "What happens", _paragraph(rule.consequence), "", "Fix", _paragraph(rule.fix)]
+    lines += ["", "Why it matters", _paragraph(rule.consequence), "", "Fix",
+              _paragraph(rule.fix)]
     if rule.references:
         lines += ["", "References"]
         lines += [textwrap.fill(reference, _WIDTH, initial_indent=_INDENT + "- ",
                                 subsequent_indent=_INDENT + "  ")
                   for reference in rule.references]
-    lines += ["", f"Defined in {rule.location}"]
+    lines += ["", f"Defined in {page['defined_at']}"]
     return "\n".join(lines) + "\n"
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
-import attrs
-
 from xstate_check.cpuid import FEATURES, INDEXED_LEAVES, CpuidSet, Registers
 from xstate_check.errors import Location
 from xstate_check.layout import LEGACY_AND_HEADER
@@ -36,6 +34,7 @@ __all__ = [
     "CONSTANTS",
     "FACTS",
     "FUNCTIONS",
+    "ITEM_FIELDS",
     "BitRef",
     "Components",
     "EntryItem",
@@ -63,8 +62,6 @@ FP_SSE_MASK = 0x3
 BIT63 = 1 << 63
 KNOWN_MASK = sum(x.mask for x in XFEATURES.values())
 USER_MASK = KNOWN_MASK & ~SUPERVISOR_MASK
-#: The size of Linux's ``init_fpstate`` register buffer (one page), LNX-08.
-INIT_FPSTATE_SIZE = 4096
 
 
 class Missing(Exception):  # noqa: N818 - a signal that a fact is absent, not an error
@@ -85,15 +82,14 @@ ITEM_FIELDS: dict[str, Kind] = {"leaf": "int", "subleaf": "int"}
 SourceSpec = tuple[BitRef, ...] | Callable[["Facts", object], Iterable[BitRef]]
 
 
-@attrs.frozen
-class FactSpec:
+class FactSpec(NamedTuple):
     """One named fact: kind, meaning, how it is computed, which CPUID bits it reads."""
 
     name: str
     kind: Kind
     doc: str
-    compute: Callable[[Facts], object] = attrs.field(repr=False)
-    sources: SourceSpec = attrs.field(default=(), repr=False)
+    compute: Callable[[Facts], object]
+    sources: SourceSpec = ()
 
     def bit_refs(self, facts: Facts, value: object) -> Iterable[BitRef]:
         """Return the CPUID bits this fact's value came from, on one subject."""
@@ -102,16 +98,15 @@ class FactSpec:
         return self.sources
 
 
-@attrs.frozen
-class FunctionSpec:
+class FunctionSpec(NamedTuple):
     """A function a rule can call: argument kinds, result kind, implementation."""
 
     name: str
     args: tuple[Kind, ...]
     kind: Kind
     doc: str
-    call: Callable[..., object] = attrs.field(repr=False)
-    sources: Callable[[Facts], Iterable[BitRef]] | None = attrs.field(default=None, repr=False)
+    call: Callable[..., object]
+    sources: Callable[[Facts], Iterable[BitRef]] | None = None
 
 
 class Facts(dict[str, Any]):

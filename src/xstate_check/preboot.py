@@ -199,7 +199,7 @@ def check_host(
     if loaded is not None and kvm is False:
         raise InputError(
             Location(loaded.path),
-            "KVM's supported CPUID to apply this template to, but KVM was skipped (--no-kvm)",
+            "a template applies to KVM's supported CPUID, which --no-kvm skips: drop one of them",
         )
     state = probe(
         system,

@@ -29,15 +29,28 @@ Evaluator = Callable[[Facts], Any]
 
 _MASK64 = (1 << 64) - 1
 
+def _shift_left(value: int, count: int) -> int:
+    """Shift within 64 bits: masks are 64-bit, and a huge count must not build a huge int."""
+    return (value << count) & _MASK64 if 0 <= count < 64 else 0
+
+
+def _shift_right(value: int, count: int) -> int:
+    return value >> count if 0 <= count < 64 else 0
+
+
+def _multiply(left: int, right: int) -> int:
+    return (left * right) & _MASK64
+
+
 _INT_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "|": operator.or_,
     "^": operator.xor,
     "&": operator.and_,
-    "<<": operator.lshift,
-    ">>": operator.rshift,
+    "<<": _shift_left,
+    ">>": _shift_right,
     "+": operator.add,
     "-": operator.sub,
-    "*": operator.mul,
+    "*": _multiply,
 }
 _COMPARE_OPS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq,

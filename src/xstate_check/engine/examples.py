@@ -30,7 +30,9 @@ __all__ = [
     "Example",
     "ExampleError",
     "apply_edits",
+    "base_table",
     "build_subject",
+    "check_host_value",
     "describe",
     "parse_edit",
     "parse_key",
@@ -139,14 +141,31 @@ BASES: dict[str, tuple[tuple[tuple[int, int, int, int, int, int], ...], Role, st
                     "(Firecracker fingerprint)"),
 }
 
-#: The host facts an example can give; masks are hex strings, ``kernel`` a release string.
+#: The host facts an example can give; masks are hex strings, ``kernel`` a release string,
+#: ``permission_requested`` "true" or "false".
 HOST_KEYS = (
     "kernel", "supported", "permitted", "guest_permitted", "xcr0", "kvm_guest_supported",
     "kvm_xcr0", "kvm_xcr0_permitted", "kvm_xss", "cpuid_xcr0", "permission_requested",
 )
 
-_KEY = re.compile(r"(0x[0-9a-fA-F]+|\d+)\.(0x[0-9a-fA-F]+|\d+)(?:\.(eax|ebx|ecx|edx))?")
-_EDIT = re.compile(r"([+-])bit(\d+)")
+_KEY = re.compile(r"(0x[0-9a-fA-F]{1,8}|\d{1,10})\.(0x[0-9a-fA-F]{1,8}|\d{1,10})"
+                  r"(?:\.(eax|ebx|ecx|edx))?")
+_EDIT = re.compile(r"([+-])bit(\d{1,2})")
+
+
+_HOST_MASK = re.compile(r"0x[0-9a-fA-F]{1,16}|\d{1,19}")
+
+
+def check_host_value(key: str, value: str) -> None:
+    """Raise ExampleError unless ``value`` suits the host fact ``key``."""
+    if key == "kernel":
+        if not re.fullmatch(r"\d{1,3}\.\d{1,3}[\w.+-]{0,60}", value):
+            raise ExampleError(f"kernel = a release such as \"6.1.0\", not {value!r}")
+    elif key == "permission_requested":
+        if value not in ("true", "false"):
+            raise ExampleError("permission_requested = \"true\" or \"false\"")
+    elif not _HOST_MASK.fullmatch(value):
+        raise ExampleError(f"{key} = a mask such as \"0x602e7\", not {value!r}")
 
 
 class ExampleError(ValueError):
@@ -179,8 +198,11 @@ def parse_key(key: str) -> tuple[int, int, str | None]:
 def parse_edit(edit: str) -> tuple[int | None, int, int]:
     """Return (new value or None, bits to set, bits to clear) of one register edit."""
     text = edit.strip()
-    if re.fullmatch(r"0x[0-9a-fA-F_]+|0b[01_]+|\d+", text):
-        value = int(text.replace("_", ""), 0)
+    if re.fullmatch(r"0x[0-9a-fA-F_]{1,16}|0b[01_]{1,64}|\d{1,10}", text):
+        try:
+            value = int(text.replace("_", ""), 0)
+        except ValueError:
+            raise ExampleError(f"a register value such as \"0x202e7\", not {edit!r}") from None
         if value >> 32:
             raise ExampleError(f"a 32-bit register value, not {edit!r}")
         return value, 0, 0
@@ -289,7 +311,7 @@ def build_subject(example: Example, name: str = "example") -> Subject:
         provenance = dict(guest.provenance)
         for index, (key, value) in enumerate(example.flags):
             leaf, subleaf, _ = parse_key(key)
-            flags[(leaf, subleaf)] = int(value, 0)
+            flags[(leaf, subleaf)] = int(value)
             line = Location(EXAMPLE_TEMPLATE, 50 + index)
             for bit in range(32):
                 provenance.setdefault((leaf, subleaf, "eax", bit), line)
@@ -328,7 +350,7 @@ def describe(example: Example) -> str:
     if example.cpuid:
         text += f", with {_edits_text(example.cpuid)}"
     if example.template:
-        text += f", after a template that sets {_edits_text(example.template)}"
+        text += f", after a template that changes {_edits_text(example.template)}"
     if example.flags:
         flags = ", ".join(f"{key} = {value}" for key, value in example.flags)
         text += f", after a template that sets the KVM flags of {flags}"

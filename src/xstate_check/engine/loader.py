@@ -29,6 +29,7 @@ from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
 from xstate_check.errors import InputError, Location
 from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind, needs_of
 from xstate_check.report import SEVERITIES
+from xstate_check.sources.load import read_text
 
 __all__ = [
     "FILE_KEYS",
@@ -56,8 +57,8 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _ID = re.compile(r"XS(\d\d)(\d\d)")
 _NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _LET_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-_BITS = re.compile(r"(0x[0-9a-fA-F]+|\d+)\.(0x[0-9a-fA-F]+|\d+)\.(eax|ebx|ecx|edx)"
-                   r"(?::(\d+)(?:-(\d+))?)?")
+_BITS = re.compile(r"(0x[0-9a-fA-F]{1,8}|\d{1,10})\.(0x[0-9a-fA-F]{1,8}|\d{1,10})"
+                   r"\.(eax|ebx|ecx|edx)(?::(\d{1,2})(?:-(\d{1,2}))?)?")
 _TYPE_KINDS: dict[str, Kind] = {"int": "mask", "bool": "bool", "str": "str",
                                 "version": "version", "list:int": "sizes"}
 
@@ -404,6 +405,10 @@ class _RuleReader:
                 fail("host", f"host facts among {', '.join(examples.HOST_KEYS)}, not {host_key!r}")
             if not isinstance(host_value, str):
                 fail("host", f"{host_key} = \"a string\" (masks in hex)")
+            try:
+                examples.check_host_value(host_key, host_value)
+            except examples.ExampleError as error:
+                fail("host", str(error))
         missing = table.get("missing", [])
         if not isinstance(missing, list) or not all(isinstance(m, str) for m in missing):
             fail("missing", "missing = [\"0xd.0x11\", …]")
@@ -434,7 +439,8 @@ class _RuleReader:
         for key, flags in value.items():
             try:
                 _, _, register = examples.parse_key(key)
-                valid = register is None and isinstance(flags, str) and flags.strip().isdigit()
+                valid = (register is None and isinstance(flags, str)
+                         and re.fullmatch(r"\d{1,10}", flags) is not None)
             except examples.ExampleError:
                 valid = False
             if not valid:
@@ -517,10 +523,8 @@ def load_rule_files(paths: Sequence[Path], read: Callable[[Path], str] | None = 
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
     for path in paths:
-        try:
-            text = read(path) if read else path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(Location(str(path)), f"a readable UTF-8 rule file ({error})") from None
+        # Regular files of bounded size only: a FIFO or /dev/zero must not hang the loader.
+        text = read(path) if read else read_text(path)
         for rule in load_rule_text(text, str(path)):
             for key in (rule.id, rule.name):
                 if key in seen:

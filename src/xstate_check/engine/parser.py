@@ -19,9 +19,7 @@ membership.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import NoReturn
-
-import attrs
+from typing import NamedTuple, NoReturn
 
 from xstate_check.engine.tokenizer import RuleSyntaxError, Token, tokenize
 
@@ -40,11 +38,9 @@ __all__ = [
 
 Span = tuple[int, int]
 
-#: What a name stands for: its role (``fact``, ``constant``, ``function``, ``let``, ``item``),
-#: its type in the language and, for calls, the argument types.
-@attrs.frozen
-class Resolved:
-    """The meaning of one name in an expression."""
+class Resolved(NamedTuple):
+    """The meaning of one name: its role (``fact``, ``constant``, ``function``, ``let``,
+    ``item``), its type in the language and, for calls, the argument types."""
 
     role: str
     type: str
@@ -52,8 +48,7 @@ class Resolved:
     value: object = None
 
 
-@attrs.frozen
-class Literal:
+class Literal(NamedTuple):
     """A constant: a number, version, string, boolean, or an xfeature constant folded in."""
 
     value: object
@@ -61,8 +56,7 @@ class Literal:
     span: Span
 
 
-@attrs.frozen
-class Name:
+class Name(NamedTuple):
     """A fact, a ``let`` binding or an ``item`` field, read when the rule is evaluated."""
 
     name: str
@@ -71,8 +65,7 @@ class Name:
     span: Span
 
 
-@attrs.frozen
-class Call:
+class Call(NamedTuple):
     """A call of a function from the fixed table in ``facts.FUNCTIONS``."""
 
     name: str
@@ -81,8 +74,7 @@ class Call:
     span: Span
 
 
-@attrs.frozen
-class Unary:
+class Unary(NamedTuple):
     """``not x``, ``~x`` or ``-x``."""
 
     op: str
@@ -91,8 +83,7 @@ class Unary:
     span: Span
 
 
-@attrs.frozen
-class Binary:
+class Binary(NamedTuple):
     """A boolean (``and``, ``or``, ``=>``) or integer (``| ^ & << >> + - *``) operation."""
 
     op: str
@@ -102,8 +93,7 @@ class Binary:
     span: Span
 
 
-@attrs.frozen
-class Compare:
+class Compare(NamedTuple):
     """A comparison (``== != < <= > >=``) or membership (``in``, ``not in``); a bool."""
 
     op: str
@@ -113,8 +103,7 @@ class Compare:
     type: str = "bool"
 
 
-@attrs.frozen
-class ListExpr:
+class ListExpr(NamedTuple):
     """A list literal ``[a, b, …]`` whose items share one type."""
 
     items: tuple[Node, ...]
@@ -124,8 +113,11 @@ class ListExpr:
 
 Node = Literal | Name | Call | Unary | Binary | Compare | ListExpr
 
-_INT_OPS = {"|", "^", "&", "<<", ">>", "+", "-", "*"}
 _ORDERED = {"int", "version"}
+#: Limits that keep parsing and compiling well inside Python's recursion limit; the rules
+#: shipped use a tenth of them.
+MAX_TOKENS = 512
+MAX_NESTING = 32
 
 
 class _Parser:
@@ -134,6 +126,15 @@ class _Parser:
         self.resolve = resolve
         self.tokens = tokenize(source, names)
         self.index = 0
+        self.depth = 0
+        if len(self.tokens) > MAX_TOKENS:
+            self.fail(f"a shorter expression (at most {MAX_TOKENS} tokens)",
+                      self.tokens[MAX_TOKENS])
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            self.fail(f"at most {MAX_NESTING} levels of nesting", self.token)
 
     # --- token helpers -------------------------------------------------------------------
 
@@ -176,13 +177,15 @@ class _Parser:
 
     def _parse_implication(self) -> Node:
         """implication = disjunction ( "=>" implication )?"""
+        self.nest()
         left = self._parse_disjunction()
         if self.check("OP", "=>"):
             self.read()
             right = self._parse_implication()
             self.want(left, "bool", "'=>'")
             self.want(right, "bool", "'=>'")
-            return Binary("=>", left, right, "bool", (left.span[0], right.span[1]))
+            left = Binary("=>", left, right, "bool", (left.span[0], right.span[1]))
+        self.depth -= 1
         return left
 
     def _parse_disjunction(self) -> Node:
@@ -211,7 +214,9 @@ class _Parser:
         """negation = "not" negation | comparison"""
         if self.check("KEYWORD", "not"):
             start = self.read().start
+            self.nest()
             operand = self._parse_negation()
+            self.depth -= 1
             self.want(operand, "bool", "'not'")
             return Unary("not", operand, "bool", (start, operand.span[1]))
         return self._parse_comparison()
@@ -291,7 +296,9 @@ class _Parser:
         """unary = ("~" | "-") unary | primary"""
         if self.check("OP", "~", "-"):
             token = self.read()
+            self.nest()
             operand = self._parse_unary()
+            self.depth -= 1
             self.want(operand, "int", f"'{token.text}'")
             return Unary(token.text, operand, "int", (token.start, operand.span[1]))
         return self._parse_primary()
@@ -303,7 +310,16 @@ class _Parser:
         token = self.token
         if token.kind == "NUMBER":
             self.read()
-            return Literal(int(token.text.replace("_", ""), 0), "int", (token.start, token.end))
+            digits = token.text.replace("_", "")
+            if len(digits) > 66 or (digits.isdigit() and len(digits) > 20):
+                self.fail("a number of at most 64 bits", token)
+            try:
+                value = int(digits, 0)
+            except ValueError:
+                self.fail("a number: 0x… hex, 0b… binary or decimal", token)
+            if value >> 64:
+                self.fail("a number of at most 64 bits", token)
+            return Literal(value, "int", (token.start, token.end))
         if token.kind == "VERSION":
             self.read()
             major, minor = token.text.split(".")
@@ -323,7 +339,7 @@ class _Parser:
             node = self._parse_implication()
             close = self.expect("RPAREN", None, "')' to close the '(' at column "
                                 f"{token.start + 1}")
-            return attrs.evolve(node, span=(token.start, close.end))
+            return node._replace(span=(token.start, close.end))
         self.fail("expected a number, name, '(' or '['", token)
 
     def _parse_name(self) -> Node:
@@ -356,6 +372,7 @@ class _Parser:
     def _parse_list(self) -> Node:
         """list = "[" ( bit_or ( "," bit_or )* )? "]" """
         start = self.read().start
+        self.nest()
         items: list[Node] = []
         if not self.check("RBRACKET"):
             items.append(self._parse_bit_or())
@@ -363,6 +380,7 @@ class _Parser:
                 self.read()
                 items.append(self._parse_bit_or())
         end = self.expect("RBRACKET", None, "',' or ']'").end
+        self.depth -= 1
         if not items:
             self.fail("an empty list matches nothing", (start, end))
         for item in items[1:]:

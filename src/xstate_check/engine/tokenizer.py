@@ -47,7 +47,7 @@ KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false"})
 #: Token kinds in the order they are tried; the first that matches wins.
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("WS", re.compile(r"[ \t\r\n]+")),
-    ("VERSION", re.compile(r"\d+\.\d+(?![\w.])")),
+    ("VERSION", re.compile(r"\d{1,4}\.\d{1,4}(?![\w.])")),
     ("NUMBER", re.compile(r"0[xX][0-9a-fA-F_]+|0[bB][01_]+|\d[\d_]*(?![\w.])")),
     ("STRING", re.compile(r'"[^"\\\n]*"|\'[^\'\\\n]*\'')),
     ("NAME", re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")),

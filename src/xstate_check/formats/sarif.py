@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,40 +24,33 @@ __all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "render_sarif"]
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-_INFORMATION_URI = "https://pypi.org/project/xstate-check/"
 _FINGERPRINT_KEY = "xstateCheckFinding/v1"
 _SRCROOT = "%SRCROOT%"
 _LEVELS: dict[Severity, str] = {"error": "error", "warning": "warning", "info": "note"}
 
 
-def _text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Iterable):
-        return "\n".join(f"- {item}" for item in value)
-    return str(value)
-
-
 def _rule_descriptor(rule: Rule) -> dict[str, object]:
-    summary = str(rule.summary).strip()
-    consequence = str(rule.consequence).strip()
-    fix = str(rule.fix).strip()
-    references = [str(item) for item in (rule.references or ())]
-    help_text = f"{summary}\n\nConsequence: {consequence}\n\nFix: {fix}"
-    help_markdown = f"{summary}\n\n**Consequence:** {consequence}\n\n**Fix:** {fix}"
+    summary = rule.summary.strip()
+    explanation = rule.explanation.strip() or summary
+    consequence = rule.consequence.strip()
+    fix = rule.fix.strip()
+    references = list(rule.references)
+    help_text = f"{explanation}\n\nConsequence: {consequence}\n\nFix: {fix}"
+    help_markdown = f"{explanation}\n\n**Consequence:** {consequence}\n\n**Fix:** {fix}"
     if references:
-        help_text += "\n\nReferences:\n" + _text(references)
-        help_markdown += "\n\n**References:**\n\n" + _text(references)
+        listed = "\n".join(f"- {reference}" for reference in references)
+        help_text += "\n\nReferences:\n" + listed
+        help_markdown += "\n\n**References:**\n\n" + listed
     help_text += f"\n\nMore: xstate-check explain {rule.id}"
     help_markdown += f"\n\nMore: `xstate-check explain {rule.id}`"
     return {
-        "id": str(rule.id),
-        "name": str(rule.name),
+        "id": rule.id,
+        "name": rule.name,
         "shortDescription": {"text": summary},
-        "fullDescription": {"text": f"{summary} {consequence}"},
+        "fullDescription": {"text": explanation},
         "help": {"text": help_text, "markdown": help_markdown},
         "defaultConfiguration": {"level": _LEVELS[rule.severity]},
-        "properties": {"tags": ["xsave", "cpuid"], "precision": "very-high"},
+        "properties": {"tags": ["xsave", rule.family], "precision": "very-high"},
     }
 
 
@@ -146,7 +138,6 @@ def render_sarif(report: Report, *, root: str | Path | None = None) -> str:
             "driver": {
                 "name": "xstate-check",
                 "version": __version__,
-                "informationUri": _INFORMATION_URI,
                 "rules": descriptors,
             }
         },

@@ -162,7 +162,7 @@ def render_profiles(fmt: str = "text") -> str:
         }
         return json.dumps(document, indent=2) + "\n"
     if fmt != "text":
-        raise ValueError(f"profiles are listed as text or json, not {fmt!r}")
+        raise InputError(Location("--format"), f"expected text or json for profiles, not {fmt}")
     width = max((len(info.name) for info in infos), default=4)
     lines = [f"{'NAME':<{width}}  ROLE   VENDOR        KERNEL  MODEL"]
     for info in infos:
