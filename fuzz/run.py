@@ -19,7 +19,6 @@ hang, and the campaign goes on from the next input.
 from __future__ import annotations
 
 import argparse
-import atexit
 import multiprocessing
 import os
 import random
@@ -421,6 +420,12 @@ def _run_atheris(reader: Reader, args: argparse.Namespace) -> Stats:
                 args.out, reader, seed=args.seed, index=stats.tried, data=data, kind=kind,
                 report="".join(traceback.format_exception(error)),
             )
+        if stats.tried >= args.inputs:
+            # libFuzzer ends the process without Python's exit handlers: report now.
+            stats.seconds = time.perf_counter() - began
+            _print_table([stats], args)
+            sys.stdout.flush()
+            os._exit(1 if stats.failed else 0)
 
     def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
         rng = random.Random(seed)
@@ -428,12 +433,7 @@ def _run_atheris(reader: Reader, args: argparse.Namespace) -> Stats:
             return bytes(atheris.Mutate(data, max_size))
         return mutator.mutate(rng, data)[:max_size]
 
-    def report() -> None:
-        stats.seconds = time.perf_counter() - began
-        _print_table([stats], args)
-
-    atexit.register(report)
-    argv = [sys.argv[0], f"-runs={args.inputs}", "-max_len=1048576", f"-seed={args.seed + 1}",
+    argv = [sys.argv[0], "-max_len=1048576", f"-seed={args.seed + 1}",
             f"-timeout={int(args.time_limit) + 1}", "-rss_limit_mb=3072", str(corpus)]
     atheris.Setup(argv, test_one_input, custom_mutator=custom_mutator)
     atheris.Fuzz()

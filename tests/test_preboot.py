@@ -285,11 +285,6 @@ def test_real_host_command_leaves_guest_permission_unchanged() -> None:
     assert int(out[2]) >= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules dynamic-needs-guest-permission and guest-within-kvm-supported also apply "
-    "to the host's own CPUID (role cpu); they need applies = role == \"guest\"",
-)
 @pytest.mark.parametrize("release", ["5.10.0", "6.8.0"])
 def test_healthy_host_cpu_has_no_guest_errors(release: str) -> None:
     """The host's own CPUID (role cpu) is not a guest table: guest-only rules stay silent."""

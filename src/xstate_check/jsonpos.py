@@ -21,7 +21,7 @@ from xstate_check.errors import InputError, Location
 __all__ = ["MAX_DEPTH", "MAX_FILE_SIZE", "Node", "error_at", "parse", "read_text"]
 
 #: Files larger than this are refused before they are parsed (16 MiB).
-MAX_FILE_SIZE = 16 * 1024 * 1024
+MAX_FILE_SIZE = 16 * 1024 * 1024  # the same limit as sources.load.MAX_INPUT_BYTES
 
 #: serde_json's recursion limit: deeper nesting is refused.
 MAX_DEPTH = 128
@@ -137,26 +137,11 @@ def error_at(text: str, path: str, offset: int, end: int | None, expected: str) 
     )
 
 
-def read_text(path: str | os.PathLike[str], what: str = "a JSON file") -> str:
-    """Read a UTF-8 text file of at most MAX_FILE_SIZE bytes; any failure is an InputError."""
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as handle:
-            data = handle.read(MAX_FILE_SIZE + 1)
-    except OSError as error:
-        raise InputError(
-            Location(name), f"expected {what} that can be read ({error.strerror or error})"
-        ) from None
-    if len(data) > MAX_FILE_SIZE:
-        raise InputError(Location(name), f"expected {what} of at most 16 MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        raise InputError(
-            Location(name, line, column), f"expected UTF-8 text in {what} (byte {error.start})"
-        ) from None
+def read_text(path: str | os.PathLike[str]) -> str:
+    """Read a JSON file with the CPUID loader's limits: a regular file of at most 16 MiB."""
+    from xstate_check.sources.load import read_text as read_limited
+
+    return read_limited(os.fspath(path))
 
 
 def parse(text: str, path: str, *, allow_duplicates: bool = False) -> Node:

@@ -143,7 +143,7 @@ def parse_template(text: str, path: str) -> Template:
 def load_template(path: str | os.PathLike[str]) -> Template:
     """Read and parse a template file (at most 16 MiB of UTF-8); errors are InputError."""
     name = os.fspath(path)
-    return parse_template(jsonpos.read_text(name, "a CPU template file"), name)
+    return parse_template(jsonpos.read_text(name), name)
 
 
 def template_from_node(node: Node, text: str, path: str) -> Template:

@@ -43,7 +43,7 @@ def is_firecracker_json(text: str) -> bool:
 def load_firecracker(path: str | os.PathLike[str]) -> CpuidSet:
     """Read a fingerprint or template dump file (at most 16 MiB); errors are InputError."""
     name = os.fspath(path)
-    return read_firecracker(jsonpos.read_text(name, "a Firecracker JSON file"), name)
+    return read_firecracker(jsonpos.read_text(name), name)
 
 
 def read_firecracker(text: str, path: str) -> CpuidSet:
