@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
-    from xstate_check.layout import XsaveLayout  # noqa: PLC0415 (after the sys.path fallback)
-    from xstate_check.sources.dumps import read_aida64  # noqa: PLC0415
-    from xstate_check.sources.load import load_cpuid  # noqa: PLC0415
-    from xstate_check.sources.ownjson import read_cpuid_json, to_json_text  # noqa: PLC0415
+    from xstate_check.layout import XsaveLayout
+    from xstate_check.sources.dumps import read_aida64
+    from xstate_check.sources.load import load_cpuid
+    from xstate_check.sources.ownjson import read_cpuid_json, to_json_text
 
     path = str(args.dump)
     text = args.dump.read_text()

@@ -16,6 +16,7 @@ __all__ = [
     "REGISTERS",
     "CpuidSet",
     "FeatureBit",
+    "Provenance",
     "Registers",
 ]
 
@@ -82,10 +83,88 @@ def _freeze_flags(flags: Mapping[tuple[int, int], int]) -> Mapping[tuple[int, in
     return MappingProxyType(dict(flags))
 
 
-def _freeze_provenance(
-    provenance: Mapping[tuple[int, int, str, int], Location],
-) -> Mapping[tuple[int, int, str, int], Location]:
-    return MappingProxyType(dict(provenance))
+BitKey = tuple[int, int, str, int]
+RegisterKey = tuple[int, int, str]
+Pin = tuple[int, Location]
+
+
+class Provenance(Mapping[BitKey, Location]):
+    """Which template line set or cleared each CPUID bit: (leaf, subleaf, register, bit).
+
+    Stored per register as (mask, location) pins in the order they were applied, the last
+    pin of a bit owning it; applying a template adds one pin per register modifier instead
+    of one entry per bit.
+    """
+
+    __slots__ = ("_pins",)
+
+    def __init__(self, pins: Mapping[RegisterKey, tuple[Pin, ...]] | None = None) -> None:
+        self._pins: dict[RegisterKey, tuple[Pin, ...]] = dict(pins or {})
+
+    @classmethod
+    def from_bits(cls, bits: Mapping[BitKey, Location]) -> Provenance:
+        """Return the provenance of a plain per-bit mapping."""
+        if isinstance(bits, Provenance):
+            return bits
+        pins: dict[RegisterKey, tuple[Pin, ...]] = {}
+        for (leaf, subleaf, register, bit), where in bits.items():
+            key = (leaf, subleaf, register)
+            pins[key] = (*pins.get(key, ()), (1 << bit, where))
+        return cls(pins)
+
+    def pins(self, leaf: int, subleaf: int, register: str) -> tuple[Pin, ...]:
+        """Return the (mask, location) pins of one register, in the order applied."""
+        return self._pins.get((leaf, subleaf, register), ())
+
+    def pinned(self, leaf: int, subleaf: int, register: str, mask: int) -> list[Pin]:
+        """Return, for the bits of ``mask``, each owning location with the bits it owns."""
+        owners: list[Pin] = []
+        remaining = mask
+        for pin_mask, where in reversed(self.pins(leaf, subleaf, register)):
+            owned = pin_mask & remaining
+            if owned:
+                owners.append((owned, where))
+                remaining &= ~owned
+        return owners
+
+    def register_keys(self) -> list[RegisterKey]:
+        """Return the (leaf, subleaf, register) keys that have pins."""
+        return list(self._pins)
+
+    def with_pin(
+        self, leaf: int, subleaf: int, register: str, mask: int, where: Location
+    ) -> Provenance:
+        """Return a copy where ``where`` owns the bits of ``mask`` (applied last)."""
+        pins = dict(self._pins)
+        key = (leaf, subleaf, register)
+        pins[key] = (*pins.get(key, ()), (mask, where))
+        return Provenance(pins)
+
+    def __getitem__(self, key: BitKey) -> Location:
+        leaf, subleaf, register, bit = key
+        for pin_mask, where in reversed(self.pins(leaf, subleaf, register)):
+            if pin_mask >> bit & 1:
+                return where
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[BitKey]:
+        for (leaf, subleaf, register), pins in self._pins.items():
+            union = 0
+            for pin_mask, _ in pins:
+                union |= pin_mask
+            for bit in range(union.bit_length()):
+                if union >> bit & 1:
+                    yield (leaf, subleaf, register, bit)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        return any(mask for pins in self._pins.values() for mask, _ in pins)
+
+
+def _freeze_provenance(provenance: Mapping[BitKey, Location]) -> Provenance:
+    return Provenance.from_bits(provenance)
 
 
 def _freeze_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
@@ -106,9 +185,7 @@ class CpuidSet:
     entries: Mapping[tuple[int, int], Registers] = attrs.field(converter=_freeze)
     source: str = "<memory>"
     flags: Mapping[tuple[int, int], int] = attrs.field(factory=dict, converter=_freeze_flags)
-    provenance: Mapping[tuple[int, int, str, int], Location] = attrs.field(
-        factory=dict, converter=_freeze_provenance
-    )
+    provenance: Provenance = attrs.field(factory=Provenance, converter=_freeze_provenance)
     meta: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_meta)
 
     @classmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
-from xstate_check.cpuid import FEATURES, INDEXED_LEAVES, CpuidSet, Registers
+from xstate_check.cpuid import FEATURES, INDEXED_LEAVES, REGISTERS, CpuidSet, Registers
 from xstate_check.errors import Location
 from xstate_check.layout import LEGACY_AND_HEADER
 from xstate_check.subject import Subject
@@ -605,8 +605,8 @@ for _name in FEATURES:
 
 
 def _entry_location(cpuid: CpuidSet, leaf: int, subleaf: int) -> Location | None:
-    found = [where for (lf, sub, _, _), where in cpuid.provenance.items()
-             if (lf, sub) == (leaf, subleaf)]
+    found = [where for register in REGISTERS
+             for _, where in cpuid.provenance.pins(leaf, subleaf, register)]
     return min(found) if found else None
 
 

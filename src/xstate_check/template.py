@@ -16,7 +16,7 @@ from typing import Literal
 import attrs
 
 from xstate_check import jsonpos
-from xstate_check.cpuid import CpuidSet, Registers
+from xstate_check.cpuid import CpuidSet, Provenance, Registers
 from xstate_check.errors import InputError, Location
 from xstate_check.jsonpos import Node
 from xstate_check.subject import MissingEntry
@@ -485,7 +485,7 @@ def apply_template(template: Template, base: CpuidSet) -> AppliedTemplate:
     """
     entries = dict(base.entries)
     flags = dict(base.flags)
-    provenance = dict(base.provenance)
+    pins = {key: base.provenance.pins(*key) for key in base.provenance.register_keys()}
     missing: dict[tuple[int, int], MissingEntry] = {}
     for leaf_modifier in template.cpuid_modifiers:
         key = (leaf_modifier.leaf, leaf_modifier.subleaf)
@@ -497,17 +497,17 @@ def apply_template(template: Template, base: CpuidSet) -> AppliedTemplate:
         for modifier in leaf_modifier.modifiers:
             old = values[modifier.register]
             values[modifier.register] = (old & ~modifier.filter & _U32) | modifier.value
-            bits = modifier.filter
-            while bits:
-                low = bits & -bits
-                provenance[(*key, modifier.register, low.bit_length() - 1)] = modifier.location
-                bits ^= low
+            if modifier.filter:
+                register_key = (*key, modifier.register)
+                pins[register_key] = (
+                    *pins.get(register_key, ()), (modifier.filter, modifier.location)
+                )
         entries[key] = Registers(**values)
     cpuid = CpuidSet(
         entries,
         base.source,
         flags=flags,
-        provenance=provenance,
+        provenance=Provenance(pins),
         meta={**base.meta, "template": template.path},
     )
     return AppliedTemplate(cpuid, tuple(missing.values()))

@@ -171,18 +171,24 @@ def _location(rule: Rule, facts: Facts, item: object) -> Location | None:
         changed: list[Location] = []
         pinned: list[Location] = []
         for leaf, subleaf, register, mask in _rule_bits(rule, facts):
+            owners = provenance.pinned(leaf, subleaf, register, mask)
+            if not owners:
+                continue
             new = subject.cpuid.register(leaf, subleaf, register)
             old = subject.base.register(leaf, subleaf, register) if subject.base else new
-            for bit in range(32):
-                if not mask >> bit & 1:
-                    continue
-                where = provenance.get((leaf, subleaf, register, bit))
-                if where is None:
-                    continue
-                (changed if (old ^ new) >> bit & 1 else pinned).append(where)
+            for owned, where in owners:
+                if owned & (old ^ new):
+                    changed.append(where)
+                if owned & ~(old ^ new):
+                    pinned.append(where)
         if changed or pinned:
-            return min(changed or pinned)
+            return min(changed or pinned, key=_location_key)
     table = subject.base or subject.cpuid
     if table.source and not table.source.startswith(_PSEUDO_SOURCES):
         return Location(table.source)
     return None
+
+
+def _location_key(location: Location) -> tuple[str, int, int]:
+    """Order locations by file, line and column without attrs' generic comparison."""
+    return (location.path, location.line, location.column)

@@ -98,7 +98,7 @@ def read_cpuid_text(text: str, path: str, *, cpu: int | None = None) -> CpuidSet
     if fmt == "unknown":
         raise _unknown_format(text, path)
     if fmt in ("aida64", "libcpuid", "cpuid-raw"):
-        from xstate_check.sources import dumps  # noqa: PLC0415 (import time of the package)
+        from xstate_check.sources import dumps
 
         if fmt == "aida64":
             return dumps.read_aida64(text, path, cpu=cpu)
@@ -111,7 +111,7 @@ def read_cpuid_text(text: str, path: str, *, cpu: int | None = None) -> CpuidSet
             f"expected no CPU selection: a {fmt} file holds the CPUID table of one CPU",
         )
     if fmt == "xstate-check-json":
-        from xstate_check.sources.ownjson import read_cpuid_json  # noqa: PLC0415 (same)
+        from xstate_check.sources.ownjson import read_cpuid_json
 
         return read_cpuid_json(text, path)
     reader = _optional(
