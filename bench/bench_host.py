@@ -17,11 +17,11 @@ exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import compileall
 import ctypes
 import fcntl
 import os
 import statistics
-import compileall
 import subprocess
 import sys
 import time

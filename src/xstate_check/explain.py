@@ -67,7 +67,7 @@ def rule_page(rule: Rule) -> dict[str, object]:
 
 
 def _paragraph(text: str, indent: str = _INDENT) -> str:
-    return "\n".join(
+    return "\n\n".join(
         textwrap.fill(part, _WIDTH, initial_indent=indent, subsequent_indent=indent)
         for part in text.split("\n\n")
         if part.strip()
