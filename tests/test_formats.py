@@ -230,7 +230,7 @@ def test_github_one_command_per_finding_on_its_line(report: Report) -> None:
     )
     assert "\n" not in commands[0] and "%0Ais absent, a,b:c%0A" in commands[0]
     assert commands[0].startswith("::error file=cpu templates/T 2.json,title=")
-    assert lines[-1] == "xstate-check: 2 subjects, 2 errors, 0 warnings, 0 infos"
+    assert lines[-1] == "xstate-check: 2 subjects: 2 errors, 0 warnings, 0 infos"
 
 
 def test_github_old_findings_are_notices_in_a_regression_gate(report: Report) -> None:

@@ -5,11 +5,35 @@ from __future__ import annotations
 import attrs
 
 __all__ = [
+    "SNIPPET_WIDTH",
     "InputError",
     "Location",
     "ProbeError",
     "XstateCheckError",
+    "clip_snippet",
 ]
+
+#: Snippets of longer lines are cut to this many characters around the error.
+SNIPPET_WIDTH = 120
+
+
+def clip_snippet(
+    line: str, start: int, end: int, width: int = SNIPPET_WIDTH
+) -> tuple[str, tuple[int, int]]:
+    """Return ``line`` cut to about ``width`` characters around ``start:end``, and the span.
+
+    The span is moved to match and kept inside the line (at least one character wide); cut
+    ends are marked with "…". A 16 MiB line thus gives a short message.
+    """
+    start = max(0, min(start, len(line)))
+    end = max(start + 1, min(end, len(line)))
+    if len(line) <= width:
+        return line, (start, end)
+    low = max(0, min(start - width // 3, len(line) - width))
+    high = min(len(line), low + width)
+    shift = (1 if low else 0) - low
+    snippet = ("…" if low else "") + line[low:high] + ("…" if high < len(line) else "")
+    return snippet, (start + shift, max(min(end, high), start + 1) + shift)
 
 
 @attrs.frozen(order=True)

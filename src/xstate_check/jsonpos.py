@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import InputError, Location, clip_snippet
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_SIZE", "Node", "error_at", "parse", "read_text"]
 
@@ -129,12 +129,10 @@ def error_at(text: str, path: str, offset: int, end: int | None, expected: str) 
         # At the end of the file: point just after the last character that is not blank.
         offset = len(text.rstrip(" \t\r\n")) or offset
     line, start, stop = _line_bounds(text, offset)
-    snippet = text[start:stop].rstrip("\r")
     column = offset - start
     last = column + 1 if end is None else max(column + 1, min(end, stop) - start)
-    return InputError(
-        Location(path, line, column + 1), expected, snippet=snippet, span=(column, last)
-    )
+    snippet, span = clip_snippet(text[start:stop].rstrip("\r"), column, last)
+    return InputError(Location(path, line, column + 1), expected, snippet=snippet, span=span)
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

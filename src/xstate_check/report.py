@@ -51,6 +51,10 @@ class Finding:
         }
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 def _sorted_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
     return tuple(sorted(findings, key=Finding.sort_key))
 
@@ -130,6 +134,14 @@ class Report:
             "warnings": len(self.warnings),
             "infos": len(self.infos),
         }
+
+    def summary_text(self) -> str:
+        """Return the summary as one line: ``2 subjects: 1 error, 0 warnings, 3 infos``."""
+        counts = self.summary()
+        return (
+            f"{_plural(counts['subjects'], 'subject')}: {_plural(counts['errors'], 'error')}, "
+            f"{_plural(counts['warnings'], 'warning')}, {_plural(counts['infos'], 'info')}"
+        )
 
     def to_json(self) -> dict[str, object]:
         """Return the report as a JSON object of schema xstate-check/1."""

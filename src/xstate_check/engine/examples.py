@@ -34,6 +34,7 @@ __all__ = [
     "build_subject",
     "check_host_value",
     "describe",
+    "parse_cpuid_number",
     "parse_edit",
     "parse_key",
 ]
@@ -153,7 +154,7 @@ _KEY = re.compile(r"(0x[0-9a-fA-F]{1,8}|\d{1,10})\.(0x[0-9a-fA-F]{1,8}|\d{1,10})
 _EDIT = re.compile(r"([+-])bit(\d{1,2})")
 
 
-_HOST_MASK = re.compile(r"0x[0-9a-fA-F]{1,16}|\d{1,19}")
+_HOST_MASK = re.compile(r"0x[0-9a-fA-F]{1,16}|0|[1-9][0-9]{0,19}")
 
 
 def check_host_value(key: str, value: str) -> None:
@@ -164,8 +165,9 @@ def check_host_value(key: str, value: str) -> None:
     elif key == "permission_requested":
         if value not in ("true", "false"):
             raise ExampleError("permission_requested = \"true\" or \"false\"")
-    elif not _HOST_MASK.fullmatch(value):
-        raise ExampleError(f"{key} = a mask such as \"0x602e7\", not {value!r}")
+    elif not _HOST_MASK.fullmatch(value) or int(value, 0) >> 64:
+        # XCR0, XSS and the permission masks are 64-bit.
+        raise ExampleError(f"{key} = a 64-bit mask such as \"0x602e7\", not {value!r}")
 
 
 class ExampleError(ValueError):
@@ -187,12 +189,24 @@ class Example:
     location: Location | None = None
 
 
+def parse_cpuid_number(text: str) -> int | None:
+    """Return a leaf or subleaf written ``0x1d`` or ``29`` (leading zeros allowed), or None.
+
+    None when the value does not fit in 32 bits: leaves and subleaves are 32-bit.
+    """
+    value = int(text, 16) if text.startswith("0x") else int(text, 10)
+    return value if value <= 0xFFFF_FFFF else None
+
+
 def parse_key(key: str) -> tuple[int, int, str | None]:
     """Return (leaf, subleaf, register or None) of ``"0xd.0.eax"`` / ``"0x1d.1"``."""
     match = _KEY.fullmatch(key.strip())
     if match is None:
         raise ExampleError(f"a CPUID key such as \"0xd.0.eax\" or \"0x1d.1\", not {key!r}")
-    return int(match.group(1), 0), int(match.group(2), 0), match.group(3)
+    leaf, subleaf = parse_cpuid_number(match.group(1)), parse_cpuid_number(match.group(2))
+    if leaf is None or subleaf is None:
+        raise ExampleError(f"a leaf and subleaf of at most 0xffffffff, not {key!r}")
+    return leaf, subleaf, match.group(3)
 
 
 def parse_edit(edit: str) -> tuple[int | None, int, int]:

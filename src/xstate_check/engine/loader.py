@@ -26,7 +26,7 @@ from xstate_check.engine.evaluator import (
 )
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import InputError, Location, clip_snippet
 from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind, needs_of
 from xstate_check.report import SEVERITIES
 from xstate_check.sources.load import read_text
@@ -80,9 +80,9 @@ class _Source:
         line = self.text.count("\n", 0, offset) + 1
         column = offset - line_start
         end = min(column + max(1, length), line_end - line_start)
-        raise InputError(Location(self.path, line, column + 1), expected,
-                         snippet=self.text[line_start:line_end],
-                         span=(column, max(end, column + 1)))
+        snippet, span = clip_snippet(self.text[line_start:line_end], column, end)
+        raise InputError(Location(self.path, line, column + 1), expected, snippet=snippet,
+                         span=span)
 
     def block(self, index: int) -> tuple[int, int]:
         """Return the text span of the ``index``-th ``[[rule]]`` table (the file if unsure)."""
@@ -344,8 +344,13 @@ class _RuleReader:
             high = int(match.group(5)) if match.group(5) else (low if match.group(4) else 31)
             if high > 31 or low > high:
                 self.fail_in("cpuid_bits", text, (0, len(text)), "bit numbers 0 to 31, low-high")
+            leaf = examples.parse_cpuid_number(match.group(1))
+            subleaf = examples.parse_cpuid_number(match.group(2))
+            if leaf is None or subleaf is None:
+                self.fail_in("cpuid_bits", text, (0, len(text)),
+                             "a leaf and subleaf of at most 0xffffffff")
             mask = ((1 << (high - low + 1)) - 1) << low
-            refs.append((int(match.group(1), 0), int(match.group(2), 0), match.group(3), mask))
+            refs.append((leaf, subleaf, match.group(3), mask))
         return tuple(refs)
 
     def read_examples(self, key: str) -> tuple[examples.Example, ...]:
@@ -375,7 +380,8 @@ class _RuleReader:
             if field not in EXAMPLE_KEYS:
                 fail(field, f"one of the example keys ({', '.join(EXAMPLE_KEYS)}), not {field!r}")
         base = table.get("base", "spr-guest")
-        if base not in examples.BASES:
+        # Type before lookup: base = {…} or […] is unhashable.
+        if not isinstance(base, str) or base not in examples.BASES:
             fail("base", f"base = one of {', '.join(examples.BASES)}")
         role = table.get("role")
         if role not in (None, "guest", "cpu"):
@@ -412,6 +418,13 @@ class _RuleReader:
         missing = table.get("missing", [])
         if not isinstance(missing, list) or not all(isinstance(m, str) for m in missing):
             fail("missing", "missing = [\"0xd.0x11\", …]")
+        for entry in missing:
+            try:
+                _, _, register = examples.parse_key(entry)
+            except examples.ExampleError as error:
+                fail("missing", str(error))
+            if register is not None:
+                fail("missing", f"missing = [\"LEAF.SUBLEAF\", …], not {entry!r}")
         note = table.get("note", "")
         if not isinstance(note, str):
             fail("note", "note = \"a sentence\"")
@@ -439,8 +452,10 @@ class _RuleReader:
         for key, flags in value.items():
             try:
                 _, _, register = examples.parse_key(key)
+                # KVM's per-entry flags are a u32.
                 valid = (register is None and isinstance(flags, str)
-                         and re.fullmatch(r"\d{1,10}", flags) is not None)
+                         and re.fullmatch(r"\d{1,10}", flags) is not None
+                         and int(flags) <= 0xFFFF_FFFF)
             except examples.ExampleError:
                 valid = False
             if not valid:
@@ -486,18 +501,45 @@ def _decode_error(path: str, text: str, error: tomllib.TOMLDecodeError) -> Input
         return InputError(Location(path), f"valid TOML ({message})")
     line, column = int(match.group(1)), int(match.group(2))
     lines = text.splitlines()
-    snippet = lines[line - 1] if 0 < line <= len(lines) else None
+    if not 0 < line <= len(lines):
+        return InputError(Location(path, line, column), f"valid TOML ({message})")
+    snippet, span = clip_snippet(lines[line - 1], column - 1, column)
     return InputError(Location(path, line, column), f"valid TOML ({message})", snippet=snippet,
-                      span=(column - 1, column) if snippet is not None else None)
+                      span=span)
+
+
+# A decimal integer longer than Python converts (sys.get_int_max_str_digits(), 4300 by
+# default); TOML allows "_" between digits.
+_LONG_DECIMAL = re.compile(r"(?<![\w.])[+-]?\d(?:_?\d){4300,}")
+
+
+def _parse_toml(text: str, path: str) -> dict[str, Any]:
+    """Return the TOML document of ``text``; anything tomllib cannot read is an InputError.
+
+    Besides TOMLDecodeError, tomllib raises RecursionError on deeply nested arrays or inline
+    tables (``x = [[[[…``) and ValueError on an integer of more than 4300 digits.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise _decode_error(path, text, error) from None
+    except RecursionError:
+        raise InputError(
+            Location(path), "valid TOML (arrays and inline tables nested too deeply to read)"
+        ) from None
+    except ValueError as error:
+        # Not a TOMLDecodeError (a ValueError too): int() refused a number too long to read.
+        long_number = _LONG_DECIMAL.search(text)
+        if long_number is None:
+            raise InputError(Location(path), f"valid TOML ({error})") from None
+        _Source(path, text).fail(long_number.start(), "valid TOML (an integer of at most "
+                                 "4300 digits)", long_number.end() - long_number.start())
 
 
 def load_rule_text(text: str, path: str) -> list[Rule]:
     """Read one rule file's text; its name (without ``.toml``) must be its family."""
     source = _Source(path, text)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise _decode_error(path, text, error) from None
+    data = _parse_toml(text, path)
     whole = (0, len(text))
     for key in data:
         if key not in FILE_KEYS:
@@ -506,15 +548,18 @@ def load_rule_text(text: str, path: str) -> list[Rule]:
                         f"{key!r}", len(key))
     family = data.get("family")
     stem = Path(path).stem
-    if family not in FAMILIES:
+    # Type first: a family given as a table or an array is unhashable.
+    if not isinstance(family, str) or family not in FAMILIES:
         at = source.key(whole, "family")
         source.fail(at or 0, f"family = one of {', '.join(FAMILIES)}", 6)
     if family != stem:
         at = source.key(whole, "family")
         source.fail(at or 0, f"family = {stem!r}, the file's name", 6)
     rules = data.get("rule", [])
-    if not isinstance(rules, list) or not rules:
-        source.fail(0, "at least one [[rule]] table")
+    if not isinstance(rules, list) or not rules or not all(isinstance(t, dict) for t in rules):
+        at = source.key(whole, "rule")
+        source.fail(at or 0, "at least one [[rule]] table (and nothing but tables)",
+                    4 if at is not None else 1)
     return [_RuleReader(source, index, table, family).read() for index, table in enumerate(rules)]
 
 

@@ -61,9 +61,5 @@ def render_github(report: Report) -> str:
                 f"{finding.message}\nConsequence: {finding.consequence}\nFix: {finding.fix}"
             )
             lines.append(f"::{level} {','.join(properties)}::{escape_data(message)}")
-    summary = report.summary()
-    lines.append(
-        f"xstate-check: {summary['subjects']} subjects, {summary['errors']} errors, "
-        f"{summary['warnings']} warnings, {summary['infos']} infos"
-    )
+    lines.append(f"xstate-check: {report.summary_text()}")
     return "\n".join(lines) + "\n"

@@ -12,10 +12,6 @@ _BOLD = "\x1b[1m"
 _RESET = "\x1b[0m"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 else "s")
-
-
 def _paint(text: str, style: str, color: bool) -> str:
     return f"{style}{text}{_RESET}" if color else text
 
@@ -51,9 +47,5 @@ def render_text(report: Report, *, color: bool = False) -> str:
     for subject in report.subjects:
         lines.extend(_subject(subject, color))
         lines.append("")
-    summary = report.summary()
-    lines.append(
-        f"{_plural(summary['subjects'], 'subject')}: {_plural(summary['errors'], 'error')}, "
-        f"{_plural(summary['warnings'], 'warning')}, {_plural(summary['infos'], 'info')}"
-    )
+    lines.append(report.summary_text())
     return "\n".join(lines) + "\n"

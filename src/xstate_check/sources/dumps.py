@@ -13,11 +13,9 @@ import re
 from collections.abc import Iterator, Sequence
 
 from xstate_check.cpuid import CpuidSet, Registers
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import InputError, Location, clip_snippet
 
 __all__ = [
-    "SNIPPET_WIDTH",
-    "clip_snippet",
     "read_aida64",
     "read_cpuid_raw",
     "read_libcpuid",
@@ -44,25 +42,6 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
             line = line[:-1]
         yield lineno, line
         pos = end + 1
-
-
-#: Snippets of longer lines are cut to this many characters around the error.
-SNIPPET_WIDTH = 120
-
-
-def clip_snippet(line: str, start: int, end: int) -> tuple[str, tuple[int, int]]:
-    """Return ``line`` cut to about ``SNIPPET_WIDTH`` characters around ``start:end``.
-
-    The span is moved to match; cut ends are marked with "…". A 16 MiB line thus gives a
-    short message.
-    """
-    if len(line) <= SNIPPET_WIDTH:
-        return line, (start, end)
-    low = max(0, min(start - SNIPPET_WIDTH // 3, len(line) - SNIPPET_WIDTH))
-    high = min(len(line), low + SNIPPET_WIDTH)
-    shift = (1 if low else 0) - low
-    snippet = ("…" if low else "") + line[low:high] + ("…" if high < len(line) else "")
-    return snippet, (start + shift, max(min(end, high), start + 1) + shift)
 
 
 def _line_error(
@@ -116,13 +95,46 @@ def _shape_error(path: str, lineno: int, line: str, steps: Sequence[_Step]) -> I
 
 _HEX8 = 8
 
+#: Leaves, subleaves, registers and logical CPU numbers are 32-bit.
+_U32_MAX = 0xFFFF_FFFF
+
+
+def _decimal(
+    path: str, lineno: int, line: str, match: re.Match[str], group: int, limit: int, what: str
+) -> int:
+    """Return the decimal number in ``match.group(group)``; above ``limit`` is an InputError.
+
+    The digits are counted before ``int`` is called: Python refuses to convert more than
+    4300 digits, and a leaf or CPU number of thousands of digits is a malformed line anyway.
+    """
+    digits = match.group(group)
+    significant = digits.lstrip("0") or "0"
+    if len(significant) <= len(str(limit)) and int(significant) <= limit:
+        return int(significant)
+    start, end = match.span(group)
+    found = (f"a number of {len(significant)} digits" if len(significant) > len(str(limit))
+             else significant)
+    raise _line_error(
+        Location(path, lineno, start + 1), line, (start, end),
+        f"expected {what} from 0 to {limit}; found {found}",
+    )
+
+
+def _cpu_number(path: str, lineno: int, line: str, match: re.Match[str]) -> int:
+    """Return the logical CPU number of a block header (group 1 of ``match``)."""
+    return _decimal(path, lineno, line, match, 1, _U32_MAX, "a logical CPU number")
+
 
 def _describe_cpus(seen: Sequence[int]) -> str:
-    """Return 'CPUs 0-23' / 'CPUs 0, 2, 5' / 'no CPU block' for an error message."""
+    """Return 'CPUs 0-23' / 'CPUs 0, 2, 5' / 'no CPU block' for an error message.
+
+    Works on the numbers present only: a dump of CPUs 0 and 4294967295 is described without
+    building the range between them.
+    """
     if not seen:
         return "no CPU block"
     numbers = sorted(set(seen))
-    if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 2:
+    if len(numbers) > 2 and numbers[-1] - numbers[0] == len(numbers) - 1:
         return f"CPUs {numbers[0]}-{numbers[-1]}"
     if len(numbers) > 12:
         shown = ", ".join(str(n) for n in numbers[:12])
@@ -249,7 +261,7 @@ class _AidaReader:
         for lineno, line in _lines(text):
             first = line[:1]
             if first == "-":
-                if not self._dashes(line):
+                if not self._dashes(lineno, line):
                     break
             elif first == "C":
                 if not self._c_line(lineno, line):
@@ -281,12 +293,12 @@ class _AidaReader:
         self.untagged.clear()
         return True
 
-    def _dashes(self, line: str) -> bool:
+    def _dashes(self, lineno: int, line: str) -> bool:
         """Handle a line starting with "-": a section header or libcpuid's delimiter."""
         if line.startswith("------["):
             match = _AIDA_CPU_HEADER.match(line)
             if match is not None:
-                return self._enter(int(match.group(1)))
+                return self._enter(_cpu_number(self.path, lineno, line, match))
             # Another section (MSR registers, All CPUs, CPU Info…) ends the CPU block.
             if self.blocks.selected:
                 return False
@@ -298,7 +310,9 @@ class _AidaReader:
         """Handle a line starting with "C": a ``CPU#nnn AffMask`` header or a register."""
         if line.startswith("CPU#"):
             match = _AFFMASK_HEADER.match(line)
-            return self._enter(int(match.group(1))) if match is not None else True
+            if match is None:
+                return True
+            return self._enter(_cpu_number(self.path, lineno, line, match))
         if not line.startswith("CPUID"):
             return True
         match = _AIDA_REG.match(line)
@@ -425,7 +439,7 @@ def _read_libcpuid_native(text: str, path: str, cpu: int | None) -> CpuidSet:
         if first == "_":
             match = _NATIVE_HEADER.match(line)
             if match is not None:
-                if not blocks.enter(int(match.group(1))):
+                if not blocks.enter(_cpu_number(path, lineno, line, match)):
                     break
                 has_leaf0 = False
             continue
@@ -458,8 +472,13 @@ def _native_line(
         if _NATIVE_ISH.match(line):
             raise _shape_error(path, lineno, line, _NATIVE_SHAPE)
         return
-    values = arrays.setdefault(match.group(1), {})
-    index = int(match.group(2))
+    name = match.group(1)
+    indexed = _NATIVE_ARRAYS[name][1]
+    # A subleaf is 32-bit; basic_cpuid and ext_cpuid index leaves of their own range only.
+    limit = _U32_MAX if indexed else EXTENDED_BASE - 1
+    what = f"the {'subleaf' if indexed else 'leaf'} index N of {name}[N]"
+    index = _decimal(path, lineno, line, match, 2, limit, what)
+    values = arrays.setdefault(name, {})
     regs = Registers(
         int(match.group(3), 16), int(match.group(4), 16),
         int(match.group(5), 16), int(match.group(6), 16),
@@ -467,7 +486,7 @@ def _native_line(
     if values.get(index, regs) != regs:
         raise _line_error(
             Location(path, lineno, 1), line, (0, len(line)),
-            f"expected one value per array index; {match.group(1)}[{index}] is given twice",
+            f"expected one value per array index; {name}[{index}] is given twice",
         )
     values[index] = regs
 
@@ -531,7 +550,10 @@ def read_cpuid_raw(text: str, path: str, *, cpu: int | None = None) -> CpuidSet:
         if line.startswith("CPU"):
             match = _RAW_HEADER.match(line)
             if match is not None:
-                number = int(match.group(1)) if match.group(1) else len(blocks.seen)
+                number = (
+                    _cpu_number(path, lineno, line, match) if match.group(1)
+                    else len(blocks.seen)
+                )
                 if not blocks.enter(number):
                     break
             continue

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import cast
 
 from xstate_check.cpuid import CpuidSet
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import InputError, Location, clip_snippet
 
 __all__ = [
     "FORMATS",
@@ -126,9 +126,9 @@ def _unknown_format(text: str, path: str) -> InputError:
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             start = len(line) - len(line.lstrip())
+            snippet, span = clip_snippet(line, start, len(line.rstrip()))
             return InputError(
-                Location(path, number, start + 1), _EXPECTED_DUMP,
-                snippet=line, span=(start, len(line.rstrip())),
+                Location(path, number, start + 1), _EXPECTED_DUMP, snippet=snippet, span=span
             )
     return InputError(Location(path, 1), _EXPECTED_DUMP + "; found an empty file")
 

@@ -27,8 +27,7 @@ import re
 from collections.abc import Mapping
 
 from xstate_check.cpuid import REGISTERS, CpuidSet, Registers
-from xstate_check.errors import InputError, Location
-from xstate_check.sources.dumps import clip_snippet
+from xstate_check.errors import InputError, Location, clip_snippet
 
 __all__ = [
     "FORMAT",
