@@ -5,11 +5,13 @@ from __future__ import annotations
 import attrs
 
 __all__ = [
+    "QUOTE_WIDTH",
     "SNIPPET_WIDTH",
     "InputError",
     "Location",
     "ProbeError",
     "XstateCheckError",
+    "clip_quote",
     "clip_snippet",
 ]
 
@@ -34,6 +36,15 @@ def clip_snippet(
     shift = (1 if low else 0) - low
     snippet = ("…" if low else "") + line[low:high] + ("…" if high < len(line) else "")
     return snippet, (start + shift, max(min(end, high), start + 1) + shift)
+
+
+#: Values quoted inside a message (a key, a name, an edit) are cut to this many characters.
+QUOTE_WIDTH = 60
+
+
+def clip_quote(value: str, width: int = QUOTE_WIDTH) -> str:
+    """Return ``repr(value)`` for a message, the value cut to ``width`` characters plus "…"."""
+    return repr(value if len(value) <= width else value[:width] + "…")
 
 
 @attrs.frozen(order=True)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import attrs
 
 from xstate_check.cpuid import CpuidSet, Registers
-from xstate_check.errors import Location
+from xstate_check.errors import Location, clip_quote
 from xstate_check.hoststate import HostState
 from xstate_check.subject import MissingEntry, Role, Subject
 
@@ -161,13 +161,13 @@ def check_host_value(key: str, value: str) -> None:
     """Raise ExampleError unless ``value`` suits the host fact ``key``."""
     if key == "kernel":
         if not re.fullmatch(r"\d{1,3}\.\d{1,3}[\w.+-]{0,60}", value):
-            raise ExampleError(f"kernel = a release such as \"6.1.0\", not {value!r}")
+            raise ExampleError(f"kernel = a release such as \"6.1.0\", not {clip_quote(value)}")
     elif key == "permission_requested":
         if value not in ("true", "false"):
             raise ExampleError("permission_requested = \"true\" or \"false\"")
     elif not _HOST_MASK.fullmatch(value) or int(value, 0) >> 64:
         # XCR0, XSS and the permission masks are 64-bit.
-        raise ExampleError(f"{key} = a 64-bit mask such as \"0x602e7\", not {value!r}")
+        raise ExampleError(f"{key} = a 64-bit mask such as \"0x602e7\", not {clip_quote(value)}")
 
 
 class ExampleError(ValueError):
@@ -202,10 +202,11 @@ def parse_key(key: str) -> tuple[int, int, str | None]:
     """Return (leaf, subleaf, register or None) of ``"0xd.0.eax"`` / ``"0x1d.1"``."""
     match = _KEY.fullmatch(key.strip())
     if match is None:
-        raise ExampleError(f"a CPUID key such as \"0xd.0.eax\" or \"0x1d.1\", not {key!r}")
+        raise ExampleError(
+            f"a CPUID key such as \"0xd.0.eax\" or \"0x1d.1\", not {clip_quote(key)}")
     leaf, subleaf = parse_cpuid_number(match.group(1)), parse_cpuid_number(match.group(2))
     if leaf is None or subleaf is None:
-        raise ExampleError(f"a leaf and subleaf of at most 0xffffffff, not {key!r}")
+        raise ExampleError(f"a leaf and subleaf of at most 0xffffffff, not {clip_quote(key)}")
     return leaf, subleaf, match.group(3)
 
 
@@ -216,9 +217,10 @@ def parse_edit(edit: str) -> tuple[int | None, int, int]:
         try:
             value = int(text.replace("_", ""), 0)
         except ValueError:
-            raise ExampleError(f"a register value such as \"0x202e7\", not {edit!r}") from None
+            raise ExampleError(
+                f"a register value such as \"0x202e7\", not {clip_quote(edit)}") from None
         if value >> 32:
-            raise ExampleError(f"a 32-bit register value, not {edit!r}")
+            raise ExampleError(f"a 32-bit register value, not {clip_quote(edit)}")
         return value, 0, 0
     set_bits = clear_bits = 0
     parts = text.split()
@@ -228,7 +230,7 @@ def parse_edit(edit: str) -> tuple[int | None, int, int]:
         match = _EDIT.fullmatch(part)
         if match is None or int(match.group(2)) > 31:
             raise ExampleError(f"a register value (\"0x202e7\") or bit edits such as "
-                               f"\"-bit18 +bit24\", not {part!r}")
+                               f"\"-bit18 +bit24\", not {clip_quote(part)}")
         bit = 1 << int(match.group(2))
         if match.group(1) == "+":
             set_bits |= bit
@@ -247,7 +249,8 @@ def apply_edits(
         leaf, subleaf, register = parse_key(key)
         if register is None:
             if edit.strip() != "absent":
-                raise ExampleError(f"\"absent\" for the whole entry {key!r}, or a register key")
+                raise ExampleError(
+                    f"\"absent\" for the whole entry {clip_quote(key)}, or a register key")
             entries.pop((leaf, subleaf), None)
             continue
         value, set_bits, clear_bits = parse_edit(edit)

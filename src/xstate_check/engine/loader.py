@@ -26,7 +26,7 @@ from xstate_check.engine.evaluator import (
 )
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
-from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.errors import InputError, Location, clip_quote, clip_snippet
 from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind, needs_of
 from xstate_check.report import SEVERITIES
 from xstate_check.sources.load import read_text
@@ -185,7 +185,7 @@ class _RuleReader:
         unknown = [key for key in self.table if key not in RULE_KEYS]
         if unknown:
             self.fail_key(unknown[0], f"one of the rule keys ({', '.join(RULE_KEYS)}), not "
-                          f"{unknown[0]!r}")
+                          f"{clip_quote(unknown[0])}")
         for key in RULE_REQUIRED:
             if key not in self.table:
                 self.source.fail(self.span[0], f"the rule key {key!r}", len("[[rule]]"))
@@ -287,7 +287,8 @@ class _RuleReader:
         after = found.end() if found else self.source.key(self.span, "let")
         for name, text in table.items():
             if _LET_NAME.fullmatch(name) is None or name in names or name in KEYWORDS:
-                self.fail_key(name, f"a new lower-case name for this let, not {name!r}", after)
+                self.fail_key(name, "a new lower-case name for this let, not "
+                              f"{clip_quote(name)}", after)
             if not isinstance(text, str):
                 self.fail_key(name, f"{name} = \"an expression\"", after)
             node = self.parse(name, text, names, after)
@@ -317,7 +318,7 @@ class _RuleReader:
             meaning = names.get(name)
             if meaning is None or meaning.role in ("constant", "function"):
                 self.fail_in("message", text, (match.start() + 1, match.end() - 1),
-                             f"a fact, let or item field to show, not {name!r}")
+                             f"a fact, let or item field to show, not {clip_quote(name)}")
             if fmt and fmt not in MESSAGE_FORMATS:
                 self.fail_in("message", text, (match.start() + 1, match.end() - 1),
                              f"a format among {', '.join(MESSAGE_FORMATS)}")
@@ -378,7 +379,8 @@ class _RuleReader:
 
         for field in table:
             if field not in EXAMPLE_KEYS:
-                fail(field, f"one of the example keys ({', '.join(EXAMPLE_KEYS)}), not {field!r}")
+                fail(field, f"one of the example keys ({', '.join(EXAMPLE_KEYS)}), not "
+                     f"{clip_quote(field)}")
         base = table.get("base", "spr-guest")
         # Type before lookup: base = {…} or […] is unhashable.
         if not isinstance(base, str) or base not in examples.BASES:
@@ -396,7 +398,8 @@ class _RuleReader:
                     _, _, register = examples.parse_key(cpuid_key)
                     if register is None:
                         if edit.strip() != "absent":
-                            raise examples.ExampleError(f"\"absent\" for the entry {cpuid_key!r}")
+                            raise examples.ExampleError(
+                                f"\"absent\" for the entry {clip_quote(cpuid_key)}")
                     else:
                         examples.parse_edit(edit)
                 except examples.ExampleError as error:
@@ -408,7 +411,8 @@ class _RuleReader:
             fail("host", "host = { guest_permitted = \"0x2e7\", … }")
         for host_key, host_value in host.items():
             if host_key not in examples.HOST_KEYS:
-                fail("host", f"host facts among {', '.join(examples.HOST_KEYS)}, not {host_key!r}")
+                fail("host", f"host facts among {', '.join(examples.HOST_KEYS)}, not "
+                     f"{clip_quote(host_key)}")
             if not isinstance(host_value, str):
                 fail("host", f"{host_key} = \"a string\" (masks in hex)")
             try:
@@ -424,7 +428,7 @@ class _RuleReader:
             except examples.ExampleError as error:
                 fail("missing", str(error))
             if register is not None:
-                fail("missing", f"missing = [\"LEAF.SUBLEAF\", …], not {entry!r}")
+                fail("missing", f"missing = [\"LEAF.SUBLEAF\", …], not {clip_quote(entry)}")
         note = table.get("note", "")
         if not isinstance(note, str):
             fail("note", "note = \"a sentence\"")
@@ -459,7 +463,7 @@ class _RuleReader:
             except examples.ExampleError:
                 valid = False
             if not valid:
-                fail("flags", f"flags = {{ \"LEAF.SUBLEAF\" = \"FLAGS\" }}, not {key!r}")
+                fail("flags", f"flags = {{ \"LEAF.SUBLEAF\" = \"FLAGS\" }}, not {clip_quote(key)}")
         return tuple(value.items())
 
 
@@ -545,7 +549,7 @@ def load_rule_text(text: str, path: str) -> list[Rule]:
         if key not in FILE_KEYS:
             at = source.key(whole, key)
             source.fail(at or 0, f"one of the top-level keys ({', '.join(FILE_KEYS)}), not "
-                        f"{key!r}", len(key))
+                        f"{clip_quote(key)}", len(key))
     family = data.get("family")
     stem = Path(path).stem
     # Type first: a family given as a table or an array is unhashable.

@@ -11,6 +11,8 @@ import re
 from collections.abc import Collection
 from typing import NamedTuple, NoReturn
 
+from xstate_check.errors import clip_quote
+
 __all__ = ["KEYWORDS", "RULES", "RuleSyntaxError", "Token", "tokenize"]
 
 
@@ -90,7 +92,7 @@ def tokenize(source: str, names: Collection[str]) -> list[Token]:
             elif text not in names:
                 close = difflib.get_close_matches(text, list(names), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                _fail(f"unknown name {text!r}{hint}", source, position, match.end())
+                _fail(f"unknown name {clip_quote(text)}{hint}", source, position, match.end())
         if kind != "WS":
             tokens.append(Token(kind, text, position))
         position = match.end()

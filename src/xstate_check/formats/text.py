@@ -34,6 +34,10 @@ def _subject(subject: SubjectReport, color: bool) -> list[str]:
     for key, value in subject.details.items():
         if isinstance(value, (str, int, bool)) or value is None:
             lines.append(f"  {key}: {value}")
+        elif isinstance(value, (list, tuple)):
+            # Notes say what could not be read: a report must not look whole when it is not.
+            label = "note" if key == "notes" else key
+            lines.extend(f"  {label}: {item}" for item in value)
     if not subject.findings:
         lines.append("  no findings")
     for finding in subject.findings:

@@ -100,7 +100,8 @@ _U32_MAX = 0xFFFF_FFFF
 
 
 def _decimal(
-    path: str, lineno: int, line: str, match: re.Match[str], group: int, limit: int, what: str
+    path: str, lineno: int, line: str, match: re.Match[str], *, group: int, limit: int,
+    what: str,
 ) -> int:
     """Return the decimal number in ``match.group(group)``; above ``limit`` is an InputError.
 
@@ -122,7 +123,9 @@ def _decimal(
 
 def _cpu_number(path: str, lineno: int, line: str, match: re.Match[str]) -> int:
     """Return the logical CPU number of a block header (group 1 of ``match``)."""
-    return _decimal(path, lineno, line, match, 1, _U32_MAX, "a logical CPU number")
+    return _decimal(
+        path, lineno, line, match, group=1, limit=_U32_MAX, what="a logical CPU number"
+    )
 
 
 def _describe_cpus(seen: Sequence[int]) -> str:
@@ -477,7 +480,7 @@ def _native_line(
     # A subleaf is 32-bit; basic_cpuid and ext_cpuid index leaves of their own range only.
     limit = _U32_MAX if indexed else EXTENDED_BASE - 1
     what = f"the {'subleaf' if indexed else 'leaf'} index N of {name}[N]"
-    index = _decimal(path, lineno, line, match, 2, limit, what)
+    index = _decimal(path, lineno, line, match, group=2, limit=limit, what=what)
     values = arrays.setdefault(name, {})
     regs = Registers(
         int(match.group(3), 16), int(match.group(4), 16),

@@ -1,0 +1,42 @@
+"""The text format: findings by subject, notes shown, colour only when asked."""
+
+from __future__ import annotations
+
+from xstate_check.errors import Location
+from xstate_check.formats.text import render_text
+from xstate_check.report import Finding, Report, SubjectReport
+
+FINDING = Finding(
+    rule="XS0108", name="amx-tile-pair", severity="error", message="TILECFG without TILEDATA",
+    consequence="XSETBV raises #GP at guest boot", fix="keep bits 17 and 18 together",
+    location=Location("t.json", 21, 21),
+)
+
+
+def test_text_shows_findings_with_location_consequence_and_fix() -> None:
+    """Each finding prints its severity, id, name, message, location, consequence and fix."""
+    report = Report((SubjectReport("spr", "spr.json", "t.json", (FINDING,)),))
+    text = render_text(report)
+    assert "spr + template t.json" in text
+    assert "  error XS0108 amx-tile-pair: TILECFG without TILEDATA" in text
+    assert "    at t.json:21:21" in text
+    assert "consequence: XSETBV raises #GP at guest boot" in text
+    assert text.endswith("1 subject: 1 error, 0 warnings, 0 infos\n")
+    assert "\x1b[" not in text
+
+
+def test_text_shows_notes_of_what_could_not_be_read() -> None:
+    """A subject's notes (facts left out) are printed, so a partial probe does not look whole."""
+    details = {"kvm_available": False, "notes": ["KVM not probed: the caller skipped /dev/kvm"]}
+    report = Report((SubjectReport("host", "host", None, (), details),))
+    text = render_text(report)
+    assert "  note: KVM not probed: the caller skipped /dev/kvm" in text
+    assert "  kvm_available: False" in text
+    assert "  no findings" in text
+
+
+def test_text_colours_only_when_asked() -> None:
+    """ANSI colour codes appear with color=True and never otherwise."""
+    report = Report((SubjectReport("spr", "spr.json", None, (FINDING,)),))
+    assert "\x1b[1;31merror\x1b[0m" in render_text(report, color=True)
+    assert "\x1b[" not in render_text(report, color=False)
