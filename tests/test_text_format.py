@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from xstate_check.cli import main
+from xstate_check.cpuid import CpuidSet
 from xstate_check.errors import Location
 from xstate_check.formats.text import render_text
 from xstate_check.report import Finding, Report, SubjectReport
+from xstate_check.sources.ownjson import to_json_text
 
 FINDING = Finding(
     rule="XS0108", name="amx-tile-pair", severity="error", message="TILECFG without TILEDATA",
@@ -40,3 +47,20 @@ def test_text_colours_only_when_asked() -> None:
     report = Report((SubjectReport("spr", "spr.json", None, (FINDING,)),))
     assert "\x1b[1;31merror\x1b[0m" in render_text(report, color=True)
     assert "\x1b[" not in render_text(report, color=False)
+
+
+def test_cli_colour_follows_the_option_and_no_color(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--color always colours, auto does not off a terminal, and NO_COLOR always wins."""
+    cpuid = CpuidSet.from_rows([(0xD, 0, 0x202E7, 0x240, 0x2B00, 0)], "t")
+    dump = tmp_path / "half-amx.json"
+    dump.write_text(to_json_text(cpuid.replace(meta={"role": "guest"})), encoding="utf-8")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert main(["check", str(dump), "--color", "always"]) == 1
+    assert "\x1b[1;31merror" in capsys.readouterr().out
+    assert main(["check", str(dump)]) == 1
+    assert "\x1b[" not in capsys.readouterr().out
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert main(["check", str(dump), "--color", "always"]) == 1
+    assert "\x1b[" not in capsys.readouterr().out
