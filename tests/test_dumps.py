@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from xstate_check.cpuid import CpuidSet, Registers
-from xstate_check.errors import InputError
-from xstate_check.sources.dumps import read_aida64, read_cpuid_raw
+from xstate_check.errors import SNIPPET_WIDTH, InputError, clip_snippet
+from xstate_check.sources.dumps import read_aida64, read_cpuid_raw, read_libcpuid
 from xstate_check.sources.load import load_cpuid
 from xstate_check.sources.ownjson import SCHEMA, read_cpuid_json, to_json_text
 
@@ -606,3 +607,123 @@ def test_long_malformed_line_gives_a_short_message(tmp_path: Path) -> None:
     assert len(snippet) <= 4 + 122
     assert snippet.endswith("0…")
     assert marker.endswith("^")
+
+
+# --------------------------------------------------------------------------- numbers out of range
+# Found by `python fuzz/run.py` (fuzz-out/aida64, libcpuid, cpuid-raw): a decimal number of
+# thousands of digits made int() raise ValueError; a subleaf of 2**64-1 was accepted and then
+# refused by the own-JSON reader; CPUs 0 and a huge number made the "the dump holds" message
+# build the whole range between them.
+
+LEAF_0 = "CPUID 00000000: 0000000D-756E6547-6C65746E-49656E69\n"
+NATIVE_LEAF_0 = "basic_cpuid[0]=0000000d 756e6547 6c65746e 49656e69\n"
+RAW_LEAF_0 = "   0x00000000 0x00: eax=0x0000000d ebx=0x756e6547 ecx=0x6c65746e edx=0x49656e69\n"
+NINES = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("header", "reader", "column"),
+    [
+        (f"------[ CPUID Registers / Logical CPU #{NINES} ]------\n{LEAF_0}", read_aida64, 40),
+        (f"------[ Logical CPU #{NINES} ]------\n{LEAF_0}", read_aida64, 22),
+        (f"CPU#{NINES} AffMask: 0x0000000000000001\n{LEAF_0}", read_aida64, 5),
+        (f"_________________ Logical CPU #{NINES} _________________\n{NATIVE_LEAF_0}",
+         read_libcpuid, 32),
+        (f"CPU {NINES}:\n{RAW_LEAF_0}", read_cpuid_raw, 5),
+    ],
+)
+def test_cpu_number_of_thousands_of_digits_is_an_input_error(
+    header: str, reader: Callable[[str, str], CpuidSet], column: int
+) -> None:
+    """A CPU block header with a 5000-digit number is an InputError at its line and column."""
+    with pytest.raises(InputError) as caught:
+        reader(header, "dump.txt")
+    first, snippet, marker = str(caught.value).splitlines()
+    assert first == (
+        f"dump.txt:1:{column}: expected a logical CPU number from 0 to 4294967295; "
+        "found a number of 5000 digits"
+    )
+    assert len(snippet) <= 4 + SNIPPET_WIDTH + 2
+    assert marker.index("~") == 4 + column - 1  # the caret starts under the first digit
+
+
+def test_largest_cpu_number_is_read() -> None:
+    """Logical CPU 4294967295 (the largest 32-bit number) is a CPU like any other."""
+    text = f"CPU 0:\n{RAW_LEAF_0}CPU 4294967295:\n{RAW_LEAF_0.replace('0d', '0e', 1)}"
+    cpuid = read_cpuid_raw(text, "raw.txt", cpu=4294967295)
+    assert cpuid.meta["cpu"] == "4294967295"
+    assert cpuid.get(0, 0).eax == 0xE
+    with pytest.raises(InputError, match="found 4294967296\n"):
+        read_cpuid_raw(text.replace("4294967295", "4294967296"), "raw.txt")
+
+
+@pytest.mark.parametrize(
+    ("line", "column", "expected"),
+    [
+        (f"basic_cpuid[{NINES}]=00000000 00000000 00000000 00000000", 13,
+         "the leaf index N of basic_cpuid[N] from 0 to 2147483647; found a number of 5000 digits"),
+        (f"ext_cpuid[{NINES}]=00000000 00000000 00000000 00000000", 11,
+         "the leaf index N of ext_cpuid[N] from 0 to 2147483647; found a number of 5000 digits"),
+        ("ext_cpuid[2147483648]=00000000 00000000 00000000 00000000", 11,
+         "the leaf index N of ext_cpuid[N] from 0 to 2147483647; found 2147483648"),
+        (f"intel_fn4[{NINES}]=00000000 00000000 00000000 00000000", 11,
+         "the subleaf index N of intel_fn4[N] from 0 to 4294967295; found a number of 5000 digits"),
+        ("intel_fn4[18446744073709551615]=00000000 00000000 00000000 00000000", 11,
+         "the subleaf index N of intel_fn4[N] from 0 to 4294967295; found a number of 20 digits"),
+        ("intel_fn11[4294967296]=00000000 00000000 00000002 00000000", 12,
+         "the subleaf index N of intel_fn11[N] from 0 to 4294967295; found 4294967296"),
+    ],
+)
+def test_native_libcpuid_index_out_of_range(line: str, column: int, expected: str) -> None:
+    """A native libcpuid index past its 32-bit leaf or subleaf range names line and column."""
+    with pytest.raises(InputError) as caught:
+        read_libcpuid(f"{NATIVE_LEAF_0}{line}\n", "native.test")
+    first, snippet, _ = str(caught.value).splitlines()
+    assert first == f"native.test:2:{column}: expected {expected}"
+    assert len(snippet) <= 4 + SNIPPET_WIDTH + 2
+
+
+def test_native_libcpuid_largest_subleaf_round_trips() -> None:
+    """intel_fn4[4294967295] is subleaf 0xffffffff, which the own JSON writes and reads back."""
+    text = f"{NATIVE_LEAF_0}intel_fn4[0004294967295]=00000001 00000002 00000003 00000004\n"
+    cpuid = read_libcpuid(text, "native.test")
+    assert cpuid.get(4, 0xFFFF_FFFF) == Registers(1, 2, 3, 4)
+    again = read_cpuid_json(to_json_text(cpuid), "again.json")
+    assert dict(again.entries) == dict(cpuid.entries)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "held"),
+    [
+        ((0, 4294967295), "CPUs 0, 4294967295"),
+        ((0, 1, 2, 3), "CPUs 0-3"),
+        ((0, 2, 3), "CPUs 0, 2, 3"),
+        ((7,), "CPU 7"),
+    ],
+)
+def test_missing_cpu_names_the_cpus_present(numbers: tuple[int, ...], held: str) -> None:
+    """cpu=5 of a dump without CPU 5 lists the CPUs it holds, however far apart they are."""
+    text = "".join(f"------[ CPUID Registers / Logical CPU #{n} ]------\n{LEAF_0}" for n in numbers)
+    with pytest.raises(InputError) as caught:
+        read_aida64(text, "dump.txt", cpu=5)
+    assert str(caught.value) == f"dump.txt: expected logical CPU 5; the dump holds {held}"
+
+
+@pytest.mark.parametrize(
+    ("line", "start", "end", "snippet", "span"),
+    [
+        ("short line", 2, 4, "short line", (2, 4)),
+        ("short line", 20, 30, "short line", (10, 11)),  # the caret stays by the line
+        ("a" * 100 + "X" + "b" * 1000, 100, 101,
+         "…" + "a" * 40 + "X" + "b" * 79 + "…", (41, 42)),
+        ("a" * 1000 + "X", 1000, 1001, "…" + "a" * 119 + "X", (120, 121)),
+    ],
+)
+def test_clip_snippet_keeps_the_caret_on_the_same_character(
+    line: str, start: int, end: int, snippet: str, span: tuple[int, int]
+) -> None:
+    """clip_snippet cuts long lines to SNIPPET_WIDTH around the span, moving the span along."""
+    assert clip_snippet(line, start, end) == (snippet, span)
+    clipped, (low, _) = clip_snippet(line, start, end)
+    if start < len(line):
+        assert clipped[low] == line[start]

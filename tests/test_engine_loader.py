@@ -170,3 +170,102 @@ def test_unknown_rule_lookup_is_a_key_error() -> None:
     with pytest.raises(KeyError):
         load_catalogue().get("XS9999")
     assert "amx-tile-pair" in load_catalogue() and "XS9999" not in load_catalogue()
+
+
+# --------------------------------------------------------------------------- hostile files
+# Found by `python fuzz/run.py --reader rule-file` (fuzz-out/rule-file): tomllib's
+# RecursionError on deep nesting and a TypeError for a table where a string was expected.
+
+
+@pytest.mark.parametrize("opening", ["[", "{a = ", "[{b = "])
+def test_deep_nesting_is_an_input_error_naming_the_file(tmp_path: Path, opening: str) -> None:
+    """1000 nested arrays or inline tables make tomllib recurse too deep: an InputError."""
+    message = load_error(tmp_path, "x = " + opening * 1000 + "\n" + GOOD_RULE)
+    assert message == "xcr0.toml: valid TOML (arrays and inline tables nested too deeply to read)"
+
+
+def test_integer_of_thousands_of_digits_is_drawn(tmp_path: Path) -> None:
+    """A 5000-digit integer (more than Python converts) is an InputError at its column."""
+    message = load_error(tmp_path, GOOD_RULE + "\n[[rule.fail.x]]\ny = " + "9" * 5000 + "\n")
+    first, snippet, marker = message.splitlines()
+    line = GOOD_RULE.count("\n") + 3
+    assert first == f"xcr0.toml:{line}:5: valid TOML (an integer of at most 4300 digits)"
+    assert snippet == "    y = " + "9" * 116 + "…"
+    assert marker == "        " + "~" * 115 + "^"
+
+
+@pytest.mark.parametrize("value", ["{ a = 1 }", "[1]", "[{ a = 1 }]", "1", "true"])
+def test_example_base_of_another_type(tmp_path: Path, value: str) -> None:
+    """base = a table, an array or a number is refused at its line, like an unknown base."""
+    text = GOOD_RULE.replace("[[rule.fail]]\n", f"[[rule.fail]]\nbase = {value}\n")
+    assert load_error(tmp_path, text).startswith(
+        "xcr0.toml:18:1: base = one of spr-guest, spr-cpu, skx-guest, genoa-guest\n"
+        f"    base = {value}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('family = "xcr0"', "family = { a = 1 }", "xcr0.toml:1:1: family = one of xcr0,"),
+        ('family = "xcr0"', "family = [1]", "xcr0.toml:1:1: family = one of xcr0,"),
+        ('cpuid = { "0xd.0.eax" = "0x202e7" }', 'missing = ["0xd.zz"]',
+         "xcr0.toml:18:1: a CPUID key such as \"0xd.0.eax\" or \"0x1d.1\", not '0xd.zz'"),
+        ('cpuid = { "0xd.0.eax" = "0x202e7" }', 'missing = ["0xd.0.eax"]',
+         "xcr0.toml:18:1: missing = [\"LEAF.SUBLEAF\", …], not '0xd.0.eax'"),
+        ('"0xd.0.eax" = "0x202e7"', '"4294967296.0.eax" = "0x202e7"',
+         "xcr0.toml:18:1: a leaf and subleaf of at most 0xffffffff, not '4294967296.0.eax'"),
+        ('cpuid = { "0xd.0.eax" = "0x202e7" }', 'flags = { "0xd.0" = "4294967296" }',
+         "xcr0.toml:18:1: flags = { \"LEAF.SUBLEAF\" = \"FLAGS\" }, not '0xd.0'"),
+        ('cpuid = { "0xd.0.eax" = "0x202e7" }', 'host = { xcr0 = "18446744073709551616" }',
+         "xcr0.toml:18:1: xcr0 = a 64-bit mask such as \"0x602e7\", not '18446744073709551616'"),
+        ('cpuid = { "0xd.0.eax" = "0x202e7" }', 'host = { xcr0 = "0x10000000000000000" }',
+         "xcr0.toml:18:1: xcr0 = a 64-bit mask such as \"0x602e7\", not '0x10000000000000000'"),
+        ("references =", 'cpuid_bits = ["4294967296.0.eax"]\nreferences =',
+         "xcr0.toml:12:1: a leaf and subleaf of at most 0xffffffff"),
+    ],
+)
+def test_wrong_types_and_out_of_range_values_are_refused(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    """Tables where strings belong, and leaves, subleaves, flags or masks too wide: InputError."""
+    assert old in GOOD_RULE
+    assert load_error(tmp_path, GOOD_RULE.replace(old, new, 1)).startswith(expected)
+
+
+@pytest.mark.parametrize("rules", ["[1]", '["XS0190"]', '[{ id = "XS0190" }, 2]'])
+def test_rule_array_of_other_values_is_refused(tmp_path: Path, rules: str) -> None:
+    """rule = an array holding anything but tables is refused at the rule key."""
+    assert load_error(tmp_path, f'family = "xcr0"\nrule = {rules}\n') == (
+        "xcr0.toml:2:1: at least one [[rule]] table (and nothing but tables)\n"
+        f"    rule = {rules}\n"
+        "    ~~~^"
+    )
+
+
+def test_decimal_leaves_with_leading_zeros_are_read(tmp_path: Path) -> None:
+    """"010.0.eax" is leaf 10 (decimal), in examples and cpuid_bits alike."""
+    text = GOOD_RULE.replace('"0xd.0.eax" = "0x202e7"', '"013.00.eax" = "0x202e7"').replace(
+        "references =", 'cpuid_bits = ["013.0.eax:1"]\nreferences =')
+    rule = load_catalogue([write(tmp_path, text)]).get("XS0190")
+    assert rule.fails[0].cpuid == (("013.00.eax", "0x202e7"),)
+    assert rule.cpuid_bits == ((0xD, 0, "eax", 0x2),)
+
+
+def test_long_lines_and_names_give_short_messages(tmp_path: Path) -> None:
+    """A 1 MiB check with a misspelt name: the line and the name are cut in the message."""
+    name = "x" * (1 << 20)
+    text = GOOD_RULE.replace('check = "xcr0 & xtile', f'check = "xcr0 & {name} & xtile')
+    first, snippet, marker = load_error(tmp_path, text).splitlines()
+    assert first == f"xcr0.toml:8:17: unknown name '{'x' * 100}…'"
+    assert snippet == '    check = "xcr0 & ' + "x" * 104 + "…"
+    assert marker == "    " + " " * 16 + "~" * 103 + "^"
+
+
+def test_toml_syntax_error_on_a_long_line_is_cut(tmp_path: Path) -> None:
+    """A TOML syntax error after a 100 000-character value: the line is cut around the caret."""
+    text = GOOD_RULE.replace('severity = "error"', 'severity = "' + "e" * 100_000 + '" x')
+    first, snippet, marker = load_error(tmp_path, text).splitlines()
+    assert first.startswith("xcr0.toml:6:100015: valid TOML (")
+    assert snippet == "    …" + "e" * 117 + '" x'
+    assert marker == "    " + " " * 120 + "^"

@@ -315,3 +315,59 @@ def test_own_json_round_trips_any_table(
     assert back.source == source
     expected_meta = {"format": "xstate-check-json", **meta, "role": role}
     assert dict(back.meta) == expected_meta
+
+
+def test_long_first_line_of_unknown_text_gives_a_short_message(tmp_path: Path) -> None:
+    """Text of no known format whose first line is 1 MiB: the line is cut in the message."""
+    path = tmp_path / "long.txt"
+    path.write_text("  " + "z" * (1 << 20) + "\n")
+    with pytest.raises(InputError) as caught:
+        load_cpuid(path)
+    first, snippet, marker = str(caught.value).splitlines()
+    assert first == f"{path}:1:3: {EXPECTED_DUMP}"
+    assert snippet == "    " + "  " + "z" * 118 + "…"
+    assert marker == "    " + "  " + "~" * 117 + "^"
+
+
+def test_long_key_of_own_json_gives_a_short_message() -> None:
+    """An unknown own-JSON key of 1 MiB is quoted cut short, and so is its line."""
+    text = '{"schema": "xstate-check-cpuid/1", "' + "k" * (1 << 20) + '": 1, "entries": []}'
+    with pytest.raises(InputError) as caught:
+        read_cpuid_text(text, "own.json")
+    message = str(caught.value)
+    assert message.startswith('own.json:1:36: expected one of the keys "schema", "source", "role"')
+    assert len(message) < 500
+
+
+# Lines whose numbers are past what their field holds (found by fuzz/run.py).
+HUGE_NUMBERS = [
+    "------[ CPUID Registers / Logical CPU #" + "9" * 5000 + " ]------",
+    "------[ CPUID Registers / Logical CPU #99999999999 ]------",
+    "CPU#" + "9" * 4400 + " AffMask: 0x2", "CPU 4294967296:", "CPU " + "9" * 4301 + ":",
+    "_____ Logical CPU #" + "9" * 5000 + " _____",
+    "intel_fn4[18446744073709551615]=00000001 00000002 00000003 00000004",
+    "intel_fn4[4294967295]=00000001 00000002 00000003 00000004",
+    "basic_cpuid[" + "9" * 5000 + "]=00000001 00000002 00000003 00000004",
+    "ext_cpuid[2147483647]=00000001 00000002 00000003 00000004",
+    "CPUID 0000000D: 00000007-00000340-00000340-00000000 [SL FFFFFFFF]",
+    "   0xffffffff 0xffffffff: eax=0x0000000f ebx=0x000009a8 ecx=0x00001800 edx=0x00000000",
+]
+
+
+@given(
+    pieces=st.lists(st.sampled_from(FRAGMENTS + HUGE_NUMBERS), max_size=30),
+    cpu=st.none() | st.sampled_from([0, 1, 5, 4294967295]),
+)
+def test_accepted_dumps_hold_32_bit_values_only(pieces: list[str], cpu: int | None) -> None:
+    """Text with huge numbers reads to 32-bit leaves, subleaves and registers, or is refused."""
+    text = "\n".join(pieces)
+    try:
+        cpuid = read_cpuid_text(text, "fuzz.txt", cpu=cpu)
+    except InputError as error:
+        assert str(error).startswith("fuzz.txt")
+        assert len(str(error)) < 1000
+        return
+    for row in cpuid.rows():
+        assert all(0 <= value <= 0xFFFF_FFFF for value in row), row
+    again = read_cpuid_json(to_json_text(cpuid), "again.json")
+    assert dict(again.entries) == dict(cpuid.entries)

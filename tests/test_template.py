@@ -831,3 +831,35 @@ def test_apply_result_keeps_registers_type() -> None:
     """Applied entries are Registers tuples like every other CpuidSet entry."""
     guest = apply_template(parse_template(template_text(leaf_json()), "t.json"), base_set()).cpuid
     assert isinstance(guest.get(7, 0), Registers)
+
+
+# --- long lines --------------------------------------------------------------------------
+
+
+def test_jsonpos_error_on_a_long_line_is_cut_around_the_caret() -> None:
+    """A syntax error in the middle of a 2 MiB line: the line is cut, the caret stays on it."""
+    text = '{"kvm_capabilities": ["' + "1" * (1 << 20) + '" "2", "' + "3" * (1 << 20) + '"]}'
+    error = rejected(text)
+    column = text.index('"2"')
+    assert error.location == Location("t.json", 1, column + 1)
+    assert error.snippet is not None and error.span is not None
+    assert len(error.snippet) <= 122
+    assert error.snippet[error.span[0]] == '"'
+    assert error.snippet.startswith("…") and error.snippet.endswith("…")
+    assert len(str(error)) < 600
+
+
+@pytest.mark.parametrize(
+    ("fragment", "found"),
+    [
+        (leaf_json(leaf='"' + "y" * 100_000 + '"'), '"' + "y" * 100 + '…"'),
+        (leaf_json(subleaf='"0x' + "1" * 100_000 + '"'), '"0x' + "1" * 98 + '…"'),
+        (leaf_json(register='"' + "r" * 100_000 + '"'), '"' + "r" * 100 + '…"'),
+        (leaf_json(bitmap='"0b' + "1" * 100_000 + '"'), '"0b' + "1" * 98 + '…"'),
+    ],
+)
+def test_long_values_are_quoted_cut_short(fragment: str, found: str) -> None:
+    """A 100 000-character leaf, subleaf, register or bitmap is quoted to 100 characters."""
+    error = rejected(template_text(fragment))
+    assert found in error.expected
+    assert len(str(error)) < 1200

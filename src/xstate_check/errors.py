@@ -39,7 +39,7 @@ def clip_snippet(
 
 
 #: Values quoted inside a message (a key, a name, an edit) are cut to this many characters.
-QUOTE_WIDTH = 60
+QUOTE_WIDTH = 100
 
 
 def clip_quote(value: str, width: int = QUOTE_WIDTH) -> str:

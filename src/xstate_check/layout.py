@@ -112,18 +112,18 @@ class XsaveLayout:
 
     def compacted_size(self, mask: int) -> int:
         """Return the compacted-format size for ``mask`` (XCR0 | XSS bits, ascending order)."""
-        offset = LEGACY_AND_HEADER
-        for number in bits(mask & ~0x3):
-            component = self.components.get(number)
-            if component is None:
-                continue
-            if component.aligned:
-                offset = align64(offset)
-            offset += component.size
-        return offset
+        return self._compact(mask)[1]
 
     def compacted_offsets(self, mask: int) -> dict[int, int]:
         """Return each component's offset in the compacted format for ``mask``."""
+        return self._compact(mask)[0]
+
+    def _compact(self, mask: int) -> tuple[dict[int, int], int]:
+        """Lay ``mask``'s components out compacted (SDM, KVM, Linux): offsets and the end.
+
+        After the legacy region and header, each enumerated component i >= 2 of the mask, in
+        ascending order, starts at the next 64-byte boundary if its ECX bit 1 is set.
+        """
         offsets: dict[int, int] = {}
         offset = LEGACY_AND_HEADER
         for number in bits(mask & ~0x3):
@@ -134,7 +134,7 @@ class XsaveLayout:
                 offset = align64(offset)
             offsets[number] = offset
             offset += component.size
-        return offsets
+        return offsets, offset
 
     @property
     def user_dynamic(self) -> int:

@@ -17,7 +17,7 @@ import attrs
 
 from xstate_check import jsonpos
 from xstate_check.cpuid import CpuidSet, Provenance, Registers
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import QUOTE_WIDTH, InputError, Location
 from xstate_check.jsonpos import Node
 from xstate_check.subject import MissingEntry
 
@@ -217,7 +217,9 @@ def _describe(node: Node) -> str:
 
 
 def _quote(value: str) -> str:
-    """Show a string on one line, JSON-escaped, in double quotes."""
+    """Show a string on one line, JSON-escaped, in double quotes, cut to ``QUOTE_WIDTH``."""
+    if len(value) > QUOTE_WIDTH:
+        value = value[:QUOTE_WIDTH] + "…"
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -207,14 +207,17 @@ class _Reader:
         """Return a ``"0x…"`` field as an int, or fail naming what was expected."""
         if isinstance(value, str) and _HEX_VALUE.match(value):
             return int(value, 16)
-        shown = json.dumps(value)
-        if len(shown) > 40:
-            shown = shown[:37] + "..."
         raise self.fail(
             at,
             f'expected "{name}" as a string of "0x" and 1 to 8 hexadecimal digits '
-            f'such as "0x0000000d"; found {_json_name(value)} {shown}',
+            f'such as "0x0000000d"; found {_json_name(value)} {_shown(value)}',
         )
+
+
+def _shown(value: object) -> str:
+    """Return a decoded value as JSON for a message, cut to 40 characters."""
+    shown = json.dumps(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def _json_name(value: object) -> str:
@@ -273,14 +276,14 @@ def read_cpuid_json(text: str, path: str) -> CpuidSet:
     for key in document:
         if key not in _TOP_KEYS:
             allowed = ", ".join(f'"{k}"' for k in _TOP_KEYS)
-            raise reader.fail((key,), f'expected one of the keys {allowed}; found "{key}"',
+            raise reader.fail((key,), f"expected one of the keys {allowed}; found {_shown(key)}",
                               key=True)
     if "schema" not in document:
         raise reader.fail((), f'expected the key "schema": "{SCHEMA}" in the top-level object')
     if document["schema"] != SCHEMA:
         raise reader.fail(
             ("schema",),
-            f'expected "schema": "{SCHEMA}"; found {json.dumps(document["schema"])}',
+            f'expected "schema": "{SCHEMA}"; found {_shown(document["schema"])}',
         )
     source = document.get("source", path)
     if not isinstance(source, str):
@@ -288,7 +291,7 @@ def read_cpuid_json(text: str, path: str) -> CpuidSet:
     role = document.get("role", "cpu")
     if role not in ROLES:
         raise reader.fail(
-            ("role",), f'expected "role" to be "cpu" or "guest"; found {json.dumps(role)}'
+            ("role",), f'expected "role" to be "cpu" or "guest"; found {_shown(role)}'
         )
     meta = _read_meta(reader, document.get("meta", {}))
     if meta.setdefault("role", role) != role:
@@ -307,7 +310,8 @@ def _read_meta(reader: _Reader, meta: object) -> dict[str, str]:
     for key, value in meta.items():
         if not isinstance(value, str):
             raise reader.fail(
-                ("meta", key), f'expected "meta"."{key}" as a string; found {_json_name(value)}'
+                ("meta", key),
+                f'expected "meta".{_shown(key)} as a string; found {_json_name(value)}',
             )
     return dict(meta)
 
@@ -331,8 +335,8 @@ def _read_entries(
         for key in entry:
             if key not in _ENTRY_KEYS:
                 allowed = ", ".join(f'"{k}"' for k in _ENTRY_KEYS)
-                raise reader.fail((*at, key), f'expected one of the entry keys {allowed}; '
-                                  f'found "{key}"', key=True)
+                raise reader.fail((*at, key), f"expected one of the entry keys {allowed}; "
+                                  f"found {_shown(key)}", key=True)
         missing = [key for key in ("leaf", "subleaf", *REGISTERS) if key not in entry]
         if missing:
             names = ", ".join(f'"{k}"' for k in missing)
