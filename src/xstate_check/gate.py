@@ -28,9 +28,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import re
 import subprocess
-import tomllib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,10 +42,11 @@ from xstate_check.engine import evaluate
 from xstate_check.errors import InputError, Location
 from xstate_check.formats._findings import counts, findings_with_state
 from xstate_check.report import Finding, Report, SubjectReport
-from xstate_check.sources.load import load_cpuid
+from xstate_check.sources.load import load_cpuid, read_text
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
 from xstate_check.subject import Subject
 from xstate_check.template import Template, load_template, parse_template
+from xstate_check.tomltext import parse_toml
 
 __all__ = [
     "AMD",
@@ -260,18 +259,9 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     Unknown keys, wrong types and an entry with neither are InputErrors with the line.
     """
     name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(Location(name), f"a readable UTF-8 matrix file ({error})") from None
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        # Python 3.11's tomllib gives the position only inside the message.
-        found = re.search(r"\(at line (\d+), column (\d+)\)$", str(error))
-        line, column = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
-        problem = str(error)[: found.start()].strip() if found else str(error)
-        raise InputError(Location(name, line, column), f"expected TOML: {problem}") from None
+    # Bounded, regular files only (a FIFO must not hang the gate); any TOML failure is input.
+    text = read_text(name)
+    document = parse_toml(text, name)
     for key in document:
         if key not in _TOP_KEYS:
             raise InputError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -26,10 +25,11 @@ from xstate_check.engine.evaluator import (
 )
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
-from xstate_check.errors import InputError, Location, clip_quote, clip_snippet
+from xstate_check.errors import InputError, Location, clip_quote
 from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind, needs_of
 from xstate_check.report import SEVERITIES
 from xstate_check.sources.load import read_text
+from xstate_check.tomltext import error_at, parse_toml
 
 __all__ = [
     "FILE_KEYS",
@@ -73,16 +73,7 @@ class _Source:
 
     def fail(self, offset: int, expected: str, length: int = 1) -> NoReturn:
         """Raise InputError at ``offset`` with a caret under ``length`` characters."""
-        offset = max(0, min(offset, len(self.text)))
-        line_start = self.text.rfind("\n", 0, offset) + 1
-        line_end = self.text.find("\n", offset)
-        line_end = len(self.text) if line_end < 0 else line_end
-        line = self.text.count("\n", 0, offset) + 1
-        column = offset - line_start
-        end = min(column + max(1, length), line_end - line_start)
-        snippet, span = clip_snippet(self.text[line_start:line_end], column, end)
-        raise InputError(Location(self.path, line, column + 1), expected, snippet=snippet,
-                         span=span)
+        raise error_at(self.path, self.text, offset, expected, length)
 
     def block(self, index: int) -> tuple[int, int]:
         """Return the text span of the ``index``-th ``[[rule]]`` table (the file if unsure)."""
@@ -498,52 +489,10 @@ def _language_type(kind: Kind) -> str:
     return kind
 
 
-def _decode_error(path: str, text: str, error: tomllib.TOMLDecodeError) -> InputError:
-    match = re.search(r"\(at line (\d+), column (\d+)\)", str(error))
-    message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(error))
-    if match is None:
-        return InputError(Location(path), f"valid TOML ({message})")
-    line, column = int(match.group(1)), int(match.group(2))
-    lines = text.splitlines()
-    if not 0 < line <= len(lines):
-        return InputError(Location(path, line, column), f"valid TOML ({message})")
-    snippet, span = clip_snippet(lines[line - 1], column - 1, column)
-    return InputError(Location(path, line, column), f"valid TOML ({message})", snippet=snippet,
-                      span=span)
-
-
-# A decimal integer longer than Python converts (sys.get_int_max_str_digits(), 4300 by
-# default); TOML allows "_" between digits.
-_LONG_DECIMAL = re.compile(r"(?<![\w.])[+-]?\d(?:_?\d){4300,}")
-
-
-def _parse_toml(text: str, path: str) -> dict[str, Any]:
-    """Return the TOML document of ``text``; anything tomllib cannot read is an InputError.
-
-    Besides TOMLDecodeError, tomllib raises RecursionError on deeply nested arrays or inline
-    tables (``x = [[[[…``) and ValueError on an integer of more than 4300 digits.
-    """
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise _decode_error(path, text, error) from None
-    except RecursionError:
-        raise InputError(
-            Location(path), "valid TOML (arrays and inline tables nested too deeply to read)"
-        ) from None
-    except ValueError as error:
-        # Not a TOMLDecodeError (a ValueError too): int() refused a number too long to read.
-        long_number = _LONG_DECIMAL.search(text)
-        if long_number is None:
-            raise InputError(Location(path), f"valid TOML ({error})") from None
-        _Source(path, text).fail(long_number.start(), "valid TOML (an integer of at most "
-                                 "4300 digits)", long_number.end() - long_number.start())
-
-
 def load_rule_text(text: str, path: str) -> list[Rule]:
     """Read one rule file's text; its name (without ``.toml``) must be its family."""
     source = _Source(path, text)
-    data = _parse_toml(text, path)
+    data = parse_toml(text, path)
     whole = (0, len(text))
     for key in data:
         if key not in FILE_KEYS:

@@ -1,0 +1,70 @@
+"""TOML files (rules, gate matrices) read so that anything tomllib refuses is an InputError."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import Any
+
+from xstate_check.errors import InputError, Location, clip_snippet
+
+__all__ = ["error_at", "parse_toml"]
+
+# A decimal integer longer than Python converts (sys.get_int_max_str_digits(), 4300 by
+# default); TOML allows "_" between digits.
+_LONG_DECIMAL = re.compile(r"(?<![\w.])[+-]?\d(?:_?\d){4300,}")
+_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
+
+
+def error_at(path: str, text: str, offset: int, expected: str, length: int = 1) -> InputError:
+    """Return the InputError for ``offset`` in ``text``: line, column and a caret."""
+    offset = max(0, min(offset, len(text)))
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = text.find("\n", offset)
+    line_end = len(text) if line_end < 0 else line_end
+    column = offset - line_start
+    end = min(column + max(1, length), line_end - line_start)
+    snippet, span = clip_snippet(text[line_start:line_end], column, end)
+    line = text.count("\n", 0, offset) + 1
+    return InputError(Location(path, line, column + 1), expected, snippet=snippet, span=span)
+
+
+def _decode_error(path: str, text: str, error: tomllib.TOMLDecodeError) -> InputError:
+    message = _POSITION.sub("", str(error))
+    match = _POSITION.search(str(error))
+    if match is None:
+        return InputError(Location(path), f"valid TOML ({message})")
+    line, column = int(match.group(1)), int(match.group(2))
+    # tomllib counts lines by "\n" only; so must the snippet (not str.splitlines()).
+    lines = text.split("\n")
+    if not 0 < line <= len(lines):
+        return InputError(Location(path, line, column), f"valid TOML ({message})")
+    snippet, span = clip_snippet(lines[line - 1], column - 1, column)
+    return InputError(
+        Location(path, line, column), f"valid TOML ({message})", snippet=snippet, span=span
+    )
+
+
+def parse_toml(text: str, path: str) -> dict[str, Any]:
+    """Return the TOML document of ``text``; anything tomllib cannot read is an InputError.
+
+    Besides TOMLDecodeError, tomllib raises RecursionError on deeply nested arrays or inline
+    tables (``x = [[[[…``) and ValueError on an integer of more than 4300 digits.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise _decode_error(path, text, error) from None
+    except RecursionError:
+        raise InputError(
+            Location(path), "valid TOML (arrays and inline tables nested too deeply to read)"
+        ) from None
+    except ValueError as error:
+        # Not a TOMLDecodeError (a ValueError too): int() refused a number too long to read.
+        long_number = _LONG_DECIMAL.search(text)
+        if long_number is None:
+            raise InputError(Location(path), f"valid TOML ({error})") from None
+        raise error_at(
+            path, text, long_number.start(), "valid TOML (an integer of at most 4300 digits)",
+            long_number.end() - long_number.start(),
+        ) from None
