@@ -42,6 +42,24 @@ def median_us(step: Callable[[], object], runs: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def _aida64_text(rows: list[tuple[int, int, int, int, int, int]], entries: int) -> str:
+    """Return an AIDA64 dump of ``rows`` padded to ``entries`` with subleaves of a free leaf."""
+    padded = list(rows)
+    base = rows[-1][2:] if rows else (0, 0, 0, 0)
+    free_leaf = next(leaf for leaf in range(0x40000100, 0x40001000) if leaf not in
+                     {row[0] for row in rows})
+    subleaf = 0
+    while len(padded) < entries:
+        padded.append((free_leaf, subleaf, *base))
+        subleaf += 1
+    lines = ["------[ CPUID Registers / Logical CPU #0 ]------", ""]
+    lines += [
+        f"CPUID {leaf:08X}: {eax:08X}-{ebx:08X}-{ecx:08X}-{edx:08X} [SL {subleaf & 0xFF:02X}]"
+        for leaf, subleaf, eax, ebx, ecx, edx in sorted(padded)
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         "load_last_cpu_us": median_us(lambda: load_cpuid(path, cpu=last_cpu), args.runs // 10),
         "read_own_json_us": median_us(lambda: read_cpuid_json(own, "own.json"), args.runs),
     }
+    # No real dump has 200 entries for one CPU (Granite Rapids has 92): pad the real table
+    # with subleaves of a leaf it lacks, written as AIDA64 lines, to 200 entries.
+    padded = _aida64_text(cpuid.rows(), 200)
+    padded_path = "padded-200.txt"
+    figures["entries_200_load_and_decode_us"] = median_us(
+        lambda: XsaveLayout.from_cpuid(read_aida64(padded, padded_path)), args.runs
+    )
     figures["last_over_first_cpu"] = figures["load_last_cpu_us"] / figures["load_first_cpu_us"]
     figures["target_us"] = TARGET_US
-    figures["within_target"] = figures["load_and_decode_us"] < TARGET_US
+    figures["within_target"] = max(
+        figures["load_and_decode_us"], figures["entries_200_load_and_decode_us"]
+    ) < TARGET_US
 
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -85,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{path}: CPU #0, {len(cpuid)} entries, median of {args.runs} runs")
     for key, value in figures.items():
         if key.endswith("_us") and key != "target_us":
-            print(f"  {key[:-3].replace('_', ' '):<22} {value:9.1f} µs")
+            print(f"  {key[:-3].replace('_', ' '):<32} {value:9.1f} µs")
     print(f"  last CPU ({last_cpu}) / first CPU  {figures['last_over_first_cpu']:6.1f}x")
     verdict = "within" if figures["within_target"] else "OVER"
-    print(f"  load and decode: {verdict} the {TARGET_US:.0f} µs target")
+    print(f"  load and decode (real dump and 200 entries): {verdict} the {TARGET_US:.0f} µs target")
     return 0
 
 
