@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from xstate_check.cpuid import CpuidSet, Registers
@@ -151,3 +153,25 @@ def test_input_error_draws_a_caret_under_the_span() -> None:
 def test_location_renders_only_what_it_knows(location: Location, text: str) -> None:
     """A location prints path, then line and column only where they are known."""
     assert str(location) == text
+
+
+def test_rule_facts_and_layout_compute_the_same_sizes(data_dir: Path) -> None:
+    """The rules' light view of leaf 0xD gives the sizes XsaveLayout gives, on every real table."""
+    from xstate_check.facts import Components
+    from xstate_check.sources.load import load_cpuid
+
+    paths = [*sorted((data_dir / "cpuid-dumps").glob("*/*.t*")),
+             *sorted((data_dir / "firecracker").glob("fingerprint_*.json"))]
+    checked = 0
+    for path in paths:
+        try:
+            cpuid = load_cpuid(path)
+        except InputError:
+            continue  # SOURCES.md and the decoded (not raw) cpuid view
+        layout, light = XsaveLayout.from_cpuid(cpuid), Components(cpuid)
+        for mask in (layout.xcr0_supported, layout.xcr0_supported | layout.xss_supported,
+                     layout.xcr0_supported & 0x2E7):
+            assert light.standard_size(mask) == layout.standard_size(mask), path
+            assert light.compacted_size(mask) == layout.compacted_size(mask), path
+        checked += 1
+    assert checked >= 50

@@ -12,6 +12,7 @@ A fact the subject lacks (no HostState, a dump without leaf 0xD subleaves) raise
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
@@ -162,7 +163,8 @@ _XCR0_REFS = (_reg(0xD, 0, "eax"), _reg(0xD, 0, "edx"))
 _XSS_REFS = (_reg(0xD, 1, "ecx"), _reg(0xD, 1, "edx"))
 
 
-def _mask_refs(mask: int) -> list[BitRef]:
+@functools.lru_cache(maxsize=1024)
+def _mask_refs(mask: int) -> tuple[BitRef, ...]:
     """Return the 0xD.0 / 0xD.1 enumeration bits and the subleaves of the xfeatures of mask."""
     refs: list[BitRef] = []
     for number in bits(mask):
@@ -172,10 +174,10 @@ def _mask_refs(mask: int) -> list[BitRef]:
             refs.append(_reg(0xD, 0, "eax" if number < 32 else "edx", 1 << (number % 32)))
         if number >= 2:
             refs.extend(_reg(0xD, number, register) for register in ("eax", "ebx", "ecx"))
-    return refs
+    return tuple(refs)
 
 
-def _component_sources(facts: Facts, value: object) -> list[BitRef]:
+def _component_sources(facts: Facts, value: object) -> Iterable[BitRef]:
     return _mask_refs(value if isinstance(value, int) else 0)
 
 
@@ -756,7 +758,7 @@ def _compacted_size(facts: Facts, mask: int) -> int:
     return facts.components.compacted_size(mask)
 
 
-def _layout_sources(facts: Facts) -> list[BitRef]:
+def _layout_sources(facts: Facts) -> Iterable[BitRef]:
     xcr0, xss = facts["xcr0"], facts["xss"]
     assert isinstance(xcr0, int) and isinstance(xss, int)
     return _mask_refs(xcr0 | xss)
