@@ -235,6 +235,18 @@ class CpuidSet:
         return {name: self.feature(name) for name in FEATURES}
 
     @property
+    def xcr0_supported(self) -> int:
+        """Return CPUID.(0xD,0) EDX:EAX, the XCR0 bits enumerated (zero without leaf 0xD)."""
+        regs = self.get(0xD, 0)
+        return regs.edx << 32 | regs.eax
+
+    @property
+    def xss_supported(self) -> int:
+        """Return CPUID.(0xD,1) EDX:ECX, the IA32_XSS bits enumerated (zero without them)."""
+        regs = self.get(0xD, 1)
+        return regs.edx << 32 | regs.ecx
+
+    @property
     def max_basic_leaf(self) -> int:
         """Return CPUID.0:EAX, the highest basic leaf."""
         return self.get(0).eax

@@ -120,8 +120,7 @@ class Facts(dict[str, Any]):
         cpuid = self.cpuid = subject.cpuid
         self._components: Components | None = None
         # Every rule family reads XCR0; reading it here is cheaper than on first use.
-        regs = cpuid.entries.get((0xD, 0))
-        self["xcr0"] = regs.edx << 32 | regs.eax if regs is not None else 0
+        self["xcr0"] = cpuid.xcr0_supported
 
     def __missing__(self, name: str) -> object:
         value = FACTS[name].compute(self)
@@ -213,26 +212,16 @@ def _max_basic_leaf(facts: Facts) -> object:
 # --- leaf 0xD as enumerated ------------------------------------------------------------
 
 
-def _xcr0_of(cpuid: CpuidSet) -> int:
-    regs = cpuid.get(0xD, 0)
-    return regs.edx << 32 | regs.eax
-
-
-def _xss_of(cpuid: CpuidSet) -> int:
-    regs = cpuid.get(0xD, 1)
-    return regs.edx << 32 | regs.ecx
-
-
 @_fact("xcr0", "mask", "0xD.0 EDX:EAX: the XCR0 bits enumerated, which a guest that enables "
        "every enumerated xfeature writes with XSETBV", _XCR0_REFS)
 def _xcr0(facts: Facts) -> object:
-    return _xcr0_of(facts.cpuid)
+    return facts.cpuid.xcr0_supported
 
 
 @_fact("xss", "mask", "0xD.1 EDX:ECX: the IA32_XSS (supervisor) bits enumerated", _XSS_REFS)
 def _xss(facts: Facts) -> object:
     facts.require_subleaves()
-    return _xss_of(facts.cpuid)
+    return facts.cpuid.xss_supported
 
 
 @_fact("size_current", "size", "0xD.0 EBX: standard-format size for the XCR0 now enabled",
@@ -641,12 +630,12 @@ def _base(facts: Facts) -> CpuidSet:
 
 @_fact("base.xcr0", "mask", "0xD.0 EDX:EAX of the table before the template", _XCR0_REFS)
 def _base_xcr0(facts: Facts) -> object:
-    return _xcr0_of(_base(facts))
+    return _base(facts).xcr0_supported
 
 
 @_fact("base.xss", "mask", "0xD.1 EDX:ECX of the table before the template", _XSS_REFS)
 def _base_xss(facts: Facts) -> object:
-    return _xss_of(_base(facts))
+    return _base(facts).xss_supported
 
 
 # --- the host (HostState) ---------------------------------------------------------------
@@ -680,7 +669,7 @@ _host_fact("host.kvm_guest_supported", "kvm_guest_supported", "KVM_X86_XCOMP_GUE
 def _host_cpuid_xcr0(facts: Facts) -> object:
     table = _host_field(facts, "host_cpuid")
     assert isinstance(table, CpuidSet)
-    return _xcr0_of(table)
+    return table.xcr0_supported
 
 
 @_fact("host.kernel", "version", "the host kernel's (major, minor) version")
@@ -702,7 +691,7 @@ def _host_permission_requested(facts: Facts) -> object:
 def _kvm_cpuid_xcr0(facts: Facts) -> object:
     table = _host_field(facts, "kvm_cpuid")
     assert isinstance(table, CpuidSet)
-    return _xcr0_of(table)
+    return table.xcr0_supported
 
 
 @_fact("kvm.xcr0", "mask", "the XCR0 bits KVM supports for a guest whose VMM holds the guest "
@@ -716,7 +705,7 @@ def _kvm_xcr0(facts: Facts) -> object:
         return host.kvm_guest_supported
     for table in (host.kvm_cpuid_permitted, host.kvm_cpuid):
         if table is not None:
-            return _xcr0_of(table)
+            return table.xcr0_supported
     raise Missing("KVM's supported XCR0 was not read")
 
 
@@ -728,7 +717,7 @@ def _kvm_xss(facts: Facts) -> object:
         raise Missing("no host facts")
     for table in (host.kvm_cpuid_permitted, host.kvm_cpuid):
         if table is not None:
-            return _xss_of(table)
+            return table.xss_supported
     raise Missing("KVM's supported CPUID was not read")
 
 

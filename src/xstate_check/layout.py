@@ -69,8 +69,7 @@ class XsaveLayout:
         """Decode leaf 0xD of ``cpuid``."""
         sub0 = cpuid.get(XSAVE_LEAF, 0)
         sub1 = cpuid.get(XSAVE_LEAF, 1)
-        xcr0 = sub0.edx << 32 | sub0.eax
-        xss = sub1.edx << 32 | sub1.ecx
+        xcr0, xss = cpuid.xcr0_supported, cpuid.xss_supported
         wanted = set(bits((xcr0 | xss) & ~0x3))
         wanted.update(sub for sub in cpuid.subleaves(XSAVE_LEAF) if 2 <= sub < 64)
         components: dict[int, Component] = {}

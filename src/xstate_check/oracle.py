@@ -377,8 +377,7 @@ def to_json_text(results: Sequence[OracleResult]) -> str:
 # ---------------------------------------------------------------------------------------
 def enumerated_xcr0(cpuid: CpuidSet) -> int:
     """Return the subject's 0xD.0 EDX:EAX: the XCR0 a Linux guest enables by default."""
-    regs = cpuid.get(0xD, 0)
-    return regs.edx << 32 | regs.eax
+    return cpuid.xcr0_supported
 
 
 def split_testable(requested: int, *, enumerated: int, supported: int | None,

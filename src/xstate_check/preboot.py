@@ -69,20 +69,10 @@ def _hex(value: int | None) -> str | None:
     return None if value is None else f"{value:#x}"
 
 
-def _xcr0_mask(cpuid: CpuidSet) -> int:
-    regs = cpuid.get(0xD, 0)
-    return regs.edx << 32 | regs.eax
-
-
-def _xss_mask(cpuid: CpuidSet) -> int:
-    regs = cpuid.get(0xD, 1)
-    return regs.edx << 32 | regs.ecx
-
-
 def _table_details(cpuid: CpuidSet, prefix: str = "") -> dict[str, object]:
     return {
-        f"{prefix}xcr0_supported": _hex(_xcr0_mask(cpuid)),
-        f"{prefix}xss_supported": _hex(_xss_mask(cpuid)),
+        f"{prefix}xcr0_supported": _hex(cpuid.xcr0_supported),
+        f"{prefix}xss_supported": _hex(cpuid.xss_supported),
         f"{prefix}xsave_size_max": cpuid.get(0xD, 0).ecx,
     }
 

@@ -167,15 +167,18 @@ class _Probe:
         self.system = system
         self.notes: list[str] = []
 
+    def note_failure(self, call: str, option: int, error: OSError) -> None:
+        """Note that an arch_prctl call failed, with what its errno means on which kernel."""
+        code = error.errno or errnos.EIO
+        self.notes.append(
+            f"{call} failed with {_errno_name(code)}: {errno_meaning(option, code)}"
+        )
+
     def arch_get(self, option: int) -> int | None:
         try:
             return self.system.arch_prctl_get(option)
         except OSError as error:
-            code = error.errno or errnos.EIO
-            self.notes.append(
-                f"{ARCH_OPTION_NAMES[option]} failed with {_errno_name(code)}: "
-                f"{errno_meaning(option, code)}"
-            )
+            self.note_failure(ARCH_OPTION_NAMES[option], option, error)
             return None
 
     def xcr(self, cpu: CpuidSet) -> tuple[int | None, int | None]:
@@ -208,11 +211,7 @@ class _Probe:
         try:
             req_xcomp_guest_perm(self.system, ARCH_XCOMP_TILEDATA)
         except OSError as error:
-            code = error.errno or errnos.EIO
-            self.notes.append(
-                f"ARCH_REQ_XCOMP_GUEST_PERM(18) failed with {_errno_name(code)}: "
-                f"{errno_meaning(ARCH_REQ_XCOMP_GUEST_PERM, code)}"
-            )
+            self.note_failure("ARCH_REQ_XCOMP_GUEST_PERM(18)", ARCH_REQ_XCOMP_GUEST_PERM, error)
             return False
         return True
 
