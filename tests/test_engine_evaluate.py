@@ -40,7 +40,7 @@ def test_format_value_kinds() -> None:
 
 
 def test_each_rule_gives_one_finding_per_item_at_its_location() -> None:
-    """template-leaf-missing reports every missing entry at the modifier's own line."""
+    """template-leaf-missing is one finding naming every missing entry, at the first line."""
     table = base_table("spr-guest")
     missing = (MissingEntry(0xD, 0x13, Location("t.json", 40, 7)),
                MissingEntry(0x7, 2, Location("t.json", 12, 7)))
@@ -48,9 +48,8 @@ def test_each_rule_gives_one_finding_per_item_at_its_location() -> None:
     findings = evaluate(subject).findings
     assert [(f.name, f.location) for f in findings] == [
         ("template-leaf-missing", Location("t.json", 12, 7)),
-        ("template-leaf-missing", Location("t.json", 40, 7)),
     ]
-    assert "leaf 0x7 subleaf 0x2" in findings[0].message
+    assert "0x7.0x2" in findings[0].message and "0xd.0x13" in findings[0].message
 
 
 def test_location_prefers_bits_the_template_changed() -> None:
@@ -125,7 +124,7 @@ def test_explain_json_and_every_rule_page() -> None:
     for rule in CATALOGUE:
         assert render_rule(rule.id).startswith(f"{rule.id} {rule.name} ")
     data = json.loads(render_rule("template-leaf-missing", fmt="json"))
-    assert data["id"] == "XS0401" and data["each"] == "missing_entries"
+    assert data["id"] == "XS0401" and data["each"] == "missing_entries_first"
     assert all(entry["finding"] for entry in data["examples"]["fail"])
 
 

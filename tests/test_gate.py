@@ -26,7 +26,7 @@ from xstate_check.gate import (
     template_vendor,
 )
 from xstate_check.report import Finding, Report, Severity, SubjectReport
-from xstate_check.sources.profiles import match_profiles, profile_index
+from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
 from xstate_check.template import load_template
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_gate_without_matrix_uses_each_templates_vendor(data_dir: Path) -> None:
             str(subject.details["vendor"])
         )
     assert by_template == {"T2A.json": {AMD}, "SPR_TO_T2_6.1.json": {INTEL}}
-    amd = [i.name for i in profile_index() if i.vendor == AMD]
+    amd = [i.name for i in profile_index() if i.vendor == AMD and i.role == "guest"]
     names = [s.name for s in result.report.subjects if s.template and "T2A" in s.template]
     assert names == amd
 
@@ -143,13 +143,35 @@ def test_missing_leaf_is_an_error_on_the_template_line(data_dir: Path) -> None:
     assert result.exit_code() == 1
 
 
-def test_official_template_on_the_wrong_kernel_fails(data_dir: Path) -> None:
-    """GNR_TO_T2_6.1 on every GNR kernel fails only on 5.10, where 7.2 and 0xD.0x11 lack."""
+def test_official_template_on_the_wrong_kernel_fails_where_declared(data_dir: Path) -> None:
+    """GNR_TO_T2_6.1 declared for a 5.10 host fails there: one error naming every entry."""
+    template = data_dir / "firecracker" / "GNR_TO_T2_6.1.json"
+    result = run_gate([template], profiles=["profile:fc-granite-rapids-5.10",
+                                            "profile:fc-granite-rapids-6.1"])
+    failing = {s.name: [f for f in s.findings if f.severity == "error"]
+               for s in result.report.subjects}
+    assert [f.name for f in failing["fc-granite-rapids-5.10"]] == ["template-leaf-missing"]
+    assert failing["fc-granite-rapids-6.1"] == []
+    (error,) = failing["fc-granite-rapids-5.10"]
+    base = load_profile("fc-granite-rapids-5.10")
+    template_entries = load_template(template).entries()
+    lacking = [f"{leaf:#x}.{sub:#x}" for leaf, sub in template_entries if (leaf, sub) not in base]
+    assert len(lacking) >= 2 and all(entry in error.message for entry in lacking)
+    assert result.skipped == () and result.exit_code() == 1
+
+
+def test_a_template_is_not_for_a_host_it_lacks_entries_of_by_inference(data_dir: Path) -> None:
+    """Inferred pairs: a 5.10 host lacking the 6.1 template's entries is a skipped pair."""
     result = run_gate([data_dir / "firecracker" / "GNR_TO_T2_6.1.json"],
                       profiles=["profile:fc-granite-rapids-*"])
-    failing = {s.name for s in result.report.subjects if any(
-        f.severity == "error" for f in s.findings)}
-    assert failing == {"fc-granite-rapids-5.10"}
+    assert {s.name for s in result.subjects} == {"fc-granite-rapids-6.1",
+                                                 "fc-granite-rapids-6.18"}
+    (pair,) = result.skipped
+    assert pair.profile == "fc-granite-rapids-5.10" and "not for this host" in pair.reason
+    assert "0xd.0x11" in pair.reason
+    assert result.errors == [] and result.exit_code() == 0
+    assert result.summary()["not_for_host"] == 1
+    assert "1 template/profile pair not for their host" in result.summary_text()
 
 
 # --------------------------------------------------------------------------- regression mode
@@ -211,10 +233,14 @@ def test_unmasking_tilecfg_in_spr_template_is_new(repo: Path) -> None:
     assert result.exit_code() == 1
 
 
-def test_unchanged_templates_are_skipped(repo: Path) -> None:
-    """With nothing changed since HEAD the gate checks nothing and passes."""
-    result = run_gate(sorted((repo / "cpu-templates").glob("*.json")), changed_since="HEAD")
-    assert result.report.subjects == ()
+def test_unchanged_templates_are_still_checked_and_never_fail_on_new(repo: Path) -> None:
+    """With nothing changed since HEAD every template is checked; no finding is new."""
+    paths = sorted((repo / "cpu-templates").glob("*.json"))
+    result = run_gate(paths, changed_since="HEAD")
+    assert {s.template for s in result.subjects} == {str(p) for p in paths}
+    assert result.summary()["subjects"] == len(result.subjects) > 0
+    for subject in result.subjects:
+        assert set(_states(subject)) <= {"unchanged"}
     assert result.exit_code() == 0
 
 
@@ -223,7 +249,10 @@ def test_changes_since_an_older_revision_count(repo: Path) -> None:
     template = repo / "cpu-templates" / "T2.json"
     _edit(template, T2_XCR0, T2_XCR0_NO_TILEDATA)
     _git(repo, "commit", "-q", "-am", "mask TILEDATA")
-    assert run_gate([template], changed_since="HEAD").report.subjects == ()
+    since_head = run_gate([template], changed_since="HEAD")
+    assert since_head.subjects and since_head.errors  # still checked: the error is there
+    assert since_head.exit_code() == 0  # but the change since HEAD did not introduce it
+    assert run_gate([template], changed_since="HEAD", fail_on="any").exit_code() == 1
     assert run_gate([template], changed_since="HEAD~1").exit_code() == 1
 
 
@@ -372,7 +401,7 @@ def test_exit_code_follows_fail_on_and_strict() -> None:
         finding = Finding("XS0000", "x", severity, "m", "c", "f")
         subject = SubjectReport("p", "s", "t", [finding],
                                 {"baseline_state": [state], "fail_on": fail_on})
-        return GateResult((subject,), fail_on, "HEAD")
+        return GateResult((subject,), fail_on=fail_on, baseline="HEAD")
 
     assert result("error", "new", "new").exit_code() == 1
     assert result("error", "unchanged", "new").exit_code() == 0
@@ -430,11 +459,106 @@ def test_example_templates_pass_and_the_broken_one_fails_where_amx_is() -> None:
     broken = run_gate([path])
     failing = {s.name for s in broken.subjects if any(f.severity == "error" for f in s.findings)}
     with_tiledata = {
-        p.name for p in resolve_profiles(["builtin"]) if p.cpuid.get(0xD, 0).eax >> 18 & 1
+        p.name for p in resolve_profiles(["builtin"])
+        if p.cpuid.get(0xD, 0).eax >> 18 & 1 and p.role == "guest"
     }
-    assert failing == with_tiledata and len(with_tiledata) >= 5
+    assert failing == with_tiledata and len(with_tiledata) >= 4
     for subject in broken.subjects:
         for finding in subject.findings:
             if finding.severity == "error":
                 assert finding.name == "amx-tile-pair"
                 assert finding.location is not None and finding.location.line == line
+
+
+# --------------------------------------------------------------------------- pairing
+
+FIRECRACKER_X86 = ("T2", "T2S", "T2CL", "T2A", "C3", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
+                   "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
+
+
+def test_default_gate_over_firecrackers_templates_has_no_error(data_dir: Path) -> None:
+    """Firecracker's nine x86 templates on the bundled profiles, no matrix: exit 0."""
+    paths = [data_dir / "firecracker" / f"{name}.json" for name in FIRECRACKER_X86]
+    result = run_gate(paths)
+    assert result.errors == [] and result.exit_code() == 0
+    checked = {Path(s.template or "").stem for s in result.subjects}
+    assert checked == set(FIRECRACKER_X86)
+    # Bare-metal CPU tables are not a VMM's base table: never paired by inference.
+    bare = {i.name for i in profile_index() if i.role == "cpu"}
+    assert not bare & {s.name for s in result.subjects}
+    # The kernel variants: SPR_TO_T2_6.1 is not for the 5.10 Sapphire Rapids host.
+    assert any(p.template.endswith("SPR_TO_T2_6.1.json") and p.profile == "fc-sapphire-rapids-5.10"
+               for p in result.skipped)
+    assert result.summary()["not_for_host"] == len(result.skipped) > 0
+
+
+def test_masking_tiledata_only_fails_on_the_amx_profiles_only(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A template masking TILEDATA but not TILECFG fails with amx-tile-pair where AMX is."""
+    paths = [data_dir / "firecracker" / f"{name}.json" for name in FIRECRACKER_X86]
+    careless = tmp_path / "careless.json"
+    careless.write_text(json.dumps({"cpuid_modifiers": [{
+        "leaf": "0xd", "subleaf": "0x0", "flags": 1,
+        "modifiers": [{"register": "eax", "bitmap": "0bxxxxxxxxxxxxx0xxxxxxxxxxxxxxxxxx"}],
+    }]}), encoding="utf-8")
+    result = run_gate([*paths, careless])
+    failing = {(Path(s.template or "").name, s.name) for s in result.subjects
+               for f in s.findings if f.severity == "error"}
+    amx_guests = {i.name for i in profile_index()
+                  if i.role == "guest" and load_profile(i.name).get(0xD, 0).eax >> 17 & 3 == 3}
+    assert failing == {("careless.json", name) for name in amx_guests}
+    assert {f.name for f in result.errors} == {"amx-tile-pair"}
+    assert result.exit_code() == 1
+
+
+def test_a_bare_metal_profile_runs_when_named(data_dir: Path) -> None:
+    """A bare-metal table named exactly is a declared pair: the template runs on it."""
+    result = run_gate([data_dir / "firecracker" / "T2A.json"],
+                      profiles=["builtin", "profile:zen4-genoa-epyc-9124"])
+    assert "zen4-genoa-epyc-9124" in {s.name for s in result.subjects}
+    assert "zen3-milan-epyc-7713" not in {s.name for s in result.subjects}
+
+
+def test_a_gate_that_checks_nothing_is_an_input_error(data_dir: Path, tmp_path: Path) -> None:
+    """A template no profile fits exits 2 saying why, instead of passing on nothing."""
+    template = data_dir / "firecracker" / "SPR_TO_T2_6.1.json"
+    with pytest.raises(InputError) as caught:
+        run_gate([template], profiles=["profile:fc-milan-*", "profile:fc-skylake-*"])
+    text = caught.value.render()
+    assert str(template) in text
+    assert "of another vendor" in text and "fc-milan-6.1" not in text  # AMD: by vendor
+    nowhere = tmp_path / "nowhere.json"
+    nowhere.write_text(json.dumps({"cpuid_modifiers": [{
+        "leaf": "0x7fffffff", "subleaf": "0x0", "flags": 0,
+        "modifiers": [{"register": "eax", "bitmap": "0b1"}],
+    }]}), encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        run_gate([nowhere])
+    assert "lacking entries the template modifies" in caught.value.render()
+
+
+def test_nothing_checked_exits_2_through_the_command_line(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line turns a gate that checks nothing into exit 2 and one message."""
+    template = str(data_dir / "firecracker" / "T2A.json")
+    assert main(["gate", template, "--profiles", "profile:fc-skylake-*"]) == 2
+    err = capsys.readouterr().err
+    assert "expected at least one profile to check this template on" in err
+
+
+def test_pairs_not_for_their_host_are_listed_in_every_report(data_dir: Path) -> None:
+    """Text lists each skipped pair; JSON has them under not_checked; JUnit skips them."""
+    result = run_gate([data_dir / "firecracker" / "SPR_TO_T2_6.1.json"],
+                      profiles=["profile:fc-sapphire-rapids-*"])
+    (pair,) = result.skipped
+    text = render(result, "text")
+    assert f"{pair.template} on fc-sapphire-rapids-5.10: not checked: not for this host" in text
+    document = json.loads(render(result, "json"))
+    assert document["not_checked"] == [pair.to_json()]
+    assert document["summary"]["not_for_host"] == 1
+    junit = ET.fromstring(render(result, "junit"))
+    skipped = junit.findall(".//testcase/skipped")
+    assert len(skipped) == 1 and junit.get("skipped") == "1"
+    assert "not for this host" in (skipped[0].get("message") or "")

@@ -608,6 +608,22 @@ def _missing_entries(facts: Facts) -> object:
                  for entry in facts.subject.missing_entries)
 
 
+@_fact("missing_entries_first", "items", "the first CPUID entry (by template line) that a "
+       "template modifies and the base table lacks, as one item: the pair's one finding")
+def _missing_entries_first(facts: Facts) -> object:
+    entries: tuple[EntryItem, ...] = facts["missing_entries"]
+    located = [(entry.location.line, entry.location.column, index)
+               for index, entry in enumerate(entries) if entry.location is not None]
+    return (entries[min(located)[2]],) if located else entries[:1]
+
+
+@_fact("missing_entry_list", "str", "every CPUID entry a template modifies that the base table "
+       "lacks, as ``leaf 0x.. subleaf 0x..`` text")
+def _missing_entry_list(facts: Facts) -> object:
+    entries = facts["missing_entries"]
+    return ", ".join(f"{entry.leaf:#x}.{entry.subleaf:#x}" for entry in entries) or "none"
+
+
 @_fact("flags_cleared", "items", "entries of indexed leaves whose KVM flags the template changed "
        "from SIGNIFICANT_INDEX to not")
 def _flags_cleared(facts: Facts) -> object:

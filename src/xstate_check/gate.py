@@ -1,26 +1,38 @@
-"""The CI gate: every CPU template on every CPU profile it may run on, in one report.
+"""The CI gate: every CPU template on every CPU profile it is meant for, in one report.
 
-``run_gate(templates, profiles=…, matrix=…, changed_since=…, fail_on=…)`` applies each
-template to each profile of its vendor (or to the profiles a matrix file names), checks
-each template x profile pair as one subject, and returns a ``GateResult``: a Report whose
-``exit_code`` follows the gate's policy. A template that modifies a CPUID entry a profile
-lacks gives the ``template-leaf-missing`` error for that pair: Firecracker refuses to boot
-there.
+``run_gate(templates, profiles=…, matrix=…, changed_since=…, fail_on=…)`` checks each
+template on each of its profiles as one subject (template applied to the profile's table)
+and returns a ``GateResult``: a Report whose ``exit_code`` follows the gate's policy.
 
-Which profiles a template runs on, first rule that applies:
-1. the first ``[[template]]`` entry of the matrix file whose ``path`` pattern matches it;
-2. its vendor, inferred from the template itself: a template that modifies a leaf only one
-   vendor defines (AMD's extended leaves above 0x80000008; Intel's 0x12, 0x14, 0x19-0x1E,
-   0x20, 0x23, 0x24) or sets a bit only AMD defines (in 0x80000001 ECX/EDX or 0x80000008
-   EBX) is that vendor's;
-3. otherwise every profile: nothing in the template ties it to one vendor, and Firecracker
-   applies a custom template on any host (FIRECRACKER.md §2.2).
+Which profiles a template runs on. A pair is *declared* or *inferred*:
 
-Regression mode (``changed_since=REV``) checks only the templates whose file differs from
-REV (a file REV lacks counts as changed), checks their REV version on the same profiles and
-marks each finding ``new`` or ``unchanged``: matched first by rule and message, then by
-rule alone (a message that changed with an unrelated edit is still the same problem).
-``fail_on="new"`` (the default there) fails only on new findings, ``"any"`` on all.
+1. **Declared**: the first ``[[template]]`` entry of the matrix file whose ``path`` pattern
+   matches the template names its profiles; a profile named exactly on the command line
+   (``--profiles profile:NAME`` or a CPUID file) is declared for every template. On a
+   declared pair a template that modifies entries the profile lacks is the
+   ``template-leaf-missing`` error, one per pair naming every missing entry: Firecracker
+   refuses to boot there.
+2. **Inferred** (``builtin``, ``profile:PATTERN`` with a wildcard, a folder of CPUID files):
+   - never a bare-metal CPU profile of ``builtin`` (role ``cpu``: a CPU dump is not the
+     table ``KVM_GET_SUPPORTED_CPUID`` gives a VMM); name one to use it;
+   - never a profile of the other vendor, where the template's vendor can be inferred: it
+     modifies a leaf only one vendor defines (AMD's extended leaves above 0x80000008;
+     Intel's 0x12, 0x14, 0x19-0x1E, 0x20, 0x23, 0x24) or sets a bit only AMD defines (in
+     0x80000001 ECX/EDX or 0x80000008 EBX); a template with no such trace runs on both
+     (Firecracker applies a custom template on any host);
+   - a template that modifies entries a profile lacks is *not for that host* (the kernel
+     variant it was written for differs, e.g. ``SPR_TO_T2_6.1`` on a 5.10 host): one line in
+     the report and one count in its summary, not a finding.
+
+A template that runs on no profile at all is an InputError (exit 2) saying why: a gate that
+checks nothing must not pass.
+
+Regression mode (``changed_since=REV``) checks every template and compares each changed
+one with its REV version on the same profiles (a file REV lacks counts as changed): each
+finding is ``new`` or ``unchanged``, matched first by rule and message, then by rule alone
+(a message that changed with an unrelated edit is still the same problem); every finding of
+an unchanged template is ``unchanged``. ``fail_on="new"`` (the default there) fails only on
+new findings, ``"any"`` on all.
 """
 
 from __future__ import annotations
@@ -41,10 +53,10 @@ from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate
 from xstate_check.errors import InputError, Location
 from xstate_check.formats._findings import counts, findings_with_state
-from xstate_check.report import Finding, Report, SubjectReport
+from xstate_check.report import Finding, Report, SkippedPair, SubjectReport
 from xstate_check.sources.load import load_cpuid, read_text
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
-from xstate_check.subject import Subject
+from xstate_check.subject import Role, Subject
 from xstate_check.template import Template, load_template, parse_template
 from xstate_check.tomltext import parse_toml
 
@@ -56,6 +68,7 @@ __all__ = [
     "GateResult",
     "Matrix",
     "MatrixEntry",
+    "SkippedPair",
     "load_matrix",
     "resolve_profiles",
     "run_gate",
@@ -82,17 +95,29 @@ _AMD_ONLY_BITS = {
 }
 
 
+#: How a profile came into the gate: ``builtin`` (the bundled set: guest tables are paired
+#: by inference, bare-metal ones not at all), ``chosen`` (a wildcard pattern or a folder:
+#: paired by inference), ``declared`` (named exactly: every template runs on it).
+ProfileOrigin = Literal["builtin", "chosen", "declared"]
+
+
 @attrs.frozen
 class GateProfile:
-    """One CPU profile the gate checks templates on: a name and its CpuidSet."""
+    """One CPU profile the gate checks templates on: a name, its CpuidSet, how it was named."""
 
     name: str
     cpuid: CpuidSet = attrs.field(eq=False)
+    origin: ProfileOrigin = "declared"
 
     @property
     def vendor(self) -> str:
         """Return the profile's CPU vendor string (``GenuineIntel``, ``AuthenticAMD``)."""
         return self.cpuid.vendor
+
+    @property
+    def role(self) -> Role:
+        """Return ``guest`` for a VMM's table (a Firecracker fingerprint), else ``cpu``."""
+        return "guest" if self.cpuid.meta.get("role") == "guest" else "cpu"
 
 
 @attrs.frozen
@@ -160,7 +185,28 @@ class GateResult(Report):
     @property
     def report(self) -> Report:
         """Return the subjects as a plain Report (whose exit code counts every finding)."""
-        return Report(self.subjects)
+        return Report(self.subjects, skipped=self.skipped)
+
+    def summary(self) -> dict[str, int]:
+        """Return the counts of subjects, findings by severity and pairs not for their host."""
+        return {**super().summary(), "not_for_host": len(self.skipped)}
+
+    def summary_text(self) -> str:
+        """Return the summary line, with the pairs not checked when there are any."""
+        text = super().summary_text()
+        if self.skipped:
+            count = len(self.skipped)
+            text += f"; {count} template/profile pair{'' if count == 1 else 's'} not for " \
+                    "their host"
+        return text
+
+    def to_json(self) -> dict[str, object]:
+        """Return the report as JSON, with the pairs not checked before the summary."""
+        out = super().to_json()
+        summary = out.pop("summary")
+        out["not_checked"] = [pair.to_json() for pair in self.skipped]
+        out["summary"] = summary
+        return out
 
     def failing(self, strict: bool = False) -> list[Finding]:
         """Return the findings that fail the gate: errors (and warnings when ``strict``)."""
@@ -188,35 +234,45 @@ def resolve_profiles(specs: Sequence[str]) -> list[GateProfile]:
     format it detects) and named by its stem. Two profiles of one name are an InputError.
     """
     chosen: dict[str, GateProfile] = {}
+    rank = {"builtin": 0, "chosen": 1, "declared": 2}
 
-    def add(name: str, cpuid: CpuidSet, where: str) -> None:
-        if name in chosen:
-            if chosen[name].cpuid.source == cpuid.source:
+    def add(name: str, cpuid: CpuidSet, where: str, origin: ProfileOrigin) -> None:
+        known = chosen.get(name)
+        if known is not None:
+            if known.cpuid.source != cpuid.source:
+                raise InputError(
+                    Location(where),
+                    f"expected profile names to be unique, but {name!r} is both "
+                    f"{known.cpuid.source} and {cpuid.source}",
+                )
+            if rank[origin] <= rank[known.origin]:
                 return
-            raise InputError(
-                Location(where),
-                f"expected profile names to be unique, but {name!r} is both "
-                f"{chosen[name].cpuid.source} and {cpuid.source}",
-            )
-        chosen[name] = GateProfile(name, cpuid)
+        chosen[name] = GateProfile(name, cpuid, origin)
 
     for spec in specs:
         if spec == "builtin":
             for info in profile_index():
-                add(info.name, load_profile(info.name), spec)
+                add(info.name, load_profile(info.name), spec, "builtin")
         elif spec.startswith("profile:"):
             pattern = spec.removeprefix("profile:")
             infos = match_profiles(pattern)
             if not infos:
                 load_profile(pattern)  # raises the InputError that lists the known names
+            origin: ProfileOrigin = "chosen" if _is_pattern(pattern) else "declared"
             for info in infos:
-                add(info.name, load_profile(info.name), spec)
+                add(info.name, load_profile(info.name), spec, origin)
         else:
-            for path in _profile_files(spec):
-                add(Path(path).stem, load_cpuid(path), path)
+            files = _profile_files(spec)
+            origin = "chosen" if Path(spec).is_dir() else "declared"
+            for path in files:
+                add(Path(path).stem, load_cpuid(path), path, origin)
     if not chosen:
         raise InputError(Location("--profiles"), "expected at least one profile")
     return list(chosen.values())
+
+
+def _is_pattern(text: str) -> bool:
+    return any(char in text for char in "*?[")
 
 
 def _profile_files(spec: str) -> list[str]:
@@ -344,14 +400,70 @@ def _select(entry: MatrixEntry, profiles: Sequence[GateProfile]) -> list[GatePro
     return chosen
 
 
-def _profiles_for(
-    template: Template, profiles: Sequence[GateProfile], matrix: Matrix | None
-) -> list[GateProfile]:
+@attrs.frozen
+class _Pairs:
+    """The profiles one template runs on: declared ones, and inferred ones."""
+
+    declared: tuple[GateProfile, ...]
+    inferred: tuple[GateProfile, ...]
+    #: Why a profile of the pool was not paired by inference (for the nothing-checked error).
+    passed_over: tuple[str, ...]
+
+
+def _pairs_for(template: Template, pool: Sequence[GateProfile], matrix: Matrix | None) -> _Pairs:
     entry = matrix.entry_for(template.path) if matrix is not None else None
     if entry is not None:
-        return _select(entry, profiles)
+        return _Pairs(tuple(_select(entry, pool)), (), ())
     vendor = template_vendor(template)
-    return [p for p in profiles if vendor is None or p.vendor == vendor]
+    declared: list[GateProfile] = []
+    inferred: list[GateProfile] = []
+    bare_metal: list[str] = []
+    other_vendor: list[str] = []
+    for profile in pool:
+        if profile.origin == "declared":
+            declared.append(profile)
+        elif profile.origin == "builtin" and profile.role == "cpu":
+            bare_metal.append(profile.name)
+        elif vendor is not None and profile.vendor != vendor:
+            other_vendor.append(profile.name)
+        else:
+            inferred.append(profile)
+    passed_over = []
+    if other_vendor:
+        passed_over.append(
+            f"{len(other_vendor)} of another vendor than the template's ({vendor})"
+        )
+    if bare_metal:
+        passed_over.append(
+            f"{len(bare_metal)} bare-metal CPU table{'' if len(bare_metal) == 1 else 's'} "
+            "(name one with --profiles profile:NAME to check it)"
+        )
+    return _Pairs(tuple(declared), tuple(inferred), tuple(passed_over))
+
+
+def _not_for_host(template: Template, profile: GateProfile, subject: Subject) -> SkippedPair:
+    entries = ", ".join(f"{m.leaf:#x}.{m.subleaf:#x}" for m in subject.missing_entries)
+    return SkippedPair(
+        str(template.path), profile.name,
+        f"not for this host: the template modifies CPUID {entries} (leaf.subleaf), which "
+        f"{profile.name} lacks",
+    )
+
+
+def _nothing_checked(template: Template, pairs: _Pairs, skipped: Sequence[SkippedPair],
+                     pool: Sequence[GateProfile]) -> InputError:
+    """Return the error for a template that no profile of the pool checked, saying why."""
+    reasons = list(pairs.passed_over)
+    if skipped:
+        lacking = ", ".join(pair.profile for pair in skipped)
+        reasons.append(f"{len(skipped)} lacking entries the template modifies ({lacking})")
+    why = "; ".join(reasons) if reasons else "the matrix names none of them"
+    return InputError(
+        Location(str(template.path)),
+        f"expected at least one profile to check this template on, but none of the "
+        f"{len(pool)} profiles fits: {why}. Name its hosts in a --matrix file or with "
+        "--profiles profile:NAME",
+    )
 
 
 # --------------------------------------------------------------------------- git
@@ -497,10 +609,9 @@ def run_gate(
 
     baselines = _baselines(paths, changed_since) if changed_since else {}
     subjects: list[SubjectReport] = []
+    skipped: list[SkippedPair] = []
     for path in dict.fromkeys(paths):
         baseline = baselines.get(path)
-        if baseline is not None and not baseline.changed:
-            continue
         template = load_template(path)
         old: Template | None = None
         if baseline is not None and baseline.old_text is not None:
@@ -508,17 +619,31 @@ def run_gate(
                 old = parse_template(baseline.old_text, template.path)
             except InputError:
                 old = None  # a version that did not parse has no findings to keep
-        for profile in _profiles_for(template, pool, grid):
+        pairs = _pairs_for(template, pool, grid)
+        checked = 0
+        not_for: list[SkippedPair] = []
+        for profile, declared in [*((p, True) for p in pairs.declared),
+                                  *((p, False) for p in pairs.inferred)]:
             subject = _subject(template, profile)
+            if not declared and subject.missing_entries:
+                not_for.append(_not_for_host(template, profile, subject))
+                continue
+            checked += 1
             report = evaluate(subject)
             details: dict[str, object] = {
                 **report.details, "profile": profile.name, "vendor": profile.vendor,
                 "fail_on": policy,
             }
             if changed_since:
-                states = _regression_states(report, subject, old, profile)
+                if baseline is not None and not baseline.changed:
+                    states = ["unchanged"] * len(report.findings)
+                else:
+                    states = _regression_states(report, subject, old, profile)
                 details["baseline"] = changed_since
                 details["baseline_state"] = states
                 details["new"] = states.count("new")
             subjects.append(attrs.evolve(report, details=details))
-    return GateResult(subjects, policy, changed_since)
+        if not checked:
+            raise _nothing_checked(template, pairs, not_for, pool)
+        skipped.extend(not_for)
+    return GateResult(subjects, skipped=tuple(skipped), fail_on=policy, baseline=changed_since)

@@ -10,7 +10,9 @@ import attrs
 
 from xstate_check.errors import Location
 
-__all__ = ["SCHEMA", "SEVERITIES", "Finding", "Report", "Severity", "SubjectReport"]
+__all__ = [
+    "SCHEMA", "SEVERITIES", "Finding", "Report", "Severity", "SkippedPair", "SubjectReport",
+]
 
 SCHEMA = "xstate-check/1"
 
@@ -82,6 +84,23 @@ class SubjectReport:
         return out
 
 
+@attrs.frozen
+class SkippedPair:
+    """A template x profile pair the gate did not check: the template is not for that host."""
+
+    template: str
+    profile: str
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        """Return the pair as a JSON object."""
+        return {"template": self.template, "profile": self.profile, "reason": self.reason}
+
+    def text(self) -> str:
+        """Return the pair as one report line."""
+        return f"{self.template} on {self.profile}: not checked: {self.reason}"
+
+
 def _subjects(subjects: Iterable[SubjectReport]) -> tuple[SubjectReport, ...]:
     return tuple(subjects)
 
@@ -91,6 +110,8 @@ class Report:
     """The findings of one run over one or more subjects."""
 
     subjects: tuple[SubjectReport, ...] = attrs.field(converter=_subjects, default=())
+    #: Template x profile pairs a gate did not check (not for that host), with the reason.
+    skipped: tuple[SkippedPair, ...] = ()
 
     def findings(self, severity: Severity | None = None) -> list[Finding]:
         """Return every finding, or only those of one severity."""
@@ -122,9 +143,13 @@ class Report:
             return 1
         return 0
 
+    def notes(self) -> list[str]:
+        """Return one line per template x profile pair that was not checked, and why."""
+        return [pair.text() for pair in self.skipped]
+
     def merge(self, other: Report) -> Report:
         """Return a report holding the subjects of both."""
-        return Report(self.subjects + other.subjects)
+        return Report(self.subjects + other.subjects, skipped=self.skipped + other.skipped)
 
     def summary(self) -> dict[str, int]:
         """Return the counts of subjects and findings by severity."""

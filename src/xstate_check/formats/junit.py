@@ -84,6 +84,14 @@ def render_junit(report: Report) -> str:
     suites: dict[str, list[tuple[ET.Element, bool]]] = {}
     for subject in report.subjects:
         suites.setdefault(_suite_key(subject), []).append(_testcase(subject))
+    skipped: dict[str, int] = {}
+    for pair in report.skipped:
+        # A pair the gate did not check (not for that host) is a skipped testcase.
+        case = ET.Element("testcase", {"classname": _clean(pair.template),
+                                       "name": _clean(pair.profile)})
+        ET.SubElement(case, "skipped", {"message": _clean(pair.reason)})
+        suites.setdefault(pair.template, []).append((case, False))
+        skipped[pair.template] = skipped.get(pair.template, 0) + 1
     root = ET.Element("testsuites", {"name": "xstate-check"})
     total = failed = 0
     for name, cases in suites.items():
@@ -93,7 +101,7 @@ def render_junit(report: Report) -> str:
             "tests": str(len(cases)),
             "failures": str(failures),
             "errors": "0",
-            "skipped": "0",
+            "skipped": str(skipped.get(name, 0)),
         })
         suite.extend(case for case, _ in cases)
         total += len(cases)
@@ -101,6 +109,7 @@ def render_junit(report: Report) -> str:
     root.set("tests", str(total))
     root.set("failures", str(failed))
     root.set("errors", "0")
+    root.set("skipped", str(len(report.skipped)))
     ET.indent(root)
     body = ET.tostring(root, encoding="unicode")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"

@@ -51,5 +51,9 @@ def render_text(report: Report, *, color: bool = False) -> str:
     for subject in report.subjects:
         lines.extend(_subject(subject, color))
         lines.append("")
+    notes = report.notes()
+    if notes:
+        lines.extend(notes)
+        lines.append("")
     lines.append(report.summary_text())
     return "\n".join(lines) + "\n"
