@@ -206,13 +206,41 @@ def test_check_host_changes_no_permission() -> None:
     assert [c for c in fake.child_calls if c[:2] == ("arch_prctl", ARCH_REQ_XCOMP_GUEST_PERM)]
 
 
-def test_preboot_flags_half_enabled_amx_on_61() -> None:
-    """On 6.1 without permission KVM's view has TILECFG alone: an amx-tile-pair error."""
+def test_preboot_flags_half_enabled_amx_on_61_for_a_vmm_without_permission() -> None:
+    """On 6.1 without permission KVM's view has TILECFG alone: an error for such a VMM."""
     with pytest.raises(PrebootError) as caught:
-        preboot(system=FakeSystem.sapphire_rapids("6.1.0"))
+        preboot(system=FakeSystem.sapphire_rapids("6.1.0"), vmm_requests_permission=False)
     report = caught.value.report
     assert "amx-tile-pair" in _names(report, "kvm")
-    assert "amx-tile-pair" not in _names(report, "kvm+guest-permission")
+    assert "amx-tile-pair" not in _names(report, "kvm+guest-permission", "info")
+    views = {s.name: s.details.get("verdict") for s in report.subjects}
+    assert views == {"host": None, "kvm": "decides", "kvm+guest-permission": "information"}
+
+
+def test_preboot_judges_the_permission_view_by_default() -> None:
+    """A VMM that requests permission (the default) passes; the half AMX stays a warning."""
+    report = preboot(system=FakeSystem.sapphire_rapids("6.1.0"))
+    assert report.errors == []
+    views = {s.name: s.details.get("verdict") for s in report.subjects}
+    assert views == {"host": None, "kvm": "information", "kvm+guest-permission": "decides"}
+    (warning,) = [f for f in report.warnings if f.name == "amx-tile-pair"]
+    assert "ARCH_REQ_XCOMP_GUEST_PERM" in warning.fix and "without guest permission" in \
+        warning.message
+    kvm = next(s for s in report.subjects if s.name == "kvm")
+    assert all(f.severity == "info" for f in kvm.findings if f.name != "amx-tile-pair")
+
+
+def test_a_deciding_view_that_cannot_be_read_is_a_probe_error() -> None:
+    """The permission view learnt in a child: when the child fails, exit 3, not a pass."""
+    failing = FakeSystem.sapphire_rapids("6.1.0", failures={"fork": errno.EAGAIN})
+    with pytest.raises(ProbeError) as caught:
+        preboot(system=failing)
+    assert caught.value.exit_code == 3
+    assert "guest permission" in str(caught.value) and "EAGAIN" in str(caught.value)
+    # A VMM that does not request permission needs only the view this process reads.
+    failing = FakeSystem.sapphire_rapids("6.1.0", failures={"fork": errno.EAGAIN})
+    with pytest.raises(PrebootError):
+        preboot(system=failing, vmm_requests_permission=False)
 
 
 def test_preboot_after_permission_request_passes_the_tile_pair() -> None:
@@ -230,12 +258,17 @@ def test_preboot_after_permission_request_passes_the_tile_pair() -> None:
 @pytest.mark.shared
 def test_preboot_reports_the_missing_template_leaf(data_dir: Path) -> None:
     """Firecracker refuses SPR_TO_T2_6.1.json without permission on 6.1; preboot says so."""
+    template = data_dir / "firecracker" / "SPR_TO_T2_6.1.json"
     with pytest.raises(PrebootError) as caught:
-        preboot(data_dir / "firecracker" / "SPR_TO_T2_6.1.json",
-                system=FakeSystem.sapphire_rapids("6.1.0"))
+        preboot(template, system=FakeSystem.sapphire_rapids("6.1.0"),
+                vmm_requests_permission=False)
     report = caught.value.report
     assert "template-leaf-missing" in _names(report, "kvm")
-    assert "template-leaf-missing" not in _names(report, "kvm+guest-permission")
+    assert "template-leaf-missing" not in _names(report, "kvm+guest-permission", "info")
+    # Firecracker requests permission first: the same template passes for it.
+    passed = preboot(template, system=FakeSystem.sapphire_rapids("6.1.0"))
+    assert passed.errors == []
+    assert "template-leaf-missing" in _names(passed, "kvm", "info")
 
 
 @needs_kvm
@@ -290,3 +323,44 @@ def test_healthy_host_cpu_has_no_guest_errors(release: str) -> None:
     """The host's own CPUID (role cpu) is not a guest table: guest-only rules stay silent."""
     report = check_host(system=FakeSystem.sapphire_rapids(release))
     assert _names(report, "host") == set()
+
+
+# --- the host command: exit codes as a user sees them -----------------------------------
+
+
+@pytest.mark.parametrize(("code", "name"), [(errno.ENOENT, "ENOENT"), (errno.EACCES, "EACCES"),
+                                            (errno.ENOTTY, "ENOTTY")])
+def test_host_with_an_unusable_kvm_exits_3_naming_the_cause(
+    code: int, name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """host without a usable /dev/kvm: exit 3 and one message with the errno; --no-kvm: 0."""
+    from xstate_check.cli import main
+
+    monkeypatch.setattr(hostsource, "default_system",
+                        lambda: FakeSystem.genoa(kvm_errno=code))
+    assert main(["host"]) == 3
+    captured = capsys.readouterr()
+    assert name in captured.err and "/dev/kvm" in captured.err and captured.out == ""
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert main(["host", "--no-kvm"]) == 0
+    out = capsys.readouterr().out
+    assert "KVM not probed: the caller skipped /dev/kvm" in out
+
+
+@pytest.mark.shared
+def test_host_template_on_a_faked_spr_61_host_follows_the_vmm(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """host --template SPR_TO_T2_6.1 on SPR 6.1: 0 for Firecracker, 1 for a VMM without it."""
+    from xstate_check.cli import main
+
+    monkeypatch.setattr(hostsource, "default_system",
+                        lambda: FakeSystem.sapphire_rapids("6.1.0"))
+    template = str(data_dir / "firecracker" / "SPR_TO_T2_6.1.json")
+    assert main(["host", "--template", template, "--format", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    verdicts = {s["name"]: s["details"].get("verdict") for s in document["subjects"]}
+    assert verdicts["kvm+guest-permission"] == "decides"
+    assert main(["host", "--template", template, "--no-vmm-requests-permission"]) == 1
+    out = capsys.readouterr().out
+    assert "error XS0401 template-leaf-missing" in out

@@ -74,8 +74,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_host(args: argparse.Namespace) -> int:
     from xstate_check.preboot import check_host
 
-    kvm = None if args.kvm is None else args.kvm
-    report = check_host(args.template, request_permission=args.request_permission, kvm=kvm)
+    report = check_host(
+        args.template,
+        vmm_requests_permission=args.vmm_requests_permission,
+        request_permission=args.request_permission,
+        kvm=args.kvm,
+    )
     return _report_exit(args, report)
 
 
@@ -218,10 +222,17 @@ def _build_parser() -> _Parser:
         "--request-permission", action="store_true",
         help="ask for guest AMX permission first, as Firecracker does (changes this process)",
     )
+    host.add_argument(
+        "--vmm-requests-permission", action=argparse.BooleanOptionalAction, default=True,
+        help="whether the VMM requests guest permission (ARCH_REQ_XCOMP_GUEST_PERM) before "
+        "reading KVM's CPUID, as Firecracker, QEMU and Cloud Hypervisor do; that view "
+        "decides, the other is shown as information (default: it does)",
+    )
     kvm = host.add_mutually_exclusive_group()
-    kvm.add_argument("--kvm", dest="kvm", action="store_true", default=None,
-                     help="require a usable /dev/kvm (exit 3 without one)")
-    kvm.add_argument("--no-kvm", dest="kvm", action="store_false", help="do not open /dev/kvm")
+    kvm.add_argument("--kvm", dest="kvm", action="store_true", default=True,
+                     help="require a usable /dev/kvm, exit 3 without one (the default)")
+    kvm.add_argument("--no-kvm", dest="kvm", action="store_false",
+                     help="do not open /dev/kvm: check the CPU and syscall masks only")
 
     add("check", _cmd_check, "check a CPUID source, after an optional template", [source])
 

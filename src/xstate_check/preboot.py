@@ -5,29 +5,37 @@
 - ``host``: the CPU's own CPUID with the syscall masks (role ``cpu``);
 - ``kvm``: KVM_GET_SUPPORTED_CPUID as a VMM gets it with the guest permission the calling
   process has (without ``ARCH_REQ_XCOMP_GUEST_PERM`` unless asked), template applied;
-- ``kvm+guest-permission``: the same after ``ARCH_REQ_XCOMP_GUEST_PERM(18)``, as
-  Firecracker does it, learnt in a child process. Present only where it differs from
-  ``kvm`` (the host supports TILEDATA and the caller has no permission yet).
+- ``kvm+guest-permission``: the same after ``ARCH_REQ_XCOMP_GUEST_PERM(18)``, learnt in a
+  child process. Present only where it differs from ``kvm`` (the host supports TILEDATA and
+  the caller has no permission yet).
 
-``preboot()`` is the same check for a VMM or orchestrator: KVM is required by default and
-error findings raise ``PrebootError``, which carries the report. Nothing changes the calling
-process unless ``request_permission=True``; no KVM VM is created.
+The verdict follows the caller's VMM. By default it requests guest permission before it
+reads KVM's CPUID, as Firecracker (``request_dynamic_xstate_features``), QEMU and Cloud
+Hypervisor do: the ``kvm+guest-permission`` view decides, and the findings of the ``kvm``
+view, which that VMM never uses, are information, except the half-enabled AMX state of
+kernels 5.17-6.3, which stays a warning naming the fix. ``vmm_requests_permission=False``
+(``--no-vmm-requests-permission``) turns the roles round.
+
+KVM is required unless the caller opts out (``kvm=False``, ``--no-kvm``): KVM facts that
+cannot be read, including the deciding view, raise ProbeError (exit 3) naming the cause, so a
+partial check never passes as whole. ``preboot()`` raises ``PrebootError``, carrying the
+report, on error findings. Nothing changes the calling process unless
+``request_permission=True``; no KVM VM is created.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
 import attrs
 
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate
-from xstate_check.errors import InputError, Location, XstateCheckError
+from xstate_check.errors import InputError, Location, ProbeError, XstateCheckError
 from xstate_check.hoststate import HostState
-from xstate_check.report import Report, SubjectReport
+from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.sources.host import probe
 from xstate_check.sources.syscalls import ARCH_XCOMP_TILEDATA, System
 from xstate_check.subject import Subject
@@ -35,7 +43,15 @@ from xstate_check.subject import Subject
 if TYPE_CHECKING:
     from xstate_check.template import Template
 
-__all__ = ["PrebootError", "check_host", "host_subjects", "preboot", "subject_details"]
+__all__ = [
+    "NO_PERMISSION_VIEW",
+    "PERMISSION_VIEW",
+    "PrebootError",
+    "check_host",
+    "host_subjects",
+    "preboot",
+    "subject_details",
+]
 
 TILEDATA = 1 << ARCH_XCOMP_TILEDATA
 #: KVM_CAP_XSAVE2 never reports less than sizeof(struct kvm_xsave).
@@ -132,6 +148,19 @@ def _permitted_host(state: HostState, permitted: CpuidSet) -> HostState:
     )
 
 
+#: The view of KVM's CPUID a VMM gets without and with guest permission.
+NO_PERMISSION_VIEW = "kvm"
+PERMISSION_VIEW = "kvm+guest-permission"
+#: The rule whose finding in the no-permission view stays a warning: kernels 5.17-6.3 give a
+#: VMM that skips the request TILECFG without TILEDATA, and the guest's XSETBV raises #GP.
+_HALF_AMX_RULE = "amx-tile-pair"
+_REQUEST_FIRST = (
+    "Request guest permission before reading KVM's CPUID: "
+    "arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, 18), as Firecracker's "
+    "request_dynamic_xstate_features() does."
+)
+
+
 def host_subjects(state: HostState, template: Template | None = None) -> list[Subject]:
     """Return the subjects of a host check: the host, and KVM's CPUID views when read."""
     subjects: list[Subject] = []
@@ -139,10 +168,10 @@ def host_subjects(state: HostState, template: Template | None = None) -> list[Su
         subjects.append(Subject("host", state.host_cpuid, role="cpu", host=state))
     if state.kvm_cpuid is None:
         return subjects
-    views: list[tuple[str, CpuidSet, HostState]] = [("kvm", state.kvm_cpuid, state)]
+    views: list[tuple[str, CpuidSet, HostState]] = [(NO_PERMISSION_VIEW, state.kvm_cpuid, state)]
     permitted = state.kvm_cpuid_permitted
     if permitted is not None and permitted != state.kvm_cpuid:
-        views.append(("kvm+guest-permission", permitted, _permitted_host(state, permitted)))
+        views.append((PERMISSION_VIEW, permitted, _permitted_host(state, permitted)))
     if template is None:
         subjects.extend(Subject(name, table, role="guest", host=host)
                         for name, table, host in views)
@@ -154,6 +183,32 @@ def host_subjects(state: HostState, template: Template | None = None) -> list[Su
     return subjects
 
 
+def _deciding_view(subjects: list[Subject], vmm_requests_permission: bool) -> str | None:
+    """Return the name of the KVM view that decides the verdict, or None without two views."""
+    names = {subject.name for subject in subjects}
+    if PERMISSION_VIEW not in names:
+        return None  # one view only: it decides, whatever the VMM does
+    return PERMISSION_VIEW if vmm_requests_permission else NO_PERMISSION_VIEW
+
+
+def _as_information(finding: Finding, view: str) -> Finding:
+    """Return a finding of the view the caller's VMM does not use, rated as information."""
+    if view == NO_PERMISSION_VIEW and finding.name == _HALF_AMX_RULE:
+        return attrs.evolve(
+            finding,
+            severity="warning" if finding.severity == "error" else finding.severity,
+            message=f"without guest permission (a VMM that skips the request): "
+            f"{finding.message}",
+            fix=_REQUEST_FIRST,
+        )
+    who = "skips" if view == NO_PERMISSION_VIEW else "makes"
+    return attrs.evolve(
+        finding,
+        severity="info",
+        message=f"only for a VMM that {who} the guest-permission request: {finding.message}",
+    )
+
+
 def _load(template: Template | str | os.PathLike[str] | None) -> Template | None:
     if template is None:
         return None
@@ -163,62 +218,84 @@ def _load(template: Template | str | os.PathLike[str] | None) -> Template | None
     return template
 
 
-def _evaluate(subjects: list[Subject]) -> Report:
+def _evaluate(subjects: list[Subject], vmm_requests_permission: bool = True) -> Report:
+    deciding = _deciding_view(subjects, vmm_requests_permission)
     reports: list[SubjectReport] = []
     for subject in subjects:
         result = evaluate(subject)
-        details: Mapping[str, object] = {**result.details, **subject_details(subject)}
-        reports.append(attrs.evolve(result, details=details))
+        details: dict[str, object] = {**result.details, **subject_details(subject)}
+        findings = result.findings
+        if deciding is not None and subject.name in (PERMISSION_VIEW, NO_PERMISSION_VIEW):
+            decides = subject.name == deciding
+            details["verdict"] = "decides" if decides else "information"
+            if not decides:
+                findings = tuple(_as_information(f, subject.name) for f in findings)
+        reports.append(attrs.evolve(result, findings=findings, details=details))
     return Report(tuple(reports))
+
+
+def _require_deciding_view(state: HostState, vmm_requests_permission: bool) -> None:
+    """Raise ProbeError where the KVM view that decides the verdict could not be read."""
+    if state.kvm_cpuid is None:
+        return  # the caller skipped KVM (kvm=False): the report says so in its notes
+    if vmm_requests_permission and state.kvm_cpuid_permitted is None:
+        why = "; ".join(note for note in state.notes if "guest permission" in note)
+        raise ProbeError(
+            "cannot read KVM's CPUID as a VMM that requests guest permission gets it"
+            + (f": {why}" if why else "")
+            + " (pass --no-vmm-requests-permission / vmm_requests_permission=False if "
+            "the VMM does not request it)"
+        )
 
 
 def check_host(
     template: Template | str | os.PathLike[str] | None = None,
     *,
+    vmm_requests_permission: bool = True,
     request_permission: bool = False,
     system: System | None = None,
-    kvm: bool | None = None,
+    kvm: bool = True,
 ) -> Report:
     """Check this host: its CPU and syscall masks, and KVM's CPUID (template applied).
 
-    ``kvm``: None uses /dev/kvm when usable (required when a template is given, since the
-    template applies to KVM's CPUID), True requires it, False skips it. ProbeError (exit 3)
-    where the host cannot be probed; InputError (exit 2) for a bad template.
+    ``vmm_requests_permission``: whether the VMM calls ARCH_REQ_XCOMP_GUEST_PERM before it
+    reads KVM's CPUID (Firecracker, QEMU, Cloud Hypervisor do); that view decides, the other
+    is information. ``kvm=False`` skips /dev/kvm (not with a template, which applies to KVM's
+    CPUID). ProbeError (exit 3) where the host or KVM cannot be probed; InputError (exit 2)
+    for a bad template. ``request_permission`` asks for guest permission in this process.
     """
     loaded = _load(template)
-    if loaded is not None and kvm is False:
+    if loaded is not None and not kvm:
         raise InputError(
             Location(loaded.path),
             "a template applies to KVM's supported CPUID, which --no-kvm skips: drop one of them",
         )
-    state = probe(
-        system,
-        kvm=True if loaded is not None and kvm is None else kvm,
-        request_permission=request_permission,
-    )
-    return _evaluate(host_subjects(state, loaded))
+    state = probe(system, kvm=kvm, request_permission=request_permission)
+    _require_deciding_view(state, vmm_requests_permission)
+    return _evaluate(host_subjects(state, loaded), vmm_requests_permission)
 
 
 def preboot(
     template: Template | str | os.PathLike[str] | None = None,
     *,
+    vmm_requests_permission: bool = True,
     request_permission: bool = False,
     system: System | None = None,
-    kvm: bool | None = None,
+    kvm: bool = True,
     strict: bool = False,
 ) -> Report:
-    """Validate, before a VM boots, what the VMM will get from KVM (with and without permission).
+    """Validate, before a VM boots, the KVM CPUID view the caller's VMM will use.
 
-    KVM is required unless ``kvm=False``. Returns the report when it has no error findings
-    (no warnings either when ``strict``); raises PrebootError carrying it otherwise, and
-    ProbeError where the host cannot be probed. Requests guest permission in this process
-    only when ``request_permission=True``.
+    Takes the same arguments as ``check_host``. Returns the report when it has no error
+    findings (no warnings either when ``strict``); raises PrebootError carrying it otherwise,
+    and ProbeError where the host cannot be probed.
     """
     report = check_host(
         template,
+        vmm_requests_permission=vmm_requests_permission,
         request_permission=request_permission,
         system=system,
-        kvm=True if kvm is None else kvm,
+        kvm=kvm,
     )
     if report.exit_code(strict):
         raise PrebootError(report, strict=strict)
