@@ -161,7 +161,7 @@ def test_rules_directory_holds_one_file_per_family() -> None:
     """The repository's rules/ has the six family files the catalogue is made of."""
     directory = default_rules_dir()
     assert sorted(path.stem for path in directory.glob("*.toml")) == sorted(
-        ["xcr0", "layout", "features", "kvm", "linux-guest", "host"])
+        ["xcr0", "layout", "features", "kvm", "linux-guest", "host", "restore"])
     assert load_catalogue([directory]).paths == load_catalogue().paths
 
 

@@ -331,7 +331,8 @@ def _mutated(data_dir: Path, table_name: str, mutation: dict[str, object] | None
 
 def test_every_rule_has_a_mutation() -> None:
     """Each rule of the catalogue has a mutation of real data in MUTATIONS."""
-    assert set(MUTATIONS) == {rule.name for rule in CATALOGUE}
+    # The restore family's mutations (two tables each) are in test_restore.py.
+    assert set(MUTATIONS) == {rule.name for rule in CATALOGUE if rule.family != "restore"}
 
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))

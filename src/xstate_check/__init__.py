@@ -26,6 +26,7 @@ __all__ = [
     "load_cpuid",
     "load_template",
     "preboot",
+    "restore",
 ]
 
 _LAZY = {
@@ -43,6 +44,7 @@ _LAZY = {
     "load_cpuid": "xstate_check.sources.load",
     "load_template": "xstate_check.template",
     "preboot": "xstate_check.preboot",
+    "restore": "xstate_check.restore",
 }
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from xstate_check.layout import XsaveLayout
     from xstate_check.preboot import PrebootError, check_host, preboot
     from xstate_check.report import Finding, Report
+    from xstate_check.restore import restore
     from xstate_check.sources.load import load_cpuid
     from xstate_check.template import Template, load_template
 

@@ -71,6 +71,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return _report_exit(args, Report((evaluate(subject),)))
 
 
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from xstate_check.restore import restore
+    from xstate_check.sources.load import load_cpuid
+
+    cpuid = load_cpuid(args.source, cpu=args.cpu)
+    return _report_exit(args, restore(cpuid, args.on, args.template))
+
+
 def _cmd_host(args: argparse.Namespace) -> int:
     from xstate_check.preboot import check_host
 
@@ -235,6 +243,13 @@ def _build_parser() -> _Parser:
                      help="do not open /dev/kvm: check the CPU and syscall masks only")
 
     add("check", _cmd_check, "check a CPUID source, after an optional template", [source])
+
+    restore = add("restore", _cmd_restore, "can a guest that booted on SOURCE be snapshotted "
+                  "and restored on each DEST", [source])
+    restore.add_argument(
+        "--on", nargs="+", required=True, metavar="DEST",
+        help="where the snapshot is restored: profile:NAME, a dump file, or 'kvm' (this host)",
+    )
 
     gate = add("gate", _cmd_gate, "check templates on every matching CPU profile (the CI gate)")
     gate.add_argument(

@@ -70,15 +70,16 @@ class Missing(Exception):  # noqa: N818 - a signal that a fact is absent, not an
 
 
 class EntryItem(NamedTuple):
-    """One CPUID entry a rule walks with ``each`` (``item.leaf``, ``item.subleaf``)."""
+    """One CPUID entry a rule walks with ``each`` (``item.leaf``, ``item.subleaf``, …)."""
 
     leaf: int
     subleaf: int
     location: Location | None
+    detail: str = ""
 
 
 #: The attributes an ``each`` rule can read from its ``item``, with their kinds.
-ITEM_FIELDS: dict[str, Kind] = {"leaf": "int", "subleaf": "int"}
+ITEM_FIELDS: dict[str, Kind] = {"leaf": "int", "subleaf": "int", "detail": "str"}
 
 SourceSpec = tuple[BitRef, ...] | Callable[["Facts", object], Iterable[BitRef]]
 
@@ -867,3 +868,7 @@ def format_value(value: object, kind: Kind) -> str:
     if isinstance(value, int):
         return str(value)
     return str(value)
+
+
+# --- snapshot restore: the dest.* facts live in their own module ------------------------------
+from xstate_check import restore_facts as _restore_facts  # noqa: E402,F401  (registers them)

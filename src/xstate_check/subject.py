@@ -10,7 +10,7 @@ from xstate_check.cpuid import CpuidSet
 from xstate_check.errors import Location
 from xstate_check.hoststate import HostState
 
-__all__ = ["MissingEntry", "Role", "Subject"]
+__all__ = ["Destination", "MissingEntry", "Role", "Subject"]
 
 #: ``guest``: a table a VMM hands to KVM_SET_CPUID2 (0xD EBX sizes are the creation values
 #: KVM recomputes); ``cpu``: a CPU's own view as an OS saw it (EBX follows that OS's XCR0).
@@ -27,11 +27,29 @@ class MissingEntry:
 
 
 @attrs.frozen
+class Destination:
+    """Where a snapshot of the subject's guest is restored: the restoring host's KVM view.
+
+    ``cpuid`` is the table the destination's KVM offers a VMM (KVM_GET_SUPPORTED_CPUID after
+    the VMM's guest-permission request: a Firecracker fingerprint, this host's ``kvm``) or a
+    CPU's own view; ``host`` adds what the syscall layer read there (this host only);
+    ``peer`` is the guest table a guest booted at the destination sees (after its template),
+    which a migration group compares with the subject's.
+    """
+
+    name: str
+    cpuid: CpuidSet
+    host: HostState | None = None
+    peer: CpuidSet | None = None
+
+
+@attrs.frozen
 class Subject:
     """One subject: the CpuidSet to check, where it came from, and optional host facts.
 
     ``base`` is the table before the template (None without one); ``template`` names the
-    template file; ``missing_entries`` lists what the template touched that ``base`` lacks.
+    template file; ``missing_entries`` lists what the template touched that ``base`` lacks;
+    ``destination`` is set when the subject is a snapshot to restore on another host.
     """
 
     name: str
@@ -41,3 +59,4 @@ class Subject:
     template: str | None = None
     base: CpuidSet | None = None
     missing_entries: tuple[MissingEntry, ...] = ()
+    destination: Destination | None = None

@@ -29,6 +29,7 @@ FAMILIES: dict[str, int] = {
     "kvm": 4,
     "linux-guest": 5,
     "host": 6,
+    "restore": 7,
 }
 
 #: A message is literal text and placeholders (name, kind to show it as).

@@ -21,12 +21,14 @@ import attrs
 from xstate_check.cpuid import CpuidSet, Registers
 from xstate_check.errors import Location, clip_quote
 from xstate_check.hoststate import HostState
-from xstate_check.subject import MissingEntry, Role, Subject
+from xstate_check.subject import Destination, MissingEntry, Role, Subject
 
 __all__ = [
     "BASES",
+    "DEST_KEYS",
     "EXAMPLE_TEMPLATE",
     "HOST_KEYS",
+    "DestExample",
     "Example",
     "ExampleError",
     "apply_edits",
@@ -170,6 +172,13 @@ def check_host_value(key: str, value: str) -> None:
         raise ExampleError(f"{key} = a 64-bit mask such as \"0x602e7\", not {clip_quote(value)}")
 
 
+#: The keys of an example's ``dest`` table: where the guest's snapshot is restored.
+#: ``base`` (default: the example's own base) and ``cpuid`` edits make the destination's
+#: KVM table; ``host`` adds host facts there; ``peer`` edits that table into the guest view
+#: of a guest booted at the destination (a migration group's other member).
+DEST_KEYS = ("base", "cpuid", "host", "peer")
+
+
 class ExampleError(ValueError):
     """Raised when an example's key or edit cannot be read; the message says what was expected."""
 
@@ -187,6 +196,17 @@ class Example:
     role: Role | None = None
     note: str = ""
     location: Location | None = None
+    dest: DestExample | None = None
+
+
+@attrs.frozen
+class DestExample:
+    """An example's destination: a built-in table, edits, host facts, a peer's guest view."""
+
+    base: str | None = None
+    cpuid: tuple[tuple[str, str], ...] = ()
+    host: tuple[tuple[str, str], ...] = ()
+    peer: tuple[tuple[str, str], ...] | None = None
 
 
 def parse_cpuid_number(text: str) -> int | None:
@@ -313,8 +333,25 @@ def _host(base: CpuidSet, host: Mapping[str, str]) -> HostState:
     )
 
 
+def _destination(example: Example) -> Destination | None:
+    spec = example.dest
+    if spec is None:
+        return None
+    base = spec.base or example.base
+    table = apply_edits(base_table(base), spec.cpuid).replace(source=f"example:{base}-dest")
+    host = _host(table, dict(spec.host)) if spec.host else None
+    peer = apply_edits(table, spec.peer) if spec.peer is not None else None
+    return Destination(f"the destination ({base})", table, host=host, peer=peer)
+
+
 def build_subject(example: Example, name: str = "example") -> Subject:
     """Return the subject an example describes."""
+    subject = _build_subject(example, name)
+    destination = _destination(example)
+    return attrs.evolve(subject, destination=destination) if destination else subject
+
+
+def _build_subject(example: Example, name: str) -> Subject:
     default_role = BASES[example.base][1]
     table = apply_edits(base_table(example.base), example.cpuid)
     role: Role = example.role or default_role
@@ -377,6 +414,17 @@ def describe(example: Example) -> str:
     if example.host:
         facts = ", ".join(f"{key} {value}" for key, value in example.host)
         text += f"; host: {facts}"
+    if example.dest is not None:
+        dest = example.dest
+        where = BASES[dest.base or example.base][2]
+        text += f"; restored on {where}"
+        if dest.cpuid:
+            text += f" with {_edits_text(dest.cpuid)}"
+        if dest.host:
+            text += " (host: " + ", ".join(f"{k} {v}" for k, v in dest.host) + ")"
+        if dest.peer is not None:
+            text += (f", whose own guests see {_edits_text(dest.peer)}" if dest.peer
+                     else ", whose own guests see the same table")
     text += "."
     if example.note:
         text += f" {example.note}"

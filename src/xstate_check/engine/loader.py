@@ -46,7 +46,7 @@ RULE_REQUIRED = ("id", "name", "severity", "summary", "check", "message", "conse
                  "references", "pass", "fail")
 RULE_OPTIONAL = ("applies", "each", "let", "cpuid_bits", "explanation")
 RULE_KEYS = RULE_REQUIRED + RULE_OPTIONAL
-EXAMPLE_KEYS = ("base", "role", "cpuid", "template", "flags", "missing", "host", "note")
+EXAMPLE_KEYS = ("base", "role", "cpuid", "template", "flags", "missing", "host", "note", "dest")
 MESSAGE_FORMATS: dict[str, Kind] = {
     "mask": "mask", "size": "size", "hex": "int", "dec": "str", "sizes": "sizes",
     "version": "version", "bool": "bool", "str": "str",
@@ -201,7 +201,8 @@ class _RuleReader:
             if not isinstance(each, str) or FACTS.get(each) is None or FACTS[each].kind != "items":
                 lists = ", ".join(n for n, spec in FACTS.items() if spec.kind == "items")
                 self.fail_key("each", f"each = the name of a list fact ({lists})")
-            names.update({f"item.{field}": Resolved("item", "int") for field in ITEM_FIELDS})
+            names.update({f"item.{field}": Resolved("item", _language_type(kind))
+                          for field, kind in ITEM_FIELDS.items()})
         lets, let_nodes, let_kinds = self.lets(names)
         check_text = self.text("check")
         check = self.parse("check", check_text, names)
@@ -318,7 +319,7 @@ class _RuleReader:
             elif meaning.role == "let":
                 kind = let_kinds[name]
             elif meaning.role == "item":
-                kind = "int"
+                kind = ITEM_FIELDS.get(name.removeprefix("item."), "int")
             else:
                 kind = FACTS[name].kind
             parts.append((name, kind))
@@ -380,8 +381,8 @@ class _RuleReader:
         if role not in (None, "guest", "cpu"):
             fail("role", "role = \"guest\" or \"cpu\"")
 
-        def pairs(field: str) -> tuple[tuple[str, str], ...]:
-            value = table.get(field, {})
+        def pairs(field: str, within: Mapping[str, Any] = table) -> tuple[tuple[str, str], ...]:
+            value = within.get(field, {})
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 fail(field, f"{field} = {{ \"0xd.0.eax\" = \"0x202e7\", … }}")
             for cpuid_key, edit in value.items():
@@ -397,19 +398,8 @@ class _RuleReader:
                     fail(field, str(error))
             return tuple(value.items())
 
-        host = table.get("host", {})
-        if not isinstance(host, dict):
-            fail("host", "host = { guest_permitted = \"0x2e7\", … }")
-        for host_key, host_value in host.items():
-            if host_key not in examples.HOST_KEYS:
-                fail("host", f"host facts among {', '.join(examples.HOST_KEYS)}, not "
-                     f"{clip_quote(host_key)}")
-            if not isinstance(host_value, str):
-                fail("host", f"{host_key} = \"a string\" (masks in hex)")
-            try:
-                examples.check_host_value(host_key, host_value)
-            except examples.ExampleError as error:
-                fail("host", str(error))
+        host = self.host_pairs(table, fail)
+        dest = self.dest_example(table, fail, pairs) if "dest" in table else None
         missing = table.get("missing", [])
         if not isinstance(missing, list) or not all(isinstance(m, str) for m in missing):
             fail("missing", "missing = [\"0xd.0x11\", …]")
@@ -431,11 +421,54 @@ class _RuleReader:
             template=pairs("template"),
             flags=self.flag_pairs(table, fail),
             missing=tuple(missing),
-            host=tuple((k, str(v)) for k, v in host.items()),
+            host=host,
             note=note.strip(),
             location=Location(self.source.path, line, 1),
+            dest=dest,
         )
 
+
+    @staticmethod
+    def host_pairs(within: Mapping[str, Any],
+                   fail: Callable[[str, str], NoReturn]) -> tuple[tuple[str, str], ...]:
+        """Return an example's ``host = { … }`` facts, checked."""
+        host = within.get("host", {})
+        if not isinstance(host, dict):
+            fail("host", "host = { guest_permitted = \"0x2e7\", … }")
+        for host_key, host_value in host.items():
+            if host_key not in examples.HOST_KEYS:
+                fail("host", f"host facts among {', '.join(examples.HOST_KEYS)}, not "
+                     f"{clip_quote(host_key)}")
+            if not isinstance(host_value, str):
+                fail("host", f"{host_key} = \"a string\" (masks in hex)")
+            try:
+                examples.check_host_value(host_key, host_value)
+            except examples.ExampleError as error:
+                fail("host", str(error))
+        return tuple((k, str(v)) for k, v in host.items())
+
+    @staticmethod
+    def dest_example(
+        table: Mapping[str, Any],
+        fail: Callable[[str, str], NoReturn],
+        pairs: Callable[[str, Mapping[str, Any]], tuple[tuple[str, str], ...]],
+    ) -> examples.DestExample:
+        """Return an example's ``dest = { base, cpuid, host, peer }`` table, checked."""
+        spec = table["dest"]
+        if not isinstance(spec, dict):
+            fail("dest", "dest = { base = \"spr-guest\", cpuid = { … }, host = { … }, "
+                 "peer = { … } }")
+        for field in spec:
+            if field not in examples.DEST_KEYS:
+                fail("dest", f"one of the dest keys ({', '.join(examples.DEST_KEYS)}), not "
+                     f"{clip_quote(field)}")
+        base = spec.get("base")
+        if base is not None and (not isinstance(base, str) or base not in examples.BASES):
+            fail("dest", f"dest base = one of {', '.join(examples.BASES)}")
+        return examples.DestExample(
+            base=base, cpuid=pairs("cpuid", spec), host=_RuleReader.host_pairs(spec, fail),
+            peer=pairs("peer", spec) if "peer" in spec else None,
+        )
 
     @staticmethod
     def flag_pairs(table: Mapping[str, Any],

@@ -1,0 +1,283 @@
+"""Facts of a snapshot restore: the guest's saved state against the destination's KVM.
+
+A subject with a ``destination`` (``Subject.destination``) is a guest snapshotted where its
+table came from and restored on another host. The facts here read both sides: the guest's
+(``linux_xss``) and the destination's, prefixed ``dest.``. On a subject without a
+destination every ``dest.`` fact is missing, so the ``restore`` rules are not applicable.
+
+What the destination does with the snapshot (Firecracker's ``KvmVcpu::restore_state``, in
+this order): KVM_SET_CPUID2 with the saved guest table, KVM_SET_XSAVE with the saved uABI
+buffer, KVM_SET_XCRS with the saved XCR0, KVM_SET_MSRS with the saved MSRs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from xstate_check.cpuid import FEATURES, CpuidSet, Registers
+from xstate_check.errors import Location
+from xstate_check.facts import (
+    FACTS,
+    BitRef,
+    Components,
+    EntryItem,
+    Facts,
+    FactSpec,
+    Kind,
+    Missing,
+    SourceSpec,
+)
+from xstate_check.subject import Destination
+from xstate_check.xfeatures import SUPERVISOR_MASK, bits
+
+__all__ = ["VIEW_FEATURES", "VIEW_LEAVES", "linux_xss", "view_differences"]
+
+#: Supervisor xfeatures a Linux guest enables in IA32_XSS when it has XSAVES, each with the
+#: CPUID feature that gates it (``xsave_cpuid_features[]``): PASID with ENQCMD, CET_U with
+#: SHSTK (enabled whether or not the guest kernel uses user shadow stacks).
+_LINUX_XSS_GATES: dict[int, str] = {10: "ENQCMD", 11: "SHSTK"}
+
+#: The feature bits of leaves 1 and 7 that enable or need an xfeature (the runtime bits
+#: OSXSAVE and OSPKE left out: KVM rewrites them from the guest's CR4).
+VIEW_FEATURES = (
+    "XSAVE", "AVX", "FMA", "F16C", "AVX2", "MPX", "INTEL_PT", "AVX512F", "AVX512DQ",
+    "AVX512IFMA", "AVX512PF", "AVX512ER", "AVX512CD", "AVX512BW", "AVX512VL", "AVX512VBMI",
+    "PKU", "AVX512_VBMI2", "SHSTK", "VAES", "VPCLMULQDQ", "AVX512_VNNI", "AVX512_BITALG",
+    "AVX512_VPOPCNTDQ", "ENQCMD", "AVX512_4VNNIW", "AVX512_4FMAPS", "AVX512_VP2INTERSECT",
+    "ARCH_LBR", "IBT", "AMX_BF16", "AVX512_FP16", "AMX_TILE", "AMX_INT8", "AVX_VNNI",
+    "AVX512_BF16", "AMX_FP16", "AMX_COMPLEX", "AVX10", "APX",
+)
+
+#: Leaves compared whole: 0xD (the XSAVE enumeration; the EBX sizes of subleaves 0 and 1
+#: are left out, KVM recomputes them from the guest's XCR0 and IA32_XSS), 0x14 (Intel PT,
+#: xfeature 8), 0x1D and 0x1E (the AMX tile palette and TMUL information).
+VIEW_LEAVES = (0xD, 0x14, 0x1D, 0x1E)
+
+_REGISTERS = ("eax", "ebx", "ecx", "edx")
+_ALL = 0xFFFF_FFFF
+
+
+def _view_masks() -> dict[tuple[int, int, str], int]:
+    masks: dict[tuple[int, int, str], int] = {}
+    for name in VIEW_FEATURES:
+        where = FEATURES[name]
+        key = (where.leaf, where.subleaf, where.register)
+        masks[key] = masks.get(key, 0) | 1 << where.bit
+    return masks
+
+
+_FEATURE_MASKS = _view_masks()
+
+
+Compute = Callable[[Facts], object]
+
+
+def _fact(name: str, kind: Kind, doc: str,
+          sources: SourceSpec = ()) -> Callable[[Compute], Compute]:
+    def register(compute: Compute) -> Compute:
+        FACTS[name] = FactSpec(name, kind, doc, compute, sources)
+        return compute
+
+    return register
+
+
+def _destination(facts: Facts) -> Destination:
+    destination = facts.subject.destination
+    if destination is None:
+        raise Missing("no destination: the subject is not a snapshot to restore")
+    return destination
+
+
+def linux_xss(cpuid: CpuidSet, features: Facts) -> int:
+    """Return the IA32_XSS a Linux guest of ``cpuid`` writes: gated supervisor xfeatures."""
+    if not features["XSAVES"]:
+        return 0
+    xss = cpuid.xss_supported
+    return sum(1 << number for number, gate in _LINUX_XSS_GATES.items()
+               if xss >> number & 1 and features[gate])
+
+
+def _mask(facts: Facts, name: str) -> int:
+    value = facts[name]
+    assert isinstance(value, int)
+    return value
+
+
+# --- the guest ---------------------------------------------------------------------------
+
+
+@_fact("linux_xss", "mask", "the IA32_XSS a Linux guest writes: the enumerated supervisor "
+       "xfeatures it supports whose CPUID gate is set (PASID: ENQCMD, CET_U: SHSTK), none "
+       "without XSAVES", ((0xD, 1, "ecx", _ALL), (0xD, 1, "eax", 1 << 3)))
+def _linux_xss(facts: Facts) -> object:
+    facts.require_subleaves()
+    return linux_xss(facts.cpuid, facts)
+
+
+# --- the destination ---------------------------------------------------------------------
+
+
+@_fact("dest.name", "str", "the destination the snapshot is restored on")
+def _dest_name(facts: Facts) -> object:
+    return _destination(facts).name
+
+
+def _permitted_table(destination: Destination) -> CpuidSet:
+    """Return the table the destination's VMM reads from KVM after its permission request."""
+    host = destination.host
+    if host is not None and host.kvm_cpuid_permitted is not None:
+        return host.kvm_cpuid_permitted
+    return destination.cpuid
+
+
+@_fact("dest.xcr0", "mask", "the XCR0 bits the destination's KVM supports for a guest: "
+       "KVM_X86_XCOMP_GUEST_SUPP where it was read, else 0xD.0 EDX:EAX of the destination's "
+       "table (KVM_GET_SUPPORTED_CPUID after the VMM's guest-permission request)")
+def _dest_xcr0(facts: Facts) -> object:
+    destination = _destination(facts)
+    if destination.host is not None and destination.host.kvm_guest_supported is not None:
+        return destination.host.kvm_guest_supported
+    return _permitted_table(destination).xcr0_supported
+
+
+@_fact("dest.permitted_xcr0", "mask", "0xD.0 EDX:EAX of the destination's KVM_GET_SUPPORTED_"
+       "CPUID as its VMM reads it after requesting the guest permission: what KVM_SET_CPUID2 "
+       "lets the vCPU enable")
+def _dest_permitted_xcr0(facts: Facts) -> object:
+    return _permitted_table(_destination(facts)).xcr0_supported
+
+
+@_fact("dest.xss", "mask", "0xD.1 EDX:ECX of the destination's table: the IA32_XSS bits its "
+       "KVM supports")
+def _dest_xss(facts: Facts) -> object:
+    destination = _destination(facts)
+    if destination.cpuid.meta.get("leaf_0xd_subleaves") == "absent":
+        raise Missing("the destination's source holds no leaf 0xD subleaves")
+    return _permitted_table(destination).xss_supported
+
+
+def _dest_components(facts: Facts) -> Components:
+    destination = _destination(facts)
+    if destination.cpuid.meta.get("leaf_0xd_subleaves") == "absent":
+        raise Missing("the destination's source holds no leaf 0xD subleaves")
+    return Components(_permitted_table(destination))
+
+
+def _state_mask(facts: Facts) -> int:
+    return _mask(facts, "linux_xcr0") | _mask(facts, "linux_xss")
+
+
+def _layout_refs(facts: Facts, value: object) -> list[BitRef]:
+    refs: list[BitRef] = []
+    for number in bits(value if isinstance(value, int) else 0):
+        refs.extend((0xD, number, register, _ALL) for register in ("eax", "ebx", "ecx"))
+    return refs
+
+
+@_fact("dest.layout_mismatch", "mask", "xfeatures of the guest's XCR0 | IA32_XSS (as a Linux "
+       "guest sets them) that both sides enumerate with a different size, standard-format "
+       "offset (user xfeatures) or 64-byte alignment (0xD.n EAX, EBX, ECX[1])", _layout_refs)
+def _layout_mismatch(facts: Facts) -> object:
+    ours = facts.components.regs
+    theirs = _dest_components(facts).regs
+    result = 0
+    for number in bits(_state_mask(facts)):
+        if number < 2 or number not in ours or number not in theirs:
+            continue
+        mine, other = ours[number], theirs[number]
+        supervisor = SUPERVISOR_MASK >> number & 1
+        if (mine.eax != other.eax or (not supervisor and mine.ebx != other.ebx)
+                or (mine.ecx ^ other.ecx) & 2):
+            result |= 1 << number
+    return result
+
+
+@_fact("dest.std_size", "size", "the standard-format size of the guest's XCR0 (as a Linux "
+       "guest sets it) by the destination's leaf 0xD subleaves: what the destination's KVM "
+       "reads as the uABI XSAVE buffer")
+def _dest_std_size(facts: Facts) -> object:
+    return _dest_components(facts).standard_size(_mask(facts, "linux_xcr0"))
+
+
+@_fact("dest.has_host", "bool", "whether host facts of the destination were read (this host)")
+def _dest_has_host(facts: Facts) -> object:
+    return _destination(facts).host is not None
+
+
+# --- the guest views of a migration group ----------------------------------------------------
+
+
+def _regions(cpuid: CpuidSet) -> Iterable[tuple[int, int, str, int]]:
+    """Yield (leaf, subleaf, register, mask) of the XSAVE-relevant view present in cpuid."""
+    for (leaf, subleaf, register), mask in _FEATURE_MASKS.items():
+        if (leaf, subleaf) in cpuid.entries:
+            yield leaf, subleaf, register, mask
+    for leaf, subleaf in cpuid.entries:
+        if leaf in VIEW_LEAVES:
+            for register in _REGISTERS:
+                if leaf == 0xD and subleaf in (0, 1) and register == "ebx":
+                    continue  # sizes KVM recomputes from the XCR0 and IA32_XSS in use
+                yield leaf, subleaf, register, _ALL
+
+
+def view_differences(ours: CpuidSet, theirs: CpuidSet) -> list[tuple[int, int, str, int]]:
+    """Return (leaf, subleaf, register, differing bits) of the XSAVE-relevant guest views."""
+    masks: dict[tuple[int, int, str], int] = {}
+    for table in (ours, theirs):
+        for leaf, subleaf, register, mask in _regions(table):
+            key = (leaf, subleaf, register)
+            masks[key] = masks.get(key, 0) | mask
+    found = []
+    for (leaf, subleaf, register), mask in sorted(masks.items()):
+        differing = (ours.register(leaf, subleaf, register)
+                     ^ theirs.register(leaf, subleaf, register)) & mask
+        if differing:
+            found.append((leaf, subleaf, register, differing))
+    return found
+
+
+def _describe(ours: Registers | None, theirs: Registers | None, register: str,
+              differing: int) -> str:
+    mine = getattr(ours, register) if ours is not None else None
+    other = getattr(theirs, register) if theirs is not None else None
+    names = [name for name in VIEW_FEATURES
+             if (where := FEATURES[name]).register == register and differing >> where.bit & 1]
+    shown = "absent" if mine is None else f"{mine:#010x}"
+    peer = "absent" if other is None else f"{other:#010x}"
+    what = f" ({', '.join(names)})" if names and len(names) <= 4 else ""
+    return f"{register.upper()} bits {differing:#010x}{what}: {shown} here, {peer} there"
+
+
+def _entry_pin(cpuid: CpuidSet, leaf: int, subleaf: int, register: str) -> Location | None:
+    pins = [where for _, where in cpuid.provenance.pins(leaf, subleaf, register)]
+    if not pins:
+        pins = [where for reg in _REGISTERS
+                for _, where in cpuid.provenance.pins(leaf, subleaf, reg)]
+    return min(pins, key=lambda where: (where.path, where.line, where.column)) if pins else None
+
+
+@_fact("dest.view_differences", "items", "CPUID entries where the guest's XSAVE-relevant view "
+       "(leaf 0xD, the xstate feature bits of leaves 1 and 7, leaves 0x14, 0x1D and 0x1E, "
+       "IA32_XSS) differs from that of a guest booted at the destination (a migration group's "
+       "other member)")
+def _dest_view_differences(facts: Facts) -> object:
+    peer = _destination(facts).peer
+    if peer is None:
+        raise Missing("no guest view of the destination to compare with")
+    subject = facts.subject
+    cpuid = subject.cpuid
+    items: dict[tuple[int, int], list[str]] = {}
+    places: dict[tuple[int, int], Location | None] = {}
+    for leaf, subleaf, register, differing in view_differences(cpuid, peer):
+        key = (leaf, subleaf)
+        items.setdefault(key, []).append(_describe(
+            cpuid.entries.get(key), peer.entries.get(key), register, differing))
+        where = _entry_pin(cpuid, leaf, subleaf, register)
+        if places.get(key) is None:
+            places[key] = where
+    template = Location(subject.template) if subject.template else None
+    return tuple(
+        EntryItem(leaf, subleaf, places.get((leaf, subleaf)) or template, "; ".join(parts))
+        for (leaf, subleaf), parts in sorted(items.items())
+    )
+
