@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jsonschema
 import pytest
 
@@ -19,7 +20,7 @@ from xstate_check.formats.github import escape_data, escape_property, render_git
 from xstate_check.formats.junit import render_junit
 from xstate_check.formats.sarif import render_sarif
 from xstate_check.gate import run_gate
-from xstate_check.report import Finding, Report, SubjectReport
+from xstate_check.report import BaselineState, Finding, Report, SubjectReport
 
 
 def _rule(name: str) -> Any:
@@ -134,13 +135,18 @@ def test_sarif_fingerprints_are_stable_and_ignore_the_line(report: Report) -> No
     assert first[0]["partialFingerprints"] != first[1]["partialFingerprints"]
 
 
+def _marked(subject: SubjectReport, *states: BaselineState) -> list[Finding]:
+    """Return the subject's findings marked with regression states, in order."""
+    return [attrs.evolve(finding, baseline_state=state)
+            for finding, state in zip(subject.findings, states, strict=True)]
+
+
 def test_sarif_baseline_state_follows_gate_details(report: Report) -> None:
     """In a regression gate each result carries baselineState new or unchanged."""
     subject = report.subjects[0]
     marked = Report([SubjectReport(
-        subject.name, subject.source, subject.template, subject.findings,
-        {**subject.details, "baseline": "HEAD~1", "baseline_state": ["new", "unchanged"],
-         "fail_on": "new"},
+        subject.name, subject.source, subject.template, _marked(subject, "new", "unchanged"),
+        {**subject.details, "baseline": "HEAD~1", "fail_on": "new"},
     )])
     document = json.loads(render_sarif(marked))
     _validate_sarif(document)
@@ -189,9 +195,9 @@ def test_junit_only_new_errors_fail_in_a_regression_gate(report: Report) -> None
     """With fail_on new, an error present at the baseline is listed, not failed."""
     subject = report.subjects[0]
     marked = Report([SubjectReport(
-        subject.name, subject.source, subject.template, subject.findings,
-        {**subject.details, "baseline": "main", "baseline_state": ["unchanged", "unchanged"],
-         "fail_on": "new"},
+        subject.name, subject.source, subject.template,
+        _marked(subject, "unchanged", "unchanged"),
+        {**subject.details, "baseline": "main", "fail_on": "new"},
     )])
     case = ET.fromstring(render_junit(marked)).find("testsuite/testcase")
     assert case is not None and case.find("failure") is None
@@ -237,8 +243,8 @@ def test_github_old_findings_are_notices_in_a_regression_gate(report: Report) ->
     """With fail_on new, findings present at the baseline are notices naming it."""
     subject = report.subjects[0]
     marked = Report([SubjectReport(
-        subject.name, subject.source, subject.template, subject.findings,
-        {"baseline": "v1.2", "baseline_state": ["new", "unchanged"], "fail_on": "new"},
+        subject.name, subject.source, subject.template, _marked(subject, "new", "unchanged"),
+        {"baseline": "v1.2", "fail_on": "new"},
     )])
     commands = [c for c in render_github(marked).splitlines() if c.startswith("::")]
     assert commands[0].startswith("::error ")

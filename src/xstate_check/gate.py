@@ -53,7 +53,7 @@ from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate
 from xstate_check.errors import InputError, Location
 from xstate_check.formats._findings import counts, findings_with_state
-from xstate_check.report import Finding, Report, SkippedPair, SubjectReport
+from xstate_check.report import BaselineState, Finding, Report, SkippedPair, SubjectReport
 from xstate_check.sources.load import load_cpuid, read_text
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
 from xstate_check.subject import Role, Subject
@@ -529,12 +529,12 @@ def _baselines(paths: Sequence[str], rev: str) -> dict[str, _Baseline]:
     return result
 
 
-def _baseline_states(new: Sequence[Finding], old: Iterable[Finding]) -> list[str]:
+def _baseline_states(new: Sequence[Finding], old: Iterable[Finding]) -> list[BaselineState]:
     """Mark each new finding ``unchanged`` if the old version had it, else ``new``."""
     old = list(old)
     exact = Counter((f.rule, f.message) for f in old)
     by_rule = Counter(f.rule for f in old)
-    states: list[str | None] = [None] * len(new)
+    states: list[BaselineState] = [None] * len(new)
     for index, finding in enumerate(new):
         key = (finding.rule, finding.message)
         if exact[key] > 0:
@@ -571,7 +571,7 @@ def _same_guest(one: Subject, other: Subject) -> bool:
 
 
 def _regression_states(report: SubjectReport, subject: Subject, old: Template | None,
-                       profile: GateProfile) -> list[str]:
+                       profile: GateProfile) -> list[BaselineState]:
     """Mark the findings of ``report`` against the old template's on the same profile."""
     if old is None:
         return ["new"] * len(report.findings)
@@ -634,15 +634,16 @@ def run_gate(
                 **report.details, "profile": profile.name, "vendor": profile.vendor,
                 "fail_on": policy,
             }
+            findings = report.findings
             if changed_since:
                 if baseline is not None and not baseline.changed:
-                    states = ["unchanged"] * len(report.findings)
+                    states: list[BaselineState] = ["unchanged"] * len(findings)
                 else:
                     states = _regression_states(report, subject, old, profile)
                 details["baseline"] = changed_since
-                details["baseline_state"] = states
-                details["new"] = states.count("new")
-            subjects.append(attrs.evolve(report, details=details))
+                findings = tuple(attrs.evolve(finding, baseline_state=state)
+                                 for finding, state in zip(findings, states, strict=True))
+            subjects.append(attrs.evolve(report, findings=findings, details=details))
         if not checked:
             raise _nothing_checked(template, pairs, not_for, pool)
         skipped.extend(not_for)

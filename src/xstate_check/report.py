@@ -11,12 +11,20 @@ import attrs
 from xstate_check.errors import Location
 
 __all__ = [
-    "SCHEMA", "SEVERITIES", "Finding", "Report", "Severity", "SkippedPair", "SubjectReport",
+    "SCHEMA",
+    "SEVERITIES",
+    "BaselineState",
+    "Finding",
+    "Report",
+    "Severity",
+    "SkippedPair",
+    "SubjectReport",
 ]
 
 SCHEMA = "xstate-check/1"
 
 Severity = Literal["error", "warning", "info"]
+BaselineState = Literal["new", "unchanged"] | None
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
 _SEVERITY_ORDER = {name: rank for rank, name in enumerate(SEVERITIES)}
 
@@ -32,6 +40,9 @@ class Finding:
     consequence: str
     fix: str
     location: Location | None = None
+    #: In a regression gate: whether the change introduced the finding (``new``) or REV
+    #: already had it (``unchanged``); None outside one.
+    baseline_state: BaselineState = None
 
     def sort_key(self) -> tuple[Any, ...]:
         """Return the key findings are sorted by: location, severity, rule id, message."""
@@ -50,6 +61,7 @@ class Finding:
             "consequence": self.consequence,
             "fix": self.fix,
             "location": self.location.to_json() if self.location else None,
+            **({"baseline_state": self.baseline_state} if self.baseline_state else {}),
         }
 
 

@@ -1,35 +1,25 @@
 """What the CI formats (sarif, junit, github) share: regression state and where a finding is.
 
-A gate in regression mode (``gate --changed-since REV``) records in each subject's
-``details`` the revision compared with (``baseline``), the policy (``fail_on``), and for
-each finding, in order, whether the change introduced it (``baseline_state``: ``new`` or
-``unchanged``). Reports without these details (``check``, ``host``) read as "every finding
-counts".
+A gate in regression mode (``gate --changed-since REV``) marks each finding ``new`` (the
+change introduced it) or ``unchanged`` (REV had it) in ``Finding.baseline_state`` and records
+the policy in each subject's ``details`` (``fail_on``). Reports outside one read as "every
+finding counts".
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
 
 from xstate_check.errors import Location
-from xstate_check.report import Finding, SubjectReport
+from xstate_check.report import BaselineState, Finding, SubjectReport
 
 __all__ = ["BaselineState", "counts", "finding_location", "findings_with_state"]
-
-BaselineState = Literal["new", "unchanged"] | None
 
 
 def findings_with_state(subject: SubjectReport) -> Iterator[tuple[Finding, BaselineState]]:
     """Yield each finding of ``subject`` with its regression state (None outside one)."""
-    states = subject.details.get("baseline_state")
-    for index, finding in enumerate(subject.findings):
-        state: BaselineState = None
-        if isinstance(states, (list, tuple)) and index < len(states):
-            value = states[index]
-            if value in ("new", "unchanged"):
-                state = value
-        yield finding, state
+    for finding in subject.findings:
+        yield finding, finding.baseline_state
 
 
 def counts(subject: SubjectReport, state: BaselineState) -> bool:

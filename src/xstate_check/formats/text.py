@@ -18,7 +18,8 @@ def _paint(text: str, style: str, color: bool) -> str:
 
 def _finding(finding: Finding, color: bool) -> list[str]:
     label = _paint(finding.severity, _COLORS[finding.severity], color)
-    lines = [f"  {label} {finding.rule} {finding.name}: {finding.message}"]
+    state = f" ({finding.baseline_state})" if finding.baseline_state else ""
+    lines = [f"  {label} {finding.rule} {finding.name}{state}: {finding.message}"]
     if finding.location is not None:
         lines.append(f"    at {finding.location}")
     lines.append(_paint(f"    consequence: {finding.consequence}", _DIM, color))
