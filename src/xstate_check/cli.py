@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from xstate_check.errors import InputError, XstateCheckError
 
@@ -50,14 +50,58 @@ def _emit(args: argparse.Namespace, text: str) -> None:
         sys.stdout.write(text)
 
 
+def _settings(args: argparse.Namespace) -> Any:
+    """Return the run's Settings: the configuration file's, with the command line's on top."""
+    from xstate_check.config import (
+        Settings,
+        check_selectors,
+        find_config,
+        load_config,
+        parse_selectors,
+        parse_severity,
+    )
+    from xstate_check.errors import Location
+
+    cached = getattr(args, "_settings", None)
+    if cached is not None:
+        return cached
+    path = args.config or find_config()
+    settings = load_config(path) if path else Settings()
+    select = parse_selectors(args.select or ())
+    ignore = parse_selectors(args.ignore or ())
+    severity = parse_severity(args.severity or (), Location("--severity"))
+    check_selectors(select, Location("--select"))
+    check_selectors(ignore, Location("--ignore"))
+    check_selectors((s for s, _ in severity), Location("--severity"))
+    settings = settings.merged(
+        select=select,
+        # The command line's ignores and overrides add to the file's (ruff's extend-ignore).
+        ignore=settings.ignore + ignore,
+        severity=settings.severity + severity,
+        min_severity=args.min_severity,
+        strict=True if args.strict else None,
+    )
+    args._settings = settings
+    return settings
+
+
 def _report_exit(args: argparse.Namespace, report: object) -> int:
-    from xstate_check.formats import render
+    from xstate_check.config import apply_settings
+    from xstate_check.formats import render, render_statistics
     from xstate_check.report import Report
 
     assert isinstance(report, Report)
+    settings = _settings(args)
+    report = apply_settings(report, settings)
+    assert isinstance(report, Report)
     color = _use_color(sys.stdout, args.color) and not (args.output and args.output != "-")
-    _emit(args, render(report, args.format, color=color))
-    return report.exit_code(strict=args.strict)
+    if args.statistics:
+        _emit(args, render_statistics(report))
+    else:
+        _emit(args, render(report, args.format, color=color, quiet=args.quiet,
+                           min_severity=settings.min_severity, strict=settings.strict))
+    code = report.exit_code(strict=settings.strict)
+    return 0 if args.exit_zero else code
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -92,17 +136,20 @@ def _cmd_host(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from xstate_check.gate import run_gate
+    from xstate_check.gate import matrix_of_table, run_gate
 
+    settings = _settings(args)
+    matrix = args.matrix or settings.matrix
+    if matrix is None and settings.inline_matrix is not None:
+        matrix = matrix_of_table(settings.inline_matrix, str(settings.path))
     report = run_gate(
         args.templates,
         profiles=args.profiles,
-        matrix=args.matrix,
+        matrix=matrix,
         changed_since=args.changed_since,
         fail_on=args.fail_on,
     )
-    _report_exit(args, report)
-    return report.exit_code(strict=args.strict)
+    return _report_exit(args, report)
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
@@ -188,12 +235,40 @@ def _mask(text: str) -> int:
 def _build_parser() -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument(
-        "--format", "-f", default="text", choices=("text", "json", "sarif", "junit", "github"),
+        "--format", "-f", default="text",
+        choices=("text", "json", "sarif", "junit", "github", "markdown"),
         help="output format (default: text)",
     )
     common.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE")
     common.add_argument(
         "--strict", action="store_true", help="exit 1 on warnings too, not only on errors"
+    )
+    common.add_argument(
+        "--select", action="append", metavar="RULES",
+        help="only these rules: ids, id prefixes (XS01), names, families or ALL, "
+        "comma-separated",
+    )
+    common.add_argument(
+        "--ignore", action="append", metavar="RULES", help="leave out these rules (as --select)"
+    )
+    common.add_argument(
+        "--severity", action="append", metavar="RULE=LEVEL",
+        help="report RULE at LEVEL (error, warning, info): --severity XS0303=info",
+    )
+    common.add_argument("--exit-zero", action="store_true",
+                        help="exit 0 even when findings fail the run")
+    common.add_argument("--quiet", "-q", action="store_true",
+                        help="print the findings only: no details, no summary")
+    common.add_argument("--statistics", action="store_true",
+                        help="print the number of findings per rule instead of the findings")
+    common.add_argument(
+        "--min-severity", choices=("error", "warning", "info"), default=None,
+        help="the least severity shown (default: info; warning for sarif and github)",
+    )
+    common.add_argument(
+        "--config", metavar="FILE",
+        help="the configuration file (default: the nearest pyproject.toml with "
+        "[tool.xstate-check], or .xstate-check.toml)",
     )
     common.add_argument(
         "--color", choices=("auto", "always", "never"), default="auto",

@@ -42,9 +42,9 @@ import fnmatch
 import os
 import subprocess
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -70,6 +70,7 @@ __all__ = [
     "MatrixEntry",
     "SkippedPair",
     "load_matrix",
+    "matrix_of_table",
     "resolve_profiles",
     "run_gate",
     "template_vendor",
@@ -296,10 +297,14 @@ _TOP_KEYS = ("templates_dir", "template")
 
 
 def _line_of_entry(text: str, index: int) -> int:
-    """Return the 1-based line of the ``index``-th ``[[template]]`` header (0 if absent)."""
+    """Return the 1-based line of the ``index``-th ``[[template]]`` header (0 if absent).
+
+    In a pyproject.toml the header is ``[[tool.xstate-check.template]]``.
+    """
     seen = -1
     for number, line in enumerate(text.splitlines(), 1):
-        if line.strip().replace(" ", "") == "[[template]]":
+        compact = line.strip().replace(" ", "").replace('"', "")
+        if compact in ("[[template]]", "[[tool.xstate-check.template]]"):
             seen += 1
             if seen == index:
                 return number
@@ -317,7 +322,22 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     name = os.fspath(path)
     # Bounded, regular files only (a FIFO must not hang the gate); any TOML failure is input.
     text = read_text(name)
-    document = parse_toml(text, name)
+    return matrix_of_table(parse_toml(text, name), name, text)
+
+
+def matrix_of_table(document: Mapping[str, Any], name: str, text: str | None = None) -> Matrix:
+    """Return the Matrix of a parsed matrix document (a matrix file, or a configuration's).
+
+    ``name`` is the file it came from (its folder is the patterns' base); ``text``, where
+    given, places each entry's errors on its line.
+    """
+    if text is None:
+        from xstate_check.sources.load import read_text as read
+
+        try:
+            text = read(name)
+        except InputError:
+            text = ""
     for key in document:
         if key not in _TOP_KEYS:
             raise InputError(
@@ -587,7 +607,7 @@ def run_gate(
     templates: Sequence[str | os.PathLike[str]] = (),
     *,
     profiles: Sequence[str] | None = None,
-    matrix: str | os.PathLike[str] | None = None,
+    matrix: str | os.PathLike[str] | Matrix | None = None,
     changed_since: str | None = None,
     fail_on: FailOn | None = None,
 ) -> GateResult:
@@ -598,7 +618,7 @@ def run_gate(
     ``changed_since`` turns on regression mode (see the module docstring); ``fail_on``
     defaults to ``new`` there and is ``any`` otherwise.
     """
-    grid = load_matrix(matrix) if matrix is not None else None
+    grid = matrix if isinstance(matrix, Matrix) or matrix is None else load_matrix(matrix)
     paths = [os.fspath(path) for path in templates]
     if not paths:
         if grid is None:

@@ -82,6 +82,9 @@ class SubjectReport:
     template: str | None
     findings: tuple[Finding, ...] = attrs.field(converter=_sorted_findings, default=())
     details: Mapping[str, object] = attrs.field(factory=dict)
+    #: How long the rules took on this subject (JUnit's ``time``; not in JSON, which must
+    #: be byte-identical from run to run).
+    seconds: float = attrs.field(default=0.0, eq=False)
 
     def to_json(self) -> dict[str, object]:
         """Return the subject as a JSON object of schema xstate-check/1."""

@@ -1,15 +1,19 @@
 """The JUnit XML format: one testcase per subject (template x profile in a gate).
 
 Test suites group the subjects by template (by source where there is none). A testcase
-fails when it has error findings that count (in a regression gate with ``--fail-on new``,
-only those the change introduced); every finding, failing or not, is listed in the
-testcase's text, one per line, with its location.
+fails exactly when its findings fail the run: error findings that count (in a regression
+gate with ``--fail-on new``, only those the change introduced), and under ``strict``
+warnings too, so ``failures`` is non-zero exactly when the exit code is 1. Every finding,
+failing or not, is listed in the testcase's text with its location. A classname is the
+template's path without its extension, dots made underscores (Jenkins splits a classname at
+its last dot); ``time`` is the seconds the rules took.
 """
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 from xstate_check.formats._findings import counts, finding_location, findings_with_state
 from xstate_check.report import Finding, Report, SubjectReport
@@ -38,15 +42,23 @@ def _suite_key(subject: SubjectReport) -> str:
     return subject.template or subject.source
 
 
+def _classname(key: str) -> str:
+    path = Path(key)
+    if path.suffix.lower() in (".json", ".txt", ".test"):
+        path = path.with_suffix("")
+    return path.as_posix().replace(".", "_")
+
+
 def _case_name(subject: SubjectReport) -> str:
     profile = subject.details.get("profile")
     return str(profile) if profile else subject.name
 
 
-def _testcase(subject: SubjectReport) -> tuple[ET.Element, bool]:
+def _testcase(subject: SubjectReport, strict: bool) -> tuple[ET.Element, bool]:
     case = ET.Element("testcase", {
-        "classname": _clean(_suite_key(subject)),
+        "classname": _clean(_classname(_suite_key(subject))),
         "name": _clean(_case_name(subject)),
+        "time": f"{subject.seconds:.6f}",
     })
     if subject.template:
         case.set("file", _clean(subject.template))
@@ -57,7 +69,8 @@ def _testcase(subject: SubjectReport) -> tuple[ET.Element, bool]:
     for finding, state in findings_with_state(subject):
         note = f" (present at {baseline})" if state == "unchanged" else ""
         text = _line(finding, subject, note)
-        if finding.severity == "error" and counts(subject, state):
+        fails = finding.severity == "error" or (strict and finding.severity == "warning")
+        if fails and counts(subject, state):
             failing.append(text)
             errors.append(finding)
         else:
@@ -79,16 +92,19 @@ def _testcase(subject: SubjectReport) -> tuple[ET.Element, bool]:
     return case, first is not None
 
 
-def render_junit(report: Report) -> str:
+def render_junit(report: Report, *, strict: bool = False) -> str:
     """Return the report as JUnit XML (one testcase per subject, suites by template)."""
     suites: dict[str, list[tuple[ET.Element, bool]]] = {}
+    times: dict[str, float] = {}
     for subject in report.subjects:
-        suites.setdefault(_suite_key(subject), []).append(_testcase(subject))
+        key = _suite_key(subject)
+        suites.setdefault(key, []).append(_testcase(subject, strict))
+        times[key] = times.get(key, 0.0) + subject.seconds
     skipped: dict[str, int] = {}
     for pair in report.skipped:
         # A pair the gate did not check (not for that host) is a skipped testcase.
-        case = ET.Element("testcase", {"classname": _clean(pair.template),
-                                       "name": _clean(pair.profile)})
+        case = ET.Element("testcase", {"classname": _clean(_classname(pair.template)),
+                                       "name": _clean(pair.profile), "time": "0"})
         ET.SubElement(case, "skipped", {"message": _clean(pair.reason)})
         suites.setdefault(pair.template, []).append((case, False))
         skipped[pair.template] = skipped.get(pair.template, 0) + 1
@@ -102,6 +118,7 @@ def render_junit(report: Report) -> str:
             "failures": str(failures),
             "errors": "0",
             "skipped": str(skipped.get(name, 0)),
+            "time": f"{times.get(name, 0.0):.6f}",
         })
         suite.extend(case for case, _ in cases)
         total += len(cases)
@@ -110,6 +127,7 @@ def render_junit(report: Report) -> str:
     root.set("failures", str(failed))
     root.set("errors", "0")
     root.set("skipped", str(len(report.skipped)))
+    root.set("time", f"{sum(times.values()):.6f}")
     ET.indent(root)
     body = ET.tostring(root, encoding="unicode")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"

@@ -1,9 +1,11 @@
 """The SARIF 2.1.0 format: for GitHub code scanning and other SARIF viewers.
 
-One run; the tool's rules are the whole catalogue, each with its help text; each finding is
-a result pointing at the template file and line that caused it, with a fingerprint that
-stays the same across runs and line moves (rule, file, subject, message), and, in a
-regression gate, a ``baselineState`` of ``new`` or ``unchanged``.
+One run; the tool's rules are the whole catalogue, each with its help text. Each problem
+(one rule at one template line, however many profiles show it) is one result pointing at
+that file and line, relative to the repository root (``%SRCROOT%``), naming the profiles in
+its message and properties, with a fingerprint of rule, file and the line's content that
+survives line moves, and, in a regression gate, a ``baselineState`` of ``new`` or
+``unchanged``. Infos are left out unless ``min_severity="info"``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from urllib.parse import quote
 from xstate_check import __version__
 from xstate_check.engine import Rule, load_catalogue
 from xstate_check.errors import Location
-from xstate_check.formats._findings import finding_location, findings_with_state
+from xstate_check.formats._findings import Problem, problems, repo_path, repo_root
 from xstate_check.report import Finding, Report, Severity
 
 __all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "render_sarif"]
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-_FINGERPRINT_KEY = "xstateCheckFinding/v1"
+_FINGERPRINT_KEY = "xstateCheckProblem/v1"
 _SRCROOT = "%SRCROOT%"
 _LEVELS: dict[Severity, str] = {"error": "error", "warning": "warning", "info": "note"}
 
@@ -65,17 +67,15 @@ def _finding_descriptor(finding: Finding) -> dict[str, object]:
     }
 
 
-def _artifact(path: str, root: Path) -> dict[str, str]:
+def _artifact(path: str, root: Path | None) -> dict[str, str]:
     """Return the artifactLocation of ``path``: relative to ``root`` where it lies under it."""
-    absolute = Path(os.path.abspath(path))
-    try:
-        relative = absolute.relative_to(root)
-    except ValueError:
-        return {"uri": absolute.as_uri()}
-    return {"uri": quote(relative.as_posix()), "uriBaseId": _SRCROOT}
+    shown = repo_path(path, root)
+    if shown.startswith("/"):
+        return {"uri": Path(shown).as_uri()}
+    return {"uri": quote(shown), "uriBaseId": _SRCROOT}
 
 
-def _physical(location: Location, root: Path) -> dict[str, object]:
+def _physical(location: Location, root: Path | None) -> dict[str, object]:
     physical: dict[str, object] = {"artifactLocation": _artifact(location.path, root)}
     if location.line > 0:
         region: dict[str, int] = {"startLine": location.line}
@@ -85,53 +85,70 @@ def _physical(location: Location, root: Path) -> dict[str, object]:
     return physical
 
 
-def _fingerprint(finding: Finding, subject_name: str, uri: str) -> str:
-    """Return a digest that names the finding without its line, so it survives edits above it."""
-    key = "\x00".join((finding.rule, uri, subject_name, finding.message))
+def _line_text(path: str, line: int, cache: dict[str, list[str]]) -> str:
+    """Return the text of ``line`` of ``path`` without surrounding blanks ("" if unreadable)."""
+    if path not in cache:
+        from xstate_check.sources.load import read_text
+
+        try:
+            cache[path] = read_text(path).splitlines()
+        except Exception:  # an unreadable file has no line content to fingerprint
+            cache[path] = []
+    lines = cache[path]
+    return lines[line - 1].strip() if 0 < line <= len(lines) else ""
+
+
+def _fingerprint(problem: Problem, uri: str, cache: dict[str, list[str]]) -> str:
+    """Return a digest of rule, file and the line's content: it survives edits above it."""
+    where = problem.location
+    content = _line_text(where.path, where.line, cache) if where is not None else ""
+    key = "\x00".join((problem.first.rule, uri, content or problem.first.message))
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
-def render_sarif(report: Report, *, root: str | Path | None = None) -> str:
-    """Return the report as SARIF 2.1.0 JSON; paths under ``root`` (default: cwd) are relative."""
-    base = Path(os.path.abspath(root if root is not None else os.getcwd()))
+def render_sarif(report: Report, *, root: str | Path | None = None,
+                 min_severity: str | None = "warning") -> str:
+    """Return the report as SARIF 2.1.0 JSON: one result per problem, repo-relative paths.
+
+    ``root`` is the folder URIs are relative to (default: the git work tree holding the
+    working folder; where there is none, URIs are absolute).
+    """
+    base = Path(os.path.abspath(root)) if root is not None else repo_root()
     descriptors: list[dict[str, object]] = []
     index: dict[str, int] = {}
     for rule in load_catalogue().rules:
         index[str(rule.id)] = len(descriptors)
         descriptors.append(_rule_descriptor(rule))
 
+    cache: dict[str, list[str]] = {}
     results: list[dict[str, object]] = []
-    for subject in report.subjects:
-        for finding, state in findings_with_state(subject):
-            if finding.rule not in index:
-                index[finding.rule] = len(descriptors)
-                descriptors.append(_finding_descriptor(finding))
-            text = f"[{subject.name}] {finding.message}"
-            result: dict[str, object] = {
-                "ruleId": finding.rule,
-                "ruleIndex": index[finding.rule],
-                "level": _LEVELS[finding.severity],
-                "message": {"text": text},
-            }
-            where = finding_location(finding, subject)
-            uri = ""
-            if where is not None:
-                physical = _physical(where, base)
-                result["locations"] = [{"physicalLocation": physical}]
-                uri = str(physical["artifactLocation"]["uri"])  # type: ignore[index]
-            result["partialFingerprints"] = {
-                _FINGERPRINT_KEY: _fingerprint(finding, subject.name, uri)
-            }
-            if state is not None:
-                result["baselineState"] = state
-            result["properties"] = {
-                "subject": subject.name,
-                "source": subject.source,
-                "ruleName": finding.name,
-                "consequence": finding.consequence,
-                "fix": finding.fix,
-            }
-            results.append(result)
+    for problem in problems(report, min_severity):
+        finding = problem.first
+        if finding.rule not in index:
+            index[finding.rule] = len(descriptors)
+            descriptors.append(_finding_descriptor(finding))
+        text = f"{finding.message} (on {problem.where})"
+        result: dict[str, object] = {
+            "ruleId": finding.rule,
+            "ruleIndex": index[finding.rule],
+            "level": _LEVELS[problem.severity],
+            "message": {"text": text},
+        }
+        uri = ""
+        if problem.location is not None:
+            physical = _physical(problem.location, base)
+            result["locations"] = [{"physicalLocation": physical}]
+            uri = str(physical["artifactLocation"]["uri"])  # type: ignore[index]
+        result["partialFingerprints"] = {_FINGERPRINT_KEY: _fingerprint(problem, uri, cache)}
+        if problem.state is not None:
+            result["baselineState"] = problem.state
+        result["properties"] = {
+            "profiles": list(problem.subjects),
+            "ruleName": finding.name,
+            "consequence": finding.consequence,
+            "fix": finding.fix,
+        }
+        results.append(result)
 
     run: dict[str, object] = {
         "tool": {
@@ -141,10 +158,11 @@ def render_sarif(report: Report, *, root: str | Path | None = None) -> str:
                 "rules": descriptors,
             }
         },
-        "originalUriBaseIds": {_SRCROOT: {"uri": base.as_uri().rstrip("/") + "/"}},
         "invocations": [{"executionSuccessful": True}],
         "columnKind": "unicodeCodePoints",
         "results": results,
     }
+    if base is not None:
+        run["originalUriBaseIds"] = {_SRCROOT: {"uri": base.as_uri().rstrip("/") + "/"}}
     document = {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import attrs
+
+from xstate_check.formats._findings import shown
 from xstate_check.report import Finding, Report, SubjectReport
 
 __all__ = ["render_text"]
@@ -46,9 +49,24 @@ def _subject(subject: SubjectReport, color: bool) -> list[str]:
     return lines
 
 
-def render_text(report: Report, *, color: bool = False) -> str:
-    """Return the report as text; ANSI colours only when ``color`` is true."""
+def render_text(report: Report, *, color: bool = False, quiet: bool = False,
+                min_severity: str | None = None) -> str:
+    """Return the report as text; ANSI colours only when ``color`` is true.
+
+    ``quiet``: the findings alone (with their subject), no details, no summary.
+    """
+    if min_severity is not None:
+        report = attrs.evolve(report, subjects=tuple(
+            attrs.evolve(s, findings=tuple(f for f in s.findings
+                                           if shown(f.severity, min_severity)))
+            for s in report.subjects))
     lines: list[str] = []
+    if quiet:
+        for subject in report.subjects:
+            for finding in subject.findings:
+                lines.append(f"{subject.name}: " + _finding(finding, color)[0].lstrip()
+                             + (f" ({finding.location})" if finding.location else ""))
+        return "\n".join(lines) + ("\n" if lines else "")
     for subject in report.subjects:
         lines.extend(_subject(subject, color))
         lines.append("")
