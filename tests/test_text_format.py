@@ -64,3 +64,24 @@ def test_cli_colour_follows_the_option_and_no_color(
     monkeypatch.setenv("NO_COLOR", "1")
     assert main(["check", str(dump), "--color", "always"]) == 1
     assert "\x1b[" not in capsys.readouterr().out
+
+
+def test_gate_text_names_each_problem_once_with_its_profiles(data_dir: Path) -> None:
+    """A gate's text lists a template line once with its profiles, and counts the infos."""
+    from xstate_check.gate import run_gate
+
+    template = data_dir / "firecracker" / "SPR_TO_T2_6.1.json"
+    result = run_gate([template], profiles=["profile:fc-sapphire-rapids-*",
+                                            "profile:fc-granite-rapids-*"])
+    text = render_text(result)
+    shown = [f for f in result.findings() if f.severity != "info"]
+    places = {(f.rule, f.location.line if f.location else 0) for f in shown}
+    entries = [line for line in text.splitlines() if f"{template}:" in line and " XS" in line]
+    assert len(entries) == len(places) < len(shown)
+    assert "on 2 profiles: fc-sapphire-rapids-6.18, fc-granite-rapids-6.18" in text
+    infos = {(f.rule, f.location.line if f.location else 0) for f in result.infos}
+    assert f"{len(infos)} harmless info problem" in text
+    listed = render_text(result, min_severity="info")
+    assert len([line for line in listed.splitlines() if f"{template}:" in line]) == \
+        len(places | infos)
+    assert text.rstrip().endswith(result.summary_text())

@@ -44,7 +44,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -180,6 +180,7 @@ class GateResult(Report):
     Report, it renders in every format; ``report`` gives the plain Report.
     """
 
+    kind: ClassVar[str] = "gate"
     fail_on: FailOn = "any"
     baseline: str | None = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -124,6 +124,9 @@ def _subjects(subjects: Iterable[SubjectReport]) -> tuple[SubjectReport, ...]:
 class Report:
     """The findings of one run over one or more subjects."""
 
+    #: What made the report: ``check`` (one table per subject) or ``gate`` (templates x
+    #: profiles, where one template line shows on many subjects); formats lay it out by it.
+    kind: ClassVar[str] = "check"
     subjects: tuple[SubjectReport, ...] = attrs.field(converter=_subjects, default=())
     #: Template x profile pairs a gate did not check (not for that host), with the reason.
     skipped: tuple[SkippedPair, ...] = ()

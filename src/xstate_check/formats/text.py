@@ -1,10 +1,19 @@
-"""The text format: findings grouped by subject, for a person at a terminal or in a log."""
+"""The text format, for a person at a terminal or in a log.
+
+A check or host report lists each subject with the facts read and its findings. A gate
+report lists each problem once, most severe first, at its template line with the profiles
+it was seen on (a template line that breaks eight profiles is one entry); infos are counted,
+not listed, unless ``min_severity="info"``; then the pairs not for their host, then the
+summary.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 
-from xstate_check.formats._findings import shown
+from xstate_check.formats._findings import Problem, problems, repo_path, repo_root, shown
 from xstate_check.report import Finding, Report, SubjectReport
 
 __all__ = ["render_text"]
@@ -49,12 +58,58 @@ def _subject(subject: SubjectReport, color: bool) -> list[str]:
     return lines
 
 
+_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def _problem(problem: Problem, color: bool, root: Path | None) -> list[str]:
+    finding = problem.first
+    label = _paint(problem.severity, _COLORS[problem.severity], color)
+    where = problem.location
+    place = ""
+    if where is not None:
+        place = repo_path(where.path, root)
+        if where.line:
+            place += f":{where.line}:{where.column}" if where.column else f":{where.line}"
+        place += ": "
+    state = f" ({problem.state})" if problem.state else ""
+    return [
+        f"{place}{label} {finding.rule} {finding.name}{state}: {finding.message}",
+        f"  on {problem.where}",
+        _paint(f"  consequence: {finding.consequence}", _DIM, color),
+        _paint(f"  fix: {finding.fix}", _DIM, color),
+    ]
+
+
+def _render_gate(report: Report, color: bool, min_severity: str | None) -> str:
+    root = repo_root()
+    listed = problems(report, min_severity or "warning")
+    listed.sort(key=lambda p: _ORDER[p.severity])
+    lines: list[str] = []
+    for problem in listed:
+        lines.extend(_problem(problem, color, root))
+        lines.append("")
+    if min_severity is None:
+        hidden = len(problems(report)) - len(listed)
+        if hidden:
+            lines.append(f"{hidden} harmless info problem{'' if hidden == 1 else 's'} not "
+                         "listed (--min-severity info lists them)")
+            lines.append("")
+    notes = report.notes()
+    if notes:
+        lines.extend(notes)
+        lines.append("")
+    lines.append(report.summary_text())
+    return "\n".join(lines) + "\n"
+
+
 def render_text(report: Report, *, color: bool = False, quiet: bool = False,
                 min_severity: str | None = None) -> str:
     """Return the report as text; ANSI colours only when ``color`` is true.
 
     ``quiet``: the findings alone (with their subject), no details, no summary.
     """
+    if report.kind == "gate" and not quiet:
+        return _render_gate(report, color, min_severity)
     if min_severity is not None:
         report = attrs.evolve(report, subjects=tuple(
             attrs.evolve(s, findings=tuple(f for f in s.findings
