@@ -52,7 +52,6 @@ from xstate_check.api import build_subject
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate
 from xstate_check.errors import InputError, Location
-from xstate_check.formats._findings import counts, findings_with_state
 from xstate_check.report import BaselineState, Finding, Report, SkippedPair, SubjectReport
 from xstate_check.sources.load import load_cpuid, read_text
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
@@ -214,8 +213,8 @@ class GateResult(Report):
         """Return the findings that fail the gate: errors (and warnings when ``strict``)."""
         failing = []
         for subject in self.subjects:
-            for finding, state in findings_with_state(subject):
-                if not counts(subject, state):
+            for finding in subject.findings:
+                if not subject.counts(finding):
                     continue
                 if finding.severity == "error" or (strict and finding.severity == "warning"):
                     failing.append(finding)

@@ -86,6 +86,12 @@ class SubjectReport:
     #: be byte-identical from run to run).
     seconds: float = attrs.field(default=0.0, eq=False)
 
+    def counts(self, finding: Finding) -> bool:
+        """Return whether ``finding`` can fail the run: in a regression gate failing only on
+        new findings (``fail_on`` ``new``), one REV already had does not."""
+        return not (self.details.get("fail_on") == "new"
+                    and finding.baseline_state == "unchanged")
+
     def to_json(self) -> dict[str, object]:
         """Return the subject as a JSON object of schema xstate-check/1."""
         out: dict[str, object] = {

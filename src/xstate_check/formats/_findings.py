@@ -20,7 +20,6 @@ from xstate_check.report import BaselineState, Finding, Report, Severity, Subjec
 __all__ = [
     "BaselineState",
     "Problem",
-    "counts",
     "finding_location",
     "findings_with_state",
     "problems",
@@ -36,9 +35,6 @@ def findings_with_state(subject: SubjectReport) -> Iterator[tuple[Finding, Basel
         yield finding, finding.baseline_state
 
 
-def counts(subject: SubjectReport, state: BaselineState) -> bool:
-    """Return whether a finding in ``state`` can fail the run (fail_on=new skips old ones)."""
-    return not (subject.details.get("fail_on") == "new" and state == "unchanged")
 
 
 def finding_location(finding: Finding, subject: SubjectReport) -> Location | None:
@@ -111,7 +107,7 @@ def problems(report: Report, min_severity: str | None = None) -> list[Problem]:
         out.append(Problem(
             first=first, location=finding_location(first, subject), severity=severity,
             subjects=labels, state=state,
-            counts=any(counts(s, f.baseline_state) for f, s in members),
+            counts=any(s.counts(f) for f, s in members),
             baseline=str(baseline) if baseline else None,
         ))
     return out

@@ -15,7 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from xstate_check.formats._findings import counts, finding_location, findings_with_state
+from xstate_check.formats._findings import finding_location, findings_with_state
 from xstate_check.report import Finding, Report, SubjectReport
 
 __all__ = ["render_junit"]
@@ -70,7 +70,7 @@ def _testcase(subject: SubjectReport, strict: bool) -> tuple[ET.Element, bool]:
         note = f" (present at {baseline})" if state == "unchanged" else ""
         text = _line(finding, subject, note)
         fails = finding.severity == "error" or (strict and finding.severity == "warning")
-        if fails and counts(subject, state):
+        if fails and subject.counts(finding):
             failing.append(text)
             errors.append(finding)
         else:

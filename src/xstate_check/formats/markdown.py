@@ -7,7 +7,7 @@ template line, the profiles it was seen on, and the fix.
 
 from __future__ import annotations
 
-from xstate_check.formats._findings import counts, problems, repo_path, repo_root, shown
+from xstate_check.formats._findings import problems, repo_path, repo_root, shown
 from xstate_check.report import Report
 
 __all__ = ["render_markdown"]
@@ -35,7 +35,7 @@ def render_markdown(report: Report, *, min_severity: str | None = None,
         column = str(subject.details.get("profile") or subject.name)
         columns.setdefault(column)
         worst = min((f.severity for f in subject.findings
-                     if shown(f.severity, min_severity) and counts(subject, f.baseline_state)),
+                     if shown(f.severity, min_severity) and subject.counts(f)),
                     key=_RANK.__getitem__, default=None)
         rows.setdefault(row, {})[column] = worst
     for pair in report.skipped:
