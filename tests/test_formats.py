@@ -284,3 +284,37 @@ def test_every_format_of_the_firecracker_gate(data_dir: Path) -> None:
     commands = [line for line in render(report, "github").splitlines() if line.startswith("::")]
     assert len(commands) == len(problems) + 1  # one per problem, and the summary notice
     assert all("\n" not in command for command in commands)
+
+
+def test_firecracker_templates_and_a_careless_one_from_a_subfolder(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One valid SARIF result per (rule, file, line), URIs relative to the repository root."""
+    (tmp_path / ".git").mkdir()
+    folder = tmp_path / "cpu-templates"
+    folder.mkdir()
+    names = ("T2", "T2S", "T2CL", "T2A", "C3", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
+             "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
+    for name in names:
+        (folder / f"{name}.json").write_bytes(
+            (data_dir / "firecracker" / f"{name}.json").read_bytes())
+    (folder / "careless.json").write_text(json.dumps({"cpuid_modifiers": [{
+        "leaf": "0xd", "subleaf": "0x0", "flags": 1,
+        "modifiers": [{"register": "eax", "bitmap": "0bxxxxxxxxxxxxx0xxxxxxxxxxxxxxxxxx"}],
+    }]}), encoding="utf-8")
+    monkeypatch.chdir(folder)
+    report = run_gate(sorted(str(p.name) for p in folder.glob("*.json")))
+    document = json.loads(render(report, "sarif"))
+    _validate_sarif(document)
+    run = document["runs"][0]
+    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == tmp_path.as_uri() + "/"
+    keys = [(r["ruleId"], r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+             r["locations"][0]["physicalLocation"]["region"].get("startLine"))
+            for r in run["results"]]
+    assert len(keys) == len(set(keys))
+    assert all(uri.startswith("cpu-templates/") for _, uri, _ in keys)
+    errors = [r for r in run["results"] if r["level"] == "error"]
+    assert errors and all("careless.json" in str(r["locations"]) for r in errors)
+    github = render(report, "github").splitlines()
+    assert all(line.startswith("::") for line in github)
+    assert any(line.startswith("::error file=cpu-templates/careless.json,") for line in github)
