@@ -115,7 +115,9 @@ def test_explain_page_shows_the_failing_example_finding() -> None:
     assert "Check\n    xcr0 & xtile in [0, xtile]\n" in page
     assert "0xD.0 EAX = 0x202e7" in page
     assert "error: CPUID.(0xD,0) enumerates 0x20000 (tilecfg) without its AMX partner" in page
-    assert "Example that passes" in page and "References\n    - RULES-CATALOGUE.md" in page
+    assert "Example that passes" in page
+    assert "References\n    - Linux arch/x86/kvm/x86.c, __kvm_set_xcr():" in page
+    assert "\n      https://github.com/torvalds/linux/blob/master/arch/x86/kvm/x86.c\n" in page
     assert render_rule("xs0108") == page
 
 

@@ -97,6 +97,22 @@ def test_sarif_rules_carry_the_catalogue_with_help_text(report: Report) -> None:
         assert descriptor["defaultConfiguration"]["level"] == expected
 
 
+def test_sarif_help_points_at_public_sources(report: Report) -> None:
+    """Each rule's helpUri is its first reference's URL; the help lists every reference."""
+    driver = json.loads(render_sarif(report))["runs"][0]["tool"]["driver"]
+    rules = {rule["id"]: rule for rule in driver["rules"]}
+    amx = rules["XS0108"]
+    assert amx["helpUri"] == "https://github.com/torvalds/linux/blob/master/arch/x86/kvm/x86.c"
+    assert "<https://git.kernel.org/torvalds/c/55cd57b596e8>" in amx["help"]["markdown"]
+    for rule in load_catalogue().rules:
+        descriptor = rules[rule.id]
+        first = next(ref for ref in rule.references if "https://" in ref)
+        assert descriptor["helpUri"] == first[first.index("https://"):].split()[0], rule.id
+        for reference in rule.references:
+            assert reference in descriptor["help"]["text"], rule.id
+        assert ".md" not in descriptor["help"]["text"], rule.id
+
+
 def test_sarif_results_point_at_the_template_file_and_line(report: Report) -> None:
     """A finding with a location gives a relative URI and its line and column."""
     run = json.loads(render_sarif(report))["runs"][0]

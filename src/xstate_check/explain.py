@@ -101,8 +101,10 @@ def _rule_text(rule: Rule) -> str:
               _paragraph(rule.fix)]
     if rule.references:
         lines += ["", "References"]
+        # URLs stay whole, so that a terminal can open them.
         lines += [textwrap.fill(reference, _WIDTH, initial_indent=_INDENT + "- ",
-                                subsequent_indent=_INDENT + "  ")
+                                subsequent_indent=_INDENT + "  ", break_long_words=False,
+                                break_on_hyphens=False)
                   for reference in rule.references]
     lines += ["", f"Defined in {page['defined_at']}"]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
-from xstate_check.cpuid import FEATURES, INDEXED_LEAVES, REGISTERS, CpuidSet, Registers
+from xstate_check.cpuid import FEATURES, REGISTERS, CpuidSet, Registers
 from xstate_check.errors import Location
 from xstate_check.layout import LEGACY_AND_HEADER
 from xstate_check.subject import Subject
@@ -70,16 +70,23 @@ class Missing(Exception):  # noqa: N818 - a signal that a fact is absent, not an
 
 
 class EntryItem(NamedTuple):
-    """One CPUID entry a rule walks with ``each`` (``item.leaf``, ``item.subleaf``, …)."""
+    """One CPUID entry a rule walks with ``each`` (``item.leaf``, ``item.subleaf``, …).
+
+    ``hidden`` names the subleaves a KVM lookup no longer reaches because of this entry,
+    and ``effect`` says what the guest reads instead (both empty where they do not apply).
+    """
 
     leaf: int
     subleaf: int
     location: Location | None
     detail: str = ""
+    hidden: str = ""
+    effect: str = ""
 
 
 #: The attributes an ``each`` rule can read from its ``item``, with their kinds.
-ITEM_FIELDS: dict[str, Kind] = {"leaf": "int", "subleaf": "int", "detail": "str"}
+ITEM_FIELDS: dict[str, Kind] = {"leaf": "int", "subleaf": "int", "detail": "str",
+                                "hidden": "str", "effect": "str"}
 
 SourceSpec = tuple[BitRef, ...] | Callable[["Facts", object], Iterable[BitRef]]
 
@@ -283,7 +290,8 @@ class Components:
 
     A light view of leaf 0xD for the rules (``XsaveLayout`` decodes more, at more cost):
     ``regs[n]`` is subleaf n's (size, offset, flags, edx); the size formulas are those of
-    RULES-CATALOGUE.md §3.2 (KVM's xstate_required_size).
+    KVM's xstate_required_size() (arch/x86/kvm/cpuid.c) and Linux's
+    xstate_calculate_size() (arch/x86/kernel/fpu/xstate.c).
     """
 
     __slots__ = ("regs",)
@@ -419,7 +427,8 @@ def _stale_components(facts: Facts) -> object:
 
 
 @_fact("size_mismatch", "mask", "enumerated xfeatures whose size differs from the architectural "
-       "size (RULES-CATALOGUE.md §1)", _component_sources)
+       "size (Linux's struct for it, checked by check_xstate_against_struct())",
+       _component_sources)
 def _size_mismatch(facts: Facts) -> object:
     components, xcr0, xss = _enumerated(facts)
     result = 0
@@ -462,16 +471,21 @@ def _host_layout_mismatch(facts: Facts) -> object:
     return result
 
 
-# --- what a Linux guest does with it (RULES-CATALOGUE.md §4) ---------------------------
+# --- what a Linux guest does with it (arch/x86/kernel/fpu/xstate.c) ---------------------
 
 #: The gate Linux checks for each user xfeature (``xsave_cpuid_features[]``), except PKRU:
-#: Linux gates it on OSPKE, which it force-sets itself when PKU is present (LNX-12), and a
-#: KVM guest's table has OSPKE clear (a runtime bit), so PKU is the gate that decides.
+#: Linux gates it on OSPKE, which setup_pku() (arch/x86/kernel/cpu/common.c) force-sets
+#: itself when PKU is present, and a KVM guest's table has OSPKE clear (a runtime bit), so
+#: PKU is the gate that decides.
 _LINUX_GATES: dict[int, str] = {
     0: "FPU", 1: "SSE", 2: "AVX", 3: "MPX", 4: "MPX", 5: "AVX512F", 6: "AVX512F",
     7: "AVX512F", 9: "PKU", 17: "AMX_TILE", 18: "AMX_TILE", 19: "APX",
 }
-_LINUX_SUPERVISOR_GATES: dict[int, str] = {10: "ENQCMD", 11: "SHSTK", 12: "SHSTK"}
+#: The supervisor xfeatures a Linux guest kernel saves for itself with XSAVES, and their
+#: gates (XFEATURE_MASK_SUPERVISOR_SUPPORTED): PASID and CET user state. CET supervisor
+#: state (bit 12) is guest-only since 6.18: the kernel keeps it for the vCPUs it hosts, never
+#: in its own buffers, so it is not counted here.
+_LINUX_SUPERVISOR_GATES: dict[int, str] = {10: "ENQCMD", 11: "SHSTK"}
 
 
 def _gate_refs(facts: Facts, value: object) -> list[BitRef]:
@@ -483,7 +497,8 @@ def _gate_refs(facts: Facts, value: object) -> list[BitRef]:
 
 
 @_fact("linux_xcr0", "mask", "the XCR0 a Linux guest writes: the enumerated user xfeatures whose "
-       "CPUID gate is set (LNX-04), without TILEDATA when XFD is absent (LNX-05)", _gate_refs)
+       "CPUID gate is set (xsave_cpuid_features[]), without TILEDATA when XFD is absent",
+       _gate_refs)
 def _linux_xcr0(facts: Facts) -> object:
     xcr0 = facts["xcr0"]
     assert isinstance(xcr0, int)
@@ -504,8 +519,18 @@ def _linux_dropped(facts: Facts) -> object:
     return xcr0 & ~linux
 
 
+def _default_size_refs(facts: Facts, value: object) -> list[BitRef]:
+    refs = list(_component_sources(facts, facts.get("linux_xcr0", 0) | facts.get("xss", 0)))
+    for name in ("XSAVEC", "XSAVES", "ENQCMD", "SHSTK"):
+        where = FEATURES[name]
+        refs.append((where.leaf, where.subleaf, where.register, 1 << where.bit))
+    return refs
+
+
 @_fact("linux_default_size", "size", "the size of a Linux guest's default (non-dynamic) XSAVE "
-       "buffer: compacted with XSAVES, standard otherwise (LNX-08)", _component_sources)
+       "buffer, as init_xstate_size() computes it: compacted when XSAVEC or XSAVES is set "
+       "(X86_FEATURE_XCOMPACTED), with the supervisor state the kernel keeps itself (PASID, "
+       "CET user state) only with XSAVES; standard format otherwise", _default_size_refs)
 def _linux_default_size(facts: Facts) -> object:
     components = facts.components
     linux = facts["linux_xcr0"]
@@ -517,16 +542,19 @@ def _linux_default_size(facts: Facts) -> object:
         for number, gate in _LINUX_SUPERVISOR_GATES.items():
             if xss >> number & 1 and facts[gate]:
                 default |= 1 << number
+    if facts["XSAVEC"] or facts["XSAVES"]:
         return components.compacted_size(default)
     return components.standard_size(default)
 
 
-# --- CPUID feature bits against the xfeatures they need (RULES-CATALOGUE.md §8) ---------
+# --- CPUID feature bits against the xfeatures they need ----------------------------------
 
-#: Feature -> the xfeatures it needs in 0xD.0 (QEMU-01 / LNX-04 pairs).
+#: Feature -> the xfeatures it needs in 0xD.0 (Linux's xsave_cpuid_features[] pairs; AVX10,
+#: whose vectors are the AVX-512 registers, needs the AVX-512 state as QEMU's
+#: x86_ext_save_areas[] says).
 _FEATURE_XSTATE: dict[str, int] = {
     "AVX": 1 << 2, "MPX": MPX_MASK, "AVX512F": AVX512_MASK, "PKU": 1 << 9,
-    "AMX_TILE": XTILE_MASK, "APX": 1 << 19,
+    "AMX_TILE": XTILE_MASK, "APX": 1 << 19, "AVX10": AVX512_MASK | 1 << 2,
 }
 
 
@@ -546,7 +574,8 @@ def _features_lacking_xstate(facts: Facts) -> list[tuple[str, int]]:
 
 
 @_fact("feature_without_xstate", "mask", "xfeatures a set CPUID feature needs (AVX: ymm, MPX, "
-       "AVX512F, PKU: pkru, AMX_TILE: TILECFG|TILEDATA, APX) that 0xD.0 lacks", _feature_refs)
+       "AVX512F, PKU: pkru, AMX_TILE: TILECFG|TILEDATA, APX, AVX10: ymm and AVX-512) that 0xD.0 "
+       "lacks", _feature_refs)
 def _feature_without_xstate(facts: Facts) -> object:
     return sum(missing for _, missing in _features_lacking_xstate(facts))
 
@@ -565,7 +594,7 @@ def _xstate_without_feature(facts: Facts) -> object:
     assert isinstance(xcr0, int)
     result = 0
     for name, need in _FEATURE_XSTATE.items():
-        if not facts[name]:
+        if name != "AVX10" and not facts[name]:  # Linux gates the AVX-512 state on AVX512F
             result |= need & xcr0
     return result
 
@@ -625,17 +654,120 @@ def _missing_entry_list(facts: Facts) -> object:
     return ", ".join(f"{entry.leaf:#x}.{entry.subleaf:#x}" for entry in entries) or "none"
 
 
-@_fact("flags_cleared", "items", "entries of indexed leaves whose KVM flags the template changed "
-       "from SIGNIFICANT_INDEX to not")
+def _normalized_flags(facts: Facts, leaf: int, subleaf: int) -> bool:
+    """Whether Firecracker's CPUID normalization, run after the template, sets this entry's
+    flags again: every 0xB subleaf, the 0x1F subleaves copied from 0xB (Intel) and the
+    0x8000001D cache subleaves re-read from the host (AMD) get SIGNIFICANT_INDEX."""
+    if facts.subject.template is None:
+        return False
+    cpuid = facts.cpuid
+    if leaf == 0xB:
+        return True
+    if leaf == 0x1F:
+        return cpuid.vendor == "GenuineIntel" and (0xB, subleaf) in cpuid.entries
+    if leaf == 0x8000001D:
+        return cpuid.vendor == "AuthenticAMD" and bool(cpuid.get(leaf, subleaf).eax & 0x1F)
+    return False
+
+
+def _subleaf_list(subleaves: Iterable[int]) -> str:
+    return ", ".join(f"{subleaf:#x}" for subleaf in subleaves)
+
+
+def _feature_changes(cpuid: CpuidSet, leaf: int, subleaf: int, hidden: tuple[int, ...]) -> str:
+    """Name the feature bits of the hidden subleaves that read differently (leaf 7)."""
+    shadow = cpuid.get(leaf, subleaf)
+    gained: list[str] = []
+    lost: list[str] = []
+    for name, where in FEATURES.items():
+        if where.leaf != leaf or where.subleaf not in hidden:
+            continue
+        index = REGISTERS.index(where.register)
+        was = cpuid.get(leaf, where.subleaf)[index] >> where.bit & 1
+        now = shadow[index] >> where.bit & 1
+        if now and not was:
+            gained.append(name)
+        elif was and not now:
+            lost.append(name)
+    parts = []
+    if gained:
+        parts.append(f"it sees {', '.join(gained)}, which the table does not give it")
+    if lost:
+        parts.append(f"it loses {', '.join(lost)}")
+    return "; ".join(parts)
+
+
+def _shadow_effect(cpuid: CpuidSet, leaf: int, subleaf: int, hidden: tuple[int, ...]) -> str:
+    """Say what a guest reads for the subleaves an entry without SIGNIFICANT_INDEX hides."""
+    reads = (f"the guest reads leaf {leaf:#x} subleaves {_subleaf_list(hidden)} (and any "
+             f"higher one) as subleaf {subleaf:#x}")
+    if leaf == 0xD:
+        what = ("XSAVE features, IA32_XSS bits, component sizes and offsets"
+                if subleaf == 0 else "component sizes and offsets")
+        return (f"{reads}: its {what} are those of another subleaf, so a Linux guest finds "
+                "sizes that disagree with its own and disables XSAVE, losing AVX and every "
+                "later extension, and the XFD flags it reads are wrong")
+    if leaf in (0x4, 0x8000001D):
+        if cpuid.get(leaf, subleaf).eax & 0x1F:
+            return (f"{reads}: every later cache subleaf reads as a cache, never as type 0, "
+                    "so Linux's find_num_cache_leaves() never ends its walk and the guest "
+                    "hangs at boot")
+        return f"{reads}: the caches those subleaves describe disappear from the guest"
+    if leaf == 0x7:
+        changes = _feature_changes(cpuid, leaf, subleaf, hidden)
+        return f"{reads}: {changes}" if changes else reads
+    if leaf == 0x1D:
+        return (f"{reads}: the AMX tile palette Linux checks against TILEDATA's size "
+                "(check_xtile_data_against_struct()) and programs size their tiles from is "
+                "the wrong one")
+    return reads
+
+
+@_fact("flags_shadowing", "items", "entries without SIGNIFICANT_INDEX that KVM returns for later "
+       "subleaves of their leaf (cpuid_entry2_find() takes the first entry of the function "
+       "lacking the flag), where those subleaves hold other values")
+def _flags_shadowing(facts: Facts) -> object:
+    cpuid = facts.cpuid
+    items = []
+    seen: set[int] = set()
+    for (leaf, subleaf), flags in sorted(cpuid.flags.items()):
+        if flags & 1 or leaf in seen or (leaf, subleaf) not in cpuid.entries:
+            continue
+        if _normalized_flags(facts, leaf, subleaf):
+            continue
+        # Entries reach KVM sorted by (leaf, subleaf): only the first entry of a leaf that
+        # lacks the flag is ever returned for a subleaf that is not its own.
+        seen.add(leaf)
+        regs = cpuid.entries[(leaf, subleaf)]
+        hidden = tuple(other for (other_leaf, other), other_regs in cpuid.entries.items()
+                       if other_leaf == leaf and other > subleaf and other_regs != regs)
+        if hidden:
+            items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf),
+                                   _subleaf_list(hidden),
+                                   _shadow_effect(cpuid, leaf, subleaf, hidden)))
+    return tuple(items)
+
+
+@_fact("flags_cleared", "items", "entries whose KVM flags a template changed from "
+       "SIGNIFICANT_INDEX to not, where that hides no other subleaf (no later subleaf with "
+       "other values, or Firecracker's normalization sets the flag again)")
 def _flags_cleared(facts: Facts) -> object:
     base = facts.subject.base
     if base is None:
         return ()
     cpuid = facts.cpuid
+    shadowing = facts["flags_shadowing"]
+    assert isinstance(shadowing, tuple)
+    reported = {item.leaf for item in shadowing}
     items = []
     for (leaf, subleaf), flags in sorted(cpuid.flags.items()):
-        if leaf in INDEXED_LEAVES and not flags & 1 and base.flags.get((leaf, subleaf), 0) & 1:
-            items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf)))
+        if (not flags & 1 and base.flags.get((leaf, subleaf), 0) & 1
+                and leaf not in reported):
+            effect = ("Firecracker's CPUID normalization sets the flag again"
+                      if _normalized_flags(facts, leaf, subleaf) else
+                      "the leaf has no later subleaf with other values")
+            items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf),
+                                   "", effect))
     return tuple(items)
 
 
@@ -742,7 +874,7 @@ def _kvm_xss(facts: Facts) -> object:
 
 
 def valid_xcr0(mask: int) -> bool:
-    """Return whether XSETBV accepts ``mask`` by the architectural rules (XCR0-03..10)."""
+    """Return whether XSETBV accepts ``mask`` (SDM Vol. 1 §13.3, KVM's __kvm_set_xcr())."""
     if not mask & 1 or mask & (SUPERVISOR_MASK | BIT63):
         return False
     if mask & 0x4 and not mask & 0x2:

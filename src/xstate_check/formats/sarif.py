@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,13 +23,23 @@ from xstate_check.errors import Location
 from xstate_check.formats._findings import Problem, problems, repo_path, repo_root
 from xstate_check.report import Finding, Report, Severity
 
-__all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "render_sarif"]
+__all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "help_uri", "render_sarif"]
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _FINGERPRINT_KEY = "xstateCheckProblem/v1"
 _SRCROOT = "%SRCROOT%"
 _LEVELS: dict[Severity, str] = {"error": "error", "warning": "warning", "info": "note"}
+_URL = re.compile(r"https://[^\s)\]]+")
+
+
+def help_uri(rule: Rule) -> str | None:
+    """Return the URL of the rule's first reference that has one (its SARIF ``helpUri``)."""
+    for reference in rule.references:
+        found = _URL.search(reference)
+        if found is not None:
+            return found.group().rstrip(".,;")
+    return None
 
 
 def _rule_descriptor(rule: Rule) -> dict[str, object]:
@@ -40,12 +51,12 @@ def _rule_descriptor(rule: Rule) -> dict[str, object]:
     help_text = f"{explanation}\n\nConsequence: {consequence}\n\nFix: {fix}"
     help_markdown = f"{explanation}\n\n**Consequence:** {consequence}\n\n**Fix:** {fix}"
     if references:
-        listed = "\n".join(f"- {reference}" for reference in references)
-        help_text += "\n\nReferences:\n" + listed
-        help_markdown += "\n\n**References:**\n\n" + listed
+        help_text += "\n\nReferences:\n" + "\n".join(f"- {ref}" for ref in references)
+        linked = (_URL.sub(lambda url: f"<{url.group()}>", ref) for ref in references)
+        help_markdown += "\n\n**References:**\n\n" + "\n".join(f"- {ref}" for ref in linked)
     help_text += f"\n\nMore: xstate-check explain {rule.id}"
     help_markdown += f"\n\nMore: `xstate-check explain {rule.id}`"
-    return {
+    descriptor: dict[str, object] = {
         "id": rule.id,
         "name": rule.name,
         "shortDescription": {"text": summary},
@@ -54,6 +65,10 @@ def _rule_descriptor(rule: Rule) -> dict[str, object]:
         "defaultConfiguration": {"level": _LEVELS[rule.severity]},
         "properties": {"tags": ["xsave", rule.family], "precision": "very-high"},
     }
+    uri = help_uri(rule)
+    if uri is not None:
+        descriptor["helpUri"] = uri
+    return descriptor
 
 
 def _finding_descriptor(finding: Finding) -> dict[str, object]:
