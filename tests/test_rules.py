@@ -179,7 +179,7 @@ def test_every_rule_is_documented() -> None:
 #: Documents that live beside the project, not in it: no rule may send a user to them.
 _PROJECT_DOCS = re.compile(r"\b(?:RULES-CATALOGUE|DESIGN|FIRECRACKER|FORMATS|STYLE)\b|shared/")
 _MD_FILE = re.compile(r"[\w./-]*\.md\b")
-_URL = re.compile(r"https://[^\s)]+")
+_URL = re.compile(r"https://[^\s)\"']*[^\s)\"'.,;]")
 
 
 def _outside_citations(text: str) -> list[str]:

@@ -72,8 +72,9 @@ class Missing(Exception):  # noqa: N818 - a signal that a fact is absent, not an
 class EntryItem(NamedTuple):
     """One CPUID entry a rule walks with ``each`` (``item.leaf``, ``item.subleaf``, …).
 
-    ``hidden`` names the subleaves a KVM lookup no longer reaches because of this entry,
-    and ``effect`` says what the guest reads instead (both empty where they do not apply).
+    ``detail`` is free text a list fact may give; ``hidden`` names the subleaves a KVM
+    lookup no longer reaches because of this entry, and ``effect`` says what the guest reads
+    instead (each empty where it does not apply).
     """
 
     leaf: int
@@ -743,8 +744,8 @@ def _flags_shadowing(facts: Facts) -> object:
                        if other_leaf == leaf and other > subleaf and other_regs != regs)
         if hidden:
             items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf),
-                                   _subleaf_list(hidden),
-                                   _shadow_effect(cpuid, leaf, subleaf, hidden)))
+                                   hidden=_subleaf_list(hidden),
+                                   effect=_shadow_effect(cpuid, leaf, subleaf, hidden)))
     return tuple(items)
 
 
@@ -767,7 +768,7 @@ def _flags_cleared(facts: Facts) -> object:
                       if _normalized_flags(facts, leaf, subleaf) else
                       "the leaf has no later subleaf with other values")
             items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf),
-                                   "", effect))
+                                   effect=effect))
     return tuple(items)
 
 
