@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from xstate_check.restore import destination_of, restore, restore_subject
 from xstate_check.sources.profiles import load_profile
 from xstate_check.subject import Destination, Subject
 
+REPO = Path(__file__).resolve().parents[1]
 CATALOGUE = load_catalogue()
 RESTORE_RULES = list(CATALOGUE.family("restore"))
 
@@ -208,3 +210,19 @@ def test_location_of_a_pseudo_source_is_none() -> None:
     """Findings between two profiles carry no file location."""
     report = restore("profile:fc-genoa-6.1", "profile:fc-milan-6.1")
     assert all(f.location is None or isinstance(f.location, Location) for f in report.errors)
+
+
+def test_docs_pair_table_is_what_the_code_computes() -> None:
+    """docs/restore-pairs.md equals tools/restore_table.py's rendering of today's verdicts."""
+    spec = importlib.util.spec_from_file_location("restore_table",
+                                                  REPO / "tools" / "restore_table.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert (REPO / "docs" / "restore-pairs.md").read_text(encoding="utf-8") == tool.render()
+    rows = dict(tool.verdicts()["GenuineIntel"])
+    assert dict(rows["fc-sapphire-rapids-6.1"])["fc-ice-lake-6.1"] == "XS0701"
+    assert dict(rows["fc-ice-lake-6.1"])["fc-sapphire-rapids-6.1"] == "ok"
+    amd = dict(tool.verdicts()["AuthenticAMD"])
+    assert dict(amd["fc-genoa-6.1"])["fc-milan-6.1"] == "XS0701"
+    assert dict(amd["fc-milan-6.1"])["fc-genoa-6.1"] == "ok"

@@ -14,7 +14,8 @@ up from the working folder; ``--config FILE`` names one. Keys (the command line 
 - ``min-severity``: the least severity SARIF and GitHub output show (default ``warning``);
 - ``strict``: warnings fail too;
 - ``matrix``: a matrix file (relative to the configuration file) declaring the gate's pairs;
-  or ``templates-dir`` and ``[[tool.xstate-check.template]]`` tables, as in a matrix file.
+  or ``templates-dir``, ``[[tool.xstate-check.template]]`` and ``[[tool.xstate-check.group]]``
+  (migration groups) tables, as in a matrix file.
 
 Unknown keys and wrong types are InputErrors naming the file and line.
 """
@@ -38,7 +39,7 @@ __all__ = ["CONFIG_FILE", "Selector", "Settings", "apply_settings", "find_config
 
 CONFIG_FILE = ".xstate-check.toml"
 _KEYS = ("select", "ignore", "severity", "per-file-ignores", "min-severity", "strict",
-         "matrix", "templates-dir", "template")
+         "matrix", "templates-dir", "template", "group")
 
 
 @attrs.frozen
@@ -239,12 +240,12 @@ def _rule_settings(settings: Settings, table: Mapping[str, Any],
 def _gate_settings(settings: Settings, table: Mapping[str, Any],
                    where: Callable[[str], Location], root: Path) -> Settings:
     if "matrix" in table:
-        if not isinstance(table["matrix"], str) or "template" in table:
+        if not isinstance(table["matrix"], str) or "template" in table or "group" in table:
             raise InputError(where("matrix"), 'expected matrix = "a matrix file" (or inline '
-                             "[[template]] tables, not both)")
+                             "[[template]] and [[group]] tables, not both)")
         settings = attrs.evolve(settings, matrix=str(root / table["matrix"]))
-    if "template" in table:
-        inline = {"template": table["template"]}
+    if "template" in table or "group" in table:
+        inline = {key: table[key] for key in ("template", "group") if key in table}
         if "templates-dir" in table:
             inline["templates_dir"] = table["templates-dir"]
         settings = attrs.evolve(settings, inline_matrix=inline)

@@ -52,6 +52,7 @@ from xstate_check.api import build_subject
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate
 from xstate_check.errors import InputError, Location
+from xstate_check.migration import MigrationGroup, group_reports, load_groups
 from xstate_check.report import BaselineState, Finding, Report, SkippedPair, SubjectReport
 from xstate_check.sources.load import load_cpuid, read_text
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
@@ -149,6 +150,7 @@ class Matrix:
     folder: Path
     entries: tuple[MatrixEntry, ...]
     templates_dir: str | None = None
+    groups: tuple[MigrationGroup, ...] = ()
 
     def entry_for(self, template: str) -> MatrixEntry | None:
         """Return the first entry whose pattern matches ``template``, or None."""
@@ -293,7 +295,7 @@ def _profile_files(spec: str) -> list[str]:
 # --------------------------------------------------------------------------- matrix
 
 _ENTRY_KEYS = ("path", "profiles", "vendor")
-_TOP_KEYS = ("templates_dir", "template")
+_TOP_KEYS = ("templates_dir", "template", "group")
 
 
 def _line_of_entry(text: str, index: int) -> int:
@@ -342,20 +344,21 @@ def matrix_of_table(document: Mapping[str, Any], name: str, text: str | None = N
         if key not in _TOP_KEYS:
             raise InputError(
                 Location(name),
-                f"expected only templates_dir and [[template]] tables, found {key!r}",
+                f"expected only templates_dir, [[template]] and [[group]] tables, found {key!r}",
             )
     templates_dir = document.get("templates_dir")
     if templates_dir is not None and not isinstance(templates_dir, str):
         raise InputError(Location(name), "expected templates_dir as a string (a folder)")
+    folder = Path(os.path.abspath(name)).parent
+    groups = load_groups(document.get("group"), text, name, folder / (templates_dir or "."))
     raw = document.get("template", [])
-    if not isinstance(raw, list) or not raw:
-        raise InputError(Location(name), "expected one or more [[template]] tables")
+    if not isinstance(raw, list) or not (raw or groups):
+        raise InputError(Location(name), "expected one or more [[template]] or [[group]] tables")
     entries = []
     for index, table in enumerate(raw):
         where = Location(name, _line_of_entry(text, index))
         entries.append(_matrix_entry(table, where))
-    folder = Path(os.path.abspath(name)).parent
-    return Matrix(name, folder, tuple(entries), templates_dir)
+    return Matrix(name, folder, tuple(entries), templates_dir, groups)
 
 
 def _matrix_entry(table: object, where: Location) -> MatrixEntry:
@@ -667,4 +670,7 @@ def run_gate(
         if not checked:
             raise _nothing_checked(template, pairs, not_for, pool)
         skipped.extend(not_for)
+    if grid is not None and grid.groups:
+        subjects.extend(group_reports(grid.groups, pool, given=[os.fspath(t) for t in templates],
+                                      policy=policy, changed_since=changed_since))
     return GateResult(subjects, skipped=tuple(skipped), fail_on=policy, baseline=changed_since)

@@ -48,10 +48,9 @@ VIEW_FEATURES = (
     "AVX512_BF16", "AMX_FP16", "AMX_COMPLEX", "AVX10", "APX",
 )
 
-#: Leaves compared whole: 0xD (the XSAVE enumeration; the EBX sizes of subleaves 0 and 1
-#: are left out, KVM recomputes them from the guest's XCR0 and IA32_XSS), 0x14 (Intel PT,
-#: xfeature 8), 0x1D and 0x1E (the AMX tile palette and TMUL information).
-VIEW_LEAVES = (0xD, 0x14, 0x1D, 0x1E)
+#: Leaves compared whole: 0x14 (Intel PT, xfeature 8), 0x1D and 0x1E (the AMX tile palette
+#: and TMUL information). Leaf 0xD is compared by part, see ``_regions``.
+VIEW_LEAVES = (0x14, 0x1D, 0x1E)
 
 _REGISTERS = ("eax", "ebx", "ecx", "edx")
 _ALL = 0xFFFF_FFFF
@@ -207,24 +206,42 @@ def _dest_has_host(facts: Facts) -> object:
 # --- the guest views of a migration group ----------------------------------------------------
 
 
-def _regions(cpuid: CpuidSet) -> Iterable[tuple[int, int, str, int]]:
-    """Yield (leaf, subleaf, register, mask) of the XSAVE-relevant view present in cpuid."""
+def _regions(cpuid: CpuidSet, components: int) -> Iterable[tuple[int, int, str, int]]:
+    """Yield (leaf, subleaf, register, mask) of the XSAVE-relevant view present in cpuid.
+
+    Leaf 0xD: the enumerated masks (0xD.0 EAX and EDX, 0xD.1 ECX and EDX), the XSAVE
+    features of 0xD.1 EAX, and the subleaves of the xfeatures in ``components``. Left out:
+    the EBX sizes of subleaves 0 and 1, which KVM recomputes from the XCR0 and IA32_XSS in
+    use, and 0xD.0 ECX, the size for every supported xfeature, which a guest does not size
+    its buffers from and Firecracker's templates leave at the host's value.
+    """
+    entries = cpuid.entries
     for (leaf, subleaf, register), mask in _FEATURE_MASKS.items():
-        if (leaf, subleaf) in cpuid.entries:
+        if (leaf, subleaf) in entries:
             yield leaf, subleaf, register, mask
-    for leaf, subleaf in cpuid.entries:
+    if (0xD, 0) in entries:
+        yield 0xD, 0, "eax", _ALL
+        yield 0xD, 0, "edx", _ALL
+    if (0xD, 1) in entries:
+        for register in ("eax", "ecx", "edx"):
+            yield 0xD, 1, register, _ALL
+    for number in bits(components):
+        if number >= 2 and (0xD, number) in entries:
+            for register in _REGISTERS:
+                yield 0xD, number, register, _ALL
+    for leaf, subleaf in entries:
         if leaf in VIEW_LEAVES:
             for register in _REGISTERS:
-                if leaf == 0xD and subleaf in (0, 1) and register == "ebx":
-                    continue  # sizes KVM recomputes from the XCR0 and IA32_XSS in use
                 yield leaf, subleaf, register, _ALL
 
 
 def view_differences(ours: CpuidSet, theirs: CpuidSet) -> list[tuple[int, int, str, int]]:
     """Return (leaf, subleaf, register, differing bits) of the XSAVE-relevant guest views."""
+    components = ours.xcr0_supported | ours.xss_supported
+    components |= theirs.xcr0_supported | theirs.xss_supported
     masks: dict[tuple[int, int, str], int] = {}
     for table in (ours, theirs):
-        for leaf, subleaf, register, mask in _regions(table):
+        for leaf, subleaf, register, mask in _regions(table, components):
             key = (leaf, subleaf, register)
             masks[key] = masks.get(key, 0) | mask
     found = []
@@ -236,12 +253,13 @@ def view_differences(ours: CpuidSet, theirs: CpuidSet) -> list[tuple[int, int, s
     return found
 
 
-def _describe(ours: Registers | None, theirs: Registers | None, register: str,
-              differing: int) -> str:
+def _describe(key: tuple[int, int], ours: Registers | None, theirs: Registers | None,
+              register: str, differing: int) -> str:
     mine = getattr(ours, register) if ours is not None else None
     other = getattr(theirs, register) if theirs is not None else None
     names = [name for name in VIEW_FEATURES
-             if (where := FEATURES[name]).register == register and differing >> where.bit & 1]
+             if ((where := FEATURES[name]).leaf, where.subleaf) == key
+             and where.register == register and differing >> where.bit & 1]
     shown = "absent" if mine is None else f"{mine:#010x}"
     peer = "absent" if other is None else f"{other:#010x}"
     what = f" ({', '.join(names)})" if names and len(names) <= 4 else ""
@@ -271,7 +289,7 @@ def _dest_view_differences(facts: Facts) -> object:
     for leaf, subleaf, register, differing in view_differences(cpuid, peer):
         key = (leaf, subleaf)
         items.setdefault(key, []).append(_describe(
-            cpuid.entries.get(key), peer.entries.get(key), register, differing))
+            key, cpuid.entries.get(key), peer.entries.get(key), register, differing))
         where = _entry_pin(cpuid, leaf, subleaf, register)
         if places.get(key) is None:
             places[key] = where
