@@ -155,3 +155,18 @@ def test_group_regression_marks_what_the_change_introduced(pool_repo: Path) -> N
     assert all(f.baseline_state == "unchanged" for s in _group_subjects(again)
                for f in s.findings)
     assert again.exit_code(strict=True) == 0
+
+
+def test_configuration_file_can_name_a_group(data_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A [[group]] in .xstate-check.toml is the gate's group when no matrix is given."""
+    from xstate_check.cli import main
+
+    (tmp_path / ".xstate-check.toml").write_text(
+        f'templates-dir = "{data_dir / "firecracker"}"\n\n' + MIXED)
+    monkeypatch.chdir(tmp_path)
+    code = main(["gate", "--format", "json"])
+    out = capsys.readouterr().out
+    assert code == 1  # the bare Cascade Lake guest cannot go to Ice Lake
+    assert out.count('"group": "mixed"') == 6
