@@ -4,7 +4,7 @@ Measures, in one run:
 
 1. the CPUID instructions the host probe executes for leaf 0xD, against the budget
    2 + (number of enumerated components): no blind scan of 64 subleaves;
-2. the wall time of ``sources.host.probe()`` against issuing the very same CPUID, XGETBV,
+2. the wall time of ``system.probe.probe()`` against issuing the very same CPUID, XGETBV,
    arch_prctl and ioctl calls back to back (target: at most 1.5x);
 3. ``xstate-check host --format json`` against a bare interpreter start (target: at most
    100 ms more);
@@ -20,6 +20,7 @@ import argparse
 import compileall
 import ctypes
 import fcntl
+import mmap
 import os
 import statistics
 import subprocess
@@ -33,9 +34,11 @@ from typing import Any
 import cpuid_native
 
 from xstate_check.cpuid import Registers
-from xstate_check.sources import host as hostsource
-from xstate_check.sources import kvmabi
-from xstate_check.sources.syscalls import KVM_DEVICE, SYS_ARCH_PRCTL, RealSystem, System, Uname
+from xstate_check.system import abi as kvmabi
+from xstate_check.system import probe as hostsource
+from xstate_check.system.abi import SYS_ARCH_PRCTL
+from xstate_check.system.calls import KVM_DEVICE, RealSystem, Uname
+from xstate_check.system.isolated import ChildRun
 from xstate_check.xfeatures import bits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,11 +95,11 @@ class Recording:
         self.operations.append(("arch_prctl", option, arg))
         return self.inner.arch_prctl(option, arg)
 
-    def open_kvm(self, path: str = KVM_DEVICE) -> int:
-        self.operations.append(("open", path))
+    def open_kvm(self, path: str | None = None) -> int:
+        self.operations.append(("open", path or KVM_DEVICE))
         return self.inner.open_kvm(path)
 
-    def ioctl(self, fd: int, request: int, arg: int | bytearray) -> int:
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         self.operations.append(
             ("ioctl", request, len(arg) if isinstance(arg, bytearray) else None, arg)
         )
@@ -106,9 +109,17 @@ class Recording:
         self.operations.append(("close",))
         self.inner.close(fd)
 
-    def run_isolated(self, func: Callable[[System], bytes]) -> bytes:
-        self.operations.append(("fork",))
-        return self.inner.run_isolated(func)
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        self.operations.append(("map_vcpu",))
+        return self.inner.map_vcpu(fd, size)
+
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        self.operations.append(("guest_memory",))
+        return self.inner.guest_memory(size)
+
+    def run_isolated(self, func: Callable[..., None], *args: object, timeout: float) -> ChildRun:
+        self.operations.append(("child",))
+        return self.inner.run_isolated(func, *args, timeout=timeout)
 
 
 def replayer(operations: list[Operation]) -> Callable[[], None]:
@@ -229,10 +240,10 @@ def main() -> int:
         missed.append("leaf 0xD CPUID count")
 
     # 2. probe() against the same calls back to back.
-    if any(op[0] == "fork" for op in recording.operations):
-        print("note: this host forks a child for the permitted view; the replay leaves it out")
+    if any(op[0] == "child" for op in recording.operations):
+        print("note: this host starts a child for the permitted view; the replay leaves it out")
     real = RealSystem()
-    replay = replayer([op for op in recording.operations if op[0] != "fork"])
+    replay = replayer([op for op in recording.operations if op[0] != "child"])
     replay()  # warm up
     hostsource.probe(real)
     probe_s = best(lambda: hostsource.probe(real), options.repeat)

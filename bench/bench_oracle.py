@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from xstate_check import oracle
 from xstate_check.errors import ProbeError
-from xstate_check.sources.kvm import kvm_cpuid
+from xstate_check.system.kvm import kvm_cpuid
 
 
 def _median_ms(action: Callable[[], object], runs: int) -> float:

@@ -32,9 +32,9 @@ from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import FAMILIES, Catalogue, evaluate, load_catalogue
 from xstate_check.errors import InputError
 from xstate_check.layout import XsaveLayout
-from xstate_check.sources.fakehost import genoa_cpu, sapphire_rapids_cpu
 from xstate_check.sources.load import load_cpuid
 from xstate_check.sources.ownjson import read_cpuid_json, to_json_text
+from xstate_check.sources.profiles import load_profile
 from xstate_check.subject import Subject
 from xstate_check.template import apply_template, load_template, parse_template, template_to_json
 
@@ -299,8 +299,8 @@ def _subjects() -> tuple[Subject, ...]:
     """Tables a loaded rule is evaluated on: odd values, an AMX CPU, an AMD guest."""
     return (
         build_subject(_base_cpuid(), role="guest"),
-        build_subject(sapphire_rapids_cpu(), role="cpu"),
-        build_subject(genoa_cpu(), role="guest"),
+        build_subject(load_profile("sapphire-rapids-w7-2475x"), role="cpu"),
+        build_subject(load_profile("zen4-genoa-epyc-9124"), role="guest"),
     )
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from fakehost import FakeSystem, sapphire_rapids_cpu
 from xstate_check import cli
-from xstate_check.sources import host as hostsource
 from xstate_check.sources import load as loadmodule
-from xstate_check.sources.fakehost import FakeSystem, sapphire_rapids_cpu
 from xstate_check.sources.ownjson import to_json_text
+from xstate_check.system import probe as probemodule
 
 REPO = Path(__file__).resolve().parents[1]
 SPR = "cpuid-dumps/instlatx64/GenuineIntel00806F8_SapphireRapids_05_CPUID.txt"
@@ -46,7 +46,7 @@ def _one_message(stderr: str) -> None:
 def amx_half(tmp_path: Path) -> Path:
     """Return a CPUID JSON that enumerates TILECFG without TILEDATA (XCR0 0x202e7).
 
-    The Sapphire Rapids table of sources.fakehost (read from instlatx64) with bit 18 of
+    The bundled Sapphire Rapids profile (a public CPUID dump) with bit 18 of
     0xD.0 EAX cleared: the guest's XSETBV of its XCR0 raises #GP.
     """
     table = sapphire_rapids_cpu()
@@ -192,7 +192,7 @@ def test_exit_3_without_kvm(
 ) -> None:
     """/dev/kvm missing (ENOENT, modelled): every command that needs it exits 3."""
     system = FakeSystem.sapphire_rapids("6.8.0", kvm_errno=errno.ENOENT)
-    monkeypatch.setattr(hostsource, "default_system", lambda: system)
+    monkeypatch.setattr(probemodule, "default_system", lambda: system)
     assert cli.main(argv) == 3
     err = capsys.readouterr().err
     assert "kvm" in err.lower()
@@ -204,7 +204,7 @@ def test_exit_3_on_a_machine_that_is_not_x86(
 ) -> None:
     """Linux on aarch64 (modelled): `host` exits 3 saying why."""
     system = FakeSystem.genoa("6.8.0", machine="aarch64")
-    monkeypatch.setattr(hostsource, "default_system", lambda: system)
+    monkeypatch.setattr(probemodule, "default_system", lambda: system)
     assert cli.main(["host"]) == 3
     assert "aarch64" in capsys.readouterr().err
 

@@ -1,6 +1,6 @@
 """Fault injection below the host probe: every errno of every call, short reads, lost /dev/kvm.
 
-A ``Faulty`` system wraps the modelled machine of ``sources.fakehost`` and makes one
+A ``Faulty`` system wraps the modelled machine of ``fakehost`` and makes one
 operation fail with one errno (from its first call, or after some calls succeed). Every
 combination must end in a defined result (a HostState whose notes name the errno) or a
 ProbeError carrying the errno, which the command line turns into exit code 3; never
@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 from collections.abc import Callable
 
 import attrs
 import pytest
 
+from fakehost import FakeSystem
 from xstate_check import cli
 from xstate_check.cpuid import Registers
 from xstate_check.errors import ProbeError
 from xstate_check.hoststate import HostState
 from xstate_check.sources import host as hostsource
-from xstate_check.sources import kvmabi
-from xstate_check.sources.fakehost import FakeSystem
-from xstate_check.sources.syscalls import (
-    ARCH_OPTION_NAMES,
-    System,
-    Uname,
-    decode_child_result,
-    encode_child_result,
-    os_error,
-)
+from xstate_check.system import abi as kvmabi
+from xstate_check.system import probe as probemodule
+from xstate_check.system.abi import ARCH_OPTION_NAMES
+from xstate_check.system.calls import Uname, errno_name, os_error
+from xstate_check.system.isolated import ChildRun, decode_frames, serve
 
 #: The errnos the issue names; each call below is made to fail with each of them.
 ERRNOS = (
@@ -107,12 +104,12 @@ class Faulty:
         self._check(f"arch_prctl:{ARCH_OPTION_NAMES.get(option)}")
         return self.inner.arch_prctl(option, arg)
 
-    def open_kvm(self, path: str = "/dev/kvm") -> int:
+    def open_kvm(self, path: str | None = None) -> int:
         """Open /dev/kvm, or fail."""
-        self._check("open_kvm", path)
+        self._check("open_kvm", path or "/dev/kvm")
         return self.inner.open_kvm(path)
 
-    def ioctl(self, fd: int, request: int, arg: int | bytearray) -> int:
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         """Issue an ioctl, or fail."""
         self._check(f"ioctl:{IOCTL_NAMES.get(request, hex(request))}")
         return self.inner.ioctl(fd, request, arg)
@@ -122,19 +119,28 @@ class Faulty:
         self.inner.close(fd)
         self._check("close")
 
-    def run_isolated(self, func: Callable[[System], bytes]) -> bytes:
-        """Run ``func`` on a copy of the machine, as a forked child; or fail to fork."""
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        """Map a vCPU (the model has none)."""
+        return self.inner.map_vcpu(fd, size)
+
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        """Allocate guest memory (the model has none)."""
+        return self.inner.guest_memory(size)
+
+    def run_isolated(self, func: Callable[..., None], *args: object, timeout: float) -> ChildRun:
+        """Run ``func`` on a copy of the machine, as a child; or fail to start one."""
         self._check("run_isolated")
         child = attrs.evolve(
             self,
             inner=attrs.evolve(self.inner, failures={}, calls=[], child_calls=[],
                                open_fds=set(self.inner.open_fds)),
         )
-        message = encode_child_result(lambda: func(child))
+        stream = bytearray()
+        serve(func, child, args, stream.extend)
         self.seen, self.failed = child.seen, child.failed
         if self.short is not None:
-            message = message[: self.short]
-        return decode_child_result(message, "child process")
+            del stream[self.short:]
+        return decode_frames(bytes(stream))
 
 
 def _machines() -> dict[str, Callable[[], FakeSystem]]:
@@ -153,7 +159,7 @@ MODES = (
 
 
 def _errno_name(code: int) -> str:
-    return errno.errorcode[code]
+    return errno_name(code)  # the kernel's names: EOPNOTSUPP, not Python's ENOTSUP
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
@@ -259,11 +265,16 @@ def test_a_failing_ioctl_never_leaks_the_descriptor() -> None:
 
 
 def _short_payloads() -> list[int]:
-    # The child's message is a tag byte and a struct kvm_cpuid2: cut it everywhere that
-    # matters (nothing, the tag alone, inside the header, inside an entry, one entry short).
-    header, entry = kvmabi.CPUID2_HEADER.size, kvmabi.CPUID_ENTRY2.size
-    return [0, 1, 2, 1 + header - 1, 1 + header, 1 + header + entry // 2,
-            1 + header + entry, 1 + header + 3 * entry - 1]
+    # The child's answer is a frame (a tag byte, a u32 length) holding a struct kvm_cpuid2,
+    # then the end frame: cut it everywhere that matters (nothing, the tag alone, inside
+    # the frame's head, inside the cpuid2 header, inside an entry, one entry short, the
+    # whole message without its end frame).
+    head, header, entry = 5, kvmabi.CPUID2_HEADER.size, kvmabi.CPUID_ENTRY2.size
+    permitted = hostsource.probe(FakeSystem.sapphire_rapids("6.1.0")).kvm_cpuid_permitted
+    assert permitted is not None
+    whole = head + header + len(permitted) * entry
+    return [0, 1, 2, head + header - 1, head + header, head + header + entry // 2,
+            head + header + entry, head + header + 3 * entry - 1, whole, whole + head - 1]
 
 
 @pytest.mark.parametrize("cut", _short_payloads())
@@ -294,7 +305,7 @@ def test_non_x86_machine_is_probe_error() -> None:
 
 def _inject(monkeypatch: pytest.MonkeyPatch, system: object) -> None:
     """Make the command line probe ``system`` instead of this machine."""
-    monkeypatch.setattr(hostsource, "default_system", lambda: system)
+    monkeypatch.setattr(probemodule, "default_system", lambda: system)
 
 
 @pytest.mark.parametrize("code", ERRNOS, ids=_errno_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import subprocess
 import sys
@@ -13,24 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fakehost import FakeSystem, sapphire_rapids_cpu, without_osxsave, without_xsave
 from xstate_check.cpuid import Registers
 from xstate_check.errors import ProbeError
 from xstate_check.sources import host as hostsource
-from xstate_check.sources.fakehost import (
-    FakeSystem,
-    sapphire_rapids_cpu,
-    without_osxsave,
-    without_xsave,
-)
-from xstate_check.sources.syscalls import (
+from xstate_check.system.abi import (
     ARCH_GET_XCOMP_GUEST_PERM,
     ARCH_REQ_XCOMP_GUEST_PERM,
     ARCH_REQ_XCOMP_PERM,
-    KVM_DEVICE,
-    RealSystem,
-    System,
-    Uname,
 )
+from xstate_check.system.calls import KVM_DEVICE, RealSystem, Uname
+from xstate_check.system.isolated import ChildRun
 from xstate_check.xfeatures import bits
 
 TILECFG, TILEDATA = 1 << 17, 1 << 18
@@ -57,7 +51,7 @@ class CountingReal:
         self.inner = RealSystem()
         self.cpuid_calls: list[tuple[int, int]] = []
         self.requests: list[int] = []
-        self.forks = 0
+        self.children = 0
 
     def uname(self) -> Uname:
         return self.inner.uname()
@@ -76,18 +70,24 @@ class CountingReal:
         self.requests.append(option)
         return self.inner.arch_prctl(option, arg)
 
-    def open_kvm(self, path: str = KVM_DEVICE) -> int:
+    def open_kvm(self, path: str | None = None) -> int:
         return self.inner.open_kvm(path)
 
-    def ioctl(self, fd: int, request: int, arg: int | bytearray) -> int:
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         return self.inner.ioctl(fd, request, arg)
 
     def close(self, fd: int) -> None:
         self.inner.close(fd)
 
-    def run_isolated(self, func: Callable[[System], bytes]) -> bytes:
-        self.forks += 1
-        return self.inner.run_isolated(func)
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        return self.inner.map_vcpu(fd, size)
+
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        return self.inner.guest_memory(size)
+
+    def run_isolated(self, func: Callable[..., None], *args: object, timeout: float) -> ChildRun:
+        self.children += 1
+        return self.inner.run_isolated(func, *args, timeout=timeout)
 
 
 def _leaf_0xd_reads(calls: list[tuple[object, ...]]) -> int:
@@ -146,7 +146,7 @@ def test_real_host_cpuid_matches_the_instruction() -> None:
 
 @needs_kvm
 def test_real_probe_reads_kvm_facts_without_a_child() -> None:
-    """With /dev/kvm the probe reads KVM's facts; without TILEDATA no child is forked."""
+    """With /dev/kvm the probe reads KVM's facts; without TILEDATA no child is started."""
     system = CountingReal()
     state = hostsource.probe(system)
     assert state.kvm_available
@@ -155,7 +155,7 @@ def test_real_probe_reads_kvm_facts_without_a_child() -> None:
     assert state.kvm_xsave2_size is not None and state.kvm_xsave2_size >= 4096
     if not (state.supported or 0) & TILEDATA:
         assert state.kvm_cpuid_permitted is state.kvm_cpuid
-        assert system.forks == 0
+        assert system.children == 0
     assert system.requests == []
 
 
@@ -174,7 +174,7 @@ def test_real_probe_leaves_guest_permission_unchanged() -> None:
 def test_real_probe_in_a_fresh_process_keeps_its_permission() -> None:
     """In a fresh interpreter, the guest permission after probe() equals the one before."""
     code = (
-        "from xstate_check.sources.syscalls import default_system as d\n"
+        "from xstate_check.system.calls import default_system as d\n"
         "from xstate_check.sources.host import probe\n"
         "before = d().arch_prctl_get(0x1024)\n"
         "state = probe()\n"
@@ -213,7 +213,7 @@ def test_spr_61_views_differ_and_permission_stays() -> None:
     assert state.kvm_cpuid_permitted.meta["view"] == "after ARCH_REQ_XCOMP_GUEST_PERM(18)"
     assert fake.guest_permitted == before  # the caller's permission is untouched
     assert _requests(fake.calls) == []
-    assert ("fork",) in fake.calls
+    assert ("spawn",) in fake.calls
     assert _requests(fake.child_calls) == [("arch_prctl", ARCH_REQ_XCOMP_GUEST_PERM, 18)]
     assert state.permission_requested is False
     assert state.kvm_guest_supported == 0x602E7
@@ -240,7 +240,7 @@ def test_request_permission_changes_the_caller_only_when_asked() -> None:
     assert state.kvm_cpuid is not None
     assert state.kvm_cpuid.get(0xD, 0).eax == 0x602E7
     assert state.kvm_cpuid_permitted is state.kvm_cpuid
-    assert ("fork",) not in fake.calls
+    assert ("spawn",) not in fake.calls
 
 
 def test_locked_guest_permission_is_a_note() -> None:
@@ -258,7 +258,7 @@ def test_locked_guest_permission_is_a_note() -> None:
 
 def test_child_failure_is_a_note() -> None:
     """When the child cannot be started the permitted view is None with a note."""
-    fake = FakeSystem.sapphire_rapids("6.1.0", failures={"fork": errno.EAGAIN})
+    fake = FakeSystem.sapphire_rapids("6.1.0", failures={"spawn": errno.EAGAIN})
     state = hostsource.probe(fake)
     assert state.kvm_cpuid is not None
     assert state.kvm_cpuid_permitted is None
@@ -266,11 +266,11 @@ def test_child_failure_is_a_note() -> None:
 
 
 def test_permitted_view_can_be_skipped() -> None:
-    """learn_permitted_view=False forks nothing and says so."""
+    """learn_permitted_view=False starts no child and says so."""
     fake = FakeSystem.sapphire_rapids("6.1.0")
     state = hostsource.probe(fake, learn_permitted_view=False)
     assert state.kvm_cpuid_permitted is None
-    assert ("fork",) not in fake.calls
+    assert ("spawn",) not in fake.calls
     assert any("not learnt" in note for note in state.notes)
 
 
@@ -279,7 +279,7 @@ def test_host_without_tiledata_has_one_view() -> None:
     fake = FakeSystem.genoa("6.8.0")
     state = hostsource.probe(fake)
     assert state.kvm_cpuid_permitted is state.kvm_cpuid
-    assert ("fork",) not in fake.calls
+    assert ("spawn",) not in fake.calls
     assert state.kvm_guest_supported == 0x2E7  # AMD: no MPX in KVM (KVM-18)
 
 
@@ -294,7 +294,7 @@ def test_kernel_510_leaves_masks_unknown() -> None:
     text = "\n".join(state.notes)
     assert "ARCH_GET_XCOMP_SUPP failed with EINVAL" in text and "5.16" in text
     assert "ARCH_GET_XCOMP_GUEST_PERM failed with EINVAL" in text and "5.17" in text
-    assert ("fork",) not in fake.calls
+    assert ("spawn",) not in fake.calls
 
 
 def test_kernel_516_has_no_guest_api() -> None:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from fakehost import FakeSystem
 from xstate_check.cpuid import Registers
 from xstate_check.layout import XsaveLayout
-from xstate_check.sources import kvm as kvmsource
-from xstate_check.sources import kvmabi
-from xstate_check.sources.fakehost import FakeSystem
-from xstate_check.sources.syscalls import KVM_DEVICE, RealSystem, System, Uname
+from xstate_check.system import abi as kvmabi
+from xstate_check.system import kvm as kvmsource
+from xstate_check.system.calls import KVM_DEVICE, RealSystem, System, Uname
+from xstate_check.system.isolated import ChildRun
 
 
 def _kvm_usable() -> bool:
@@ -51,18 +53,24 @@ class Counting:
     def arch_prctl(self, option: int, arg: int) -> int:
         return self.inner.arch_prctl(option, arg)
 
-    def open_kvm(self, path: str = KVM_DEVICE) -> int:
+    def open_kvm(self, path: str | None = None) -> int:
         return self.inner.open_kvm(path)
 
-    def ioctl(self, fd: int, request: int, arg: int | bytearray) -> int:
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         self.ioctls.append(request)
         return self.inner.ioctl(fd, request, arg)
 
     def close(self, fd: int) -> None:
         self.inner.close(fd)
 
-    def run_isolated(self, func: Callable[[System], bytes]) -> bytes:
-        return self.inner.run_isolated(func)
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        return self.inner.map_vcpu(fd, size)
+
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        return self.inner.guest_memory(size)
+
+    def run_isolated(self, func: Callable[..., None], *args: object, timeout: float) -> ChildRun:
+        return self.inner.run_isolated(func, *args, timeout=timeout)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ forbidden /dev/kvm, an AMX host's permission check, and guest reports this KVM n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import json
@@ -23,11 +24,14 @@ from xstate_check import oracle
 from xstate_check.cpuid import CpuidSet
 from xstate_check.errors import InputError, ProbeError
 from xstate_check.hoststate import HostState
-from xstate_check.oracle import LinuxKvm, OracleResult, run_many, run_oracle, run_subjects
+from xstate_check.oracle import OracleResult, run_many, run_oracle, run_subjects
 from xstate_check.report import Finding
-from xstate_check.sources import kvmabi, syscalls
-from xstate_check.sources.kvm import kvm_cpuid
 from xstate_check.subject import Subject
+from xstate_check.system import abi as kvmabi
+from xstate_check.system import calls as syscalls
+from xstate_check.system import kvm as kvmreader
+from xstate_check.system.calls import RealSystem
+from xstate_check.system.kvm import kvm_cpuid
 from xstate_check.xfeatures import AVX512_MASK, MPX_MASK, XFEATURES, XTILE_MASK, by_name
 
 KVM_DEVICE = Path("/dev/kvm")
@@ -412,32 +416,41 @@ def test_runs_leave_no_descriptor_or_child(host_cpuid: CpuidSet, no_leaks: None)
     run_many(host_cpuid, [X87, X87 | SSE, X87 | YMM])
     run_oracle(enumerating(host_cpuid, XTILE_MASK | X87 | SSE))
     with pytest.raises(ProbeError):
-        run_oracle(host_cpuid, system=LinuxKvm("/dev/null"))
+        run_oracle(host_cpuid, system=RealSystem("/dev/null"))
 
 
-class ListingKvm(LinuxKvm):
-    """Fails to open /dev/kvm with the child's open descriptors as the message."""
+class ListingKvm(RealSystem):
+    """Fails to open /dev/kvm with the child's descriptors (number: target) as the message."""
 
-    def open_kvm(self) -> int:
-        """Raise ENODEV naming every descriptor the child holds."""
-        listed = " ".join(sorted(os.listdir("/proc/self/fd")))
-        raise OSError(errno.ENODEV, f"fds {listed}")
+    def open_kvm(self, path: str | None = None) -> int:
+        """Raise ENODEV naming every descriptor the child holds and what it points to."""
+        folder = "/proc/self/fd"
+        listed = {}
+        for name in os.listdir(folder):
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+                listed[name] = os.readlink(f"{folder}/{name}")
+        raise OSError(errno.ENODEV, f"fds {json.dumps(listed)}", "listing")
 
 
-def test_child_closes_inherited_descriptors(host_cpuid: CpuidSet) -> None:
-    """The child keeps only its pipe to the parent: a descriptor the parent holds is gone."""
-    canary = os.open("/dev/null", os.O_RDONLY)  # inheritable-or-not does not matter to fork
+def test_child_closes_inherited_descriptors(host_cpuid: CpuidSet, tmp_path: Path) -> None:
+    """The child holds its request, /dev/null and its result pipe: nothing of the caller's."""
+    canary_path = tmp_path / "canary"
+    canary = os.open(canary_path, os.O_RDONLY | os.O_CREAT)
+    os.set_inheritable(canary, True)  # even a descriptor the caller lets children inherit
     try:
         with pytest.raises(ProbeError) as caught:
             run_oracle(host_cpuid, system=ListingKvm())
     finally:
         os.close(canary)
-    listed = str(caught.value).split("fds ", 1)[1].split()
-    assert str(canary) not in listed
-    assert len(listed) == 2  # the pipe, and the directory being listed
+    listed = json.loads(str(caught.value).split("fds ", 1)[1])
+    assert str(canary_path) not in listed.values()
+    assert sorted(listed) == ["0", "1", "2", "3"]
+    assert listed["0"].startswith("/memfd:xstate-check-request")
+    assert listed["1"] == listed["2"] == "/dev/null"
+    assert listed["3"].startswith("pipe:")
 
 
-class HangingKvm(LinuxKvm):
+class HangingKvm(RealSystem):
     """Real KVM, except that running the guest with XCR0 = ``hang_on`` never returns."""
 
     def __init__(self, hang_on: int) -> None:
@@ -464,19 +477,19 @@ def test_stuck_vcpu_times_out_and_is_reaped(host_cpuid: CpuidSet, no_leaks: None
     assert oracle.exit_code(results) == 3
 
 
+class Forbidden(RealSystem):
+    """/dev/kvm that this user may not open."""
+
+    def open_kvm(self, path: str | None = None) -> int:
+        """Refuse as a root-owned 0600 device refuses another user."""
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path or self.kvm_device)
+
+
 @pytest.mark.parametrize("code", [errno.ENOENT, errno.EACCES])
 def test_unusable_kvm_device_is_a_probe_error(tmp_path: Path, code: int, no_leaks: None) -> None:
     """ENOENT (real) or EACCES (faked: root passes modes) on /dev/kvm: ProbeError, exit 3."""
-
-    class Forbidden(LinuxKvm):
-        """/dev/kvm that this user may not open."""
-
-        def open_kvm(self) -> int:
-            """Refuse as a root-owned 0600 device refuses another user."""
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), self.device)
-
     missing = str(tmp_path / "kvm")
-    system = LinuxKvm(missing) if code == errno.ENOENT else Forbidden(missing)
+    system = RealSystem(missing) if code == errno.ENOENT else Forbidden(missing)
     with pytest.raises(ProbeError) as caught:
         run_oracle(CpuidSet.from_rows([(0, 0, 0xD, 0, 0, 0)]), system=system)
     assert caught.value.errno == code and caught.value.exit_code == 3
@@ -486,12 +499,12 @@ def test_unusable_kvm_device_is_a_probe_error(tmp_path: Path, code: int, no_leak
 def test_device_that_is_not_kvm_is_a_probe_error(no_leaks: None) -> None:
     """/dev/null answers KVM_GET_API_VERSION with ENOTTY: ProbeError, nothing left behind."""
     with pytest.raises(ProbeError) as caught:
-        run_oracle(CpuidSet.from_rows([(0, 0, 0xD, 0, 0, 0)]), system=LinuxKvm("/dev/null"))
+        run_oracle(CpuidSet.from_rows([(0, 0, 0xD, 0, 0, 0)]), system=RealSystem("/dev/null"))
     assert caught.value.errno == errno.ENOTTY
 
 
 # --- fakes for what this machine cannot show --------------------------------------------
-class AmxHostKvm(LinuxKvm):
+class AmxHostKvm(RealSystem):
     """An AMX host: KVM_SET_CPUID2 with TILEDATA gives EPERM until permission is requested.
 
     Once granted, the real KVM below gets the CPUID without the AMX bits.
@@ -501,19 +514,23 @@ class AmxHostKvm(LinuxKvm):
         super().__init__()
         self.permitted = False
 
-    def request_guest_permission(self, xfeature: int) -> None:
-        """Grant the permission (in the child, as the real request would be)."""
-        self.permitted = xfeature == 18
+    def arch_prctl(self, option: int, arg: int) -> int:
+        """Grant ARCH_REQ_XCOMP_GUEST_PERM(18) (in the child, as the real request would be)."""
+        if option != kvmabi.ARCH_REQ_XCOMP_GUEST_PERM:
+            return super().arch_prctl(option, arg)
+        self.permitted = arg == 18
+        return 0
 
     def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         """Apply the permission check to KVM_SET_CPUID2; pass the rest to KVM."""
         if request == kvmabi.KVM_SET_CPUID2 and isinstance(arg, bytearray):
-            cpuid = kvmabi.unpack_cpuid2(arg, "subject")
+            cpuid = kvmreader.unpack_cpuid2(arg, "subject")
             if oracle.enumerated_xcr0(cpuid) & TILEDATA:
                 if not self.permitted:
                     raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
                 regs = cpuid.get(0xD, 0)
-                arg = kvmabi.pack_cpuid2(cpuid.with_registers(0xD, 0, eax=regs.eax & ~XTILE_MASK))
+                masked = cpuid.with_registers(0xD, 0, eax=regs.eax & ~XTILE_MASK)
+                arg = kvmreader.pack_cpuid2(masked)
         return super().ioctl(fd, request, arg)
 
 
@@ -528,7 +545,7 @@ def test_amx_host_refuses_without_permission_and_accepts_with_it(host_cpuid: Cpu
     assert "ARCH_REQ_XCOMP_GUEST_PERM(18) granted" in oracle.render_text(granted)
 
 
-class ReportingKvm(LinuxKvm):
+class ReportingKvm(RealSystem):
     """Real VM and vCPU, but KVM_RUN returns a fixed exit instead of running the guest."""
 
     def __init__(self, exit_reason: int, report: bytes, port: int = oracle.REPORT_PORT) -> None:

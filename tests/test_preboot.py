@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from fakehost import FakeSystem
 from xstate_check.errors import InputError, ProbeError
 from xstate_check.preboot import PrebootError, check_host, host_subjects, preboot, subject_details
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.sources import host as hostsource
-from xstate_check.sources.fakehost import FakeSystem
-from xstate_check.sources.syscalls import (
-    ARCH_GET_XCOMP_GUEST_PERM,
-    ARCH_REQ_XCOMP_GUEST_PERM,
-    KVM_DEVICE,
-    RealSystem,
-)
+from xstate_check.system import probe as probemodule
+from xstate_check.system.abi import ARCH_GET_XCOMP_GUEST_PERM, ARCH_REQ_XCOMP_GUEST_PERM
+from xstate_check.system.calls import KVM_DEVICE, RealSystem
 from xstate_check.template import load_template
 
 # The package exports the function ``preboot``, which hides the module of the same name.
@@ -232,13 +229,13 @@ def test_preboot_judges_the_permission_view_by_default() -> None:
 
 def test_a_deciding_view_that_cannot_be_read_is_a_probe_error() -> None:
     """The permission view learnt in a child: when the child fails, exit 3, not a pass."""
-    failing = FakeSystem.sapphire_rapids("6.1.0", failures={"fork": errno.EAGAIN})
+    failing = FakeSystem.sapphire_rapids("6.1.0", failures={"spawn": errno.EAGAIN})
     with pytest.raises(ProbeError) as caught:
         preboot(system=failing)
     assert caught.value.exit_code == 3
     assert "guest permission" in str(caught.value) and "EAGAIN" in str(caught.value)
     # A VMM that does not request permission needs only the view this process reads.
-    failing = FakeSystem.sapphire_rapids("6.1.0", failures={"fork": errno.EAGAIN})
+    failing = FakeSystem.sapphire_rapids("6.1.0", failures={"spawn": errno.EAGAIN})
     with pytest.raises(PrebootError):
         preboot(system=failing, vmm_requests_permission=False)
 
@@ -304,7 +301,7 @@ def test_real_preboot_leaves_guest_permission_unchanged() -> None:
 def test_real_host_command_leaves_guest_permission_unchanged() -> None:
     """In a fresh process, check_host() (the host command) keeps the guest permission."""
     code = (
-        "from xstate_check.sources.syscalls import default_system as d\n"
+        "from xstate_check.system.calls import default_system as d\n"
         "from xstate_check.preboot import check_host\n"
         "before = d().arch_prctl_get(0x1024)\n"
         "report = check_host()\n"
@@ -336,7 +333,7 @@ def test_host_with_an_unusable_kvm_exits_3_naming_the_cause(
     """host without a usable /dev/kvm: exit 3 and one message with the errno; --no-kvm: 0."""
     from xstate_check.cli import main
 
-    monkeypatch.setattr(hostsource, "default_system",
+    monkeypatch.setattr(probemodule, "default_system",
                         lambda: FakeSystem.genoa(kvm_errno=code))
     assert main(["host"]) == 3
     captured = capsys.readouterr()
@@ -354,7 +351,7 @@ def test_host_template_on_a_faked_spr_61_host_follows_the_vmm(
     """host --template SPR_TO_T2_6.1 on SPR 6.1: 0 for Firecracker, 1 for a VMM without it."""
     from xstate_check.cli import main
 
-    monkeypatch.setattr(hostsource, "default_system",
+    monkeypatch.setattr(probemodule, "default_system",
                         lambda: FakeSystem.sapphire_rapids("6.1.0"))
     template = str(data_dir / "firecracker" / "SPR_TO_T2_6.1.json")
     assert main(["host", "--template", template, "--format", "json"]) == 0

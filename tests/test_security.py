@@ -40,9 +40,10 @@ CHILD = textwrap.dedent(
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
     from xstate_check.api import build_subject
     from xstate_check.engine import evaluate, load_catalogue
-    from xstate_check.sources.fakehost import genoa_cpu, sapphire_rapids_cpu
+    from xstate_check.sources.profiles import load_profile
 
-    subjects = [build_subject(sapphire_rapids_cpu()), build_subject(genoa_cpu(), role="guest")]
+    subjects = [build_subject(load_profile("sapphire-rapids-w7-2475x")),
+                build_subject(load_profile("zen4-genoa-epyc-9124"), role="guest")]
     for subject in subjects:  # every lazy import happens here, before the watch starts
         evaluate(subject, load_catalogue())
     watched = tuple(json.loads(sys.argv[2]))

@@ -1,4 +1,4 @@
-"""The system layer: real arch_prctl/CPUID/XGETBV on this machine, errno mapping, child runs."""
+"""The system layer: real arch_prctl/CPUID/XGETBV on this machine, errno mapping, the ABI."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from xstate_check.sources import syscalls
-from xstate_check.sources.fakehost import FakeSystem, IllegalInstructionError
-from xstate_check.sources.syscalls import (
+from fakehost import FakeSystem, IllegalInstructionError
+from xstate_check.system import abi
+from xstate_check.system.abi import (
     ARCH_GET_XCOMP_GUEST_PERM,
     ARCH_GET_XCOMP_PERM,
     ARCH_GET_XCOMP_SUPP,
     ARCH_REQ_XCOMP_GUEST_PERM,
     ARCH_REQ_XCOMP_PERM,
+)
+from xstate_check.system.calls import (
     RealSystem,
-    System,
-    decode_child_result,
-    encode_child_result,
     errno_meaning,
     get_xcomp_guest_perm,
     get_xcomp_perm,
@@ -45,7 +44,30 @@ def test_option_values_match_the_uapi_header() -> None:
         0x1021, 0x1022, 0x1023,
     )
     assert (ARCH_GET_XCOMP_GUEST_PERM, ARCH_REQ_XCOMP_GUEST_PERM) == (0x1024, 0x1025)
-    assert syscalls.SYS_ARCH_PRCTL == 158
+    assert abi.SYS_ARCH_PRCTL == 158
+
+
+def test_abi_table_names_each_number_and_its_header() -> None:
+    """REQUESTS lists every ioctl and option once, with the header that defines it.
+
+    The ioctl values are those the _IOC macros give for the uapi structure sizes (as
+    ``printf("%#lx", KVM_GET_SUPPORTED_CPUID)`` prints them on x86-64).
+    """
+    by_name = {request.name: request for request in abi.REQUESTS}
+    assert len(by_name) == len(abi.REQUESTS)
+    assert by_name["KVM_GET_SUPPORTED_CPUID"] == (
+        "KVM_GET_SUPPORTED_CPUID", 0xC008AE05, "include/uapi/linux/kvm.h"
+    )
+    assert by_name["KVM_SET_CPUID2"].value == 0x4008AE90
+    assert by_name["KVM_GET_DEVICE_ATTR"].value == 0x4018AEE2
+    assert by_name["KVM_CHECK_EXTENSION"].value == 0xAE03
+    assert by_name["KVM_RUN"].value == 0xAE80
+    assert by_name["KVM_GET_XCRS"].value == 0x8188AEA6
+    assert by_name["KVM_SET_SREGS"].value == 0x4138AE84
+    assert by_name["ARCH_REQ_XCOMP_GUEST_PERM"].header == "arch/x86/include/uapi/asm/prctl.h"
+    assert by_name["SYS_arch_prctl"].header == "arch/x86/entry/syscalls/syscall_64.tbl"
+    assert abi.request_name(abi.KVM_GET_CPUID2) == "KVM_GET_CPUID2"
+    assert abi.request_name(0x1234) == "ioctl(0x1234)"
 
 
 def test_os_error_maps_errno_to_the_python_subclass() -> None:
@@ -130,67 +152,6 @@ def test_real_xinuse_is_within_xcr0(real: RealSystem) -> None:
     assert real.xgetbv(1) & ~real.xgetbv(0) == 0
 
 
-@needs_x86
-def test_real_child_runs_in_another_process(real: RealSystem) -> None:
-    """run_isolated runs the function in a forked child and returns its bytes."""
-    answer = real.run_isolated(lambda system: str(os.getpid()).encode())
-    assert int(answer) != os.getpid()
-
-
-@needs_x86
-def test_real_child_oserror_comes_back_with_its_errno(real: RealSystem) -> None:
-    """An OSError raised in the child is raised in the parent with the same errno and context."""
-    before = get_xcomp_guest_perm(real)
-    supported = get_xcomp_supp(real)
-
-    def request(system: System) -> bytes:
-        req_xcomp_guest_perm(system, 18)
-        return b"granted"
-
-    if supported & (1 << 18):
-        assert real.run_isolated(request) == b"granted"
-    else:
-        with pytest.raises(OSError) as caught:
-            real.run_isolated(request)
-        assert caught.value.errno == errno.EOPNOTSUPP
-        assert caught.value.filename == "ARCH_REQ_XCOMP_GUEST_PERM(18)"
-    assert get_xcomp_guest_perm(real) == before
-
-
-@needs_x86
-def test_real_child_crash_is_a_runtime_error(real: RealSystem) -> None:
-    """A child that fails without an OSError is reported, not lost or hung."""
-
-    def broken(system: System) -> bytes:
-        raise ValueError("broken")
-
-    with pytest.raises(RuntimeError, match="broken"):
-        real.run_isolated(broken)
-
-
-def test_child_message_round_trip() -> None:
-    """A child's result, OSError and other failure survive encoding through the pipe."""
-    assert decode_child_result(encode_child_result(lambda: b"\x00abc"), "c") == b"\x00abc"
-
-    def fail() -> bytes:
-        raise os_error(errno.EBUSY, "ARCH_REQ_XCOMP_GUEST_PERM(18)")
-
-    with pytest.raises(OSError) as caught:
-        decode_child_result(encode_child_result(fail), "c")
-    assert caught.value.errno == errno.EBUSY
-    with pytest.raises(RuntimeError, match="died"):
-        decode_child_result(b"", "c")
-
-
-@pytest.mark.parametrize("cut", [1, 3, 5, 6, 9])
-def test_child_message_cut_short_is_never_read_as_whole(cut: int) -> None:
-    """A message cut anywhere (a child killed while writing) is an error, not a shorter body."""
-    message = encode_child_result(lambda: b"12345678")
-    assert len(message) == 1 + 4 + 8
-    with pytest.raises(RuntimeError, match="cut short"):
-        decode_child_result(message[:cut], "c")
-
-
 def test_fake_xgetbv_without_osxsave_is_sigill() -> None:
     """The fake refuses XGETBV where a real CPU raises #UD (the process would die)."""
     fake = FakeSystem.sapphire_rapids()
@@ -251,15 +212,3 @@ def test_fake_request_of_tiledata_without_kernel_support_is_eopnotsupp() -> None
     with pytest.raises(OSError) as caught:
         req_xcomp_guest_perm(fake, 18)
     assert caught.value.errno == errno.EOPNOTSUPP
-
-
-@needs_x86
-def test_real_child_killed_by_a_signal_is_reported(real: RealSystem) -> None:
-    """A child that dies of a signal (as XGETBV without OSXSAVE would) is named, not hung."""
-
-    def die(system: System) -> bytes:
-        os.kill(os.getpid(), 9)
-        return b"unreachable"
-
-    with pytest.raises(RuntimeError, match="killed by signal 9"):
-        real.run_isolated(die)

@@ -4,44 +4,42 @@ A child process opens /dev/kvm, creates a VM with one vCPU, hands it the subject
 with KVM_SET_CPUID2 and runs a tiny real-mode guest that sets CR4.OSXSAVE, loads EDX:EAX
 and executes XSETBV, as a guest kernel does in ``fpu__init_cpu_xstate``. The guest reports
 through a port write: "done" (XCR0 is then read back with KVM_GET_XCRS), or the vector of
-the exception (#GP 13, #UD 6) that its interrupt vector table caught. The child closes every
-descriptor it did not open itself, is killed when it stops reporting for ``timeout``
-seconds, and is always reaped; the calling process never holds a VM.
+the exception (#GP 13, #UD 6) that its interrupt vector table caught. The child is a fresh
+interpreter (``System.run_isolated``, never a fork of the caller), holds no descriptor of
+the caller, is killed when it stops reporting for ``timeout`` seconds, and is always
+reaped; its records come through a pipe, so the result does not depend on the caller's
+SIGCHLD disposition. The calling process never holds a VM.
 
 XCR0 bits this machine cannot put to the test are not tried: bits the subject enumerates
 but this host's KVM cannot enable, and bits where the vCPU's 0xD.0 (read back with
 KVM_GET_CPUID2) differs from the subject's because KVM rewrote it. They are reported as
 untestable here, and XSETBV runs with the rest. Everything that touches KVM goes through a
-``KvmSystem`` so a fake can stand in for what this machine cannot show (EPERM from
-KVM_SET_CPUID2 on an AMX host, a missing /dev/kvm).
+``System`` (``system.calls``) so a fake can stand in for what this machine cannot show
+(EPERM from KVM_SET_CPUID2 on an AMX host, a missing /dev/kvm).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
-import gc
 import json
 import mmap
 import os
-import select
-import signal
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
 import attrs
 
 from xstate_check.cpuid import CpuidSet
 from xstate_check.errors import InputError, Location, ProbeError
-from xstate_check.sources import kvmabi, syscalls
+from xstate_check.system import abi as kvmabi
+from xstate_check.system import kvm as kvmreader
+from xstate_check.system.abi import ARCH_XCOMP_TILEDATA
+from xstate_check.system.calls import KVM_DEVICE, RealSystem, System, req_xcomp_guest_perm
 from xstate_check.xfeatures import USER_DYNAMIC_MASK, format_mask
 
 __all__ = [
     "ORACLE_SCHEMA",
-    "KvmSystem",
-    "LinuxKvm",
     "OracleResult",
     "Outcome",
     "exit_code",
@@ -56,8 +54,6 @@ __all__ = [
 
 #: The ``schema`` of :func:`to_json_text` output.
 ORACLE_SCHEMA = "xstate-check-oracle/1"
-
-KVM_DEVICE = syscalls.KVM_DEVICE
 
 #: What happened to one XCR0 value in one vCPU.
 #: ``accepted``: XSETBV succeeded; ``#GP``/``#UD``: XSETBV raised that exception;
@@ -135,75 +131,6 @@ def guest_image() -> bytes:
         image[start:start + STUB_SIZE] = _stub(vector)
     image[CODE_ADDRESS:CODE_ADDRESS + len(GUEST_MAIN)] = GUEST_MAIN
     return bytes(image)
-
-
-# ---------------------------------------------------------------------------------------
-# The system layer: every open, ioctl and mmap the oracle makes.
-# ---------------------------------------------------------------------------------------
-class KvmSystem(Protocol):
-    """What the oracle asks of the operating system; a fake can stand in for it."""
-
-    def open_kvm(self) -> int:
-        """Open /dev/kvm and return the descriptor; raise OSError (ENOENT, EACCES…)."""
-        ...
-
-    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
-        """Issue one ioctl; a bytearray argument is updated in place; raise OSError."""
-        ...
-
-    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
-        """Map a vCPU's ``struct kvm_run`` (shared, read-write)."""
-        ...
-
-    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
-        """Return anonymous page-aligned memory and its user-space address."""
-        ...
-
-    def close(self, fd: int) -> None:
-        """Close a descriptor."""
-        ...
-
-    def request_guest_permission(self, xfeature: int) -> None:
-        """Ask for guest permission for a dynamic xfeature (ARCH_REQ_XCOMP_GUEST_PERM)."""
-        ...
-
-
-class LinuxKvm:
-    """The real system layer: /dev/kvm, fcntl.ioctl, mmap and arch_prctl."""
-
-    def __init__(self, device: str = KVM_DEVICE) -> None:
-        self.device = device
-
-    def open_kvm(self) -> int:
-        """Open the KVM device read-write, close-on-exec."""
-        return os.open(self.device, os.O_RDWR | os.O_CLOEXEC)
-
-    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
-        """Issue one ioctl through fcntl (a bytearray is passed by reference)."""
-        if isinstance(arg, bytearray):
-            return int(fcntl.ioctl(fd, request, arg, True))
-        return int(fcntl.ioctl(fd, request, arg))
-
-    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
-        """Map ``struct kvm_run`` of a vCPU."""
-        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-
-    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
-        """Return anonymous memory for the guest and its address."""
-        memory = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                           mmap.PROT_READ | mmap.PROT_WRITE)
-        view = ctypes.c_char.from_buffer(memory)
-        address = ctypes.addressof(view)
-        del view  # release the buffer export so the map can be closed
-        return memory, address
-
-    def close(self, fd: int) -> None:
-        """Close a descriptor."""
-        os.close(fd)
-
-    def request_guest_permission(self, xfeature: int) -> None:
-        """Call arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, xfeature); raise OSError on failure."""
-        syscalls.req_xcomp_guest_perm(syscalls.RealSystem(), xfeature)
 
 
 # ---------------------------------------------------------------------------------------
@@ -414,7 +341,7 @@ def run_oracle(
     *,
     xcr0: int | None = None,
     timeout: float = 2.0,
-    system: KvmSystem | None = None,
+    system: System | None = None,
     request_permission: bool = False,
     osxsave: bool = True,
 ) -> OracleResult:
@@ -432,7 +359,7 @@ def run_many(
     xcr0_values: Iterable[int | None],
     *,
     timeout: float = 2.0,
-    system: KvmSystem | None = None,
+    system: System | None = None,
     request_permission: bool = False,
     osxsave: bool = True,
 ) -> list[OracleResult]:
@@ -450,7 +377,7 @@ def run_subjects(
     *,
     xcr0: int | None = None,
     timeout: float = 2.0,
-    system: KvmSystem | None = None,
+    system: System | None = None,
     request_permission: bool = False,
 ) -> list[OracleResult]:
     """Run each subject in its own throwaway VM, all in one child process, in order."""
@@ -468,118 +395,33 @@ def _job(cpuid: CpuidSet, xcr0_values: Iterable[int | None], *, osxsave: bool = 
         raise InputError(Location(cpuid.source),
                          f"at most {kvmabi.KVM_MAX_CPUID_ENTRIES} CPUID entries "
                          f"(KVM_MAX_CPUID_ENTRIES), not {len(cpuid)}")
-    return _Job(cpuid.source, bytes(kvmabi.pack_cpuid2(cpuid)), enumerated_xcr0(cpuid), values,
+    return _Job(cpuid.source, bytes(kvmreader.pack_cpuid2(cpuid)), enumerated_xcr0(cpuid), values,
                 CR4_OSXSAVE if osxsave else 0)
 
 
 # --- the parent side ---------------------------------------------------------------------
 def _run_jobs(
-    jobs: list[_Job], *, timeout: float, system: KvmSystem | None, request_permission: bool
+    jobs: list[_Job], *, timeout: float, system: System | None, request_permission: bool
 ) -> list[OracleResult]:
     """Run the jobs in a child process and turn its records into results."""
-    system = system or LinuxKvm()
-    records = _in_child(
-        lambda emit: _execute(jobs, system, emit, request_permission), timeout=timeout
-    )
-    return _assemble(jobs, records, timeout=timeout, request_permission=request_permission)
-
-
-def _in_child(work: Callable[[Callable[[dict[str, object]], None]], None], *,
-              timeout: float) -> tuple[list[dict[str, object]], bool]:
-    """Run ``work(emit)`` in a forked child; return its records and whether it finished.
-
-    The child keeps only the pipe to the parent, is killed after ``timeout`` seconds
-    without a record, and is always reaped.
-    """
-    read_fd, write_fd = os.pipe()
+    system = system or RealSystem()
     try:
-        pid = os.fork()
-    except OSError as error:
-        os.close(read_fd)
-        os.close(write_fd)
-        raise ProbeError(f"cannot start the oracle child: {error.strerror}",
-                         error.errno) from None
-    if pid == 0:  # pragma: no cover - the child; its records are what the tests see
-        _child(work, write_fd, timeout)
-    os.close(write_fd)
-    reaped = False
-    try:
-        lines, finished = _collect(read_fd, timeout)
-        if not finished:
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        reaped = True
-    finally:
-        os.close(read_fd)
-        if not reaped:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    records = [json.loads(line) for line in lines]
-    if finished and not (records and records[-1].get("kind") == "end"):
-        how = (f"signal {-os.waitstatus_to_exitcode(status)}"
-               if os.WIFSIGNALED(status) else f"status {os.waitstatus_to_exitcode(status)}")
-        records.append({"kind": "died", "detail": f"the oracle child ended with {how}"})
-    return records, finished
-
-
-def _collect(read_fd: int, timeout: float) -> tuple[list[bytes], bool]:
-    """Read newline-separated records until EOF (True) or ``timeout`` idle seconds (False)."""
-    poller = select.poll()
-    poller.register(read_fd, select.POLLIN)
-    pending = b""
-    lines: list[bytes] = []
-    while True:
-        if not poller.poll(max(0, int(timeout * 1000))):
-            return lines, False
-        chunk = os.read(read_fd, 65536)
-        if not chunk:
-            return lines, True
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        lines.extend(complete)
-
-
-def _child(work: Callable[[Callable[[dict[str, object]], None]], None], write_fd: int,
-           timeout: float) -> None:  # pragma: no cover - runs in the forked child
-    """Close every other descriptor, run ``work`` and exit without returning."""
-    try:
-        gc.disable()  # objects shared with the parent must not run finalizers here
-        os.closerange(0, write_fd)
-        os.closerange(write_fd + 1, os.sysconf("SC_OPEN_MAX"))
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        alarm = min(int(timeout) + 2, 1 << 30)  # dies by itself should the parent be gone
-
-        def emit(record: dict[str, object]) -> None:
-            """Send one record to the parent, re-arming the alarm."""
-            signal.alarm(alarm)
-            data = (json.dumps(record) + "\n").encode()
-            while data:
-                data = data[os.write(write_fd, data):]
-
-        signal.alarm(alarm)
-        try:
-            work(emit)
-        except OSError as error:
-            emit({"kind": "error", "errno": error.errno,
-                  "detail": f"{error.filename or 'KVM'}: {error.strerror}"})
-        except BaseException as error:  # reported to the parent as a record
-            emit({"kind": "error", "errno": None, "detail": f"{type(error).__name__}: {error}"})
-        else:
-            emit({"kind": "end"})
-    finally:
-        os._exit(0)
+        run = system.run_isolated(_execute, jobs, request_permission, timeout=timeout)
+    except OSError as error:  # the child's own, or no child could be started
+        code = error.errno
+        where = error.filename if isinstance(error.filename, str) else KVM_DEVICE
+        raise ProbeError(f"KVM oracle: {where}: {error.strerror or error}", code) from None
+    except RuntimeError as error:  # the child died or its answer is cut short
+        raise ProbeError(f"KVM oracle: {error}") from None
+    records = [json.loads(message) for message in run.messages]
+    return _assemble(jobs, (records, run.finished), timeout=timeout,
+                     request_permission=request_permission)
 
 
 def _assemble(jobs: list[_Job], outcome: tuple[list[dict[str, object]], bool], *,
               timeout: float, request_permission: bool) -> list[OracleResult]:
     """Turn the child's records into one result per (job, XCR0), in order."""
     records, finished = outcome
-    for record in records:
-        if record["kind"] in ("error", "died"):
-            code = record.get("errno")
-            raise ProbeError(f"KVM oracle: {record['detail']}",
-                             code if isinstance(code, int) else None)
     host = next((r for r in records if r["kind"] == "host"), {})
     supported = _int_or_none(host.get("kvm_supported_xcr0"))
     permission_errno = _int_or_none(host.get("permission_errno"))
@@ -625,61 +467,39 @@ def _int_or_none(value: object) -> int | None:
 
 
 # --- the child side ----------------------------------------------------------------------
-def _execute(jobs: list[_Job], system: KvmSystem,
-             emit: Callable[[dict[str, object]], None], request_permission: bool) -> None:
-    """Run every job against KVM, emitting a ``host`` record and one ``run`` per XCR0."""
+def _execute(system: System, send: Callable[[bytes], None], jobs: list[_Job],
+             request_permission: bool) -> None:
+    """In the child: run every job, sending a ``host`` record and one ``run`` per XCR0."""
+
+    def emit(record: dict[str, object]) -> None:
+        """Send one record to the parent."""
+        send(json.dumps(record).encode())
+
     permission_errno: int | None = None
     if request_permission:
         try:
-            system.request_guest_permission(syscalls.ARCH_XCOMP_TILEDATA)
+            req_xcomp_guest_perm(system, ARCH_XCOMP_TILEDATA)
         except OSError as error:
             permission_errno = error.errno
-    try:
-        kvm = system.open_kvm()
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, error.filename or KVM_DEVICE) from None
     memory: mmap.mmap | None = None
-    try:
-        version = system.ioctl(kvm, kvmabi.KVM_GET_API_VERSION)
-        if version != kvmabi.KVM_API_VERSION:
-            raise OSError(errno.EINVAL, f"KVM API version {version}, expected "
-                                        f"{kvmabi.KVM_API_VERSION}", KVM_DEVICE)
-        supported = _supported_xcr0(system, kvm)
-        run_size = system.ioctl(kvm, kvmabi.KVM_GET_VCPU_MMAP_SIZE)
-        emit({"kind": "host", "kvm_supported_xcr0": supported,
-              "permission_errno": permission_errno})
-        memory, address = system.guest_memory(GUEST_MEMORY_SIZE)
-        image = guest_image()
-        memory[:len(image)] = image
-        for job_index, job in enumerate(jobs):
-            _execute_job(job_index, job, system, kvm=kvm, address=address, run_size=run_size,
-                         supported=supported, emit=emit)
-    finally:
-        if memory is not None:
-            memory.close()
-        system.close(kvm)
+    with kvmreader.opened(system) as kvm:
+        try:
+            supported = kvmreader.supported_xcr0(system, kvm)
+            run_size = system.ioctl(kvm, kvmabi.KVM_GET_VCPU_MMAP_SIZE)
+            emit({"kind": "host", "kvm_supported_xcr0": supported,
+                  "permission_errno": permission_errno})
+            memory, address = system.guest_memory(GUEST_MEMORY_SIZE)
+            image = guest_image()
+            memory[:len(image)] = image
+            for job_index, job in enumerate(jobs):
+                _execute_job(job_index, job, system, kvm=kvm, address=address,
+                             run_size=run_size, supported=supported, emit=emit)
+        finally:
+            if memory is not None:
+                memory.close()
 
 
-def _supported_xcr0(system: KvmSystem, kvm: int) -> int:
-    """Return the XCR0 bits this host's KVM can enable for a guest.
-
-    KVM_X86_XCOMP_GUEST_SUPP (unfiltered by permission) where the kernel has it,
-    else 0xD.0 EDX:EAX of KVM_GET_SUPPORTED_CPUID.
-    """
-    value = ctypes.c_uint64(0)
-    attr = bytearray(kvmabi.DEVICE_ATTR.pack(0, kvmabi.KVM_X86_GRP_SYSTEM,
-                                             kvmabi.KVM_X86_XCOMP_GUEST_SUPP,
-                                             ctypes.addressof(value)))
-    try:
-        system.ioctl(kvm, kvmabi.KVM_GET_DEVICE_ATTR, attr)
-        return value.value
-    except OSError:
-        buffer = kvmabi.empty_cpuid2(kvmabi.KVM_MAX_CPUID_ENTRIES)
-        system.ioctl(kvm, kvmabi.KVM_GET_SUPPORTED_CPUID, buffer)
-        return enumerated_xcr0(kvmabi.unpack_cpuid2(buffer, "kvm"))
-
-
-def _execute_job(job_index: int, job: _Job, system: KvmSystem, *, kvm: int, address: int,
+def _execute_job(job_index: int, job: _Job, system: System, *, kvm: int, address: int,
                  run_size: int, supported: int,
                  emit: Callable[[dict[str, object]], None]) -> None:
     """Create one VM with one vCPU for ``job``, try each XCR0 value, tear it all down."""
@@ -721,17 +541,17 @@ def _execute_job(job_index: int, job: _Job, system: KvmSystem, *, kvm: int, addr
         system.close(vm)
 
 
-def _held_xcr0(system: KvmSystem, vcpu: int) -> int | None:
+def _held_xcr0(system: System, vcpu: int) -> int | None:
     """Return 0xD.0 EDX:EAX of the CPUID the vCPU holds (KVM_GET_CPUID2); None if unknown."""
-    buffer = kvmabi.empty_cpuid2(kvmabi.KVM_MAX_CPUID_ENTRIES)
+    buffer = kvmreader.empty_cpuid2(kvmabi.KVM_MAX_CPUID_ENTRIES)
     try:
         system.ioctl(vcpu, kvmabi.KVM_GET_CPUID2, buffer)
     except OSError:
         return None
-    return enumerated_xcr0(kvmabi.unpack_cpuid2(buffer, "vcpu"))
+    return kvmreader.cpuid2_xcr0(buffer)
 
 
-def _real_mode(system: KvmSystem, vcpu: int) -> None:
+def _real_mode(system: System, vcpu: int) -> None:
     """Put the vCPU in real mode with CS base 0 (the reset state has CS base 0xffff0000)."""
     sregs = bytearray(kvmabi.KVM_SREGS_SIZE)
     system.ioctl(vcpu, kvmabi.KVM_GET_SREGS, sregs)
@@ -740,7 +560,7 @@ def _real_mode(system: KvmSystem, vcpu: int) -> None:
     system.ioctl(vcpu, kvmabi.KVM_SET_SREGS, sregs)
 
 
-def _try_xcr0(system: KvmSystem, vcpu: int, run: mmap.mmap, xcr0: int,
+def _try_xcr0(system: System, vcpu: int, run: mmap.mmap, xcr0: int,
               cr4_bits: int) -> dict[str, object]:
     """Run the guest program once with ``xcr0`` and decode how it stopped."""
     regs = bytearray(kvmabi.REGS.pack(
@@ -779,7 +599,7 @@ def _try_xcr0(system: KvmSystem, vcpu: int, run: mmap.mmap, xcr0: int,
     return {"outcome": outcome, "stage": stage, "vector": vector}
 
 
-def _read_xcr0(system: KvmSystem, vcpu: int) -> int | None:
+def _read_xcr0(system: System, vcpu: int) -> int | None:
     """Return the vCPU's XCR0 as KVM_GET_XCRS reports it (None where KVM lists none)."""
     xcrs = bytearray(kvmabi.KVM_XCRS_SIZE)
     system.ioctl(vcpu, kvmabi.KVM_GET_XCRS, xcrs)
@@ -792,7 +612,7 @@ def _read_xcr0(system: KvmSystem, vcpu: int) -> int | None:
     return None
 
 
-def _complete_io(system: KvmSystem, vcpu: int, run: mmap.mmap) -> None:
+def _complete_io(system: System, vcpu: int, run: mmap.mmap) -> None:
     """Let KVM finish the pending port write without entering the guest (immediate_exit)."""
     run[kvmabi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 1
     try:

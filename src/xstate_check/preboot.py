@@ -37,8 +37,9 @@ from xstate_check.errors import InputError, Location, ProbeError, XstateCheckErr
 from xstate_check.hoststate import HostState
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.sources.host import probe
-from xstate_check.sources.syscalls import ARCH_XCOMP_TILEDATA, System
 from xstate_check.subject import Subject
+from xstate_check.system.abi import ARCH_XCOMP_TILEDATA
+from xstate_check.system.calls import System
 
 if TYPE_CHECKING:
     from xstate_check.template import Template

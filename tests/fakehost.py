@@ -1,49 +1,49 @@
 """A model of machines this one cannot show: AMX CPUs, old kernels, errors, no /dev/kvm.
 
-``FakeSystem`` implements the ``System`` interface of ``sources.syscalls`` from a CPU's
-CPUID table and a kernel release, following the kernel code the catalogue cites:
+``FakeSystem`` implements the ``System`` protocol of ``xstate_check.system.calls`` from a
+CPU's CPUID table and a kernel release, following the kernel code the rules cite:
 
-- arch_prctl (``fpu_xstate_prctl``, RULES-CATALOGUE.md §4.3): EINVAL before 5.16 (and for
-  the guest options before 5.17); ``ARCH_REQ_*`` accepts only 18 (TILEDATA), EOPNOTSUPP
-  otherwise or without kernel support, EBUSY once a vCPU exists, ENOSPC for a small
-  sigaltstack; permission is ``permitted | TILEDATA`` afterwards.
-- KVM (§5): ``KVM_GET_SUPPORTED_CPUID`` builds leaf 0xD from ``kvm_get_filtered_xcr0()``:
+- arch_prctl (``fpu_xstate_prctl``): EINVAL before 5.16 (and for the guest options before
+  5.17); ``ARCH_REQ_*`` accepts only 18 (TILEDATA), EOPNOTSUPP otherwise or without kernel
+  support, EBUSY once a vCPU exists, ENOSPC for a small sigaltstack; permission is
+  ``permitted | TILEDATA`` afterwards.
+- KVM: ``KVM_GET_SUPPORTED_CPUID`` builds leaf 0xD from ``kvm_get_filtered_xcr0()``:
   5.17-6.3 report TILECFG without TILEDATA when the guest permission lacks TILEDATA, 6.4+
   drop both, before 5.17 KVM has no AMX at all; E2BIG when the buffer is too small;
   ``KVM_X86_XCOMP_GUEST_SUPP`` and ``KVM_CAP_XSAVE2`` from 5.17.
 - XGETBV raises ``IllegalInstructionError`` (the real process would die of SIGILL) without
   OSXSAVE, and XGETBV(1) without XGETBV1; CPUID on a non-x86 machine fails with ENOSYS.
+- ``run_isolated`` runs the task on a copy of the machine in this process, framed as a
+  real child's answer is.
 
-The CPU tables below are real numbers read by hand from instlatx64 dumps (see each
-function); tests and the fuzz campaign build on them.
+The CPU tables are the bundled bare-metal profiles (``sapphire-rapids-w7-2475x``,
+``zen4-genoa-epyc-9124``), read from public CPUID dumps.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno as errnos
-from collections.abc import Callable, Iterable
+import mmap
+from collections.abc import Callable
 
 import attrs
 
 from xstate_check.cpuid import CpuidSet, Registers
 from xstate_check.layout import XsaveLayout
-from xstate_check.sources import kvmabi
-from xstate_check.sources.syscalls import (
+from xstate_check.sources.profiles import load_profile
+from xstate_check.system import abi as kvmabi
+from xstate_check.system.abi import (
     ARCH_GET_XCOMP_GUEST_PERM,
     ARCH_GET_XCOMP_PERM,
     ARCH_GET_XCOMP_SUPP,
     ARCH_OPTION_NAMES,
     ARCH_REQ_XCOMP_GUEST_PERM,
     ARCH_REQ_XCOMP_PERM,
-    KVM_DEVICE,
-    X86_64_MACHINES,
-    System,
-    Uname,
-    decode_child_result,
-    encode_child_result,
-    os_error,
 )
+from xstate_check.system.calls import KVM_DEVICE, X86_64_MACHINES, RealSystem, Uname, os_error
+from xstate_check.system.isolated import ChildRun, decode_frames, serve
+from xstate_check.system.kvm import pack_cpuid2
 from xstate_check.xfeatures import bits
 
 __all__ = [
@@ -93,81 +93,14 @@ def kernel_version(release: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def _table(rows: Iterable[tuple[int, int, int, int, int, int]], source: str) -> CpuidSet:
-    return CpuidSet.from_rows(rows, source, meta={"role": "cpu"})
-
-
 def sapphire_rapids_cpu() -> CpuidSet:
-    """Return a Sapphire Rapids CPU's CPUID (Xeon w7-2475X, XCR0 = 0x602e7 set by its OS).
-
-    From instlatx64 ``GenuineIntel00806F8_SapphireRapids_05_CPUID.txt``, logical CPU #0:
-    leaves 0, 1, 7.0-7.2, 0xD.0-0xD.18, 0x1D.0-1, 0x1E.0 and the extended leaves.
-    """
-    return _table(
-        [
-            (0x0, 0, 0x00000020, 0x756E6547, 0x6C65746E, 0x49656E69),
-            (0x1, 0, 0x000806F8, 0x00800800, 0x7FFEFBFF, 0xBFEBFBFF),
-            (0x7, 0, 0x00000002, 0xF3BFBFFB, 0xBB417FEE, 0xFFDD4430),
-            (0x7, 1, 0x00001C30, 0, 0, 0),
-            (0x7, 2, 0, 0, 0, 0x00000017),
-            (0xD, 0, 0x000602E7, 0x00002B00, 0x00002B00, 0),
-            (0xD, 1, 0x0000001F, 0x00002A80, 0x0000DD00, 0),
-            (0xD, 2, 0x00000100, 0x00000240, 0, 0),
-            (0xD, 5, 0x00000040, 0x00000440, 0, 0),
-            (0xD, 6, 0x00000200, 0x00000480, 0, 0),
-            (0xD, 7, 0x00000400, 0x00000680, 0, 0),
-            (0xD, 8, 0x00000080, 0, 0x00000001, 0),
-            (0xD, 9, 0x00000008, 0x00000A80, 0, 0),
-            (0xD, 10, 0x00000008, 0, 0x00000001, 0),
-            (0xD, 11, 0x00000010, 0, 0x00000001, 0),
-            (0xD, 12, 0x00000018, 0, 0x00000001, 0),
-            (0xD, 14, 0x00000030, 0, 0x00000001, 0),
-            (0xD, 15, 0x00000328, 0, 0x00000001, 0),
-            (0xD, 17, 0x00000040, 0x00000AC0, 0x00000002, 0),
-            (0xD, 18, 0x00002000, 0x00000B00, 0x00000006, 0),
-            (0x1D, 0, 0x00000001, 0, 0, 0),
-            (0x1D, 1, 0x04002000, 0x00080040, 0x00000010, 0),
-            (0x1E, 0, 0, 0x00004010, 0, 0),
-            (0x80000000, 0, 0x80000008, 0, 0, 0),
-            (0x80000001, 0, 0, 0, 0x00000121, 0x2C100000),
-            (0x80000002, 0, 0x65746E49, 0x2952286C, 0x6F655820, 0x2952286E),
-            (0x80000003, 0, 0x2D377720, 0x35373432, 0x00000058, 0),
-            (0x80000004, 0, 0, 0, 0, 0),
-            (0x80000008, 0, 0x00003934, 0x00000200, 0, 0),
-        ],
-        "fake:sapphire-rapids",
-    )
+    """Return a Sapphire Rapids CPU's CPUID (Xeon w7-2475X, XCR0 = 0x602e7 set by its OS)."""
+    return load_profile("sapphire-rapids-w7-2475x")
 
 
 def genoa_cpu() -> CpuidSet:
-    """Return an AMD Genoa (Zen 4) CPU's CPUID (EPYC 9124, XCR0 = 0x2e7, no AMX, no MPX).
-
-    From instlatx64 ``AuthenticAMD0A10F11_K19_Genoa_02_CPUID.txt``, logical CPU #0.
-    """
-    return _table(
-        [
-            (0x0, 0, 0x00000010, 0x68747541, 0x444D4163, 0x69746E65),
-            (0x1, 0, 0x00A10F11, 0x00200800, 0x7EFA320B, 0x178BFBFF),
-            (0x7, 0, 0x00000001, 0xF1BF97A9, 0x00415FCE, 0x10000010),
-            (0x7, 1, 0x00000020, 0, 0, 0),
-            (0xD, 0, 0x000002E7, 0x00000980, 0x00000988, 0),
-            (0xD, 1, 0x0000000F, 0x00000990, 0x00001800, 0),
-            (0xD, 2, 0x00000100, 0x00000240, 0, 0),
-            (0xD, 5, 0x00000040, 0x00000340, 0, 0),
-            (0xD, 6, 0x00000200, 0x00000380, 0, 0),
-            (0xD, 7, 0x00000400, 0x00000580, 0, 0),
-            (0xD, 9, 0x00000008, 0x00000980, 0, 0),
-            (0xD, 11, 0x00000010, 0, 0x00000001, 0),
-            (0xD, 12, 0x00000018, 0, 0x00000001, 0),
-            (0x80000000, 0, 0x80000028, 0x68747541, 0x444D4163, 0x69746E65),
-            (0x80000001, 0, 0x00A10F11, 0x40000000, 0x75C237FF, 0x2FD3FBFF),
-            (0x80000002, 0, 0x20444D41, 0x43595045, 0x32313920, 0x36312034),
-            (0x80000003, 0, 0x726F432D, 0x72502065, 0x7365636F, 0x20726F73),
-            (0x80000004, 0, 0x20202020, 0x20202020, 0x20202020, 0x00202020),
-            (0x80000008, 0, 0x00003934, 0x79BEF25F, 0x0000601F, 0x00010007),
-        ],
-        "fake:genoa",
-    )
+    """Return an AMD Genoa (Zen 4) CPU's CPUID (EPYC 9124, XCR0 = 0x2e7, no AMX, no MPX)."""
+    return load_profile("zen4-genoa-epyc-9124")
 
 
 def without_osxsave(cpu: CpuidSet) -> CpuidSet:
@@ -198,7 +131,7 @@ class FakeSystem:
     ``guest_locked`` models a process that already created a vCPU (EBUSY);
     ``sigaltstack_too_small`` makes ARCH_REQ_XCOMP_PERM fail with ENOSPC; ``failures``
     injects an errno into one operation by name (``KVM_GET_SUPPORTED_CPUID``, an
-    ARCH_* option name, ``open``, ``fork``). ``calls`` logs every operation; the CPUID
+    ARCH_* option name, ``open``, ``spawn``). ``calls`` logs every operation; the CPUID
     instructions are ``("cpuid", leaf, subleaf)`` entries.
     """
 
@@ -443,8 +376,9 @@ class FakeSystem:
             self.permitted = current | TILEDATA
         return 0
 
-    def open_kvm(self, path: str = KVM_DEVICE) -> int:
+    def open_kvm(self, path: str | None = None) -> int:
         """Return a new descriptor, or raise ``kvm_errno`` (ENOENT, EACCES…)."""
+        path = path or KVM_DEVICE
         self.calls.append(("open", path))
         if self.kvm_errno:
             raise os_error(self.kvm_errno, path)
@@ -463,7 +397,7 @@ class FakeSystem:
             raise os_error(errnos.EBADF, "close")
         self.open_fds.discard(fd)
 
-    def ioctl(self, fd: int, request: int, arg: int | bytearray) -> int:
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         """Answer the /dev/kvm system ioctls the probes use; EINVAL for any other request."""
         self.calls.append(("ioctl", request))
         if fd not in self.open_fds:
@@ -502,7 +436,7 @@ class FakeSystem:
         table = self.kvm_supported_cpuid()
         if len(table) > capacity:
             raise os_error(errnos.E2BIG, "KVM_GET_SUPPORTED_CPUID")
-        packed = kvmabi.pack_cpuid2(table)
+        packed = pack_cpuid2(table)
         buffer[: len(packed)] = packed
         return 0
 
@@ -518,10 +452,23 @@ class FakeSystem:
         ctypes.c_uint64.from_address(address).value = self.kvm_supported_xcr0
         return 0
 
-    def run_isolated(self, func: Callable[[System], bytes]) -> bytes:
-        """Run ``func`` on a copy of this machine, as a forked child would; keep ``self``."""
-        self.calls.append(("fork",))
-        self._fail("fork")
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        """Refuse: the model has no vCPUs (the oracle runs on real KVM only)."""
+        raise os_error(errnos.ENOTTY, "mmap of a vCPU")
+
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        """Refuse: the model runs no guest."""
+        raise os_error(errnos.ENOMEM, "guest memory")
+
+    def run_isolated(
+        self, func: Callable[..., None], *args: object, timeout: float
+    ) -> ChildRun:
+        """Run ``func`` on a copy of this machine, framed as a child's answer; keep ``self``.
+
+        ``failures["spawn"]`` makes the child fail to start with that errno.
+        """
+        self.calls.append(("spawn",))
+        self._fail("spawn")
         child = attrs.evolve(
             self,
             failures=dict(self.failures),
@@ -529,8 +476,29 @@ class FakeSystem:
             child_calls=[],
             open_fds=set(self.open_fds),
         )
+        stream = bytearray()
         try:
-            message = encode_child_result(lambda: func(child))
+            serve(func, child, args, stream.extend)
         finally:
             self.child_calls.extend(child.calls)
-        return decode_child_result(message, "child process")
+        return decode_frames(bytes(stream))
+
+
+class PretendAmx(RealSystem):
+    """This machine, except that its kernel claims TILEDATA and grants guest permission.
+
+    The probe then learns KVM's CPUID with guest permission in a real child (a fresh
+    interpreter, which unpickles this class from this module); the grant is pretended in
+    the child, and KVM_GET_SUPPORTED_CPUID is this machine's.
+    """
+
+    def arch_prctl_get(self, option: int) -> int:
+        """Return the real mask, with TILEDATA added to ARCH_GET_XCOMP_SUPP."""
+        value = super().arch_prctl_get(option)
+        return value | TILEDATA if option == ARCH_GET_XCOMP_SUPP else value
+
+    def arch_prctl(self, option: int, arg: int) -> int:
+        """Pretend ARCH_REQ_XCOMP_GUEST_PERM(18) succeeded; issue anything else for real."""
+        if option == ARCH_REQ_XCOMP_GUEST_PERM and arg == 18:
+            return 0
+        return super().arch_prctl(option, arg)

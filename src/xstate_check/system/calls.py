@@ -1,14 +1,14 @@
-"""The system layer: CPUID, XGETBV, arch_prctl and /dev/kvm ioctls behind one interface.
+"""The System protocol: CPUID, XGETBV, arch_prctl, /dev/kvm and children behind one interface.
 
-``System`` is what every probe talks to. ``RealSystem`` issues the real instructions and
-system calls (ctypes ``syscall(158, …)`` with ``use_errno``, ``cpuid_native``,
-``fcntl.ioctl``); ``sources.fakehost.FakeSystem`` models other machines and kernels.
+``System`` is what the probe and the oracle talk to. ``RealSystem`` issues the real
+instructions, system calls and ioctls (ctypes ``syscall(158, …)`` with ``use_errno``,
+``cpuid_native``, ``fcntl.ioctl``, ``mmap``) and starts children with
+``isolated.run_isolated``; the test suite's fake host models other machines and kernels.
 Failures raise ``OSError(errno, os.strerror(errno), context)``, so ``FileNotFoundError``,
 ``PermissionError``… appear by themselves; callers decide what an errno means.
 
-The arch_prctl options and their errors (RULES-CATALOGUE.md §4.3, from
-``arch/x86/include/uapi/asm/prctl.h`` and ``fpu_xstate_prctl()`` in
-``arch/x86/kernel/fpu/xstate.c``):
+The arch_prctl options and their errors (from ``arch/x86/include/uapi/asm/prctl.h`` and
+``fpu_xstate_prctl()`` in ``arch/x86/kernel/fpu/xstate.c``):
 
 ==========================  ======  =====  ==========================================
 option                      value   since  errors
@@ -19,6 +19,8 @@ ARCH_REQ_XCOMP_PERM         0x1023  5.16   EINVAL, EOPNOTSUPP, ENOSPC (sigaltsta
 ARCH_GET_XCOMP_GUEST_PERM   0x1024  5.17   EINVAL before 5.17
 ARCH_REQ_XCOMP_GUEST_PERM   0x1025  5.17   EINVAL, EOPNOTSUPP, EBUSY (a vCPU exists)
 ==========================  ======  =====  ==========================================
+
+Standard library only (``Registers`` is imported when CPUID runs): a child imports it.
 """
 
 from __future__ import annotations
@@ -26,35 +28,35 @@ from __future__ import annotations
 import ctypes
 import errno as errnos
 import fcntl
+import mmap
 import os
-import struct
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from xstate_check.cpuid import Registers
+from xstate_check.system.abi import (
+    ARCH_GET_XCOMP_GUEST_PERM,
+    ARCH_GET_XCOMP_PERM,
+    ARCH_GET_XCOMP_SUPP,
+    ARCH_OPTION_NAMES,
+    ARCH_REQ_XCOMP_GUEST_PERM,
+    ARCH_REQ_XCOMP_PERM,
+    ARCH_XCOMP_TILEDATA,
+    SYS_ARCH_PRCTL,
+)
 
-try:  # the PyPI ``cpuid`` package; absent off x86-64, where nothing here may run anyway
-    import cpuid_native
-except ImportError:  # pragma: no cover - this machine has it
-    cpuid_native = None
+if TYPE_CHECKING:
+    from xstate_check.cpuid import Registers
+    from xstate_check.system.isolated import ChildRun
 
 __all__ = [
-    "ARCH_GET_XCOMP_GUEST_PERM",
-    "ARCH_GET_XCOMP_PERM",
-    "ARCH_GET_XCOMP_SUPP",
-    "ARCH_OPTION_NAMES",
-    "ARCH_REQ_XCOMP_GUEST_PERM",
-    "ARCH_REQ_XCOMP_PERM",
-    "ARCH_XCOMP_TILECFG",
-    "ARCH_XCOMP_TILEDATA",
     "KVM_DEVICE",
-    "SYS_ARCH_PRCTL",
     "X86_64_MACHINES",
     "RealSystem",
     "System",
     "Uname",
     "default_system",
     "errno_meaning",
+    "errno_name",
     "get_xcomp_guest_perm",
     "get_xcomp_perm",
     "get_xcomp_supp",
@@ -63,24 +65,6 @@ __all__ = [
     "req_xcomp_perm",
 ]
 
-#: x86-64 system call number of arch_prctl (arch/x86/entry/syscalls/syscall_64.tbl).
-SYS_ARCH_PRCTL = 158
-ARCH_GET_XCOMP_SUPP = 0x1021
-ARCH_GET_XCOMP_PERM = 0x1022
-ARCH_REQ_XCOMP_PERM = 0x1023
-ARCH_GET_XCOMP_GUEST_PERM = 0x1024
-ARCH_REQ_XCOMP_GUEST_PERM = 0x1025
-#: Component numbers the REQ options take; only the highest one of a facility is accepted.
-ARCH_XCOMP_TILECFG = 17
-ARCH_XCOMP_TILEDATA = 18
-
-ARCH_OPTION_NAMES = {
-    ARCH_GET_XCOMP_SUPP: "ARCH_GET_XCOMP_SUPP",
-    ARCH_GET_XCOMP_PERM: "ARCH_GET_XCOMP_PERM",
-    ARCH_REQ_XCOMP_PERM: "ARCH_REQ_XCOMP_PERM",
-    ARCH_GET_XCOMP_GUEST_PERM: "ARCH_GET_XCOMP_GUEST_PERM",
-    ARCH_REQ_XCOMP_GUEST_PERM: "ARCH_REQ_XCOMP_GUEST_PERM",
-}
 _GUEST_OPTIONS = frozenset({ARCH_GET_XCOMP_GUEST_PERM, ARCH_REQ_XCOMP_GUEST_PERM})
 _REQ_OPTIONS = frozenset({ARCH_REQ_XCOMP_PERM, ARCH_REQ_XCOMP_GUEST_PERM})
 
@@ -98,7 +82,7 @@ class Uname(NamedTuple):
 
 
 class System(Protocol):
-    """What a probe may ask of a machine; every failure is an ``OSError`` with its errno."""
+    """What the probe and the oracle may ask of a machine; failures are ``OSError``s."""
 
     def uname(self) -> Uname:
         """Return the kernel name, release and machine."""
@@ -120,23 +104,34 @@ class System(Protocol):
         """Call arch_prctl(option, arg) with an integer argument; return its result."""
         ...
 
-    def open_kvm(self, path: str = KVM_DEVICE) -> int:
-        """Open the KVM device read-write (close-on-exec) and return the descriptor."""
+    def open_kvm(self, path: str | None = None) -> int:
+        """Open the KVM device (default: this system's) read-write, close-on-exec."""
         ...
 
-    def ioctl(self, fd: int, request: int, arg: int | bytearray) -> int:
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         """Issue an ioctl; a bytearray is passed by address and updated in place."""
         ...
 
     def close(self, fd: int) -> None:
-        """Close a descriptor ``open_kvm`` returned."""
+        """Close a descriptor ``open_kvm`` or an ioctl returned."""
         ...
 
-    def run_isolated(self, func: Callable[[System], bytes]) -> bytes:
-        """Run ``func`` in a copy of this process (a child) and return the bytes it returns.
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        """Map a vCPU's ``struct kvm_run`` (shared, read-write)."""
+        ...
 
-        Whatever ``func`` changes (arch_prctl permissions) stays in the copy. An ``OSError``
-        raised there is raised here with the same errno.
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        """Return anonymous page-aligned memory and its user-space address."""
+        ...
+
+    def run_isolated(
+        self, func: Callable[..., None], *args: object, timeout: float
+    ) -> ChildRun:
+        """Run ``func(system, send, *args)`` in a child process; return what it sent.
+
+        Whatever ``func`` changes (arch_prctl permissions, a VM) stays in the child. The
+        child is killed when it goes ``timeout`` seconds without sending; an ``OSError``
+        raised there is raised here with the same errno (``isolated`` says the rest).
         """
         ...
 
@@ -144,6 +139,13 @@ class System(Protocol):
 def os_error(code: int, context: str) -> OSError:
     """Return ``OSError(code, strerror, context)``, which Python maps to its subclass."""
     return OSError(code, os.strerror(code), context)
+
+
+def errno_name(code: int | None) -> str:
+    """Return the kernel's name of an errno (``EOPNOTSUPP``, not Python's ``ENOTSUP``)."""
+    if code == errnos.EOPNOTSUPP:
+        return "EOPNOTSUPP"
+    return errnos.errorcode.get(code or 0, str(code))
 
 
 def errno_meaning(option: int, code: int) -> str:
@@ -168,9 +170,7 @@ def errno_meaning(option: int, code: int) -> str:
             "the component is not a dynamic facility, or this kernel/CPU does not support it"
         )
     if code == errnos.EBUSY:
-        return (
-            "a vCPU already exists in this process: its guest permission is locked"
-        )
+        return "a vCPU already exists in this process: its guest permission is locked"
     if code == errnos.ENOSPC:
         return "an existing sigaltstack is too small for the larger signal frame"
     if code == errnos.EFAULT:
@@ -208,71 +208,40 @@ def req_xcomp_guest_perm(system: System, component: int = ARCH_XCOMP_TILEDATA) -
     system.arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, component)
 
 
-# Child -> parent messages of run_isolated: a tag byte, the body's length (u32), the body.
-# The length tells a whole message from one cut short by a child that died while writing.
-_CHILD_OK, _CHILD_OSERROR, _CHILD_FAILED = b"O", b"E", b"X"
-_CHILD_LENGTH = struct.Struct("=I")
-_CHILD_ERRNO = struct.Struct("=i")
-
-
-def _frame(tag: bytes, body: bytes) -> bytes:
-    return tag + _CHILD_LENGTH.pack(len(body)) + body
-
-
-def encode_child_result(func: Callable[[], bytes]) -> bytes:
-    """Run ``func`` and encode its result (or its OSError) as a child's framed message."""
-    try:
-        return _frame(_CHILD_OK, func())
-    except OSError as error:
-        text = (error.filename if isinstance(error.filename, str) else "") or ""
-        return _frame(_CHILD_OSERROR, _CHILD_ERRNO.pack(error.errno or 0) + text.encode())
-    except BaseException as error:  # reported to the parent, never lost
-        return _frame(_CHILD_FAILED, repr(error).encode())
-
-
-def decode_child_result(message: bytes, context: str) -> bytes:
-    """Return the body of a child's message; raise its OSError, or RuntimeError if cut short."""
-    if not message:
-        raise RuntimeError(f"{context}: the child process died before it answered")
-    head = 1 + _CHILD_LENGTH.size
-    tag = message[:1]
-    if len(message) < head or tag not in (_CHILD_OK, _CHILD_OSERROR, _CHILD_FAILED):
-        raise RuntimeError(f"{context}: the child process's answer is cut short or garbled")
-    (length,) = _CHILD_LENGTH.unpack_from(message, 1)
-    body = message[head:]
-    if len(body) != length:
-        raise RuntimeError(
-            f"{context}: the child process's answer is cut short ({len(body)} of {length} bytes)"
-        )
-    if tag == _CHILD_OK:
-        return body
-    if tag == _CHILD_OSERROR and len(body) >= _CHILD_ERRNO.size:
-        (code,) = _CHILD_ERRNO.unpack_from(body)
-        where = body[_CHILD_ERRNO.size :].decode(errors="replace") or context
-        raise os_error(code, where) if code else OSError(f"{where}: failed without errno")
-    raise RuntimeError(f"{context}: the child process failed: {body.decode(errors='replace')}")
-
-
 class RealSystem:
-    """This machine: real CPUID/XGETBV instructions, system calls and ioctls."""
+    """This machine: real CPUID/XGETBV instructions, system calls, ioctls and children.
 
-    def __init__(self) -> None:
+    ``kvm_device`` is the device ``open_kvm`` opens by default. A RealSystem is sent to
+    its children by pickling (subclasses too), without the loaded libc function.
+    """
+
+    def __init__(self, kvm_device: str = KVM_DEVICE) -> None:
+        self.kvm_device = kvm_device
         self._syscall: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Return the state to pickle: everything but the loaded libc function."""
+        return {**self.__dict__, "_syscall": None}
 
     def uname(self) -> Uname:
         """Return os.uname()'s kernel name, release and machine."""
         result = os.uname()
         return Uname(result.sysname, result.release, result.machine)
 
-    def _cpuid_native(self) -> Any:
-        if cpuid_native is None:
+    @staticmethod
+    def _cpuid_native() -> Any:
+        try:
+            import cpuid_native  # the PyPI ``cpuid`` package, present on x86-64 only
+        except ImportError:
             raise OSError(
                 errnos.ENOSYS, "the cpuid package (module cpuid_native) is not installed", "CPUID"
-            )
+            ) from None
         return cpuid_native
 
     def cpuid(self, leaf: int, subleaf: int) -> Registers:
         """Execute CPUID through ``cpuid_native.get_cpuid_count``."""
+        from xstate_check.cpuid import Registers
+
         _, eax, ebx, ecx, edx = self._cpuid_native().get_cpuid_count(leaf, subleaf)
         return Registers(eax & 0xFFFFFFFF, ebx & 0xFFFFFFFF, ecx & 0xFFFFFFFF, edx & 0xFFFFFFFF)
 
@@ -306,11 +275,11 @@ class RealSystem:
         """Call arch_prctl(option, arg) through libc's syscall(2)."""
         return self._arch_prctl(option, ctypes.c_ulong(arg), _context(option, arg))
 
-    def open_kvm(self, path: str = KVM_DEVICE) -> int:
-        """Open ``path`` O_RDWR | O_CLOEXEC."""
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    def open_kvm(self, path: str | None = None) -> int:
+        """Open ``path`` (default ``kvm_device``) O_RDWR | O_CLOEXEC."""
+        return os.open(path or self.kvm_device, os.O_RDWR | os.O_CLOEXEC)
 
-    def ioctl(self, fd: int, request: int, arg: int | bytearray) -> int:
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         """Issue the ioctl with ``fcntl.ioctl`` (a bytearray is mutated in place)."""
         if isinstance(arg, bytearray):
             return int(fcntl.ioctl(fd, request, arg, True))
@@ -320,36 +289,30 @@ class RealSystem:
         """Close the descriptor."""
         os.close(fd)
 
-    def run_isolated(self, func: Callable[[System], bytes]) -> bytes:
-        """Fork; the child runs ``func``, sends the result through a pipe and exits."""
-        # Load libc before forking so the child only issues system calls.
-        self._libc_syscall()
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, measured through the pipe
-            status = 0
-            try:
-                os.close(read_end)
-                message = encode_child_result(lambda: func(self))
-                view = memoryview(message)
-                while view:
-                    view = view[os.write(write_end, view) :]
-            except BaseException:  # the child must never return
-                status = 1
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        chunks = []
-        try:
-            while chunk := os.read(read_end, 65536):
-                chunks.append(chunk)
-        finally:
-            os.close(read_end)
-            _, status = os.waitpid(pid, 0)
-        context = "child process"
-        if os.WIFSIGNALED(status):
-            context += f" (killed by signal {os.WTERMSIG(status)})"
-        return decode_child_result(b"".join(chunks), context)
+    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
+        """Map ``struct kvm_run`` of a vCPU."""
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
+        """Return anonymous memory for a guest and its address."""
+        memory = mmap.mmap(
+            -1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        view = ctypes.c_char.from_buffer(memory)
+        address = ctypes.addressof(view)
+        del view  # release the buffer export so the map can be closed
+        return memory, address
+
+    def run_isolated(
+        self, func: Callable[..., None], *args: object, timeout: float
+    ) -> ChildRun:
+        """Run ``func(child_system, send, *args)`` in a fresh interpreter (never a fork).
+
+        The child gets a copy of this object (pickled) and only its result pipe.
+        """
+        from xstate_check.system.isolated import run_isolated
+
+        return run_isolated(func, self, *args, timeout=timeout)
 
 
 _DEFAULT: list[RealSystem] = []
