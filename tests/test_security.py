@@ -39,13 +39,16 @@ CHILD = textwrap.dedent(
     import json, resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
     from xstate_check.api import build_subject
-    from xstate_check.engine import evaluate, load_catalogue
+    from xstate_check.engine import default_rules_dir, evaluate, load_catalogue
     from xstate_check.sources.profiles import load_profile
 
     subjects = [build_subject(load_profile("sapphire-rapids-w7-2475x")),
                 build_subject(load_profile("zen4-genoa-epyc-9124"), role="guest")]
-    for subject in subjects:  # every lazy import happens here, before the watch starts
-        evaluate(subject, load_catalogue())
+    # Every lazy import happens here, before the watch starts: the rule-file reader (the
+    # shipped catalogue may come from its cache) and the typo hints.
+    import difflib
+    for subject in subjects:
+        evaluate(subject, load_catalogue([default_rules_dir()]))
     watched = tuple(json.loads(sys.argv[2]))
     events = []
     sys.addaudithook(lambda event, _: events.append(event) if event.startswith(watched) else None)

@@ -18,6 +18,9 @@ from xstate_check.errors import InputError, XstateCheckError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_PROBE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+#: The commands, so that a run builds the argparse subparser of its own command alone.
+_COMMANDS = frozenset({"host", "check", "restore", "gate", "decode", "convert", "rules",
+                       "explain", "profiles", "oracle"})
 
 
 class _UsageError(Exception):
@@ -232,7 +235,9 @@ def _mask(text: str) -> int:
     return value
 
 
-def _build_parser() -> _Parser:
+def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
+    """Return the parser; with ``only``, that command's subparser alone is built (the rest
+    cost start-up time on every run and are only needed for help and usage errors)."""
     common = _Parser(add_help=False)
     common.add_argument(
         "--format", "-f", default="text",
@@ -295,6 +300,8 @@ def _build_parser() -> _Parser:
 
     def add(name: str, run: Callable[[argparse.Namespace], int], text: str,
             parents: Sequence[_Parser] = ()) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return _Parser(add_help=False)  # not asked for: options go nowhere
         sub = commands.add_parser(name, help=text, description=text, parents=[common, *parents])
         sub.set_defaults(run=run)
         return sub
@@ -368,7 +375,9 @@ def _build_parser() -> _Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: sys.argv[1:]); return the exit code."""
     try:
-        args = _build_parser().parse_args(argv)
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        command = next((a for a in arguments if not a.startswith("-")), None)
+        args = _build_parser(command if command in _COMMANDS else None).parse_args(arguments)
         return int(args.run(args))
     except _UsageError as error:
         sys.stderr.write(f"{error}\n")

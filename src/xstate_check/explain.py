@@ -15,7 +15,7 @@ from pathlib import Path
 from xstate_check.engine.catalogue import FAMILIES, Catalogue, Rule
 from xstate_check.engine.evaluate import evaluate_rules
 from xstate_check.engine.examples import Example, build_subject, describe
-from xstate_check.engine.loader import load_catalogue
+from xstate_check.engine.shipped import load_catalogue
 from xstate_check.errors import InputError, Location
 
 __all__ = ["find_rule", "render_catalogue", "render_rule", "rule_page"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from xstate_check.engine.catalogue import FAMILIES, Catalogue, Rule
 from xstate_check.engine.evaluate import check_subjects, evaluate, evaluate_rules
-from xstate_check.engine.loader import default_rules_dir, load_catalogue
+from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 
 __all__ = [
     "FAMILIES",

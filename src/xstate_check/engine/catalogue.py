@@ -8,6 +8,7 @@ import attrs
 
 from xstate_check.engine.evaluator import Evaluator, Quick
 from xstate_check.engine.examples import Example
+from xstate_check.engine.parser import Node
 from xstate_check.errors import Location
 from xstate_check.facts import BitRef, Kind
 from xstate_check.report import Severity
@@ -54,6 +55,9 @@ class CompiledRule:
     functions: frozenset[str]
     needs: int = 0
     quick: Quick | None = None
+    #: The parsed check (``applies`` folded in) and lets, from which ``test`` and ``lets``
+    #: are compiled: what a cached catalogue keeps, since closures cannot be stored.
+    source: tuple[Node, tuple[tuple[str, Node], ...]] | None = None
 
 
 @attrs.frozen(eq=False)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 
 from xstate_check.engine.catalogue import Catalogue, Rule
-from xstate_check.engine.loader import load_catalogue
+from xstate_check.engine.shipped import load_catalogue
 from xstate_check.errors import Location
 from xstate_check.facts import (
     FACTS,

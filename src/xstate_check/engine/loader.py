@@ -7,10 +7,8 @@ caret under the bad span; positions come from the raw text, since ``tomllib`` ke
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,6 +22,7 @@ from xstate_check.engine.evaluator import (
     quick_condition,
 )
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
+from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
 from xstate_check.errors import InputError, Location, clip_quote
 from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind, needs_of
@@ -259,11 +258,12 @@ class _RuleReader:
                 functions=frozenset(functions),
                 needs=needs_of(facts, functions),
                 quick=quick_condition(node),
+                source=(node, tuple(zip(lets, let_nodes, strict=True))),
             ),
         )
 
     def names(self) -> dict[str, Resolved]:
-        return language_names()
+        return dict(_language_names())
 
     def lets(self, names: dict[str, Resolved]) -> tuple[
         dict[str, Evaluator], list[Node], dict[str, Kind]
@@ -493,6 +493,11 @@ class _RuleReader:
 
 def language_names() -> dict[str, Resolved]:
     """Return every name a rule expression may use: facts, xfeature constants, functions."""
+    return dict(_language_names())
+
+
+@functools.cache
+def _language_names() -> dict[str, Resolved]:
     names: dict[str, Resolved] = {}
     for name, spec in FACTS.items():
         if spec.kind != "items":
@@ -569,38 +574,3 @@ def load_rule_files(paths: Sequence[Path], read: Callable[[Path], str] | None = 
                          "at least one rule file")
     rules.sort(key=lambda rule: rule.id)
     return Catalogue(tuple(rules), tuple(str(path) for path in paths))
-
-
-def default_rules_dir() -> Path:
-    """Return where the shipped rules are: inside the installed package, else the repo's."""
-    packaged = resources.files("xstate_check") / "rules"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[3] / "rules"
-
-
-def _rule_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    files: list[Path] = []
-    for entry in paths:
-        path = Path(entry)
-        if path.is_dir():
-            files.extend(sorted(path.glob("*.toml")))
-        else:
-            files.append(path)
-    return files
-
-
-@functools.cache
-def _default_catalogue() -> Catalogue:
-    return load_rule_files(_rule_files([default_rules_dir()]))
-
-
-def load_catalogue(paths: Sequence[str | os.PathLike[str]] | None = None) -> Catalogue:
-    """Return the catalogue: the shipped rules (loaded once), or the rule files in ``paths``.
-
-    ``paths`` may name TOML files and directories of them. A malformed rule raises
-    ``InputError`` naming the file and line, with a caret under the bad span.
-    """
-    if paths is None:
-        return _default_catalogue()
-    return load_rule_files(_rule_files(paths))

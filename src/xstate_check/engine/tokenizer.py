@@ -6,7 +6,6 @@ tokenizing, so a misspelt name is reported with a caret before anything is evalu
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Collection
 from typing import NamedTuple, NoReturn
@@ -90,6 +89,8 @@ def tokenize(source: str, names: Collection[str]) -> list[Token]:
             if text in KEYWORDS:
                 kind = "KEYWORD"
             elif text not in names:
+                import difflib
+
                 close = difflib.get_close_matches(text, list(names), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 _fail(f"unknown name {clip_quote(text)}{hint}", source, position, match.end())
