@@ -627,7 +627,7 @@ for _name in FEATURES:
 
 
 def _entry_location(cpuid: CpuidSet, leaf: int, subleaf: int) -> Location | None:
-    found = [where for register in REGISTERS
+    found = [where for register in (*REGISTERS, "flags")
              for _, where in cpuid.provenance.pins(leaf, subleaf, register)]
     return min(found) if found else None
 

@@ -495,10 +495,10 @@ def apply_template(template: Template, base: CpuidSet) -> AppliedTemplate:
             missing.setdefault(key, MissingEntry(*key, leaf_modifier.location))
             continue
         flags[key] = leaf_modifier.flags
-        # An empty pin names the modifier's line for findings about the entry as a whole
-        # (its flags); it owns no bit.
-        eax_key = (*key, "eax")
-        pins[eax_key] = (*pins.get(eax_key, ()), (0, leaf_modifier.location))
+        # An empty pin under "flags" names the modifier's line for findings about the
+        # entry's KVM flags; it owns no register bit.
+        flags_key = (*key, "flags")
+        pins[flags_key] = (*pins.get(flags_key, ()), (0, leaf_modifier.location))
         values = entries[key]._asdict()
         for modifier in leaf_modifier.modifiers:
             old = values[modifier.register]
