@@ -266,12 +266,19 @@ def _describe(key: tuple[int, int], ours: Registers | None, theirs: Registers | 
     return f"{register.upper()} bits {differing:#010x}{what}: {shown} here, {peer} there"
 
 
-def _entry_pin(cpuid: CpuidSet, leaf: int, subleaf: int, register: str) -> Location | None:
-    pins = [where for _, where in cpuid.provenance.pins(leaf, subleaf, register)]
-    if not pins:
-        pins = [where for reg in _REGISTERS
-                for _, where in cpuid.provenance.pins(leaf, subleaf, reg)]
-    return min(pins, key=lambda where: (where.path, where.line, where.column)) if pins else None
+def _entry_pin(cpuid: CpuidSet, leaf: int, subleaf: int, register: str,
+               differing: int) -> Location | None:
+    """Return the template line that could remove a difference: the modifier that owns the
+    differing bits, else one that modifies the register, else the entry's modifier."""
+    def first(found: Iterable[Location]) -> Location | None:
+        return min(found, key=lambda where: (where.path, where.line, where.column),
+                   default=None)
+
+    provenance = cpuid.provenance
+    return (first(where for _, where in provenance.pinned(leaf, subleaf, register, differing))
+            or first(where for mask, where in provenance.pins(leaf, subleaf, register) if mask)
+            or first(where for reg in _REGISTERS
+                     for _, where in provenance.pins(leaf, subleaf, reg)))
 
 
 @_fact("dest.view_differences", "items", "CPUID entries where the guest's XSAVE-relevant view "
@@ -290,7 +297,7 @@ def _dest_view_differences(facts: Facts) -> object:
         key = (leaf, subleaf)
         items.setdefault(key, []).append(_describe(
             key, cpuid.entries.get(key), peer.entries.get(key), register, differing))
-        where = _entry_pin(cpuid, leaf, subleaf, register)
+        where = _entry_pin(cpuid, leaf, subleaf, register, differing)
         if places.get(key) is None:
             places[key] = where
     template = Location(subject.template) if subject.template else None
