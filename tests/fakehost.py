@@ -488,7 +488,7 @@ class PretendAmx(RealSystem):
     """This machine, except that its kernel claims TILEDATA and grants guest permission.
 
     The probe then learns KVM's CPUID with guest permission in a real child (a fresh
-    interpreter, which unpickles this class from this module); the grant is pretended in
+    interpreter, which imports this class from this module); the grant is pretended in
     the child, and KVM_GET_SUPPORTED_CPUID is this machine's.
     """
 

@@ -1,7 +1,7 @@
 """Isolated children: a fresh interpreter per task, time limits, descriptors, reaping, threads.
 
 The tasks below are module-level functions: the child imports this module by name (the
-request carries the caller's sys.path) and runs them on a pickled ``RealSystem``.
+request carries the caller's sys.path) and runs them on a copy of the caller's system.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -23,8 +22,9 @@ from fakehost import FakeSystem, PretendAmx
 from xstate_check.errors import ProbeError
 from xstate_check.oracle import run_oracle
 from xstate_check.system import isolated
-from xstate_check.system.calls import RealSystem, System
+from xstate_check.system.calls import RealSystem
 from xstate_check.system.isolated import ChildRun, decode_frames, run_isolated, serve
+from xstate_check.system.protocol import System
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -117,7 +117,7 @@ def test_child_is_a_fresh_isolated_interpreter(no_leaks: None) -> None:
 
 @needs_x86
 def test_child_of_a_subclass_runs_the_subclass(no_leaks: None) -> None:
-    """The system the task gets is a copy of the caller's, subclass included (pickled)."""
+    """The system the task gets is a copy of the caller's, subclass included."""
     run = PretendAmx().run_isolated(report_self, 1, timeout=10)
     assert json.loads(run.messages[0])["system"] == "PretendAmx"
 
@@ -208,10 +208,12 @@ def test_descriptor_exhaustion_leaks_nothing(
     assert caught.value.errno == errno.EMFILE
 
 
-def test_unpicklable_task_leaks_nothing(no_leaks: None) -> None:
+def test_task_that_cannot_be_sent_leaks_nothing(no_leaks: None) -> None:
     """A task that cannot be sent fails before any descriptor or process exists."""
-    with pytest.raises((pickle.PicklingError, AttributeError)):
+    with pytest.raises(TypeError, match="cannot be imported by name"):
         run_isolated(lambda system, send: None, RealSystem(), timeout=1)
+    with pytest.raises(ValueError, match="unmarshallable"):
+        run_isolated(report_self, RealSystem(), object(), timeout=1)
 
 
 @needs_kvm

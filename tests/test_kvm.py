@@ -16,8 +16,9 @@ from xstate_check.cpuid import Registers
 from xstate_check.layout import XsaveLayout
 from xstate_check.system import abi as kvmabi
 from xstate_check.system import kvm as kvmsource
-from xstate_check.system.calls import KVM_DEVICE, RealSystem, System, Uname
+from xstate_check.system.calls import KVM_DEVICE, RealSystem, Uname
 from xstate_check.system.isolated import ChildRun
+from xstate_check.system.protocol import System
 
 
 def _kvm_usable() -> bool:

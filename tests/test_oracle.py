@@ -30,6 +30,7 @@ from xstate_check.subject import Subject
 from xstate_check.system import abi as kvmabi
 from xstate_check.system import calls as syscalls
 from xstate_check.system import kvm as kvmreader
+from xstate_check.system import vcpu
 from xstate_check.system.calls import RealSystem
 from xstate_check.system.kvm import kvm_cpuid
 from xstate_check.xfeatures import AVX512_MASK, MPX_MASK, XFEATURES, XTILE_MASK, by_name
@@ -548,7 +549,7 @@ def test_amx_host_refuses_without_permission_and_accepts_with_it(host_cpuid: Cpu
 class ReportingKvm(RealSystem):
     """Real VM and vCPU, but KVM_RUN returns a fixed exit instead of running the guest."""
 
-    def __init__(self, exit_reason: int, report: bytes, port: int = oracle.REPORT_PORT) -> None:
+    def __init__(self, exit_reason: int, report: bytes, port: int = vcpu.REPORT_PORT) -> None:
         super().__init__()
         self.exit_reason, self.report, self.port = exit_reason, report, port
         self.run: object = None
@@ -589,7 +590,7 @@ def test_guest_reports_are_decoded(host_cpuid: CpuidSet, vector: int, stage: int
 
 
 @pytest.mark.parametrize(("reason", "port", "detail"), [
-    (kvmabi.KVM_EXIT_SHUTDOWN, oracle.REPORT_PORT, "exit reason 8"),
+    (kvmabi.KVM_EXIT_SHUTDOWN, vcpu.REPORT_PORT, "exit reason 8"),
     (kvmabi.KVM_EXIT_IO, 0x80, "port 0x80"),
 ])
 def test_unexpected_exits_are_inconclusive(host_cpuid: CpuidSet, reason: int, port: int,

@@ -21,9 +21,10 @@ from fakehost import PretendAmx
 from xstate_check.errors import XstateCheckError
 from xstate_check.oracle import run_oracle, to_json
 from xstate_check.preboot import PrebootError, preboot
-from xstate_check.system.calls import RealSystem, System
+from xstate_check.system.calls import RealSystem
 from xstate_check.system.kvm import kvm_cpuid
 from xstate_check.system.probe import probe
+from xstate_check.system.protocol import System
 
 
 def _preboot(system: System) -> object:

@@ -7,7 +7,8 @@ path; each name below loads its module on first use.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing stays unimported: a child process imports this package first
 
 __version__ = "0.1.0.dev0"
 
@@ -48,6 +49,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from xstate_check.api import check
     from xstate_check.cpuid import CpuidSet
     from xstate_check.errors import InputError, ProbeError

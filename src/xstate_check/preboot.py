@@ -39,7 +39,7 @@ from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.sources.host import probe
 from xstate_check.subject import Subject
 from xstate_check.system.abi import ARCH_XCOMP_TILEDATA
-from xstate_check.system.calls import System
+from xstate_check.system.protocol import System
 
 if TYPE_CHECKING:
     from xstate_check.template import Template

@@ -9,7 +9,7 @@ a child process imports this module.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
 __all__ = ["HEADERS", "REQUESTS", "Request", "request_name"]
 
@@ -20,12 +20,19 @@ ASM_KVM_H = "arch/x86/include/uapi/asm/kvm.h"
 IOCTL_H = "include/uapi/asm-generic/ioctl.h"
 
 
-class Request(NamedTuple):
-    """One number of the ABI: its name, value and the header (or table) that defines it."""
+TYPE_CHECKING = False  # typing is not imported at run time: a child imports this module
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
-    name: str
-    value: int
-    header: str
+    class Request(NamedTuple):
+        """One number of the ABI: its name, value and the header (or table) that defines it."""
+
+        name: str
+        value: int
+        header: str
+
+else:
+    Request = namedtuple("Request", "name value header")
 
 
 # --- _IOC (include/uapi/asm-generic/ioctl.h) ---------------------------------------------

@@ -1,6 +1,7 @@
-"""The System protocol: CPUID, XGETBV, arch_prctl, /dev/kvm and children behind one interface.
+"""This machine's system layer: CPUID, XGETBV, arch_prctl, /dev/kvm and children.
 
-``System`` is what the probe and the oracle talk to. ``RealSystem`` issues the real
+``RealSystem`` implements the ``System`` protocol (``system.protocol``), what the probe and
+the oracle talk to. It issues the real
 instructions, system calls and ioctls (ctypes ``syscall(158, …)`` with ``use_errno``,
 ``cpuid_native``, ``fcntl.ioctl``, ``mmap``) and starts children with
 ``isolated.run_isolated``; the test suite's fake host models other machines and kernels.
@@ -20,7 +21,8 @@ ARCH_GET_XCOMP_GUEST_PERM   0x1024  5.17   EINVAL before 5.17
 ARCH_REQ_XCOMP_GUEST_PERM   0x1025  5.17   EINVAL, EOPNOTSUPP, EBUSY (a vCPU exists)
 ==========================  ======  =====  ==========================================
 
-Standard library only (``Registers`` is imported when CPUID runs): a child imports it.
+Standard library only, without ``typing`` (``Registers`` is imported when CPUID runs): a
+child imports this module.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import errno as errnos
 import fcntl
 import mmap
 import os
+from collections import namedtuple
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from xstate_check.system.abi import (
     ARCH_GET_XCOMP_GUEST_PERM,
@@ -44,15 +46,18 @@ from xstate_check.system.abi import (
     SYS_ARCH_PRCTL,
 )
 
+TYPE_CHECKING = False  # typing is not imported at run time: a child imports this module
 if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
     from xstate_check.cpuid import Registers
     from xstate_check.system.isolated import ChildRun
+    from xstate_check.system.protocol import System
 
 __all__ = [
     "KVM_DEVICE",
     "X86_64_MACHINES",
     "RealSystem",
-    "System",
     "Uname",
     "default_system",
     "errno_meaning",
@@ -73,67 +78,17 @@ KVM_DEVICE = "/dev/kvm"
 X86_64_MACHINES = frozenset({"x86_64", "amd64", "AMD64"})
 
 
-class Uname(NamedTuple):
-    """The parts of uname(2) the probes read."""
+if TYPE_CHECKING:
 
-    sysname: str
-    release: str
-    machine: str
+    class Uname(NamedTuple):
+        """The parts of uname(2) the probes read."""
 
+        sysname: str
+        release: str
+        machine: str
 
-class System(Protocol):
-    """What the probe and the oracle may ask of a machine; failures are ``OSError``s."""
-
-    def uname(self) -> Uname:
-        """Return the kernel name, release and machine."""
-        ...
-
-    def cpuid(self, leaf: int, subleaf: int) -> Registers:
-        """Execute CPUID (leaf, subleaf) on this CPU."""
-        ...
-
-    def xgetbv(self, index: int) -> int:
-        """Execute XGETBV(index); the caller checks OSXSAVE (and XGETBV1 for 1) first."""
-        ...
-
-    def arch_prctl_get(self, option: int) -> int:
-        """Call arch_prctl(option, &u64) and return the u64 the kernel wrote."""
-        ...
-
-    def arch_prctl(self, option: int, arg: int) -> int:
-        """Call arch_prctl(option, arg) with an integer argument; return its result."""
-        ...
-
-    def open_kvm(self, path: str | None = None) -> int:
-        """Open the KVM device (default: this system's) read-write, close-on-exec."""
-        ...
-
-    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
-        """Issue an ioctl; a bytearray is passed by address and updated in place."""
-        ...
-
-    def close(self, fd: int) -> None:
-        """Close a descriptor ``open_kvm`` or an ioctl returned."""
-        ...
-
-    def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
-        """Map a vCPU's ``struct kvm_run`` (shared, read-write)."""
-        ...
-
-    def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
-        """Return anonymous page-aligned memory and its user-space address."""
-        ...
-
-    def run_isolated(
-        self, func: Callable[..., None], *args: object, timeout: float
-    ) -> ChildRun:
-        """Run ``func(system, send, *args)`` in a child process; return what it sent.
-
-        Whatever ``func`` changes (arch_prctl permissions, a VM) stays in the child. The
-        child is killed when it goes ``timeout`` seconds without sending; an ``OSError``
-        raised there is raised here with the same errno (``isolated`` says the rest).
-        """
-        ...
+else:
+    Uname = namedtuple("Uname", "sysname release machine")
 
 
 def os_error(code: int, context: str) -> OSError:
@@ -212,7 +167,7 @@ class RealSystem:
     """This machine: real CPUID/XGETBV instructions, system calls, ioctls and children.
 
     ``kvm_device`` is the device ``open_kvm`` opens by default. A RealSystem is sent to
-    its children by pickling (subclasses too), without the loaded libc function.
+    its children by class name and state (subclasses too), without the loaded libc function.
     """
 
     def __init__(self, kvm_device: str = KVM_DEVICE) -> None:
@@ -220,7 +175,7 @@ class RealSystem:
         self._syscall: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """Return the state to pickle: everything but the loaded libc function."""
+        """Return the state a child gets: everything but the loaded libc function."""
         return {**self.__dict__, "_syscall": None}
 
     def uname(self) -> Uname:
@@ -308,7 +263,8 @@ class RealSystem:
     ) -> ChildRun:
         """Run ``func(child_system, send, *args)`` in a fresh interpreter (never a fork).
 
-        The child gets a copy of this object (pickled) and only its result pipe.
+        The child gets a copy of this object (its class by name, its state) and only its
+        result pipe.
         """
         from xstate_check.system.isolated import run_isolated
 

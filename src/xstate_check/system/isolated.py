@@ -4,7 +4,9 @@ Probes that change process state (``ARCH_REQ_XCOMP_GUEST_PERM``, a KVM VM) run i
 so the caller is left as it was. The caller may be a multi-threaded orchestrator, so the
 child is never a fork of it (a forked copy of a threaded process can deadlock on a lock
 another thread held, and Python 3.12+ warns about it): ``run_isolated`` starts
-``sys.executable -I -S`` with ``os.posix_spawn`` and sends it the task by pickle.
+``sys.executable -I -S`` with ``os.posix_spawn`` and sends it the task: the function and
+the system's class by name, the system's state and the arguments as plain data
+(``marshal``: ints, strings, bytes, tuples, lists, dicts, None).
 
 - **What the child gets**: descriptors 0 (the request, a sealed memfd), 1 and 2
   (/dev/null) and 3 (the result pipe); it closes anything else at once, and every
@@ -23,7 +25,7 @@ another thread held, and Python 3.12+ warns about it): ``run_isolated`` starts
   name another process once the child is gone; without pidfds, only while ``waitid``
   shows it is still this process's child.
 - **Failure paths**: every descriptor made for a child is closed whatever fails
-  (pickling, memfd, pipe, posix_spawn's EAGAIN under a pids cgroup or RLIMIT_NPROC).
+  (the request, memfd, pipe, posix_spawn's EAGAIN under a pids cgroup or RLIMIT_NPROC).
 
 Standard library only: the child imports this module first.
 """
@@ -33,17 +35,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import importlib
+import marshal
 import os
-import pickle
 import select
 import signal
 import struct
 import sys
 import time
+from collections import namedtuple
 from collections.abc import Callable
-from typing import NamedTuple
 
 from xstate_check.system.calls import os_error
+
+TYPE_CHECKING = False  # typing is not imported at run time: a child imports this module
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 __all__ = [
     "STARTUP_SECONDS",
@@ -82,16 +89,21 @@ _DEFAULT_SIGNALS = tuple(
 )
 
 
-class ChildRun(NamedTuple):
-    """What a child sent: its messages in order, and whether its task finished.
+if TYPE_CHECKING:
 
-    ``finished`` False means the time limit expired (``detail`` says after what); the
-    messages sent before are kept.
-    """
+    class ChildRun(NamedTuple):
+        """What a child sent: its messages in order, and whether its task finished.
 
-    messages: tuple[bytes, ...]
-    finished: bool
-    detail: str = ""
+        ``finished`` False means the time limit expired (``detail`` says after what); the
+        messages sent before are kept.
+        """
+
+        messages: tuple[bytes, ...]
+        finished: bool
+        detail: str = ""
+
+else:
+    ChildRun = namedtuple("ChildRun", "messages finished detail", defaults=("",))
 
 
 def _frame(tag: bytes, body: bytes = b"") -> bytes:
@@ -329,18 +341,48 @@ def _describe(status: int | None) -> str:
     return f" (exit status {os.waitstatus_to_exitcode(status)})"
 
 
+def _by_name(thing: object, what: str) -> tuple[str, str]:
+    """Return (module, qualified name) of a function or class a child can import."""
+    module = getattr(thing, "__module__", None)
+    name = getattr(thing, "__qualname__", "")
+    if not isinstance(module, str) or module == "__main__" or "<" in name:
+        raise TypeError(f"{what} {name or thing!r} cannot be imported by name in a child")
+    return module, name
+
+
+def _request(func: Callable[..., None], system: object, args: tuple[object, ...],
+             timeout: float) -> bytes:
+    """Return the child's request; raise TypeError or ValueError for what cannot be sent."""
+    state = system.__getstate__()
+    request: tuple[Any, ...] = (
+        list(sys.path), _by_name(func, "function"), _by_name(type(system), "class"),
+        state if isinstance(state, dict) else {}, args, float(timeout),
+    )
+    return marshal.dumps(request)
+
+
+def _resolve(reference: tuple[str, str]) -> object:
+    """Import a (module, qualified name) reference."""
+    module, name = reference
+    found: object = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    return found
+
+
 def run_isolated(
     func: Callable[..., None], system: object, *args: object, timeout: float
 ) -> ChildRun:
     """Run ``func(system, send, *args)`` in a fresh interpreter; return what it sent.
 
-    ``func`` must be importable by name (a module-level function); ``system`` and ``args``
-    are pickled. Raises the child's OSError with its errno and context, RuntimeError when
+    ``func`` must be a module-level function and ``system`` an instance of a module-level
+    class (the child imports both by name); the system's state and ``args`` must be plain
+    data (``marshal``). Raises the child's OSError with its errno and context, RuntimeError when
     the child failed otherwise or ended without finishing, and the OSError of
     ``posix_spawn`` (EAGAIN, ENOMEM…) when no child could be started. A child that goes
     ``timeout`` seconds without a frame is killed: the result then has ``finished`` False.
     """
-    request = pickle.dumps(list(sys.path)) + pickle.dumps((func, system, args, timeout))
+    request = _request(func, system, args, timeout)
     pid, read_end, pidfd = _spawn(request)
     frames = _Frames()
     finished = True
@@ -379,21 +421,32 @@ def _alarm(seconds: float) -> None:
     signal.alarm(min(int(seconds) + 2, 1 << 30))
 
 
+def _read_request() -> bytes:
+    chunks = []
+    while chunk := os.read(0, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def child_main() -> None:  # pragma: no cover - runs in the child; the tests see its frames
     """Run the task the parent sent on descriptor 0, framing results to descriptor 3; exit."""
     status = 0
     try:
         os.closerange(CHILD_RESULT_FD + 1, 1 << 20)
         _alarm(3600)  # replaced below; bounds a child whose request never arrives
-        with os.fdopen(0, "rb", closefd=False) as request:
-            path = pickle.load(request)
+        try:
+            path, func_ref, class_ref, state, args, timeout = marshal.loads(_read_request())
             sys.path[:] = [*path, *(entry for entry in sys.path if entry not in path)]
-            try:
-                func, system, args, timeout = pickle.load(request)
-            except BaseException as error:
-                message = f"cannot read the task: {type(error).__name__}: {error}"
-                _write_all(CHILD_RESULT_FD, _frame(_FAILED, message.encode(errors="replace")))
-                raise SystemExit(1) from None
+            func = _resolve(func_ref)
+            cls = _resolve(class_ref)
+            if not isinstance(cls, type) or not callable(func):
+                raise TypeError(f"{class_ref} is not a class or {func_ref} not a function")
+            system: Any = object.__new__(cls)
+            system.__dict__.update(state)
+        except BaseException as error:
+            message = f"cannot read the task: {type(error).__name__}: {error}"
+            _write_all(CHILD_RESULT_FD, _frame(_FAILED, message.encode(errors="replace")))
+            raise SystemExit(1) from None
 
         def write(frame: bytes) -> None:
             """Write one frame and re-arm the alarm."""

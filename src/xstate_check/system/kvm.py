@@ -28,19 +28,14 @@ import ctypes
 import errno as errnos
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from xstate_check.system import abi
-from xstate_check.system.calls import (
-    KVM_DEVICE,
-    System,
-    default_system,
-    os_error,
-    req_xcomp_guest_perm,
-)
+from xstate_check.system.calls import KVM_DEVICE, default_system, os_error, req_xcomp_guest_perm
 
+TYPE_CHECKING = False  # typing is not imported at run time: a child imports this module
 if TYPE_CHECKING:
     from xstate_check.cpuid import CpuidSet
+    from xstate_check.system.protocol import System
 
 __all__ = [
     "INITIAL_CAPACITY",

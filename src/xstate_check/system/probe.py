@@ -33,13 +33,13 @@ from xstate_check.system.abi import (
 from xstate_check.system.calls import (
     KVM_DEVICE,
     X86_64_MACHINES,
-    System,
     Uname,
     default_system,
     errno_meaning,
     errno_name,
     req_xcomp_guest_perm,
 )
+from xstate_check.system.protocol import System
 from xstate_check.xfeatures import bits
 
 __all__ = [
