@@ -226,3 +226,14 @@ def test_docs_pair_table_is_what_the_code_computes() -> None:
     amd = dict(tool.verdicts()["AuthenticAMD"])
     assert dict(amd["fc-genoa-6.1"])["fc-milan-6.1"] == "XS0701"
     assert dict(amd["fc-milan-6.1"])["fc-genoa-6.1"] == "ok"
+
+
+def test_a_guest_that_cannot_boot_has_no_snapshot(data_dir: Path) -> None:
+    """SPR_TO_T2_6.1 on a 5.10 host modifies entries its KVM lacks: Firecracker refuses to
+    boot, and restore says so with template-leaf-missing at the template's lines."""
+    template = data_dir / "firecracker" / "SPR_TO_T2_6.1.json"
+    report = restore("profile:fc-sapphire-rapids-5.10", "profile:fc-ice-lake-6.1", template)
+    assert {f.name for f in report.errors} == {"template-leaf-missing"}
+    assert all(f.location is not None and f.location.path == str(template)
+               for f in report.errors)
+    assert report.subjects[0].details["restorable"] is False

@@ -22,7 +22,6 @@ under the matrix's folder.
 from __future__ import annotations
 
 import fnmatch
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -31,10 +30,10 @@ import attrs
 
 from xstate_check.api import build_subject
 from xstate_check.cpuid import CpuidSet
-from xstate_check.engine import Catalogue, evaluate_rules, load_catalogue
+from xstate_check.engine import evaluate_rules
 from xstate_check.errors import InputError, Location
 from xstate_check.report import BaselineState, SubjectReport
-from xstate_check.restore import restore_subject
+from xstate_check.restore import restore_rules, restore_subject
 from xstate_check.subject import Destination, Subject
 from xstate_check.template import Template, load_template
 
@@ -191,13 +190,8 @@ def _hosts(group: MigrationGroup, pool: Sequence[Profile],
     return hosts
 
 
-@functools.cache
-def _rules() -> Catalogue:
-    return load_catalogue().family("restore")
-
-
 def _evaluate(subject: Subject) -> SubjectReport:
-    findings = evaluate_rules(subject, _rules())
+    findings = evaluate_rules(subject, restore_rules())
     return SubjectReport(name=subject.name, source=subject.cpuid.source,
                          template=subject.template, findings=tuple(findings))
 

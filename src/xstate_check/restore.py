@@ -2,7 +2,8 @@
 
 ``restore(source, on, template=None)`` builds the guest from ``source`` (any CPUID source:
 ``profile:NAME``, a dump file, ``host`` or ``kvm``) after the template, and evaluates the
-``restore`` rules once per destination in ``on``: a bundled profile or a dump file (the
+``restore`` rules (and ``template-leaf-missing``: a guest Firecracker refuses to boot has
+no snapshot) once per destination in ``on``: a bundled profile or a dump file (the
 table the destination's KVM offers a VMM, as a Firecracker fingerprint records it), or
 ``kvm``, this host's KVM as the syscall layer reads it (probed in a child process; nothing
 in the caller changes). Each destination is one subject of the report, named
@@ -27,7 +28,7 @@ from xstate_check.report import Report, SubjectReport
 from xstate_check.subject import Destination, Subject
 from xstate_check.template import Template
 
-__all__ = ["destination_of", "restore", "restore_subject", "restore_subjects"]
+__all__ = ["destination_of", "restore", "restore_rules", "restore_subject", "restore_subjects"]
 
 #: The rule family a restore evaluates.
 FAMILY = "restore"
@@ -35,9 +36,18 @@ FAMILY = "restore"
 DestinationSpec = str | os.PathLike[str] | CpuidSet | Destination
 
 
+#: Rules of other families a restore also runs: a guest whose template Firecracker refuses
+#: never boots, so there is no snapshot to restore.
+ALSO = ("template-leaf-missing",)
+
+
 @functools.cache
-def _restore_rules() -> Catalogue:
-    return load_catalogue().family(FAMILY)
+def restore_rules() -> Catalogue:
+    """Return the rules a restore evaluates: the restore family and ``ALSO``."""
+    catalogue = load_catalogue()
+    chosen = {rule.id for rule in catalogue.family(FAMILY)}
+    chosen.update(catalogue.get(name).id for name in ALSO)
+    return catalogue.select(chosen)
 
 
 def destination_of(spec: DestinationSpec) -> Destination:
@@ -86,7 +96,7 @@ def restore_subjects(guest: Subject, destinations: Iterable[Destination]) -> lis
 def evaluate_restore(subject: Subject, catalogue: Catalogue | None = None) -> SubjectReport:
     """Evaluate the restore rules (or ``catalogue``) on one restore subject."""
     assert subject.destination is not None
-    findings = evaluate_rules(subject, catalogue or _restore_rules())
+    findings = evaluate_rules(subject, catalogue or restore_rules())
     restorable = not any(finding.severity == "error" for finding in findings)
     return SubjectReport(
         name=subject.name,
