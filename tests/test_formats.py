@@ -223,12 +223,12 @@ def test_junit_only_new_errors_fail_in_a_regression_gate(report: Report) -> None
 
 
 def test_junit_survives_characters_xml_cannot_hold() -> None:
-    """Control characters in a message become U+FFFD; markup characters are escaped."""
+    """Control characters in a message are written as escapes; markup characters too."""
     finding = _finding("amx-tile-pair", "bad \x01 byte <tag> & \"quote\"", Location("t.json", 1))
     text = render_junit(Report([SubjectReport("s", "src", "t.json", [finding])]))
     failure = ET.fromstring(text).find("testsuite/testcase/failure")
     assert failure is not None
-    assert failure.get("message", "").endswith("bad \ufffd byte <tag> & \"quote\"")
+    assert failure.get("message", "").endswith("bad \\x01 byte <tag> & \"quote\"")
 
 
 # --------------------------------------------------------------------------- GitHub

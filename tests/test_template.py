@@ -514,6 +514,8 @@ def test_flags_accepted(flags: str) -> None:
         ("4294967296", "invalid value: integer `4294967296`, expected u32"),
         ('"1"', 'invalid type: string "1", expected u32'),
         ("null", "invalid type: null, expected u32"),
+        # serde_json reads -0 as the float -0.0 (de.rs parse_number: "or on `-0`").
+        ("-0", "invalid type: floating point `-0.0`, expected u32"),
     ],
 )
 def test_flags_rejected(flags: str, wording: str) -> None:
@@ -726,6 +728,75 @@ def test_load_template_file_errors(tmp_path: Path) -> None:
         load_template(broken)
     assert caught.value.location.line == 1
     assert "end of the file" in caught.value.expected
+
+
+@pytest.mark.parametrize(
+    ("mark", "encoding"),
+    [(b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")],
+    ids=["utf-8", "utf-16-le", "utf-16-be"],
+)
+def test_a_byte_order_mark_is_refused_as_firecracker_refuses_it(
+    tmp_path: Path, mark: bytes, encoding: str
+) -> None:
+    """serde_json reads a BOM as a character that is not JSON: the template is refused."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(mark + template_text(leaf_json()).encode(encoding))
+    with pytest.raises(InputError) as caught:
+        load_template(path)
+    assert caught.value.location == Location(str(path), 1, 1)
+    assert "without a byte-order mark" in caught.value.expected
+    assert "Firecracker: expected value at line 1 column 1" in caught.value.expected
+    path.write_bytes(template_text(leaf_json()).encode("utf-8"))
+    assert load_template(path).cpuid_modifiers[0].leaf == 7
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Fields Firecracker ignores are skipped by serde_json's ignore_str, which does not
+        # look at what a \u escape stands for (read.rs: ignore_escape).
+        template_text(leaf_json(extra=', "note": "\\ud800"')),
+        template_text(leaf_json(extra=', "note": {"\\udfff": ["\\ud800\\ud800"]}')),
+        template_text(leaf_json()).replace('"bitmap"', '"note": "\\udc00", "bitmap"'),
+        # A pair is one character anywhere.
+        template_text(leaf_json(extra=', "note\\ud83d\\ude00": "\\ud83d\\ude00"')),
+    ],
+    ids=["ignored-value", "ignored-nested-key", "ignored-in-register-modifier", "pair"],
+)
+def test_lone_surrogates_in_fields_firecracker_ignores_are_accepted(text: str) -> None:
+    """A lone surrogate escape where serde_json ignores the value: the template is valid."""
+    assert parse_template(text, "t.json").cpuid_modifiers[0].leaf == 7
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Keys are always parsed (read.rs: parse_str, validate = true), ignored or not.
+        template_text(leaf_json(extra=', "note\\ud800": 1')),
+        template_text(leaf_json(register='"e\\ud800"')),
+        template_text(leaf_json(bitmap='"0b1\\udc00"')),
+        template_text(leaf_json(leaf='"0x7\\ud800\\u0041"')),
+        template_text(caps='"\\ud800"'),
+        '{"\\ud800": []}',
+    ],
+    ids=["ignored-key", "register", "bitmap", "leaf", "capability", "top-level-key"],
+)
+def test_lone_surrogates_in_strings_firecracker_reads_are_refused(text: str) -> None:
+    """A lone surrogate in a key or a String field: refused with serde_json's reason."""
+    error = rejected(text)
+    assert "lone leading surrogate in hex escape" in error.expected
+    assert error.location.line == 1
+
+
+def test_fingerprint_lone_surrogates_follow_the_same_rule(data_dir: Path, tmp_path: Path) -> None:
+    """In a fingerprint: allowed in an unknown field's value, refused in a version string."""
+    document = json.loads((fc_dir(data_dir) / "fingerprint_AMD_GENOA_6.1host.json").read_text())
+    path = tmp_path / "fingerprint.json"
+    path.write_text(json.dumps({**document, "comment": "\ud800"}), encoding="utf-8")
+    assert load_firecracker(path).meta["format"] == "firecracker-fingerprint"
+    path.write_text(json.dumps({**document, "kernel_version": "6.1\ud800"}), encoding="utf-8")
+    with pytest.raises(InputError, match="lone leading surrogate"):
+        load_firecracker(path)
 
 
 # --- applying ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ __all__ = [
     "Report",
     "Template",
     "XsaveLayout",
+    "XstateCheckError",
     "check",
     "check_host",
     "load_cpuid",
@@ -40,6 +41,7 @@ _LAZY = {
     "Report": "xstate_check.report",
     "Template": "xstate_check.template",
     "XsaveLayout": "xstate_check.layout",
+    "XstateCheckError": "xstate_check.errors",
     "check": "xstate_check.api",
     "check_host": "xstate_check.preboot",
     "load_cpuid": "xstate_check.sources.load",
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
 
     from xstate_check.api import check
     from xstate_check.cpuid import CpuidSet
-    from xstate_check.errors import InputError, ProbeError
+    from xstate_check.errors import InputError, ProbeError, XstateCheckError
     from xstate_check.hoststate import HostState
     from xstate_check.layout import XsaveLayout
     from xstate_check.preboot import PrebootError, check_host, preboot

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from xstate_check.cpuid import CpuidSet
+from xstate_check.errors import check_argument
 from xstate_check.hoststate import HostState
 from xstate_check.report import Report
 from xstate_check.subject import Role, Subject
@@ -25,6 +27,11 @@ def build_subject(
     from xstate_check.sources.load import load_cpuid
     from xstate_check.template import apply_template, load_template
 
+    check_argument("check", "cpuid", cpuid, (CpuidSet, str, os.PathLike),
+                   "a CpuidSet or a source (a file path, 'host', 'kvm', 'profile:NAME')")
+    check_argument("check", "template", template, (Template, str, os.PathLike, type(None)),
+                   "a Template, a template file path or None")
+    check_argument("check", "host", host, (HostState, type(None)), "a HostState or None")
     base = cpuid if isinstance(cpuid, CpuidSet) else load_cpuid(cpuid)
     chosen_role: Role = role or ("guest" if base.meta.get("role") == "guest" else "cpu")
     if template is None:
@@ -48,7 +55,11 @@ def check(
     template: Template | str | Path | None = None,
     host: HostState | None = None,
 ) -> Report:
-    """Check one CPUID table (or source), after an optional template, against the rules."""
+    """Check one CPUID table (or source), after an optional template, against the rules.
+
+    Bad input is an InputError (a subclass of ValueError); arguments of another type are a
+    TypeError.
+    """
     from xstate_check.engine import evaluate
 
     subject = build_subject(cpuid, template, host)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from xstate_check.errors import InputError, XstateCheckError
+from xstate_check.errors import InputError, Location, XstateCheckError, printable
 
 __all__ = ["main"]
 
@@ -47,10 +47,31 @@ def _emit(args: argparse.Namespace, text: str) -> None:
         text += "\n"
     out = args.output
     if out and out != "-":
-        with open(out, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(out, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as error:
+            raise InputError(
+                Location(out), f"expected a writable output file; {error.strerror or error}"
+            ) from None
     else:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            _discard_stdout()
+            raise InputError(
+                Location("<stdout>"), f"expected to write the output; {error.strerror or error}"
+            ) from None
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the exit's flush does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -372,21 +393,44 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
     return parser
 
 
+def _format_asked(argv: Sequence[str]) -> str:
+    """Return the --format named in ``argv`` (for errors met before it is parsed)."""
+    fmt = "text"
+    for index, word in enumerate(argv):
+        if word in ("--format", "-f") and index + 1 < len(argv):
+            fmt = argv[index + 1]
+        elif word.startswith("--format="):
+            fmt = word.partition("=")[2]
+        elif word.startswith("-f") and len(word) > 2:
+            fmt = word[2:]
+    return fmt
+
+
+def _complain(argv: Sequence[str], text: str, error: InputError | None = None) -> None:
+    """Write one error message on stderr: escaped, and as a workflow command for github."""
+    if _format_asked(argv) == "github":
+        from xstate_check.formats.github import render_github_error
+
+        sys.stderr.write(render_github_error(text, error))
+    else:
+        sys.stderr.write(f"{text}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: sys.argv[1:]); return the exit code."""
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        arguments = list(sys.argv[1:] if argv is None else argv)
-        command = next((a for a in arguments if not a.startswith("-")), None)
-        args = _build_parser(command if command in _COMMANDS else None).parse_args(arguments)
+        command = next((a for a in words if not a.startswith("-")), None)
+        args = _build_parser(command if command in _COMMANDS else None).parse_args(words)
         return int(args.run(args))
     except _UsageError as error:
-        sys.stderr.write(f"{error}\n")
+        _complain(words, printable(str(error)))
         return EXIT_INPUT
     except InputError as error:
-        sys.stderr.write(f"xstate-check: {error.render()}\n")
+        _complain(words, f"xstate-check: {error.render()}", error)
         return EXIT_INPUT
     except XstateCheckError as error:
-        sys.stderr.write(f"xstate-check: {error}\n")
+        _complain(words, f"xstate-check: {printable(str(error))}")
         return error.exit_code
     except KeyboardInterrupt:
         return 130
@@ -395,11 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     except OSError as error:
-        sys.stderr.write(f"xstate-check: {error}\n")
+        _complain(words, f"xstate-check: {printable(str(error))}")
         return EXIT_INPUT
     except Exception as error:
-        sys.stderr.write(
-            f"xstate-check: internal error: {type(error).__name__}: {error}\n"
-            "This is a bug in xstate-check; please report it with the command that caused it.\n"
+        _complain(
+            words,
+            printable(f"xstate-check: internal error: {type(error).__name__}: {error}")
+            + "\nThis is a bug in xstate-check; please report it with the command that caused it.",
         )
         return EXIT_INTERNAL

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 __all__ = [
@@ -11,9 +13,77 @@ __all__ = [
     "Location",
     "ProbeError",
     "XstateCheckError",
+    "check_argument",
     "clip_quote",
     "clip_snippet",
+    "printable",
+    "printable_json",
 ]
+
+# Characters that must never reach a terminal or a log raw: C0 and C1 controls (ESC starts
+# colour and cursor sequences, CR and LF forge lines), DEL, the Unicode line and paragraph
+# separators, the bidirectional overrides and isolates that reorder what is shown, the
+# byte-order mark, and lone surrogates (which no output encoding can write).
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+    "\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str, keep: str = "") -> str:
+    """Return ``text`` with every control character written as an escape (``\\x1b``, ``\\n``).
+
+    Everything an output shows from input (file names, a dump's ``source``, excerpts) goes
+    through here, so that input cannot move the cursor, recolour, hide or forge lines.
+    Characters in ``keep`` stay, for a format that escapes them its own way (GitHub's %0A).
+    """
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    if keep:
+        return _UNPRINTABLE.sub(
+            lambda match: match.group() if match.group() in keep else _escape(match), text
+        )
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def printable_json(text: str) -> str:
+    """Return JSON text (from ``json.dumps(..., ensure_ascii=False)``) with the characters
+    ``printable`` escapes written as ``\\uXXXX``: the same JSON, safe to show.
+
+    ``json.dumps`` already escapes C0 controls inside strings, so the newlines and tabs left
+    are the layout's own and stay.
+    """
+    return _UNPRINTABLE.sub(
+        lambda match: "".join(f"\\u{ord(char):04x}" for char in match.group())
+        if match.group() not in "\n\t\r" else match.group(),
+        text,
+    )
+
+
+def check_argument(
+    function: str, name: str, value: object, types: type | tuple[type, ...], expected: str
+) -> None:
+    """Raise TypeError, at the public API's edge, when ``value`` is not one of ``types``.
+
+    A bool is not taken for an int. The message names the function, the argument, what it
+    accepts and what it was given.
+    """
+    accepted = isinstance(value, types) and not (
+        isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))
+        and int in (types if isinstance(types, tuple) else (types,))
+    )
+    if not accepted:
+        raise TypeError(
+            f"{function}() expects {name} to be {expected}, not {type(value).__name__}"
+        )
+
 
 #: Snippets of longer lines are cut to this many characters around the error.
 SNIPPET_WIDTH = 120
@@ -97,13 +167,20 @@ class InputError(XstateCheckError, ValueError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        """Return the one message for a person: location, what was expected, and a caret."""
-        text = f"{self.location}: {self.expected}"
+        """Return the one message for a person: location, what was expected, and a caret.
+
+        Control characters from the input (in the path, the message or the excerpt) are
+        escaped, and the caret still stands under the span.
+        """
+        text = f"{printable(str(self.location))}: {printable(self.expected)}"
         if self.snippet is not None:
-            start, end = self.span if self.span else (0, len(self.snippet))
             line = self.snippet.rstrip("\n")
-            marker = " " * start + "~" * max(0, end - start - 1) + "^"
-            text += f"\n    {line}\n    {marker}"
+            start, end = self.span if self.span else (0, len(line))
+            before = printable(line[:start])
+            inside = printable(line[start:end])
+            after = printable(line[end:])
+            marker = " " * len(before) + "~" * max(0, len(inside) - 1) + "^"
+            text += f"\n    {before}{inside}{after}\n    {marker}"
         return text
 
 

@@ -40,9 +40,10 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import re
 import subprocess
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -52,6 +53,7 @@ from xstate_check.api import build_subject
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate
 from xstate_check.errors import InputError, Location
+from xstate_check.limits import MAX_MATRIX_ENTRIES, MAX_MATRIX_FILES
 from xstate_check.migration import MigrationGroup, group_reports, load_groups
 from xstate_check.report import BaselineState, Finding, Report, SkippedPair, SubjectReport
 from xstate_check.sources.load import load_cpuid, read_text
@@ -71,6 +73,7 @@ __all__ = [
     "SkippedPair",
     "load_matrix",
     "matrix_of_table",
+    "resolve_matrix_patterns",
     "resolve_profiles",
     "run_gate",
     "template_vendor",
@@ -158,18 +161,7 @@ class Matrix:
 
     def templates(self) -> list[str]:
         """Return the template files the patterns name under ``templates_dir``, in order."""
-        root = self.folder / (self.templates_dir or ".")
-        found: dict[str, None] = {}
-        for entry in self.entries:
-            hits = sorted(root.glob(entry.path))
-            if not hits:
-                raise InputError(
-                    entry.location,
-                    f"expected the pattern {entry.path!r} to name template files under {root}",
-                )
-            for hit in hits:
-                found.setdefault(os.path.relpath(hit))
-        return list(found)
+        return resolve_matrix_patterns(self)
 
 
 @attrs.frozen
@@ -294,23 +286,159 @@ def _profile_files(spec: str) -> list[str]:
 
 # --------------------------------------------------------------------------- matrix
 
+
+def resolve_matrix_patterns(matrix: Matrix) -> list[str]:
+    """Return the template files a matrix's ``path`` patterns name, for a gate given none.
+
+    Patterns are read below ``templates_dir`` (the matrix's folder by default; a folder the
+    matrix's author names, as a command-line argument would) and cannot leave it: a pattern
+    is relative, ``/``-separated, without ``.``, ``..`` or empty parts; ``*``, ``?`` and
+    ``[…]`` match within one part, ``**`` as a whole part matches any number of folders and
+    inside a part any characters (as in GitHub's path filters: ``cpu-templates/**.json``).
+    Anything else is an InputError at the entry's line, as is a file that is a link leading
+    out of the repository holding ``templates_dir`` (``templates_dir`` itself outside one):
+    a pattern cannot make the gate read, and quote, files elsewhere. The folders are walked
+    once, without following links, up to ``MAX_MATRIX_FILES`` entries.
+    """
+    root = Path(os.path.realpath(matrix.folder / (matrix.templates_dir or ".")))
+    if not matrix.entries:
+        return []
+    if not root.is_dir():
+        raise InputError(Location(matrix.path),
+                         f"expected templates_dir to name a folder; {root} is not one")
+    repository = _repository_of(root)
+    listing: list[str] | None = None
+    found: dict[str, None] = {}
+    for entry in matrix.entries:
+        pattern = _pattern_regex(entry)
+        if pattern is None:
+            hits = [entry.path] if (root / entry.path).is_file() else []
+        else:
+            if listing is None:
+                listing = _walk(root, entry.location)
+            hits = [relative for relative in listing if pattern.fullmatch(relative)]
+        if not hits:
+            raise InputError(
+                entry.location,
+                f"expected the pattern {entry.path!r} to name template files under {root}",
+            )
+        for relative in hits:
+            if not _within(Path(os.path.realpath(root / relative)), repository):
+                raise InputError(
+                    entry.location,
+                    f"expected template files inside the repository {repository}; "
+                    f"{relative!r} links to a file outside it",
+                )
+            found.setdefault(os.path.relpath(root / relative))
+    return list(found)
+
+
+def _repository_of(folder: Path) -> Path:
+    """Return the git work tree holding ``folder`` (a ``.git`` beside it), else ``folder``."""
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate / ".git"):
+            return candidate
+    return folder
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _pattern_regex(entry: MatrixEntry) -> re.Pattern[str] | None:
+    """Return the regex of a matrix pattern (None for a plain path); InputError if invalid."""
+    pattern = entry.path
+
+    def invalid(why: str) -> InputError:
+        return InputError(entry.location, f"expected a relative file pattern such as "
+                          f'"cpu-templates/**/*.json" in path; {pattern!r} {why}')
+
+    if "\0" in pattern:
+        raise invalid("holds a NUL character")
+    if pattern.startswith("/"):
+        raise invalid("is absolute")
+    parts = pattern.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise invalid(f"has a part {part!r} (empty, . and .. are not allowed)")
+    if not _GLOB_CHARS.intersection(pattern):
+        return None
+    regex = ""
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if part == "**":
+            regex += ".*" if last else "(?:[^/]+/)*"
+            continue
+        regex += _part_regex(part, invalid) + ("" if last else "/")
+    return re.compile(regex, re.S)
+
+
+def _part_regex(part: str, invalid: Callable[[str], InputError]) -> str:
+    """Translate one part of a pattern: * ? […] within the part, ** across folders."""
+    out: list[str] = []
+    index = 0
+    while index < len(part):
+        char = part[index]
+        if char == "*":
+            rest = part[index:]
+            stars = len(rest) - len(rest.lstrip("*"))
+            out.append(".*" if stars > 1 else "[^/]*")
+            index += stars
+            continue
+        if char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            close = part.find("]", index + 2)
+            if close < 0:
+                raise invalid("has a '[' without its ']'")
+            body = part[index + 1:close]
+            negate = body.startswith("!")
+            # Every character of the set is literal but the range dash.
+            body = "".join(c if c == "-" else re.escape(c) for c in body[negate:])
+            out.append(f"[{'^/' if negate else ''}{body}]")
+            index = close
+        else:
+            out.append(re.escape(char))
+        index += 1
+    return "".join(out)
+
+
+def _walk(root: Path, where: Location) -> list[str]:
+    """Return the files below ``root`` (relative, ``/``-separated), links not followed."""
+    files: list[str] = []
+    seen = 0
+    for folder, folders, names in os.walk(root):
+        folders[:] = sorted(name for name in folders if name != ".git")
+        seen += len(folders) + len(names)
+        if seen > MAX_MATRIX_FILES:
+            raise InputError(
+                where, f"expected at most {MAX_MATRIX_FILES} files and folders under {root} "
+                "for the matrix's patterns (xstate-check's limit)",
+            )
+        relative = os.path.relpath(folder, root)
+        prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+        files.extend(prefix + name for name in sorted(names))
+    return files
+
+
 _ENTRY_KEYS = ("path", "profiles", "vendor")
 _TOP_KEYS = ("templates_dir", "template", "group")
 
 
-def _line_of_entry(text: str, index: int) -> int:
-    """Return the 1-based line of the ``index``-th ``[[template]]`` header (0 if absent).
+def _entry_lines(text: str) -> list[int]:
+    """Return the 1-based lines of the ``[[template]]`` headers, in order.
 
     In a pyproject.toml the header is ``[[tool.xstate-check.template]]``.
     """
-    seen = -1
+    lines = []
     for number, line in enumerate(text.splitlines(), 1):
         compact = line.strip().replace(" ", "").replace('"', "")
         if compact in ("[[template]]", "[[tool.xstate-check.template]]"):
-            seen += 1
-            if seen == index:
-                return number
-    return 0
+            lines.append(number)
+    return lines
 
 
 def load_matrix(path: str | os.PathLike[str]) -> Matrix:
@@ -354,9 +482,14 @@ def matrix_of_table(document: Mapping[str, Any], name: str, text: str | None = N
     raw = document.get("template", [])
     if not isinstance(raw, list) or not (raw or groups):
         raise InputError(Location(name), "expected one or more [[template]] or [[group]] tables")
+    lines = _entry_lines(text)
+    if len(raw) > MAX_MATRIX_ENTRIES:
+        line = lines[MAX_MATRIX_ENTRIES] if len(lines) > MAX_MATRIX_ENTRIES else 0
+        raise InputError(Location(name, line), f"expected at most {MAX_MATRIX_ENTRIES} "
+                         "[[template]] tables (xstate-check's limit)")
     entries = []
     for index, table in enumerate(raw):
-        where = Location(name, _line_of_entry(text, index))
+        where = Location(name, lines[index] if index < len(lines) else 0)
         entries.append(_matrix_entry(table, where))
     return Matrix(name, folder, tuple(entries), templates_dir, groups)
 
@@ -522,7 +655,13 @@ def _baselines(paths: Sequence[str], rev: str) -> dict[str, _Baseline]:
                 Location(path), "expected a file inside a git work tree (for --changed-since)"
             )
         root = top.stdout.decode("utf-8", "surrogateescape").strip()
-        relative = Path(os.path.realpath(path)).relative_to(os.path.realpath(root)).as_posix()
+        try:
+            relative = Path(os.path.realpath(path)).relative_to(os.path.realpath(root)).as_posix()
+        except ValueError:
+            raise InputError(
+                Location(path), f"expected a file of the git work tree {root} (for "
+                "--changed-since); this one is a link to a file outside it",
+            ) from None
         by_root.setdefault(root, []).append((path, relative))
     result: dict[str, _Baseline] = {}
     for root, members in by_root.items():

@@ -2,10 +2,15 @@
 
 It accepts exactly RFC 8259 JSON, as serde_json (which Firecracker uses) does: no comments,
 no trailing commas, no NaN or Infinity, no leading zeros, no raw control characters in
-strings, no lone surrogates, no byte-order mark, nothing after the document, at most 128
-nested arrays and objects. A repeated key in one object is an error unless the caller asks
-to see the repeats. Every syntax error is an ``InputError`` naming path, line and column,
-with the offending source line and a caret.
+strings, no byte-order mark, nothing after the document, at most 128 nested arrays and
+objects, and at most ``MAX_JSON_VALUES`` values (both bounds are checked by one linear scan
+before any value is built). Numbers read as serde_json reads them: integers of the u64 or
+i64 range are ``int``, ``-0`` and anything else is ``float``. A \\u escape of a lone
+surrogate is refused unless the caller asks to keep it (serde_json refuses it only in the
+strings it keeps; ``has_lone_surrogate`` tells the caller which strings hold one). A
+repeated key in one object is an error unless the caller asks to see the repeats. Every
+syntax error is an ``InputError`` naming path, line and column, with the offending source
+line and a caret.
 """
 
 from __future__ import annotations
@@ -17,14 +22,22 @@ from collections.abc import Callable
 from typing import Any
 
 from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.limits import MAX_DEPTH, MAX_INPUT_BYTES, MAX_JSON_VALUES
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_SIZE", "Node", "error_at", "parse", "read_text"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FILE_SIZE",
+    "MAX_JSON_VALUES",
+    "Node",
+    "check_bounds",
+    "error_at",
+    "has_lone_surrogate",
+    "parse",
+    "read_text",
+]
 
 #: Files larger than this are refused before they are parsed (16 MiB).
-MAX_FILE_SIZE = 16 * 1024 * 1024  # the same limit as sources.load.MAX_INPUT_BYTES
-
-#: serde_json's recursion limit: deeper nesting is refused.
-MAX_DEPTH = 128
+MAX_FILE_SIZE = MAX_INPUT_BYTES
 
 # The whitespace pattern matches the empty string, so it never returns None.
 _skip: Callable[[str, int], re.Match[str]] = re.compile(r"[ \t\n\r]*").match  # type: ignore[assignment]
@@ -39,6 +52,44 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
                    "r": "\r", "t": "\t"}
 _LITERALS = (("true", True), ("false", False), ("null", None))
+# One token of the bounds scan: a string (to its closing quote, or the end of the file), an
+# opening or closing bracket, or a run of scalar characters. The string alternative is an
+# unrolled loop, so it keeps no backtracking state however long the string is.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[{]|[\]}]|[^\s\[\]{},:"]+', re.S)
+
+
+def check_bounds(text: str, path: str, *, max_values: int = MAX_JSON_VALUES,
+                 max_depth: int = MAX_DEPTH) -> None:
+    """Refuse a JSON text of more than ``max_values`` values or ``max_depth`` nesting.
+
+    One linear scan of the tokens, stopped at the first token past a bound, before any value
+    is built; the error names the line and column of that token.
+    """
+    depth = values = closers = 0
+    for match in _TOKEN.finditer(text):
+        char = text[match.start()]
+        if char in "]}":
+            # A closing bracket is no value, but a run of them must not be scanned forever.
+            closers += 1
+            depth = max(0, depth - 1)
+            if closers <= max_values:
+                continue
+        else:
+            values += 1
+        if values > max_values or closers > max_values:
+            raise error_at(text, path, match.start(), match.end(),
+                           f"expected at most {max_values} JSON values in one file "
+                           "(xstate-check's limit)")
+        if char in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise error_at(text, path, match.start(), match.start() + 1,
+                               f"expected at most {max_depth} nested arrays and objects")
+
+
+def has_lone_surrogate(value: str) -> bool:
+    """Return whether a decoded JSON string holds a lone surrogate (from a \\u escape)."""
+    return _SURROGATE.search(value) is not None
 
 
 class Node:
@@ -135,24 +186,33 @@ def error_at(text: str, path: str, offset: int, end: int | None, expected: str) 
     return InputError(Location(path, line, column + 1), expected, snippet=snippet, span=span)
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
-    """Read a JSON file with the CPUID loader's limits: a regular file of at most 16 MiB."""
+def read_text(path: str | os.PathLike[str], *, byte_order_mark: bool = True) -> str:
+    """Read a JSON file with the CPUID loader's limits: a regular file of at most 16 MiB.
+
+    ``byte_order_mark=False`` refuses a file that starts with one (UTF-8 or UTF-16), as
+    Firecracker does with a template.
+    """
     from xstate_check.sources.load import read_text as read_limited
 
-    return read_limited(os.fspath(path))
+    return read_limited(os.fspath(path), byte_order_mark=byte_order_mark)
 
 
-def parse(text: str, path: str, *, allow_duplicates: bool = False) -> Node:
+def parse(
+    text: str, path: str, *, allow_duplicates: bool = False, lone_surrogates: bool = False
+) -> Node:
     """Parse one strict JSON document and return its root Node.
 
     A repeated key in an object raises InputError, unless ``allow_duplicates`` is set: then
     the first occurrence is kept in ``items`` and the repeats are listed in ``duplicates``.
+    A lone surrogate escape raises InputError, unless ``lone_surrogates`` is set: then the
+    string keeps it, and ``has_lone_surrogate`` finds it.
     """
-    return _Parser(text, path, allow_duplicates).document()
+    check_bounds(text, path)
+    return _Parser(text, path, allow_duplicates, lone_surrogates).document()
 
 
-def _decode_string(raw: str) -> str | None:
-    """Return the value of a string body with escapes; None if it has a lone surrogate."""
+def _decode_string(raw: str) -> str:
+    """Return the value of a string body with escapes; surrogate pairs are joined."""
     if "\\" not in raw:
         return raw
 
@@ -162,20 +222,20 @@ def _decode_string(raw: str) -> str | None:
 
     value = _ESCAPE.sub(one, raw)
     if _SURROGATE.search(value):
-        try:
-            value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
-        except UnicodeDecodeError:
-            return None
+        # Pairs become one character; a lone surrogate stays (the caller decides).
+        value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
     return value
 
 
 class _Parser:
     """Recursive descent over the text; one method per JSON production."""
 
-    def __init__(self, text: str, path: str, allow_duplicates: bool) -> None:
+    def __init__(self, text: str, path: str, allow_duplicates: bool,
+                 lone_surrogates: bool) -> None:
         self.text = text
         self.path = path
         self.allow_duplicates = allow_duplicates
+        self.lone_surrogates = lone_surrogates
         newlines = []
         index = text.find("\n")
         while index >= 0:
@@ -315,7 +375,7 @@ class _Parser:
         end = match.end()
         raw = match.group(1)
         value = raw if "\\" not in raw else _decode_string(raw)
-        if value is None:
+        if not self.lone_surrogates and has_lone_surrogate(value):
             raise self.fail(offset, "expected \\u escapes that pair surrogates (no lone "
                             "surrogate)", end, found=False)
         return Node(value, offset, end, self.newlines), end
@@ -354,7 +414,10 @@ class _Parser:
             )
         literal = match.group(0)
         value: int | float
-        if match.group(1) is None and match.group(2) is None and len(literal) <= 40:
+        if literal == "-0":
+            # serde_json reads -0 as the float -0.0 (parse_number: "or on `-0`").
+            value = -0.0
+        elif match.group(1) is None and match.group(2) is None and len(literal) <= 40:
             value = int(literal)
             # serde_json keeps integers in u64 or i64; anything larger becomes a float.
             if not -(2**63) <= value < 2**64:

@@ -213,10 +213,13 @@ def _as_information(finding: Finding, view: str) -> Finding:
 def _load(template: Template | str | os.PathLike[str] | None) -> Template | None:
     if template is None:
         return None
+    module = importlib.import_module("xstate_check.template")
     if isinstance(template, str | os.PathLike):
-        load_template = importlib.import_module("xstate_check.template").load_template
-        return cast("Template", load_template(template))
-    return template
+        return cast("Template", module.load_template(template))
+    if not isinstance(template, module.Template):
+        raise TypeError("preboot() and check_host() expect template to be a Template, a "
+                        f"template file path or None, not {type(template).__name__}")
+    return cast("Template", template)
 
 
 def _evaluate(subjects: list[Subject], vmm_requests_permission: bool = True) -> Report:

@@ -17,8 +17,9 @@ import attrs
 
 from xstate_check import jsonpos
 from xstate_check.cpuid import CpuidSet, Provenance, Registers
-from xstate_check.errors import QUOTE_WIDTH, InputError, Location
+from xstate_check.errors import QUOTE_WIDTH, InputError, Location, check_argument
 from xstate_check.jsonpos import Node
+from xstate_check.limits import MAX_ENTRIES, MAX_MSR_MODIFIERS, MAX_REGISTER_MODIFIERS
 from xstate_check.subject import MissingEntry
 
 __all__ = [
@@ -136,14 +137,19 @@ class AppliedTemplate:
 
 def parse_template(text: str, path: str) -> Template:
     """Parse a template's JSON text; any deviation from Firecracker's rules is an InputError."""
-    root = jsonpos.parse(text, path, allow_duplicates=True)
+    root = jsonpos.parse(text, path, allow_duplicates=True, lone_surrogates=True)
     return template_from_node(root, text, path)
 
 
 def load_template(path: str | os.PathLike[str]) -> Template:
-    """Read and parse a template file (at most 16 MiB of UTF-8); errors are InputError."""
+    """Read and parse a template file (at most 16 MiB of UTF-8, no byte-order mark).
+
+    Errors are InputError; a ``path`` that is not a string or path is a TypeError.
+    """
+    check_argument("load_template", "path", path, (str, os.PathLike), "a path (str or Path)")
     name = os.fspath(path)
-    return parse_template(jsonpos.read_text(name), name)
+    check_argument("load_template", "path", name, str, "a text path (str or Path)")
+    return parse_template(jsonpos.read_text(name, byte_order_mark=False), name)
 
 
 def template_from_node(node: Node, text: str, path: str) -> Template:
@@ -256,6 +262,19 @@ class _Reader:
         """Return an InputError pointing at ``node``."""
         return jsonpos.error_at(self.text, self.path, node.offset, node.end, expected)
 
+    def kept(self, node: Node) -> None:
+        """Refuse a lone surrogate in a string serde_json keeps (a key, a String field).
+
+        serde_json checks surrogates only in the strings it deserializes; it skips those of
+        fields it ignores without looking (read.rs: parse_unicode_escape vs ignore_escape).
+        """
+        if isinstance(node.value, str) and jsonpos.has_lone_surrogate(node.value):
+            raise self.error(
+                node, "expected \\u escapes that pair surrogates (no lone surrogate) in a key "
+                "or a string Firecracker reads (Firecracker: lone leading surrogate in hex "
+                "escape)"
+            )
+
     def fields(
         self, node: Node, what: str, struct: str, fields: tuple[str, ...], *, required: bool,
         deny_unknown: bool = False,
@@ -266,6 +285,9 @@ class _Reader:
                 node, f"expected {what} as an object, found {_describe(node)} (Firecracker: "
                 f"invalid type: {_serde_type(node)}, expected struct {struct})"
             )
+        for key in sorted([*(node.keys or {}).values(), *node.duplicates],
+                          key=lambda key: key.offset):
+            self.kept(key)
         members = node.object_items()
         for key in node.duplicates:
             if key.value in fields:
@@ -307,6 +329,14 @@ class _Reader:
             )
         return f"{message} (Firecracker: unknown field `{name}`, expected one of {serde})"
 
+    def bound(self, items: list[Node], limit: int, what: str) -> None:
+        """Refuse more than ``limit`` items, at the first one past it."""
+        if len(items) > limit:
+            raise self.error(
+                items[limit], f"expected at most {limit} {what} in a template (xstate-check's "
+                "limit)"
+            )
+
     def array(self, node: Node, what: str) -> list[Node]:
         """Require a JSON array (serde's Vec)."""
         if node.kind != "array":
@@ -323,6 +353,7 @@ class _Reader:
                 node, f"expected {what} as a string, found {_describe(node)} (Firecracker: "
                 f"invalid type: {_serde_type(node)}, expected a string)"
             )
+        self.kept(node)
         value: str = node.value
         return value
 
@@ -435,9 +466,21 @@ class _Reader:
             capabilities = tuple(self.capability(item) for item in items)
         if "cpuid_modifiers" in members:
             items = self.array(members["cpuid_modifiers"], '"cpuid_modifiers"')
-            leaves = tuple(self.leaf_modifier(item) for item in items)
+            self.bound(items, MAX_ENTRIES, "cpuid modifiers")
+            registers = 0
+            read: list[LeafModifier] = []
+            for item in items:
+                read.append(self.leaf_modifier(item))
+                registers += len(read[-1].modifiers)
+                if registers > MAX_REGISTER_MODIFIERS:
+                    raise self.error(
+                        item, f"expected at most {MAX_REGISTER_MODIFIERS} register modifiers "
+                        "in all cpuid modifiers of a template (xstate-check's limit)"
+                    )
+            leaves = tuple(read)
         if "msr_modifiers" in members:
             items = self.array(members["msr_modifiers"], '"msr_modifiers"')
+            self.bound(items, MAX_MSR_MODIFIERS, "MSR modifiers")
             msrs = tuple(self.msr_modifier(item) for item in items)
         return Template(self.path, leaves, msrs, capabilities)
 
@@ -487,7 +530,7 @@ def apply_template(template: Template, base: CpuidSet) -> AppliedTemplate:
     """
     entries = dict(base.entries)
     flags = dict(base.flags)
-    pins = {key: base.provenance.pins(*key) for key in base.provenance.register_keys()}
+    pins = {key: list(base.provenance.pins(*key)) for key in base.provenance.register_keys()}
     missing: dict[tuple[int, int], MissingEntry] = {}
     for leaf_modifier in template.cpuid_modifiers:
         key = (leaf_modifier.leaf, leaf_modifier.subleaf)
@@ -504,19 +547,37 @@ def apply_template(template: Template, base: CpuidSet) -> AppliedTemplate:
             old = values[modifier.register]
             values[modifier.register] = (old & ~modifier.filter & _U32) | modifier.value
             if modifier.filter:
-                register_key = (*key, modifier.register)
-                pins[register_key] = (
-                    *pins.get(register_key, ()), (modifier.filter, modifier.location)
+                pins.setdefault((*key, modifier.register), []).append(
+                    (modifier.filter, modifier.location)
                 )
         entries[key] = Registers(**values)
     cpuid = CpuidSet(
         entries,
         base.source,
         flags=flags,
-        provenance=Provenance(pins),
+        provenance=Provenance({key: _owning_pins(kept) for key, kept in pins.items()}),
         meta={**base.meta, "template": template.path},
     )
     return AppliedTemplate(cpuid, tuple(missing.values()))
+
+
+def _owning_pins(pins: list[tuple[int, Location]]) -> tuple[tuple[int, Location], ...]:
+    """Return the pins of one register that still own a bit, and the first pin, in order.
+
+    A pin all of whose bits later pins override changes no answer (each bit belongs to its
+    last pin), except the first, whose line is where the template first touches the entry.
+    Dropping the others keeps a register to at most 33 pins however many modifiers a
+    template repeats: applying stays linear.
+    """
+    kept: list[tuple[int, Location]] = []
+    covered = 0
+    for index in range(len(pins) - 1, -1, -1):
+        mask, where = pins[index]
+        if mask & ~covered or index == 0:
+            kept.append((mask, where))
+        covered |= mask
+    kept.reverse()
+    return tuple(kept)
 
 
 # --- writing ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import tomllib
 from typing import Any
 
 from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.limits import MAX_TOML_BYTES
 
 __all__ = ["error_at", "parse_toml"]
 
@@ -14,6 +15,7 @@ __all__ = ["error_at", "parse_toml"]
 # default); TOML allows "_" between digits.
 _LONG_DECIMAL = re.compile(r"(?<![\w.])[+-]?\d(?:_?\d){4300,}")
 _POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
+_AT_END = " (at end of document)"
 
 
 def error_at(path: str, text: str, offset: int, expected: str, length: int = 1) -> InputError:
@@ -32,6 +34,11 @@ def error_at(path: str, text: str, offset: int, expected: str, length: int = 1) 
 def _decode_error(path: str, text: str, error: tomllib.TOMLDecodeError) -> InputError:
     message = _POSITION.sub("", str(error))
     match = _POSITION.search(str(error))
+    if match is None and str(error).endswith(_AT_END):
+        # An unterminated string, array or table: point after the last character written.
+        message = str(error)[: -len(_AT_END)]
+        end = len(text.rstrip())
+        return error_at(path, text, end, f"valid TOML ({message}, at the end of the file)")
     if match is None:
         return InputError(Location(path), f"valid TOML ({message})")
     line, column = int(match.group(1)), int(match.group(2))
@@ -51,6 +58,13 @@ def parse_toml(text: str, path: str) -> dict[str, Any]:
     Besides TOMLDecodeError, tomllib raises RecursionError on deeply nested arrays or inline
     tables (``x = [[[[…``) and ValueError on an integer of more than 4300 digits.
     """
+    size = len(text) if len(text) * 4 <= MAX_TOML_BYTES else len(text.encode("utf-8", "replace"))
+    if size > MAX_TOML_BYTES:
+        raise InputError(
+            Location(path),
+            f"expected a TOML file of at most {MAX_TOML_BYTES} bytes ({MAX_TOML_BYTES >> 20} "
+            f"MiB, xstate-check's limit for rule files and matrices); this one has {size}",
+        )
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

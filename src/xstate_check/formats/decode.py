@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from xstate_check.cpuid import CpuidSet
+from xstate_check.errors import printable
 from xstate_check.layout import LEGACY_AND_HEADER, XsaveLayout
 from xstate_check.xfeatures import XFEATURES, format_mask, name_of
 
@@ -76,10 +77,11 @@ def _sizes(layout: XsaveLayout) -> dict[str, int]:
 def decode_text(cpuid: CpuidSet, layout: XsaveLayout, *, title: str) -> str:
     """Return the layout as a readable table, preceded by the masks and sizes."""
     sizes = _sizes(layout)
+    # The title (a path or a dump's source), vendor and brand string come from input.
     lines = [
-        title,
-        f"  vendor {cpuid.vendor or '?'}, signature {cpuid.signature:#010x}"
-        + (f", {cpuid.brand}" if cpuid.brand else ""),
+        printable(title),
+        printable(f"  vendor {cpuid.vendor or '?'}, signature {cpuid.signature:#010x}"
+                  + (f", {cpuid.brand}" if cpuid.brand else "")),
         f"  XCR0 supported (0xD.0 EDX:EAX)  {format_mask(layout.xcr0_supported)}",
         f"  XSS supported  (0xD.1 EDX:ECX)  {format_mask(layout.xss_supported)}",
         f"  XSAVE features (0xD.1 EAX)      {' '.join(_features(layout)) or 'none'}",

@@ -6,15 +6,18 @@ values. Errors are ``error``, warnings ``warning``, infos ``notice``; in a regre
 with ``--fail-on new``, findings the change did not introduce are shown as ``notice``. A
 problem seen on several profiles is one annotation naming them; file paths are relative to
 the repository root; infos are left out unless asked. A ``::notice`` with the summary ends
-the output: every line is a workflow command.
+the output: every line is a workflow command. Other control characters from input are
+escaped as text (``\\x1b``), so nothing from a template or a file name can start a workflow
+command of its own. ``render_github_error`` writes an input error the same way, for stderr.
 """
 
 from __future__ import annotations
 
+from xstate_check.errors import InputError, printable
 from xstate_check.formats._findings import problems, repo_path, repo_root
 from xstate_check.report import Report, Severity
 
-__all__ = ["escape_data", "escape_property", "render_github"]
+__all__ = ["escape_data", "escape_property", "render_github", "render_github_error"]
 
 _LEVELS: dict[Severity, str] = {"error": "error", "warning": "warning", "info": "notice"}
 
@@ -29,6 +32,15 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+def _data(*lines: str) -> str:
+    """Return lines as one message: other controls as text, then %, CR and LF escaped."""
+    return escape_data("\n".join(printable(line, keep="\r\n") for line in lines))
+
+
+def _property(text: str) -> str:
+    return escape_property(printable(text, keep="\r\n"))
+
+
 def render_github(report: Report, *, min_severity: str | None = "warning") -> str:
     """Return the report as GitHub Actions workflow commands, one per problem."""
     root = repo_root()
@@ -39,7 +51,7 @@ def render_github(report: Report, *, min_severity: str | None = "warning") -> st
         properties: list[str] = []
         where = problem.location
         if where is not None:
-            properties.append(f"file={escape_property(repo_path(where.path, root))}")
+            properties.append(f"file={_property(repo_path(where.path, root))}")
             if where.line:
                 properties.append(f"line={where.line}")
                 if where.column:
@@ -47,8 +59,27 @@ def render_github(report: Report, *, min_severity: str | None = "warning") -> st
         title = f"{finding.rule} {finding.name} ({problem.where})"
         if problem.state == "unchanged" and problem.baseline:
             title += f" present at {problem.baseline}"
-        properties.append(f"title={escape_property(title)}")
-        message = f"{finding.message}\nConsequence: {finding.consequence}\nFix: {finding.fix}"
-        lines.append(f"::{level} {','.join(properties)}::{escape_data(message)}")
+        properties.append(f"title={_property(title)}")
+        message = _data(finding.message, f"Consequence: {finding.consequence}",
+                        f"Fix: {finding.fix}")
+        lines.append(f"::{level} {','.join(properties)}::{message}")
     lines.append(f"::notice title=xstate-check::{escape_data(report.summary_text())}")
     return "\n".join(lines) + "\n"
+
+
+def render_github_error(message: str, error: InputError | None = None) -> str:
+    """Return one ``::error`` workflow command for a failure of the run (bad input, usage).
+
+    ``message`` is the whole text (already escaped for a terminal); an ``InputError`` also
+    gives the file, line and column of the annotation. Nothing in it can end the command
+    or start another one.
+    """
+    properties: list[str] = []
+    if error is not None and error.location.path:
+        properties.append(f"file={_property(repo_path(error.location.path, repo_root()))}")
+        if error.location.line:
+            properties.append(f"line={error.location.line}")
+            if error.location.column:
+                properties.append(f"col={error.location.column}")
+    properties.append("title=xstate-check")
+    return f"::error {','.join(properties)}::{escape_data(message)}\n"

@@ -15,6 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from xstate_check.errors import printable
 from xstate_check.formats._findings import finding_location, findings_with_state
 from xstate_check.report import Finding, Report, SubjectReport
 
@@ -25,12 +26,15 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def _clean(text: str) -> str:
-    return _NOT_XML.sub("\ufffd", text)
+    # Control characters are escaped as text (ESC, CR, C1, bidi overrides); line breaks and
+    # tabs are XML's own character data.
+    return _NOT_XML.sub("\ufffd", printable(text, keep="\n\t"))
 
 
 def _line(finding: Finding, subject: SubjectReport, note: str) -> str:
     where = finding_location(finding, subject)
-    prefix = f"{where}: " if where is not None else ""
+    # A path is input, line breaks and all; a message is the rules' text.
+    prefix = f"{printable(str(where))}: " if where is not None else ""
     return (
         f"{prefix}{finding.severity} {finding.rule} {finding.name}: {finding.message}{note}\n"
         f"    consequence: {finding.consequence}\n"

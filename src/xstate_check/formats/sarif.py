@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from xstate_check import __version__
 from xstate_check.engine import Rule, load_catalogue
-from xstate_check.errors import Location
+from xstate_check.errors import Location, printable_json
 from xstate_check.formats._findings import Problem, problems, repo_path, repo_root
 from xstate_check.report import Finding, Report, Severity
 
@@ -84,6 +84,11 @@ def _finding_descriptor(finding: Finding) -> dict[str, object]:
 
 def _artifact(path: str, root: Path | None) -> dict[str, str]:
     """Return the artifactLocation of ``path``: relative to ``root`` where it lies under it."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        # A name read from input (a dump's source) with a lone surrogate: no file has it.
+        path = path.encode("utf-8", "replace").decode("utf-8")
     shown = repo_path(path, root)
     if shown.startswith("/"):
         return {"uri": Path(shown).as_uri()}
@@ -118,7 +123,7 @@ def _fingerprint(problem: Problem, uri: str, cache: dict[str, list[str]]) -> str
     where = problem.location
     content = _line_text(where.path, where.line, cache) if where is not None else ""
     key = "\x00".join((problem.first.rule, uri, content or problem.first.message))
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def render_sarif(report: Report, *, root: str | Path | None = None,
@@ -180,4 +185,4 @@ def render_sarif(report: Report, *, root: str | Path | None = None,
     if base is not None:
         run["originalUriBaseIds"] = {_SRCROOT: {"uri": base.as_uri().rstrip("/") + "/"}}
     document = {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return printable_json(json.dumps(document, indent=2, ensure_ascii=False)) + "\n"

@@ -4,7 +4,9 @@ A check or host report lists each subject with the facts read and its findings. 
 report lists each problem once, most severe first, at its template line with the profiles
 it was seen on (a template line that breaks eight profiles is one entry); infos are counted,
 not listed, unless ``min_severity="info"``; then the pairs not for their host, then the
-summary.
+summary. Every text that can come from input (names, paths, a dump's ``source``, messages
+quoting input) is shown with its control characters escaped: input cannot colour, move the
+cursor or forge a line such as "no findings".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import attrs
 
+from xstate_check.errors import printable
 from xstate_check.formats._findings import Problem, problems, repo_path, repo_root, shown
 from xstate_check.report import Finding, Report, SubjectReport
 
@@ -31,11 +34,11 @@ def _paint(text: str, style: str, color: bool) -> str:
 def _finding(finding: Finding, color: bool) -> list[str]:
     label = _paint(finding.severity, _COLORS[finding.severity], color)
     state = f" ({finding.baseline_state})" if finding.baseline_state else ""
-    lines = [f"  {label} {finding.rule} {finding.name}{state}: {finding.message}"]
+    lines = [f"  {label} {finding.rule} {finding.name}{state}: {printable(finding.message)}"]
     if finding.location is not None:
-        lines.append(f"    at {finding.location}")
-    lines.append(_paint(f"    consequence: {finding.consequence}", _DIM, color))
-    lines.append(_paint(f"    fix: {finding.fix}", _DIM, color))
+        lines.append(f"    at {printable(str(finding.location))}")
+    lines.append(_paint(f"    consequence: {printable(finding.consequence)}", _DIM, color))
+    lines.append(_paint(f"    fix: {printable(finding.fix)}", _DIM, color))
     return lines
 
 
@@ -43,14 +46,14 @@ def _subject(subject: SubjectReport, color: bool) -> list[str]:
     title = subject.name
     if subject.template:
         title += f" + template {subject.template}"
-    lines = [_paint(title, _BOLD, color)]
+    lines = [_paint(printable(title), _BOLD, color)]
     for key, value in subject.details.items():
         if isinstance(value, (str, int, bool)) or value is None:
-            lines.append(f"  {key}: {value}")
+            lines.append(printable(f"  {key}: {value}"))
         elif isinstance(value, (list, tuple)):
             # Notes say what could not be read: a report must not look whole when it is not.
             label = "note" if key == "notes" else key
-            lines.extend(f"  {label}: {item}" for item in value)
+            lines.extend(printable(f"  {label}: {item}") for item in value)
     if not subject.findings:
         lines.append("  no findings")
     for finding in subject.findings:
@@ -67,16 +70,16 @@ def _problem(problem: Problem, color: bool, root: Path | None) -> list[str]:
     where = problem.location
     place = ""
     if where is not None:
-        place = repo_path(where.path, root)
+        place = printable(repo_path(where.path, root))
         if where.line:
             place += f":{where.line}:{where.column}" if where.column else f":{where.line}"
         place += ": "
     state = f" ({problem.state})" if problem.state else ""
     return [
-        f"{place}{label} {finding.rule} {finding.name}{state}: {finding.message}",
-        f"  on {problem.where}",
-        _paint(f"  consequence: {finding.consequence}", _DIM, color),
-        _paint(f"  fix: {finding.fix}", _DIM, color),
+        f"{place}{label} {finding.rule} {finding.name}{state}: {printable(finding.message)}",
+        f"  on {printable(problem.where)}",
+        _paint(f"  consequence: {printable(finding.consequence)}", _DIM, color),
+        _paint(f"  fix: {printable(finding.fix)}", _DIM, color),
     ]
 
 
@@ -96,7 +99,7 @@ def _render_gate(report: Report, color: bool, min_severity: str | None) -> str:
             lines.append("")
     notes = report.notes()
     if notes:
-        lines.extend(notes)
+        lines.extend(printable(note) for note in notes)
         lines.append("")
     lines.append(report.summary_text())
     return "\n".join(lines) + "\n"
@@ -119,15 +122,16 @@ def render_text(report: Report, *, color: bool = False, quiet: bool = False,
     if quiet:
         for subject in report.subjects:
             for finding in subject.findings:
-                lines.append(f"{subject.name}: " + _finding(finding, color)[0].lstrip()
-                             + (f" ({finding.location})" if finding.location else ""))
+                lines.append(f"{printable(subject.name)}: " + _finding(finding, color)[0].lstrip()
+                             + (f" ({printable(str(finding.location))})"
+                                if finding.location else ""))
         return "\n".join(lines) + ("\n" if lines else "")
     for subject in report.subjects:
         lines.extend(_subject(subject, color))
         lines.append("")
     notes = report.notes()
     if notes:
-        lines.extend(notes)
+        lines.extend(printable(note) for note in notes)
         lines.append("")
     lines.append(report.summary_text())
     return "\n".join(lines) + "\n"

@@ -14,8 +14,10 @@ from collections.abc import Iterator, Sequence
 
 from xstate_check.cpuid import CpuidSet, Registers
 from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.limits import MAX_DUMP_LINES, MAX_ENTRIES
 
 __all__ = [
+    "check_lines",
     "read_aida64",
     "read_cpuid_raw",
     "read_libcpuid",
@@ -42,6 +44,26 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
             line = line[:-1]
         yield lineno, line
         pos = end + 1
+
+
+def check_lines(text: str, path: str) -> None:
+    """Refuse a dump of more than ``MAX_DUMP_LINES`` lines before reading any of them."""
+    if text.count("\n", 0, len(text) - 1) < MAX_DUMP_LINES:
+        return
+    raise InputError(
+        Location(path, MAX_DUMP_LINES + 1, 1),
+        f"expected a CPUID dump of at most {MAX_DUMP_LINES} lines (xstate-check's limit); "
+        f"this one has {text.count(chr(10), 0, len(text) - 1) + 1}",
+    )
+
+
+def _too_many_entries(path: str, lineno: int, line: str) -> InputError:
+    """Return the error for the register line that would be entry ``MAX_ENTRIES + 1``."""
+    return _line_error(
+        Location(path, lineno, 1), line, (0, len(line)),
+        f"expected at most {MAX_ENTRIES} CPUID entries (leaf and subleaf) for one CPU "
+        "(xstate-check's limit)",
+    )
 
 
 def _line_error(
@@ -167,6 +189,8 @@ class _Table:
         """Record one row; an identical repeat is ignored, a different one is an error."""
         old = self.rows.get(key)
         if old is None:
+            if len(self.rows) >= MAX_ENTRIES:
+                raise _too_many_entries(self.path, lineno, line)
             self.rows[key] = regs
             self.lines[key] = lineno
         elif old != regs:
@@ -203,9 +227,11 @@ _AIDA_SHAPE: tuple[_Step, ...] = (
 _SL_TAG = re.compile(r"\[SL ([0-9A-Fa-f]{1,8})\]")
 _AIDA_CPU_HEADER = re.compile(r"------\[ (?:CPUID Registers / )?Logical CPU #(\d+) \]------")
 _AFFMASK_HEADER = re.compile(r"CPU#(\d+) AffMask:")
-_ALLCPU = re.compile(r"allcpu: [^:]*:\s*(.*?)\s*$")
+# Only the fixed head of these lines is matched: the value is the rest of the line, stripped
+# by str.strip. A lazy group before "\s*$" backtracks over every space of a padded value.
+_ALLCPU = re.compile(r"allcpu: [^:]*:")
 _REPORT_FACTS = {"Windows Version": "os", "Program Version": "program"}
-_REPORT_FACT = re.compile(r"(Windows Version|Program Version)\s*:\s*(.*?)\s*$")
+_REPORT_FACT = re.compile(r"(Windows Version|Program Version)\s*:")
 LIBCPUID_DELIMITER = "-" * 80
 
 
@@ -275,7 +301,7 @@ class _AidaReader:
             elif first in ("W", "P") and not self.blocks.seen:
                 match = _REPORT_FACT.match(line)
                 if match is not None:
-                    self.meta[_REPORT_FACTS[match.group(1)]] = match.group(2)
+                    self.meta[_REPORT_FACTS[match.group(1)]] = line[match.end():].strip()
         found = self.blocks.finish(
             "expected CPUID register lines such as "
             '"CPUID 0000000D: 000602E7-00002B00-00002B00-00000000 [SL 00]"'
@@ -352,7 +378,7 @@ class _AidaReader:
         match = _ALLCPU.match(line)
         if match is None:
             return
-        kinds = [kind.strip() for kind in match.group(1).split(",")]
+        kinds = [kind.strip() for kind in line[match.end():].split(",")]
         kinds = [kind for kind in kinds if kind and kind not in ("Valid", "Virtual")]
         if kinds:
             self.meta["core_type"] = ", ".join(kinds)
@@ -368,6 +394,7 @@ def read_aida64(
     untagged leaf is subleaf n (variant C). A libcpuid expected-results delimiter ends the
     dump. ``fmt`` is recorded as ``meta["format"]``.
     """
+    check_lines(text, path)
     return _AidaReader(path, cpu, fmt).read(text)
 
 
@@ -482,6 +509,8 @@ def _native_line(
     what = f"the {'subleaf' if indexed else 'leaf'} index N of {name}[N]"
     index = _decimal(path, lineno, line, match, group=2, limit=limit, what=what)
     values = arrays.setdefault(name, {})
+    if index not in values and sum(map(len, arrays.values())) >= MAX_ENTRIES:
+        raise _too_many_entries(path, lineno, line)
     regs = Registers(
         int(match.group(3), 16), int(match.group(4), 16),
         int(match.group(5), 16), int(match.group(6), 16),
@@ -509,6 +538,7 @@ def read_libcpuid(text: str, path: str, *, cpu: int | None = None) -> CpuidSet:
     Native dumps hold no subleaf of leaf 0xD beyond 0; ``meta["leaf_0xd_subleaves"]`` is
     then ``"absent"`` so that later checks know the other subleaves are unknown, not zero.
     """
+    check_lines(text, path)
     first = _LIBCPUID_FIRST.search(text)
     if first is not None and first.lastgroup == "native":
         return _read_libcpuid_native(text, path, cpu)
@@ -547,6 +577,7 @@ def read_cpuid_raw(text: str, path: str, *, cpu: int | None = None) -> CpuidSet:
 
     ``cpu`` selects a ``CPU N:`` block by N; a lone ``CPU:`` block is CPU 0.
     """
+    check_lines(text, path)
     blocks = _Selection(path, cpu)
     table = _Table(path)
     for lineno, line in _lines(text):

@@ -52,12 +52,14 @@ def read_firecracker(text: str, path: str) -> CpuidSet:
     ``meta`` holds ``format`` (``firecracker-fingerprint`` or ``firecracker-dump``),
     ``role`` (``guest``), ``cpu`` and, for fingerprints, the version facts.
     """
-    root = jsonpos.parse(text, path, allow_duplicates=True)
+    root = jsonpos.parse(text, path, allow_duplicates=True, lone_surrogates=True)
     members = root.object_items()
     meta: dict[str, str] = {"role": "guest"}
     if "guest_cpu_config" in members:
         meta["format"] = "firecracker-fingerprint"
         _check_fingerprint_fields(root, text, path)
+        for key in [*(root.keys or {}).values(), *root.duplicates]:
+            _refuse_lone_surrogate(key, text, path)
         for name in FINGERPRINT_FACTS:
             if name in members:
                 meta[name] = _fact(members[name], name, text, path)
@@ -96,8 +98,19 @@ def _fact(node: Node, name: str, text: str, path: str) -> str:
             f"expected {name!r} as a string, found a JSON {node.kind} (Firecracker: invalid "
             "type, expected a string)",
         )
+    _refuse_lone_surrogate(node, text, path)
     value: str = node.value
     return value
+
+
+def _refuse_lone_surrogate(node: Node, text: str, path: str) -> None:
+    """Refuse a lone surrogate in a string serde_json keeps (a key, a String field)."""
+    if isinstance(node.value, str) and jsonpos.has_lone_surrogate(node.value):
+        raise jsonpos.error_at(
+            text, path, node.offset, node.end,
+            "expected \\u escapes that pair surrogates (no lone surrogate) in a key or a string "
+            "Firecracker reads (Firecracker: lone leading surrogate in hex escape)",
+        )
 
 
 def _full_entries(

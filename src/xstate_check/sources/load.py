@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from xstate_check import limits
 from xstate_check.cpuid import CpuidSet
-from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.errors import InputError, Location, check_argument, clip_snippet
 
 __all__ = [
     "FORMATS",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 #: The largest input file read, in bytes (16 MiB; the largest real dump is about 1.4 MiB).
-MAX_INPUT_BYTES = 16 * 1024 * 1024
+MAX_INPUT_BYTES = limits.MAX_INPUT_BYTES
 
 #: What ``detect_format`` can answer, besides ``"unknown"``.
 FORMATS = (
@@ -94,6 +95,10 @@ def detect_format(text: str) -> str:
 
 def read_cpuid_text(text: str, path: str, *, cpu: int | None = None) -> CpuidSet:
     """Detect the format of ``text`` (read from ``path``) and read it into a ``CpuidSet``."""
+    if not text.lstrip("\ufeff \t\r\n").startswith(("{", "[")):
+        from xstate_check.sources.dumps import check_lines
+
+        check_lines(text, path)  # before the format is sniffed line by line
     fmt = detect_format(text)
     if fmt == "unknown":
         raise _unknown_format(text, path)
@@ -121,16 +126,21 @@ def read_cpuid_text(text: str, path: str, *, cpu: int | None = None) -> CpuidSet
     return cast("Callable[[str, str], CpuidSet]", reader)(text, path)
 
 
+_NOT_BLANK = re.compile(r"\S")
+
+
 def _unknown_format(text: str, path: str) -> InputError:
     """Return the error for a text of no known format, pointing at its first line."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            start = len(line) - len(line.lstrip())
-            snippet, span = clip_snippet(line, start, len(line.rstrip()))
-            return InputError(
-                Location(path, number, start + 1), _EXPECTED_DUMP, snippet=snippet, span=span
-            )
-    return InputError(Location(path, 1), _EXPECTED_DUMP + "; found an empty file")
+    first = _NOT_BLANK.search(text)
+    if first is None:
+        return InputError(Location(path, 1), _EXPECTED_DUMP + "; found an empty file")
+    line_start = text.rfind("\n", 0, first.start()) + 1
+    line_end = text.find("\n", first.start())
+    line = text[line_start:line_end if line_end >= 0 else len(text)].rstrip("\r")
+    start = first.start() - line_start
+    snippet, span = clip_snippet(line, start, len(line.rstrip()))
+    number = text.count("\n", 0, line_start) + 1
+    return InputError(Location(path, number, start + 1), _EXPECTED_DUMP, snippet=snippet, span=span)
 
 
 def _optional(module: str, name: str, location: Location, expected: str) -> object:
@@ -144,13 +154,21 @@ def _optional(module: str, name: str, location: Location, expected: str) -> obje
     return getattr(found, name)
 
 
-def load_cpuid(source: str | Path, *, cpu: int | None = None) -> CpuidSet:
+def load_cpuid(source: str | os.PathLike[str], *, cpu: int | None = None) -> CpuidSet:
     """Return the CPUID table of ``source``: a dump file, ``profile:NAME``, ``host`` or ``kvm``.
 
     A ``Path`` is always a file; of strings, ``host``, ``kvm`` and ``profile:NAME`` are the
     keywords (write ``./host`` for a file named host). ``cpu`` selects a logical CPU of a
-    dump that holds several; by default the first one is read.
+    dump that holds several; by default the first one is read. Other argument types are a
+    TypeError.
     """
+    check_argument("load_cpuid", "source", source, (str, os.PathLike),
+                   "a file path (str or Path), 'host', 'kvm' or 'profile:NAME'")
+    if not isinstance(source, str):
+        source = Path(os.fspath(source))
+        check_argument("load_cpuid", "source", str(source), str, "a text path")
+    if cpu is not None:
+        check_argument("load_cpuid", "cpu", cpu, int, "an int (a logical CPU number) or None")
     if isinstance(source, str) and (
         source in ("host", "kvm") or source.startswith(PROFILE_PREFIX)
     ):
@@ -191,11 +209,12 @@ _FILE_KINDS = (
 )
 
 
-def read_text(path: str | Path) -> str:
+def read_text(path: str | Path, *, byte_order_mark: bool = True) -> str:
     """Return the text of a regular file of at most ``MAX_INPUT_BYTES``, decoded as UTF-8.
 
-    A UTF-8 byte-order mark is dropped and UTF-16 with a byte-order mark is accepted. Never
-    reads more than the limit plus one byte, and refuses directories, FIFOs and devices.
+    A UTF-8 byte-order mark is dropped and UTF-16 with a byte-order mark is accepted, unless
+    ``byte_order_mark`` is False: then a file that starts with one is refused. Never reads
+    more than the limit plus one byte, and refuses directories, FIFOs and devices.
     """
     name = str(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
@@ -237,6 +256,13 @@ def read_text(path: str | Path) -> str:
     data = b"".join(chunks)
     if len(data) > MAX_INPUT_BYTES:
         raise _too_large(name)
+    if not byte_order_mark and data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        encoding = "UTF-8" if data.startswith(b"\xef") else "UTF-16"
+        raise InputError(
+            Location(name, 1, 1),
+            f"expected UTF-8 JSON without a byte-order mark, found the {encoding} byte-order "
+            "mark (Firecracker: expected value at line 1 column 1)",
+        )
     return decode_text(data, name)
 
 

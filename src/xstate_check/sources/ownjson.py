@@ -26,8 +26,10 @@ import json
 import re
 from collections.abc import Mapping
 
+from xstate_check import jsonpos
 from xstate_check.cpuid import REGISTERS, CpuidSet, Registers
 from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.limits import MAX_ENTRIES
 
 __all__ = [
     "FORMAT",
@@ -93,6 +95,11 @@ _SKIP = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
 _SCALAR = re.compile(r"[^,\]}\s]+")
 
 _Path = tuple[str | int, ...]
+#: Python's int() refuses longer decimal strings (sys.get_int_max_str_digits()).
+_MAX_DIGITS = 4300
+_STRING_OR_LONG_NUMBER = re.compile(
+    rf'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9]{{{_MAX_DIGITS + 1},}}', re.S
+)
 
 
 class _Positions:
@@ -241,6 +248,9 @@ def read_cpuid_json(text: str, path: str) -> CpuidSet:
             duplicates.append(True)
         return result
 
+    # Bounded before json builds anything: values, nesting (json itself would recurse until
+    # RecursionError, without a line).
+    jsonpos.check_bounds(text, path)
     try:
         document = json.loads(text, object_pairs_hook=pairs_hook)
     except json.JSONDecodeError as error:
@@ -259,6 +269,12 @@ def read_cpuid_json(text: str, path: str) -> CpuidSet:
             span=span,
         ) from None
     except (ValueError, RecursionError) as error:
+        number = _long_number(text)
+        if number is not None:
+            raise jsonpos.error_at(
+                text, path, number.start(), number.end(),
+                f"expected a number of at most {_MAX_DIGITS} digits (as Python reads JSON)",
+            ) from None
         raise InputError(Location(path), f"expected valid JSON: {error}") from None
 
     reader = _Reader(text, path)
@@ -303,6 +319,14 @@ def read_cpuid_json(text: str, path: str) -> CpuidSet:
     return CpuidSet(entries, source, flags=flags, meta=meta)
 
 
+def _long_number(text: str) -> re.Match[str] | None:
+    """Return the first number of the text with more digits than Python converts, or None."""
+    for match in _STRING_OR_LONG_NUMBER.finditer(text):
+        if not match.group().startswith('"'):
+            return match
+    return None
+
+
 def _read_meta(reader: _Reader, meta: object) -> dict[str, str]:
     """Validate ``meta``: an object of strings."""
     if not isinstance(meta, dict):
@@ -325,6 +349,9 @@ def _read_entries(
     raw = document["entries"]
     if not isinstance(raw, list):
         raise reader.fail(("entries",), f'expected "entries" as an array; found {_json_name(raw)}')
+    if len(raw) > MAX_ENTRIES:
+        raise reader.fail(("entries", MAX_ENTRIES),
+                          f"expected at most {MAX_ENTRIES} entries (xstate-check's limit)")
     entries: dict[tuple[int, int], Registers] = {}
     flags: dict[tuple[int, int], int] = {}
     first_index: dict[tuple[int, int], int] = {}
