@@ -192,7 +192,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     else:
         raise _UsageError(f"xstate-check decode: writes text or json, not {args.format}")
     for entry in subject.missing_entries:
-        where = f" ({entry.location})" if entry.location else ""
+        where = f" ({printable(str(entry.location))})" if entry.location else ""
         sys.stderr.write(
             f"xstate-check: the template modifies CPUID leaf {entry.leaf:#x} subleaf "
             f"{entry.subleaf:#x}, which the source lacks{where}; Firecracker refuses to boot\n"

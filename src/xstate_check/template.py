@@ -540,8 +540,7 @@ def apply_template(template: Template, base: CpuidSet) -> AppliedTemplate:
         flags[key] = leaf_modifier.flags
         # An empty pin under "flags" names the modifier's line for findings about the
         # entry's KVM flags; it owns no register bit.
-        flags_key = (*key, "flags")
-        pins[flags_key] = (*pins.get(flags_key, ()), (0, leaf_modifier.location))
+        pins.setdefault((*key, "flags"), []).append((0, leaf_modifier.location))
         values = entries[key]._asdict()
         for modifier in leaf_modifier.modifiers:
             old = values[modifier.register]
