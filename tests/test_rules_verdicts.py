@@ -378,3 +378,27 @@ def test_default_buffer_counts_cet_user_state_but_not_cet_supervisor() -> None:
     table = _profile("fc-genoa-6.18")
     assert table.feature("SHSTK") and table.xss_supported == 0x1800
     assert _default_size(table) == 2456
+
+
+def test_flags_zero_in_a_guest_table_without_template_is_an_error() -> None:
+    """A guest table whose own 0xD.1 entry lacks SIGNIFICANT_INDEX (a VMM that built it so)
+    is an error too, and Firecracker's normalization is not assumed without a template."""
+    table = _profile("fc-genoa-6.18")
+    flags = dict(table.flags)
+    flags[(0xD, 1)] = 0
+    flags[(0xB, 0)] = 0
+    shadowed = table.replace(flags=flags)
+    found = evaluate_rules(Subject("vmm table", shadowed, role="guest"), [SHADOW])
+    assert sorted((f.message.split()[2], f.severity) for f in found) == [
+        ("0xb", "error"), ("0xd", "error")]
+    assert evaluate_rules(Subject("cpu", shadowed, role="cpu"), [SHADOW]) == []
+
+
+def test_supervisor_bit_in_xcr0_names_where_each_guest_faults(templates: _Templates) -> None:
+    """CET_U enumerated in 0xD.0: XSETBV #GP for a guest that writes it, WRMSR IA32_XSS for
+    Linux, which merges the 0xD.0 and 0xD.1 masks."""
+    subject = build_subject(_profile("fc-sapphire-rapids-6.1"),
+                            templates.write([_modifier(0xD, 0, 1, eax="0b1" + "x" * 11)]))
+    (finding,) = [f for f in evaluate(subject).findings if f.name == "xcr0-supervisor-bits"]
+    assert finding.severity == "error" and "cet_u" in finding.message
+    assert "XSETBV" in finding.consequence and "WRMSR IA32_XSS" in finding.consequence
