@@ -237,3 +237,24 @@ def test_a_guest_that_cannot_boot_has_no_snapshot(data_dir: Path) -> None:
     assert all(f.location is not None and f.location.path == str(template)
                for f in report.errors)
     assert report.subjects[0].details["restorable"] is False
+
+
+def test_readme_worked_example_is_what_the_command_prints(
+        data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's snapshot portability example shows the command's real output."""
+    from xstate_check.cli import main
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Snapshot portability", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```console\n", 1)[1].split("```", 1)[0]
+    commands = block.split("$ xstate-check ")[1:]
+    assert len(commands) == 2
+    for chunk in commands:
+        command, _, shown = chunk.partition("\n")
+        args = [str(data_dir / "firecracker" / arg) if arg.endswith(".json") else arg
+                for arg in command.split()]
+        main([*args, "--color", "never"])
+        printed = capsys.readouterr().out.replace(str(data_dir / "firecracker") + "/", "")
+        for line in shown.splitlines():
+            expected = line.split("[…]", 1)[0]
+            assert any(out.startswith(expected) for out in printed.splitlines()), line
