@@ -163,6 +163,20 @@ def test_child_that_never_answers_is_killed(
     assert run == ChildRun((), False, run.detail) and "killed" in run.detail
 
 
+@needs_x86
+def test_time_limit_holds_without_pidfds(
+    monkeypatch: pytest.MonkeyPatch, no_leaks: None
+) -> None:
+    """Before Linux 5.3 (no pidfd_open) a silent child is still killed and reaped."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    run = run_isolated(hang_after, RealSystem(), 1, timeout=0.5)
+    assert run.messages == (b"0",) and not run.finished
+
+
 def test_frames_cut_anywhere_are_never_read_as_whole() -> None:
     """A stream cut inside any frame, or before the end frame, is an error."""
     stream = bytearray()

@@ -33,7 +33,7 @@ from xstate_check.errors import InputError, Location, ProbeError
 from xstate_check.system import abi as kvmabi
 from xstate_check.system import kvm as kvmreader
 from xstate_check.system import vcpu
-from xstate_check.system.calls import KVM_DEVICE, RealSystem
+from xstate_check.system.calls import KVM_DEVICE, RealSystem, errno_name
 from xstate_check.system.protocol import System
 from xstate_check.system.vcpu import CR4_OSXSAVE, Job, split_testable
 from xstate_check.xfeatures import USER_DYNAMIC_MASK, format_mask
@@ -137,11 +137,7 @@ def exit_code(results: Iterable[OracleResult]) -> int:
 
 
 def _errno_name(code: int | None) -> str | None:
-    if code is None:
-        return None
-    if code == errno.EOPNOTSUPP:
-        return "EOPNOTSUPP"  # the kernel's name; Python's table says ENOTSUP
-    return errno.errorcode.get(code, str(code))
+    return None if code is None else errno_name(code)
 
 
 def _verdict(result: OracleResult) -> str:

@@ -303,10 +303,16 @@ def _readable(fd: int, seconds: float) -> bool:
 
 def _kill(pid: int, pidfd: int | None) -> None:
     """SIGKILL the child, never another process that took its pid after it was reaped."""
-    if pidfd is not None:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return
+    send = getattr(signal, "pidfd_send_signal", None)
+    if pidfd is not None and send is not None:
+        try:
+            send(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            return  # it ended by itself
+        except OSError:  # a kernel without pidfd_send_signal (before 5.1): check as below
+            pass
+        else:
+            return
     try:  # still this process's child (alive or a zombie) without being reaped?
         state = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
@@ -432,7 +438,7 @@ def child_main() -> None:  # pragma: no cover - runs in the child; the tests see
     """Run the task the parent sent on descriptor 0, framing results to descriptor 3; exit."""
     status = 0
     try:
-        os.closerange(CHILD_RESULT_FD + 1, 1 << 20)
+        os.closerange(CHILD_RESULT_FD + 1, (1 << 31) - 1)  # close_range(2): any limit
         _alarm(3600)  # replaced below; bounds a child whose request never arrives
         try:
             path, func_ref, class_ref, state, args, timeout = marshal.loads(_read_request())
