@@ -198,11 +198,6 @@ def _dest_std_size(facts: Facts) -> object:
     return _dest_components(facts).standard_size(_mask(facts, "linux_xcr0"))
 
 
-@_fact("dest.has_host", "bool", "whether host facts of the destination were read (this host)")
-def _dest_has_host(facts: Facts) -> object:
-    return _destination(facts).host is not None
-
-
 # --- the guest views of a migration group ----------------------------------------------------
 
 
