@@ -293,6 +293,7 @@ def _assert_clean(summary: dict[str, object], threads: int) -> None:
     assert summary["amx_view"] == "after ARCH_REQ_XCOMP_GUEST_PERM(18)"
     assert summary["fds_after"] == summary["fds_before"]
     assert summary["children_left"] is False
+    assert summary["forks"] == 0
 
 
 @needs_kvm

@@ -5,7 +5,9 @@ project's ``src`` on PYTHONPATH. Each thread runs ``preboot()`` on this machine,
 on ``PretendAmx`` (whose permitted view is learnt in a child) and the oracle on KVM's own
 CPUID; every answer is compared with the one the same calls gave before the threads
 started. Prints one JSON object: the errors (a warning is one under ``-W error``), whether
-every answer matched, the view ``PretendAmx``'s child returned, the oracle's answer, the
+every answer matched, the view ``PretendAmx``'s child returned, the oracle's answer, how
+many times the process forked (``os.register_at_fork``: Python 3.12.1 drops its fork
+warning under ``-W error`` instead of raising it, so the forks are counted directly), the
 descriptors before and after, and whether a child process was left.
 """
 
@@ -54,6 +56,8 @@ def main() -> None:
     # reports the APIC ID of the CPU it runs on (leaf 1 EBX, leaf 0xB EDX), which would
     # make two correct answers differ.
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    forks: list[int] = []
+    os.register_at_fork(before=lambda: forks.append(threading.get_ident()))
     reference = _answers()
     if "--ignore-sigchld" in sys.argv:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -91,6 +95,7 @@ def main() -> None:
         "matched": all(answer == reference for answer in answers),
         "amx_view": reference["amx-view"],
         "oracle": reference["oracle"],
+        "forks": len(forks),
         "fds_before": before,
         "fds_after": after,
         "children_left": children_left,
