@@ -52,7 +52,7 @@ def test_text_colours_only_when_asked() -> None:
 def test_cli_colour_follows_the_option_and_no_color(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--color always colours, auto does not off a terminal, and NO_COLOR always wins."""
+    """--color always colours, auto does not off a terminal, and NO_COLOR yields to a flag."""
     cpuid = CpuidSet.from_rows([(0xD, 0, 0x202E7, 0x240, 0x2B00, 0)], "t")
     dump = tmp_path / "half-amx.json"
     dump.write_text(to_json_text(cpuid.replace(meta={"role": "guest"})), encoding="utf-8")
@@ -63,6 +63,9 @@ def test_cli_colour_follows_the_option_and_no_color(
     assert "\x1b[" not in capsys.readouterr().out
     monkeypatch.setenv("NO_COLOR", "1")
     assert main(["check", str(dump), "--color", "always"]) == 1
+    assert "\x1b[1;31merror" in capsys.readouterr().out
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert main(["check", str(dump)]) == 1
     assert "\x1b[" not in capsys.readouterr().out
 
 

@@ -40,8 +40,11 @@ FINGERPRINT_CPUS = {
 }
 _FINGERPRINT_NAME = re.compile(r"fingerprint_(?P<cpu>[A-Z_]+?)_(?P<kernel>\d+\.\d+)host\.json")
 
-# Bare-metal profiles: name, file under cpuid-dumps/, model. libcpuid copies (BSD-2-Clause)
-# are preferred where the same CPUID lines exist in both collections. Not libcpuid's Xeon
+# Bare-metal profiles: name, file under cpuid-dumps/, model. Only data whose source grants a
+# licence to redistribute it is bundled (``BUNDLED_LICENCES``): libcpuid's BSD-2-Clause test
+# files, never the InstLatx64 dumps, which state no licence (they stay test inputs read from
+# ../shared). So no bare-metal Granite Rapids: its only dump is InstLatx64's (Xeon 658X);
+# Granite Rapids is covered by the fc-granite-rapids-* guest profiles. Not libcpuid's Xeon
 # Platinum 8280: its dumper printed 0xD subleaf 9 (PKRU) as zeros while 0xD.0 enumerates PKRU,
 # an artefact that every template would inherit (the gate reports it, rightly).
 BARE_METAL = (
@@ -51,8 +54,6 @@ BARE_METAL = (
      "Intel Xeon w7-2475X (Sapphire Rapids-WS), AMX"),
     ("emerald-rapids-platinum-8570", "libcpuid/intel-xeon-platinum-8570.test",
      "Intel Xeon Platinum 8570 (Emerald Rapids-SP), AMX supported, not enabled in XCR0"),
-    ("granite-rapids-xeon-658x", "instlatx64/GenuineIntel00A06D1_GraniteRapids_03_CPUID.txt",
-     "Intel Xeon 658X (Granite Rapids), AMX, AMX-FP16, AVX10.1"),
     ("zen3-milan-epyc-7713", "libcpuid/epyc-milan.test", "AMD EPYC 7713 (Zen 3, Milan)"),
     ("zen4-genoa-epyc-9124", "libcpuid/epyc-genoa.test", "AMD EPYC 9124 (Zen 4, Genoa)"),
     ("zen5-turin-epyc-9655", "libcpuid/epyc-turin.test", "AMD EPYC 9655 (Zen 5, Turin)"),
@@ -61,8 +62,10 @@ BARE_METAL = (
 _LICENCES = {
     "firecracker": "Apache-2.0",
     "libcpuid": "BSD-2-Clause",
-    "instlatx64": "none stated (InstLatX64; factual register values, attributed)",
+    "instlatx64": "none stated",
 }
+#: The licences under which a source may be converted into a bundled profile.
+BUNDLED_LICENCES = frozenset({"Apache-2.0", "BSD-2-Clause"})
 _COMMIT = re.compile(r"\b[0-9a-f]{40}\b")
 
 
@@ -138,6 +141,11 @@ def build(data: Path) -> dict[str, str]:
     for name, data_file, model, kernel, role in kinds:
         if data_file not in origins:
             raise SystemExit(f"{data_file}: not listed in its SOURCES.md")
+        if origins[data_file]["licence"] not in BUNDLED_LICENCES:
+            raise SystemExit(
+                f"{data_file}: its source grants no licence to redistribute it "
+                f"({origins[data_file]['licence']}); bundle a licensed copy or leave it out"
+            )
         cpuid = load_cpuid(data / data_file)
         if cpuid.meta.get("role", "cpu") != role:
             raise SystemExit(f"{data_file}: read as role {cpuid.meta.get('role')}, not {role}")
@@ -171,16 +179,18 @@ def build(data: Path) -> dict[str, str]:
 def _notices(data: Path) -> dict[str, str]:
     """Return the attribution each licence asks to keep with redistributed data."""
     dumps = (data / "cpuid-dumps" / "SOURCES.md").read_text(encoding="utf-8")
-    bsd = dumps[dumps.index("    Copyright 2008"):].rstrip()
-    bsd_text = "\n".join(line.removeprefix("    ") for line in bsd.splitlines())
+    block = []
+    for line in dumps[dumps.index("    Copyright 2008"):].splitlines():
+        if line and not line.startswith("    "):
+            break  # the indented licence block ends at the first line that is not indented
+        block.append(line.removeprefix("    "))
+    bsd_text = "\n".join(block).rstrip()
     return {
         "firecracker": "Firecracker, Copyright 2017-2020 Amazon.com, Inc. or its affiliates. "
         "All Rights Reserved. SPDX-License-Identifier: Apache-2.0. The fc-* profiles are "
         "converted from its cpu-template-helper fingerprints.",
         "libcpuid": "The libcpuid-sourced profiles are converted from libcpuid test data "
         "(BSD-2-Clause):\n" + bsd_text,
-        "instlatx64": "granite-rapids-xeon-658x is converted from an InstLatX64 CPUID dump "
-        "(github.com/InstLatx64/InstLatx64); no licence is stated there.",
     }
 
 

@@ -11,9 +11,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from xstate_check.errors import InputError, Location, XstateCheckError, printable
+
+if TYPE_CHECKING:
+    from xstate_check.cpuid import CpuidSet
 
 __all__ = ["main"]
 
@@ -34,10 +37,20 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
-def _use_color(stream: TextIO, choice: str) -> bool:
-    if choice == "never" or os.environ.get("NO_COLOR"):
+def _use_color(stream: TextIO | None, choice: str) -> bool:
+    """Return whether to colour: an explicit --color wins, then NO_COLOR, then FORCE_COLOR.
+
+    ``auto`` colours standard output (``stream``; None for an --output file, never coloured
+    unless asked) on a terminal; NO_COLOR (no-color.org) and FORCE_COLOR (force-color.org)
+    count when set to a non-empty value.
+    """
+    if choice != "auto":
+        return choice == "always"
+    if stream is None:
         return False
-    if choice == "always":
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
         return True
     return stream.isatty()
 
@@ -109,6 +122,24 @@ def _settings(args: argparse.Namespace) -> Any:
     return settings
 
 
+def _load_source(args: argparse.Namespace) -> CpuidSet:
+    """Return the CPUID table of ``args.source``; ``-`` reads stdin, bounded like a file."""
+    from xstate_check.sources.load import MAX_INPUT_BYTES, decode_text, load_cpuid, read_cpuid_text
+
+    if args.source != "-":
+        return load_cpuid(args.source, cpu=args.cpu)
+    name = "<stdin>"
+    data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1) if sys.stdin is not None else b""
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputError(
+            Location(name), f"expected at most {MAX_INPUT_BYTES} bytes (16 MiB); this is larger"
+        )
+    text = decode_text(data, name)
+    if not text.strip():
+        raise InputError(Location(name, 1), "expected a CPUID dump; found empty input")
+    return read_cpuid_text(text, name, cpu=args.cpu)
+
+
 def _report_exit(args: argparse.Namespace, report: object) -> int:
     from xstate_check.config import apply_settings
     from xstate_check.formats import render, render_statistics
@@ -118,7 +149,8 @@ def _report_exit(args: argparse.Namespace, report: object) -> int:
     settings = _settings(args)
     report = apply_settings(report, settings)
     assert isinstance(report, Report)
-    color = _use_color(sys.stdout, args.color) and not (args.output and args.output != "-")
+    to_file = bool(args.output and args.output != "-")
+    color = _use_color(None if to_file else sys.stdout, args.color)
     if args.statistics:
         _emit(args, render_statistics(report))
     else:
@@ -132,19 +164,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from xstate_check.api import build_subject
     from xstate_check.engine import evaluate
     from xstate_check.report import Report
-    from xstate_check.sources.load import load_cpuid
 
-    cpuid = load_cpuid(args.source, cpu=args.cpu)
-    subject = build_subject(cpuid, args.template)
+    subject = build_subject(_load_source(args), args.template)
     return _report_exit(args, Report((evaluate(subject),)))
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
     from xstate_check.restore import restore
-    from xstate_check.sources.load import load_cpuid
 
-    cpuid = load_cpuid(args.source, cpu=args.cpu)
-    return _report_exit(args, restore(cpuid, args.on, args.template))
+    return _report_exit(args, restore(_load_source(args), args.on, args.template))
 
 
 def _cmd_host(args: argparse.Namespace) -> int:
@@ -162,13 +190,21 @@ def _cmd_host(args: argparse.Namespace) -> int:
 def _cmd_gate(args: argparse.Namespace) -> int:
     from xstate_check.gate import matrix_of_table, run_gate
 
+    if args.fail_on == "new" and not args.changed_since:
+        raise _UsageError(
+            "xstate-check gate: --fail-on new needs --changed-since REV (the revision whose "
+            "findings are not new)"
+        )
     settings = _settings(args)
     matrix = args.matrix or settings.matrix
     if matrix is None and settings.inline_matrix is not None:
         matrix = matrix_of_table(settings.inline_matrix, str(settings.path))
+    profiles, templates = _split_profiles(
+        args.profiles, getattr(args, "profiles_tail", []), bool(args.templates or matrix)
+    )
     report = run_gate(
-        args.templates,
-        profiles=args.profiles,
+        [*args.templates, *templates],
+        profiles=profiles,
         matrix=matrix,
         changed_since=args.changed_since,
         fail_on=args.fail_on,
@@ -176,13 +212,70 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     return _report_exit(args, report)
 
 
+class _ProfilesOption(argparse.Action):
+    """``--profiles P[,P…]``, repeatable; values after the first are sorted out later.
+
+    The first value of each occurrence is a comma-separated list of profiles. Further values
+    (``--profiles A B T.json``, the older form) are kept apart in ``profiles_tail``:
+    ``_split_profiles`` keeps those that can only be profiles and gives back the templates.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[object] | None, option_string: str | None = None) -> None:
+        first, *rest = [str(value) for value in values or ()]
+        known = getattr(namespace, self.dest)
+        chosen = [] if known is self.default else list(known)
+        setattr(namespace, self.dest, [*chosen, *_comma_list(first)])
+        namespace.profiles_tail = [*getattr(namespace, "profiles_tail", []), *rest]
+
+
+def _comma_list(value: str) -> list[str]:
+    """Split ``A,B`` into profiles, unless the whole value names an existing file or folder."""
+    if os.path.exists(value):
+        return [value]
+    return [part for part in value.split(",") if part]
+
+
+def _split_profiles(profiles: Sequence[str], tail: Sequence[str],
+                    others: bool) -> tuple[list[str], list[str]]:
+    """Return (profiles, templates) from --profiles' first values and the values after them.
+
+    A later value is a profile when only a profile can be it: ``builtin``, ``profile:…``, a
+    folder, or a file that is not a template; a template that is no CPUID table is a template
+    (``gate --profiles builtin T2.json`` checks T2.json). A file that is both (a fully set
+    cpu-template-helper dump) stays a profile, unless nothing else (``others``) would be
+    checked.
+    """
+    from xstate_check.sources.load import load_cpuid
+    from xstate_check.template import load_template
+
+    chosen, templates, either = list(profiles), [], []
+    for value in tail:
+        if value == "builtin" or value.startswith("profile:") or os.path.isdir(value):
+            chosen.extend(_comma_list(value))
+            continue
+        try:
+            load_template(value)
+        except InputError:
+            chosen.append(value)  # not a template: resolve_profiles reads it or says why
+            continue
+        try:
+            load_cpuid(value)
+        except InputError:
+            templates.append(value)
+        else:
+            either.append(value)
+    if templates or others:
+        return chosen + either, templates
+    return chosen, either
+
+
 def _cmd_decode(args: argparse.Namespace) -> int:
     from xstate_check.api import build_subject
     from xstate_check.formats.decode import decode_json, decode_text
     from xstate_check.layout import XsaveLayout
-    from xstate_check.sources.load import load_cpuid
 
-    subject = build_subject(load_cpuid(args.source, cpu=args.cpu), args.template)
+    subject = build_subject(_load_source(args), args.template)
     layout = XsaveLayout.from_cpuid(subject.cpuid)
     title = subject.name + (f" + template {subject.template}" if subject.template else "")
     if args.format == "json":
@@ -202,10 +295,14 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from xstate_check.api import build_subject
-    from xstate_check.sources.load import load_cpuid
     from xstate_check.sources.ownjson import to_json_text
 
-    subject = build_subject(load_cpuid(args.source, cpu=args.cpu), args.template)
+    if args.format not in ("text", "json"):
+        raise _UsageError(
+            f"xstate-check convert: writes xstate-check's CPUID JSON (--format json), "
+            f"not {args.format}"
+        )
+    subject = build_subject(_load_source(args), args.template)
     _emit(args, to_json_text(subject.cpuid))
     return EXIT_OK
 
@@ -234,11 +331,10 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 def _cmd_oracle(args: argparse.Namespace) -> int:
     from xstate_check.api import build_subject
     from xstate_check.oracle import exit_code, render_text, run_oracle, to_json_text
-    from xstate_check.sources.load import load_cpuid
 
     if args.format not in ("text", "json"):
         raise _UsageError(f"xstate-check oracle: writes text or json, not {args.format}")
-    subject = build_subject(load_cpuid(args.source, cpu=args.cpu), args.template)
+    subject = build_subject(_load_source(args), args.template)
     result = run_oracle(
         subject.cpuid, xcr0=args.xcr0, request_permission=args.request_permission
     )
@@ -302,7 +398,8 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
     )
     source = _Parser(add_help=False)
     source.add_argument(
-        "source", help="a dump or JSON file, profile:NAME, 'host' (this CPU) or 'kvm'"
+        "source",
+        help="a dump or JSON file, - (standard input), profile:NAME, 'host' (this CPU) or 'kvm'",
     )
     source.add_argument("--template", "-t", metavar="T", help="a Firecracker CPU template")
     source.add_argument(
@@ -360,8 +457,9 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
         help="template files (may be left out when --matrix names them)",
     )
     gate.add_argument(
-        "--profiles", nargs="+", default=["builtin"], metavar="P",
-        help="'builtin', profile:NAME, or CPUID files/folders (default: builtin)",
+        "--profiles", nargs="+", action=_ProfilesOption, default=["builtin"], metavar="P",
+        help="'builtin', profile:NAME, or CPUID files/folders, comma-separated or repeated "
+        "(default: builtin)",
     )
     gate.add_argument(
         "--matrix", metavar="FILE", help="a TOML file naming the template x profile pairs"

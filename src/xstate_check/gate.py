@@ -28,7 +28,8 @@ A template that runs on no profile at all is an InputError (exit 2) saying why: 
 checks nothing must not pass.
 
 Regression mode (``changed_since=REV``) checks every template and compares each changed
-one with its REV version on the same profiles (a file REV lacks counts as changed): each
+one with its REV version on the same profiles (a file REV lacks counts as changed, and so
+does every file of a repository without commits yet): each
 finding is ``new`` or ``unchanged``, matched first by rule and message, then by rule alone
 (a message that changed with an unrelated edit is still the same problem); every finding of
 an unchanged template is ``unchanged``. ``fail_on="new"`` (the default there) fails only on
@@ -668,6 +669,10 @@ def _baselines(paths: Sequence[str], rev: str) -> dict[str, _Baseline]:
         verify = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}",
                       where=members[0][0])
         if verify.returncode != 0:
+            if _has_no_commits(root, members[0][0]):
+                # Nothing committed yet (a new repository): every template is a change.
+                result.update((path, _Baseline(True, None)) for path, _ in members)
+                continue
             raise InputError(
                 Location("--changed-since"),
                 f"expected a git revision (commit, branch or tag) of {root}, found {rev!r}",
@@ -689,6 +694,12 @@ def _baselines(paths: Sequence[str], rev: str) -> dict[str, _Baseline]:
                 old = shown.stdout.decode("utf-8", "replace") if shown.returncode == 0 else None
                 result[path] = _Baseline(True, old)
     return result
+
+
+def _has_no_commits(root: str, where: str) -> bool:
+    """Return whether the repository at ``root`` has no commit yet on any branch or tag."""
+    found = _git(root, "rev-list", "-n", "1", "--all", where=where)
+    return found.returncode == 0 and not found.stdout.strip()
 
 
 def _baseline_states(new: Sequence[Finding], old: Iterable[Finding]) -> list[BaselineState]:
