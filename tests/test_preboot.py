@@ -81,6 +81,25 @@ def test_one_kvm_subject_when_views_are_equal() -> None:
     assert asked[1].cpuid.get(0xD, 0).eax == 0x602E7
 
 
+def test_views_differing_only_in_apic_ids_are_one_view() -> None:
+    """The child's table carries the APIC ID of the CPU it ran on: that is not a new view."""
+    import attrs
+
+    state = hostsource.probe(FakeSystem.sapphire_rapids("6.1.0"), request_permission=True)
+    table = state.kvm_cpuid
+    assert table is not None
+    moved = table.with_registers(0x1, 0, ebx=table.get(0x1).ebx ^ 0x0300_0000)
+    for leaf in (0xB, 0x1F):
+        if table.has(leaf):
+            moved = moved.with_registers(leaf, 0, edx=table.get(leaf).edx ^ 3)
+    other = attrs.evolve(state, kvm_cpuid_permitted=moved)
+    assert [s.name for s in host_subjects(other)] == ["host", "kvm"]
+    # A difference anywhere else is a view of its own.
+    changed = moved.with_registers(0x1, 0, ebx=moved.get(0x1).ebx ^ 0x1)
+    assert [s.name for s in host_subjects(attrs.evolve(state, kvm_cpuid_permitted=changed))] \
+        == ["host", "kvm", "kvm+guest-permission"]
+
+
 def test_no_kvm_subject_without_kvm() -> None:
     """Without /dev/kvm only the host itself is a subject."""
     state = hostsource.probe(FakeSystem.genoa(kvm_errno=errno.ENOENT))

@@ -51,6 +51,7 @@ __all__ = [
     "check_host",
     "host_subjects",
     "preboot",
+    "same_view",
     "subject_details",
 ]
 
@@ -162,6 +163,27 @@ _REQUEST_FIRST = (
 )
 
 
+#: Fields KVM_GET_SUPPORTED_CPUID fills from the CPU the ioctl ran on, its APIC ID: leaf 1
+#: EBX[31:24], the x2APIC ID in EDX of leaves 0xB and 0x1F, AMD's extended APIC ID in
+#: 0x8000001E EAX. Two reads of one table (the caller's, and the child's that asked for
+#: guest permission) may differ there alone.
+_APIC_ID_BITS = {(0x1, "ebx"): 0xFF00_0000, (0xB, "edx"): 0xFFFF_FFFF,
+                 (0x1F, "edx"): 0xFFFF_FFFF, (0x8000_001E, "eax"): 0xFFFF_FFFF}
+
+
+def same_view(one: CpuidSet, other: CpuidSet) -> bool:
+    """Return whether two KVM CPUID tables are the same but for the APIC IDs in them."""
+    if one.entries.keys() != other.entries.keys() or dict(one.flags) != dict(other.flags):
+        return False
+    for (leaf, subleaf), registers in one.entries.items():
+        theirs = other.entries[(leaf, subleaf)]
+        for name in ("eax", "ebx", "ecx", "edx"):
+            differ = getattr(registers, name) ^ getattr(theirs, name)
+            if differ & ~_APIC_ID_BITS.get((leaf, name), 0):
+                return False
+    return True
+
+
 def host_subjects(state: HostState, template: Template | None = None) -> list[Subject]:
     """Return the subjects of a host check: the host, and KVM's CPUID views when read."""
     subjects: list[Subject] = []
@@ -171,7 +193,7 @@ def host_subjects(state: HostState, template: Template | None = None) -> list[Su
         return subjects
     views: list[tuple[str, CpuidSet, HostState]] = [(NO_PERMISSION_VIEW, state.kvm_cpuid, state)]
     permitted = state.kvm_cpuid_permitted
-    if permitted is not None and permitted != state.kvm_cpuid:
+    if permitted is not None and not same_view(permitted, state.kvm_cpuid):
         views.append((PERMISSION_VIEW, permitted, _permitted_host(state, permitted)))
     if template is None:
         subjects.extend(Subject(name, table, role="guest", host=host)
