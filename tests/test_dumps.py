@@ -1,7 +1,7 @@
 """CPUID dump readers: every real dump in ../shared/data, hand-read values, own JSON, bad input.
 
 Values marked "by hand" were read from the named file with a text editor, or come from the
-tables of FORMATS.md §4 and §6, which were read the same way.
+tables below, read by hand from the files.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ NOT_DUMPS = {
 }
 FOLDER_FORMATS = {"instlatx64": "aida64", "libcpuid": "libcpuid", "local": "cpuid-raw"}
 
-# FORMATS.md §6 (read by hand from each file, CPU #0): signature, 0xD.0 EAX/EBX/ECX,
+# Read by hand from each file (CPU #0): signature, 0xD.0 EAX/EBX/ECX,
 # 0xD.1 EAX/EBX/ECX (None: the native libcpuid format has no 0xD.1), OSXSAVE, AVX512F, AMX-TILE.
 SUMMARY: dict[str, tuple[int, tuple[int, ...], tuple[int, ...] | None, int, int, int]] = {
     f"{INSTLATX64}/AuthenticAMD0830F10_K17_Rome_CPUID.txt":
@@ -106,7 +106,7 @@ SUMMARY: dict[str, tuple[int, tuple[int, ...], tuple[int, ...] | None, int, int,
     LOCAL_RAW: (0x00A10F11, (0xE7, 0x980, 0x980), (0xF, 0x9A8, 0x1800), 1, 1, 0),
 }
 
-# FORMATS.md §3a: the CPUID lines of these libcpuid files equal the InstLatx64 ones.
+# The CPUID lines of these libcpuid files equal the InstLatx64 ones.
 SAME_AS_INSTLATX64 = {
     "intel-xeon-w7-2475x.test": "GenuineIntel00806F8_SapphireRapids_05_CPUID.txt",
     "intel-xeon-w9-3475x.test": "GenuineIntel00806F8_SapphireRapids_06_CPUID.txt",
@@ -175,7 +175,7 @@ def test_every_fingerprint_is_read(data_dir: Path) -> None:
         cpuid = load_cpuid(path)
         assert cpuid.meta["format"] == "firecracker-fingerprint", path
         assert cpuid.meta["role"] == "guest", path
-        # FORMATS.md §3d: KVM's table at vCPU creation has XCR0 = x87|SSE, 576 bytes.
+        # KVM's table at vCPU creation has XCR0 = x87|SSE, 576 bytes.
         assert cpuid.get(0xD, 0).ebx == 0x240, path
         assert cpuid.vendor in ("GenuineIntel", "AuthenticAMD"), path
 
@@ -199,7 +199,7 @@ def test_leaf_d_summary_matches_formats_table(data_dir: Path, name: str) -> None
 
 
 def test_sapphire_rapids_amx_values(data_dir: Path) -> None:
-    """SPR w7-2475X: the AMX row of FORMATS.md §4, and the 0xD subleaves AIDA omits."""
+    """SPR w7-2475X: the AMX row, and the 0xD subleaves AIDA omits."""
     cpuid = read(data_dir, SPR_05)
     assert cpuid.get(0x7, 0).edx == 0xFFDD4430
     assert cpuid.get(0xD, 0) == Registers(0x602E7, 0x2B00, 0x2B00, 0)

@@ -39,18 +39,18 @@ KVM_DEVICE = Path("/dev/kvm")
 X87, SSE, YMM = 0x1, 0x2, 0x4
 XSAVE_BIT = 1 << 26  # CPUID.1:ECX
 TILEDATA = by_name("tiledata").mask
-#: The XSETBV bundle rules (DESIGN.md), which the differential test needs.
+#: The XSETBV bundle rules (the xcr0 family), which the differential test needs.
 BUNDLE_RULES = frozenset({
     "amx-tile-pair", "x87-required", "avx-requires-sse", "mpx-pair", "avx512-triple",
 })
-#: The rules of the xcr0 family (DESIGN.md): what XSETBV accepts.
+#: The rules of the xcr0 family (rules/xcr0.toml): what XSETBV accepts.
 XCR0_RULES = BUNDLE_RULES | {"apx-excludes-mpx", "guest-within-kvm-supported"}
 
 
 def sdm_faults(xcr0: int, enumerated: int) -> bool:
     """Return whether XSETBV(xcr0) raises #GP on a CPU enumerating ``enumerated`` in 0xD.0.
 
-    Intel SDM Vol.1 §13.3 and the XSETBV page (RULES-CATALOGUE.md XCR0-03..08), written
+    Intel SDM Vol.1 §13.3 and the XSETBV page (the XSETBV #GP conditions), written
     out here so the oracle is checked against the architecture, not against itself.
     """
     if not xcr0 & X87:
@@ -389,7 +389,7 @@ def test_subject_without_xsave_never_faults_at_xsetbv(host_cpuid: CpuidSet) -> N
 def test_firecracker_fingerprints(shared_dir: Path, host_cpuid: CpuidSet, host_xcr0: int) -> None:
     """Firecracker guest CPUIDs: AMX ones get EPERM, the rest run what this host can test.
 
-    SPR/GNR on 6.1+ hosts enumerate TILEDATA (0x602e7, FORMATS.md §4).
+    SPR/GNR on 6.1+ hosts enumerate TILEDATA (0x602e7).
     """
     firecracker = pytest.importorskip("xstate_check.sources.firecracker")
     paths = sorted((shared_dir / "data" / "firecracker").glob("fingerprint_*.json"))

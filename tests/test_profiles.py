@@ -151,7 +151,7 @@ def test_bundled_files_are_what_make_profiles_writes(data_dir: Path) -> None:
 
 
 def test_amx_values_of_sapphire_rapids_profiles() -> None:
-    """Leaf 0xD of SPR guest (6.1 host) and bare-metal w7-2475X: values of FORMATS.md §4."""
+    """Leaf 0xD of SPR guest (6.1 host) and bare-metal w7-2475X: values read by hand."""
     guest = load_profile("fc-sapphire-rapids-6.1")
     assert guest.get(0xD, 0) == (0x602E7, 0x240, 0x2B00, 0)
     assert guest.get(0xD, 18)[:3] == (0x2000, 0xB00, 6)

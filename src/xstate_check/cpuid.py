@@ -57,7 +57,7 @@ def _bits(leaf: int, subleaf: int, register: str, **named: int) -> dict[str, Fea
     return {name: FeatureBit(leaf, subleaf, register, bit) for name, bit in named.items()}
 
 
-#: Named feature bits (RULES-CATALOGUE.md §8), by the names Linux uses.
+#: Named feature bits (Linux arch/x86/include/asm/cpufeatures.h), by the names Linux uses.
 FEATURES: dict[str, FeatureBit] = {
     **_bits(1, 0, "edx", FPU=0, FXSR=24, SSE=25, SSE2=26),
     **_bits(1, 0, "ecx", SSE3=0, FMA=12, XSAVE=26, OSXSAVE=27, AVX=28, F16C=29, HYPERVISOR=31),

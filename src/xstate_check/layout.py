@@ -48,7 +48,7 @@ def _freeze_components(components: Mapping[int, Component]) -> Mapping[int, Comp
 
 @attrs.frozen
 class XsaveLayout:
-    """Leaf 0xD of one CpuidSet, decoded (RULES-CATALOGUE.md §3).
+    """Leaf 0xD of one CpuidSet, decoded (Intel SDM Vol. 1 §13.2, §13.4.3 compacted format).
 
     ``xcr0_supported`` is 0xD.0 EDX:EAX, ``xss_supported`` 0xD.1 EDX:ECX; ``size_current``
     and ``size_max`` are 0xD.0 EBX and ECX; ``xsave_features`` is 0xD.1 EAX and

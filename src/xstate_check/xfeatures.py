@@ -1,4 +1,7 @@
-"""The xfeature table: every XSAVE state component by number (RULES-CATALOGUE.md §1)."""
+"""The xfeature table: every XSAVE state component by number.
+
+Sources: Intel SDM Vol. 1 §13.1; Linux arch/x86/include/asm/fpu/types.h ``enum xfeature``.
+"""
 
 from __future__ import annotations
 
