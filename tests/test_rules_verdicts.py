@@ -145,15 +145,21 @@ def test_flags_zero_is_an_error_exactly_where_it_hides_a_subleaf(
     assert checked >= 10 and hidden_cases >= 3, profile
 
 
-def test_flags_zero_on_leaf_0xd_says_xsave_is_lost(templates: _Templates) -> None:
-    """On 0xD.0 and 0xD.1 the finding says the guest reads other sizes and disables XSAVE."""
+def test_flags_zero_on_leaf_0xd_says_what_the_guest_does(templates: _Templates) -> None:
+    """0xD.0 on an AMX table: XFD reads 0 (bit 4 of XCR0 0x602e7), TILECFG alone, XSETBV #GP.
+    0xD.1, and 0xD.0 without AMX: other sizes, XSAVE disabled."""
     table = _profile("fc-sapphire-rapids-6.18")
-    for subleaf in (0, 1):
-        subject = build_subject(table, templates.write([_modifier(0xD, subleaf, 0)]))
-        (finding,) = evaluate_rules(subject, [SHADOW])
-        assert f"as subleaf {subleaf:#x}" in finding.message
-        assert "disables XSAVE" in finding.message
-        assert "0x12" in finding.message  # TILEDATA's subleaf reads wrong too
+    subject = build_subject(table, templates.write([_modifier(0xD, 0, 0)]))
+    (finding,) = evaluate_rules(subject, [SHADOW])
+    assert "as subleaf 0x0" in finding.message and "0x12" in finding.message
+    assert "XFD (0xD.1 EAX[4]) reads as 0" in finding.message and "#GP" in finding.message
+    subject = build_subject(table, templates.write([_modifier(0xD, 1, 0)]))
+    (finding,) = evaluate_rules(subject, [SHADOW])
+    assert "as subleaf 0x1" in finding.message and "disables XSAVE" in finding.message
+    subject = build_subject(_profile("fc-cascade-lake-6.1"),
+                            templates.write([_modifier(0xD, 0, 0)]))
+    (finding,) = evaluate_rules(subject, [SHADOW])
+    assert "disables XSAVE" in finding.message and "#GP" not in finding.message
 
 
 def test_flags_zero_on_leaf_4_says_the_cache_walk_never_ends(templates: _Templates) -> None:

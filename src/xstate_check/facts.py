@@ -703,11 +703,17 @@ def _shadow_effect(cpuid: CpuidSet, leaf: int, subleaf: int, hidden: tuple[int, 
     reads = (f"the guest reads leaf {leaf:#x} subleaves {_subleaf_list(hidden)} (and any "
              f"higher one) as subleaf {subleaf:#x}")
     if leaf == 0xD:
+        shadow = cpuid.get(leaf, subleaf)
+        amx = cpuid.feature("AMX_TILE") and cpuid.xcr0_supported & XTILE_MASK == XTILE_MASK
+        if subleaf == 0 and amx and not shadow.eax >> 4 & 1:
+            return (f"{reads}: XFD (0xD.1 EAX[4]) reads as 0, so a Linux guest drops TILEDATA, "
+                    "keeps TILECFG and its XSETBV takes #GP at boot; the component sizes and "
+                    "offsets it reads are those of another subleaf too")
         what = ("XSAVE features, IA32_XSS bits, component sizes and offsets"
                 if subleaf == 0 else "component sizes and offsets")
         return (f"{reads}: its {what} are those of another subleaf, so a Linux guest finds "
                 "sizes that disagree with its own and disables XSAVE, losing AVX and every "
-                "later extension, and the XFD flags it reads are wrong")
+                "later extension")
     if leaf in (0x4, 0x8000001D):
         if cpuid.get(leaf, subleaf).eax & 0x1F:
             return (f"{reads}: every later cache subleaf reads as a cache, never as type 0, "
