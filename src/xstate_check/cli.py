@@ -8,10 +8,12 @@ Nothing below this module prints or exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 
 from xstate_check.errors import InputError, Location, XstateCheckError, printable
 
@@ -188,7 +190,7 @@ def _cmd_host(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from xstate_check.gate import matrix_of_table, run_gate
+    from xstate_check.gate import GateRun, matrix_of_table
 
     if args.fail_on == "new" and not args.changed_since:
         raise _UsageError(
@@ -202,14 +204,73 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     profiles, templates = _split_profiles(
         args.profiles, getattr(args, "profiles_tail", []), bool(args.templates or matrix)
     )
-    report = run_gate(
+    run = GateRun(
         [*args.templates, *templates],
         profiles=profiles,
         matrix=matrix,
         changed_since=args.changed_since,
         fail_on=args.fail_on,
     )
-    return _report_exit(args, report)
+    return _stream_exit(args, "gate", run.chunks(args.jobs))
+
+
+@contextlib.contextmanager
+def _output(args: argparse.Namespace) -> Iterator[IO[str]]:
+    """Yield where the output goes: ``--output FILE`` (replaced whole, only on success) or
+    standard output (written as it comes)."""
+    out = args.output
+    if not out or out == "-":
+        yield sys.stdout
+        return
+    folder = os.path.dirname(os.path.abspath(out))
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed or removed below
+        "w", encoding="utf-8", dir=folder, prefix=".xstate-check-", delete=False)
+    try:
+        with handle:
+            yield handle
+        os.replace(handle.name, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+
+
+def _stream_exit(args: argparse.Namespace, kind: str,
+                 chunks: Iterable[tuple[Sequence[Any], Sequence[Any]]]) -> int:
+    """Write a report subject by subject as it is made; return the exit code."""
+    from xstate_check.config import subject_filter
+    from xstate_check.formats.stream import StatisticsWriter, Tally, Writer, make_writer
+
+    settings = _settings(args)
+    keep = subject_filter(settings)
+    color = _use_color(sys.stdout, args.color) and not (args.output and args.output != "-")
+    tally = Tally(kind)
+    with _output(args) as out:
+        writer: Writer = StatisticsWriter(out) if args.statistics else make_writer(
+            args.format, out, kind=kind, color=color, quiet=args.quiet,
+            min_severity=settings.min_severity, strict=settings.strict)
+        for subjects, skipped in chunks:
+            for made in subjects:
+                subject = made if keep is None else keep(made)
+                tally.add(subject)
+                writer.subject(subject)
+            for pair in skipped:
+                tally.skip(pair)
+                writer.skipped(pair)
+        writer.finish(tally)
+    code = tally.exit_code(strict=settings.strict)
+    return 0 if args.exit_zero else code
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (1 or more), got "
+                                         f"{text!r}")
+    return value
 
 
 class _ProfilesOption(argparse.Action):
@@ -466,6 +527,11 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
     )
     gate.add_argument(
         "--changed-since", metavar="REV", help="check only the templates changed since REV"
+    )
+    gate.add_argument(
+        "--jobs", "-j", type=_jobs, default=None, metavar="N",
+        help="check templates in N worker processes (default: the usable cores, for 48 "
+        "templates or more; 1: none); the output is the same whatever N",
     )
     gate.add_argument(
         "--fail-on", choices=("new", "any"), default=None,

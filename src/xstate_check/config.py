@@ -35,7 +35,8 @@ import attrs
 from xstate_check.errors import InputError, Location
 from xstate_check.report import SEVERITIES, Finding, Report, Severity, SubjectReport
 
-__all__ = ["CONFIG_FILE", "Selector", "Settings", "apply_settings", "find_config", "load_config"]
+__all__ = ["CONFIG_FILE", "Selector", "Settings", "apply_settings", "find_config", "load_config",
+           "subject_filter"]
 
 CONFIG_FILE = ".xstate-check.toml"
 _KEYS = ("select", "ignore", "severity", "per-file-ignores", "min-severity", "strict",
@@ -287,14 +288,23 @@ def _keep(finding: Finding, family: str, settings: Settings,
     return finding
 
 
-def apply_settings(report: Report, settings: Settings) -> Report:
-    """Return ``report`` with only the selected findings, at their configured severity."""
+def subject_filter(settings: Settings) -> Callable[[SubjectReport], SubjectReport] | None:
+    """Return what ``apply_settings`` does to one subject (None when it changes nothing)."""
     if not (settings.select or settings.ignore or settings.severity or settings.per_file_ignores):
-        return report
+        return None
     families = _family_of()
-    subjects: list[SubjectReport] = []
-    for subject in report.subjects:
+
+    def keep(subject: SubjectReport) -> SubjectReport:
         ignored = _ignored_for(subject.template, settings)
         kept = [_keep(f, families.get(f.rule, ""), settings, ignored) for f in subject.findings]
-        subjects.append(attrs.evolve(subject, findings=tuple(f for f in kept if f is not None)))
-    return attrs.evolve(report, subjects=tuple(subjects))
+        return attrs.evolve(subject, findings=tuple(f for f in kept if f is not None))
+
+    return keep
+
+
+def apply_settings(report: Report, settings: Settings) -> Report:
+    """Return ``report`` with only the selected findings, at their configured severity."""
+    keep = subject_filter(settings)
+    if keep is None:
+        return report
+    return attrs.evolve(report, subjects=tuple(keep(subject) for subject in report.subjects))

@@ -197,6 +197,23 @@ class CpuidSet:
         entries = {(row[0], row[1]): Registers(*row[2:6]) for row in rows}
         return cls(entries, source, **kwargs)  # type: ignore[arg-type]
 
+    @classmethod
+    def trusted(cls, entries: dict[tuple[int, int], Registers], source: str, *,
+                flags: dict[tuple[int, int], int], provenance: Provenance,
+                meta: dict[str, str]) -> CpuidSet:
+        """Return a set of entries already sorted by (leaf, subleaf), without sorting again.
+
+        The dicts are owned by the set from here on (the caller keeps no reference).
+        """
+        made = cls.__new__(cls)
+        setter = object.__setattr__
+        setter(made, "entries", MappingProxyType(entries))
+        setter(made, "source", source)
+        setter(made, "flags", MappingProxyType(flags))
+        setter(made, "provenance", provenance)
+        setter(made, "meta", MappingProxyType(meta))
+        return made
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CpuidSet):
             return NotImplemented

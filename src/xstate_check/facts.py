@@ -737,8 +737,13 @@ def _flags_shadowing(facts: Facts) -> object:
     cpuid = facts.cpuid
     items = []
     seen: set[int] = set()
+    # The table's subleaves by leaf, gathered once: a leaf of one entry hides nothing.
+    by_leaf: dict[int, list[tuple[int, Registers]]] = {}
+    for (each_leaf, each_subleaf), each_regs in cpuid.entries.items():
+        by_leaf.setdefault(each_leaf, []).append((each_subleaf, each_regs))
     for (leaf, subleaf), flags in sorted(cpuid.flags.items()):
-        if flags & 1 or leaf in seen or (leaf, subleaf) not in cpuid.entries:
+        if flags & 1 or leaf in seen or len(by_leaf.get(leaf, ())) < 2 \
+                or (leaf, subleaf) not in cpuid.entries:
             continue
         if _normalized_flags(facts, leaf, subleaf):
             continue
@@ -746,8 +751,8 @@ def _flags_shadowing(facts: Facts) -> object:
         # lacks the flag is ever returned for a subleaf that is not its own.
         seen.add(leaf)
         regs = cpuid.entries[(leaf, subleaf)]
-        hidden = tuple(other for (other_leaf, other), other_regs in cpuid.entries.items()
-                       if other_leaf == leaf and other > subleaf and other_regs != regs)
+        hidden = tuple(other for other, other_regs in by_leaf[leaf]
+                       if other > subleaf and other_regs != regs)
         if hidden:
             items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf),
                                    hidden=_subleaf_list(hidden),

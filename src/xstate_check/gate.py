@@ -44,15 +44,15 @@ import os
 import re
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import attrs
 
-from xstate_check.api import build_subject
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate
+from xstate_check.engine.evaluate import FindingsCache
 from xstate_check.errors import InputError, Location
 from xstate_check.limits import MAX_MATRIX_ENTRIES, MAX_MATRIX_FILES
 from xstate_check.migration import MigrationGroup, group_reports, load_groups
@@ -60,15 +60,24 @@ from xstate_check.report import BaselineState, Finding, Report, SkippedPair, Sub
 from xstate_check.sources.load import load_cpuid, read_text
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
 from xstate_check.subject import Role, Subject
-from xstate_check.template import Template, load_template, parse_template
+from xstate_check.template import (
+    Step,
+    Template,
+    apply_template,
+    load_template,
+    parse_template,
+    template_steps,
+)
 from xstate_check.tomltext import parse_toml
 
 __all__ = [
     "AMD",
     "INTEL",
     "FailOn",
+    "GateChunk",
     "GateProfile",
     "GateResult",
+    "GateRun",
     "Matrix",
     "MatrixEntry",
     "SkippedPair",
@@ -724,9 +733,15 @@ def _baseline_states(new: Sequence[Finding], old: Iterable[Finding]) -> list[Bas
 # --------------------------------------------------------------------------- the gate
 
 
-def _subject(template: Template, profile: GateProfile) -> Subject:
-    """Return one pair's subject, named by its profile (its template is beside it)."""
-    return build_subject(profile.cpuid, template, name=profile.name)
+def _subject(template: Template, profile: GateProfile,
+             steps: tuple[Step, ...] | None = None) -> Subject:
+    """Return one pair's subject, named by its profile (its template is beside it).
+
+    As ``build_subject`` makes it; ``steps`` are the template's, folded once for all pairs.
+    """
+    applied = apply_template(template, profile.cpuid, steps)
+    return Subject(profile.name, applied.cpuid, role="guest", template=str(template.path),
+                   base=profile.cpuid, missing_entries=applied.missing)
 
 
 def _same_guest(one: Subject, other: Subject) -> bool:
@@ -756,6 +771,212 @@ def _regression_states(report: SubjectReport, subject: Subject, old: Template | 
     return _baseline_states(report.findings, evaluate(before).findings)
 
 
+_CACHE: list[FindingsCache] = []
+
+
+def _findings() -> FindingsCache:
+    """Return this process's cache of findings by guest table (made on first use)."""
+    if not _CACHE:
+        _CACHE.append(FindingsCache())
+    return _CACHE[0]
+
+
+def _table_key(profile: GateProfile, subject: Subject, steps: Sequence[Step]) -> Hashable:
+    """Return what decides a pair's findings: the profile, and the values and flags of the
+    entries the template changed in it (the rest is the profile's), and what it lacked."""
+    entries, flags = subject.cpuid.entries, subject.cpuid.flags
+    changed = tuple((key, entries[key], flags.get(key))
+                    for key in dict.fromkeys(step[0] for step in steps) if key in entries)
+    return (profile.name, changed, tuple((m.leaf, m.subleaf) for m in subject.missing_entries))
+
+
+#: One template's part of a gate: its subjects, then the pairs not for their host.
+GateChunk = tuple[tuple[SubjectReport, ...], tuple[SkippedPair, ...]]
+
+
+def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None, *,
+                    policy: FailOn, changed_since: str | None,
+                    baseline: _Baseline | None) -> GateChunk:
+    """Check one template on each of its profiles (the gate's unit of work)."""
+    template = load_template(path)
+    old: Template | None = None
+    if baseline is not None and baseline.old_text is not None:
+        try:
+            old = parse_template(baseline.old_text, template.path)
+        except InputError:
+            old = None  # a version that did not parse has no findings to keep
+    pairs = _pairs_for(template, pool, grid)
+    steps = template_steps(template)
+    subjects: list[SubjectReport] = []
+    not_for: list[SkippedPair] = []
+    for profile, declared in [*((p, True) for p in pairs.declared),
+                              *((p, False) for p in pairs.inferred)]:
+        subject = _subject(template, profile, steps)
+        if not declared and subject.missing_entries:
+            not_for.append(_not_for_host(template, profile, subject))
+            continue
+        report = _findings().evaluate(subject, _table_key(profile, subject, steps))
+        details: dict[str, object] = {
+            **report.details, "profile": profile.name, "vendor": profile.vendor,
+            "fail_on": policy,
+        }
+        findings = report.findings
+        if changed_since:
+            if baseline is not None and not baseline.changed:
+                states: list[BaselineState] = ["unchanged"] * len(findings)
+            else:
+                states = _regression_states(report, subject, old, profile)
+            details["baseline"] = changed_since
+            findings = tuple(attrs.evolve(finding, baseline_state=state)
+                             for finding, state in zip(findings, states, strict=True))
+        subjects.append(attrs.evolve(report, findings=findings, details=details))
+    if not subjects:
+        raise _nothing_checked(template, pairs, not_for, pool)
+    return tuple(subjects), tuple(not_for)
+
+
+#: Below this many templates a gate left to choose its workers runs in one process:
+#: starting workers costs more than they save.
+PARALLEL_FROM = 48
+#: Templates per task sent to a worker, and tasks in flight per worker (the parent writes
+#: the output in order; in-flight results are all it holds).
+_BATCH = 4
+_AHEAD = 3
+
+
+def usable_cores() -> int:
+    """Return the number of CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class GateRun:
+    """A gate, set up (matrix, profiles, revisions read) and ready to run template by template.
+
+    ``chunks(jobs)`` yields each template's GateChunk in the order given, then the migration
+    groups' subjects; with ``jobs`` > 1 the templates are checked by that many worker
+    processes (started fresh, never forked from this one) and merged back in order, so the
+    output is the same bytes as with one. ``result()`` collects the chunks in a GateResult.
+    Input errors of the set-up are raised here; a template's own, when its turn comes.
+    """
+
+    def __init__(
+        self,
+        templates: Sequence[str | os.PathLike[str]] = (),
+        *,
+        profiles: Sequence[str] | None = None,
+        matrix: str | os.PathLike[str] | Matrix | None = None,
+        changed_since: str | None = None,
+        fail_on: FailOn | None = None,
+    ) -> None:
+        grid = matrix if isinstance(matrix, Matrix) or matrix is None else load_matrix(matrix)
+        paths = [os.fspath(path) for path in templates]
+        self.given = list(paths)
+        if not paths:
+            if grid is None:
+                raise InputError(Location("gate"), "expected template files or a --matrix file")
+            paths = grid.templates()
+        self.grid = grid
+        self.paths = list(dict.fromkeys(paths))
+        self.policy: FailOn = fail_on or ("new" if changed_since else "any")
+        self.changed_since = changed_since
+        self.specs = list(profiles) if profiles else ["builtin"]
+        self.pool = resolve_profiles(self.specs)
+        self.baselines = _baselines(self.paths, changed_since) if changed_since else {}
+
+    def check(self, path: str) -> GateChunk:
+        """Check one template (in this process)."""
+        return _check_template(path, self.pool, self.grid, policy=self.policy,
+                               changed_since=self.changed_since,
+                               baseline=self.baselines.get(path))
+
+    def chunks(self, jobs: int | None = 1) -> Iterator[GateChunk]:
+        """Yield each template's chunk, in order, then the migration groups' (see class)."""
+        workers = usable_cores() if jobs is None else jobs
+        if jobs is None and len(self.paths) < PARALLEL_FROM:
+            workers = 1
+        workers = min(workers, max(1, len(self.paths) // 2))
+        if workers > 1:
+            yield from self._parallel(workers)
+        else:
+            for path in self.paths:
+                yield self.check(path)
+        if self.grid is not None and self.grid.groups:
+            yield tuple(group_reports(self.grid.groups, self.pool, given=self.given,
+                                      policy=self.policy,
+                                      changed_since=self.changed_since)), ()
+
+    def _parallel(self, workers: int) -> Iterator[GateChunk]:
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import Future, ProcessPoolExecutor
+
+        # forkserver: workers fork from a fresh single-threaded server, never from this
+        # process, which may have threads; the server imports the gate once for all.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["xstate_check.gate"])
+        batches = [self.paths[i:i + _BATCH] for i in range(0, len(self.paths), _BATCH)]
+        setup = (self.specs, self.grid, self.policy, self.changed_since, self.baselines)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup,
+                                 initargs=setup) as executor:
+            pending: deque[tuple[list[str], Future[list[GateChunk | None]]]] = deque()
+            queue = iter(batches)
+            for batch in queue:
+                pending.append((batch, executor.submit(_worker_check, batch)))
+                if len(pending) >= workers * _AHEAD:
+                    break
+            while pending:
+                batch, future = pending.popleft()
+                following = next(queue, None)
+                if following is not None:
+                    pending.append((following, executor.submit(_worker_check, following)))
+                for path, chunk in zip(batch, future.result(), strict=True):
+                    # A template a worker could not check is checked here again, so that
+                    # its error is raised as with one process, in its turn.
+                    yield chunk if chunk is not None else self.check(path)
+
+    def result(self, jobs: int | None = 1) -> GateResult:
+        """Run the gate and collect every chunk into a GateResult."""
+        subjects: list[SubjectReport] = []
+        skipped: list[SkippedPair] = []
+        for checked, not_for in self.chunks(jobs):
+            subjects.extend(checked)
+            skipped.extend(not_for)
+        return GateResult(subjects, skipped=tuple(skipped), fail_on=self.policy,
+                          baseline=self.changed_since)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_setup(specs: list[str], grid: Matrix | None, policy: FailOn,
+                  changed_since: str | None, baselines: dict[str, _Baseline]) -> None:
+    """Load the catalogue and profiles once in a worker process."""
+    from xstate_check.engine import load_catalogue
+
+    load_catalogue()
+    _WORKER.update(pool=resolve_profiles(specs), grid=grid, policy=policy,
+                   changed_since=changed_since, baselines=baselines)
+
+
+def _worker_check(paths: list[str]) -> list[GateChunk | None]:
+    """Check templates in a worker; None for one whose input is bad (the parent reports it)."""
+    from xstate_check.errors import XstateCheckError
+
+    out: list[GateChunk | None] = []
+    for path in paths:
+        try:
+            out.append(_check_template(path, _WORKER["pool"], _WORKER["grid"],
+                                       policy=_WORKER["policy"],
+                                       changed_since=_WORKER["changed_since"],
+                                       baseline=_WORKER["baselines"].get(path)))
+        except XstateCheckError:
+            out.append(None)
+    return out
+
+
 def run_gate(
     templates: Sequence[str | os.PathLike[str]] = (),
     *,
@@ -763,64 +984,15 @@ def run_gate(
     matrix: str | os.PathLike[str] | Matrix | None = None,
     changed_since: str | None = None,
     fail_on: FailOn | None = None,
+    jobs: int | None = 1,
 ) -> GateResult:
     """Check each template on each of its profiles; one subject per template x profile pair.
 
     ``profiles`` holds ``builtin`` (the default), ``profile:NAME`` patterns and CPUID
     files or folders. With no template, a matrix's own ``path`` patterns name them.
     ``changed_since`` turns on regression mode (see the module docstring); ``fail_on``
-    defaults to ``new`` there and is ``any`` otherwise.
+    defaults to ``new`` there and is ``any`` otherwise. ``jobs``: worker processes (None:
+    the usable cores, for large gates); the result is the same whatever their number.
     """
-    grid = matrix if isinstance(matrix, Matrix) or matrix is None else load_matrix(matrix)
-    paths = [os.fspath(path) for path in templates]
-    if not paths:
-        if grid is None:
-            raise InputError(Location("gate"), "expected template files or a --matrix file")
-        paths = grid.templates()
-    policy: FailOn = fail_on or ("new" if changed_since else "any")
-    pool = resolve_profiles(list(profiles) if profiles else ["builtin"])
-
-    baselines = _baselines(paths, changed_since) if changed_since else {}
-    subjects: list[SubjectReport] = []
-    skipped: list[SkippedPair] = []
-    for path in dict.fromkeys(paths):
-        baseline = baselines.get(path)
-        template = load_template(path)
-        old: Template | None = None
-        if baseline is not None and baseline.old_text is not None:
-            try:
-                old = parse_template(baseline.old_text, template.path)
-            except InputError:
-                old = None  # a version that did not parse has no findings to keep
-        pairs = _pairs_for(template, pool, grid)
-        checked = 0
-        not_for: list[SkippedPair] = []
-        for profile, declared in [*((p, True) for p in pairs.declared),
-                                  *((p, False) for p in pairs.inferred)]:
-            subject = _subject(template, profile)
-            if not declared and subject.missing_entries:
-                not_for.append(_not_for_host(template, profile, subject))
-                continue
-            checked += 1
-            report = evaluate(subject)
-            details: dict[str, object] = {
-                **report.details, "profile": profile.name, "vendor": profile.vendor,
-                "fail_on": policy,
-            }
-            findings = report.findings
-            if changed_since:
-                if baseline is not None and not baseline.changed:
-                    states: list[BaselineState] = ["unchanged"] * len(findings)
-                else:
-                    states = _regression_states(report, subject, old, profile)
-                details["baseline"] = changed_since
-                findings = tuple(attrs.evolve(finding, baseline_state=state)
-                                 for finding, state in zip(findings, states, strict=True))
-            subjects.append(attrs.evolve(report, findings=findings, details=details))
-        if not checked:
-            raise _nothing_checked(template, pairs, not_for, pool)
-        skipped.extend(not_for)
-    if grid is not None and grid.groups:
-        subjects.extend(group_reports(grid.groups, pool, given=[os.fspath(t) for t in templates],
-                                      policy=policy, changed_since=changed_since))
-    return GateResult(subjects, skipped=tuple(skipped), fail_on=policy, baseline=changed_since)
+    return GateRun(templates, profiles=profiles, matrix=matrix, changed_since=changed_since,
+                   fail_on=fail_on).result(jobs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -201,5 +200,10 @@ class Report:
         }
 
     def to_json_text(self) -> str:
-        """Return the report as JSON text, byte-identical for the same input."""
-        return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
+        """Return the report as JSON text, byte-identical for the same input.
+
+        The document is indented; each subject and pair not checked is one line.
+        """
+        from xstate_check.formats import render
+
+        return render(self, "json")

@@ -522,35 +522,70 @@ class _Reader:
 # --- applying --------------------------------------------------------------------------
 
 
-def apply_template(template: Template, base: CpuidSet) -> AppliedTemplate:
+#: One cpuid modifier, ready to apply: its entry, its flags, per register (in eax…edx order)
+#: the bits kept and the bits set, and the (leaf, subleaf, register) pins it adds.
+Step = tuple[tuple[int, int], int, tuple[int, int, int, int], tuple[int, int, int, int],
+             tuple[tuple[tuple[int, int, str], tuple[tuple[int, Location], ...]], ...],
+             Location]
+_REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
+
+
+def template_steps(template: Template) -> tuple[Step, ...]:
+    """Return the template's modifiers folded into masks, once (what ``apply_template`` runs).
+
+    A register's modifiers in order give ``new = (old & keep) | set``, ``keep`` and ``set``
+    folded from every modifier of the entry; the pins each filter adds are kept in order.
+    """
+    steps: list[Step] = []
+    for leaf_modifier in template.cpuid_modifiers:
+        key = (leaf_modifier.leaf, leaf_modifier.subleaf)
+        keep = [_U32] * 4
+        put = [0] * 4
+        # An empty pin under "flags" names the modifier's line for findings about the
+        # entry's KVM flags; it owns no register bit.
+        pins: dict[tuple[int, int, str], list[tuple[int, Location]]] = {
+            (*key, "flags"): [(0, leaf_modifier.location)]}
+        for modifier in leaf_modifier.modifiers:
+            index = _REGISTER_INDEX[modifier.register]
+            mask = ~modifier.filter & _U32
+            keep[index] &= mask
+            put[index] = (put[index] & mask) | modifier.value
+            if modifier.filter:
+                pins.setdefault((*key, modifier.register), []).append(
+                    (modifier.filter, modifier.location))
+        steps.append((key, leaf_modifier.flags, (keep[0], keep[1], keep[2], keep[3]),
+                      (put[0], put[1], put[2], put[3]),
+                      tuple((register, tuple(added)) for register, added in pins.items()),
+                      leaf_modifier.location))
+    return tuple(steps)
+
+
+def apply_template(template: Template, base: CpuidSet,
+                   steps: tuple[Step, ...] | None = None) -> AppliedTemplate:
     """Apply a template to a base CpuidSet as Firecracker does, remembering each bit's line.
 
     A modifier whose exact (leaf, subleaf) the base lacks is recorded in ``missing`` (where
-    Firecracker refuses to boot) and skipped; the result never gains an entry.
+    Firecracker refuses to boot) and skipped; the result never gains an entry. ``steps``
+    (``template_steps(template)``) saves folding the modifiers again for each base.
     """
     entries = dict(base.entries)
     flags = dict(base.flags)
-    pins = {key: list(base.provenance.pins(*key)) for key in base.provenance.register_keys()}
+    provenance = base.provenance
+    pins = {key: list(provenance.pins(*key)) for key in provenance.register_keys()}
     missing: dict[tuple[int, int], MissingEntry] = {}
-    for leaf_modifier in template.cpuid_modifiers:
-        key = (leaf_modifier.leaf, leaf_modifier.subleaf)
-        if key not in entries:
-            missing.setdefault(key, MissingEntry(*key, leaf_modifier.location))
+    for key, entry_flags, keep, put, added, location in (
+            template_steps(template) if steps is None else steps):
+        old = entries.get(key)
+        if old is None:
+            missing.setdefault(key, MissingEntry(*key, location))
             continue
-        flags[key] = leaf_modifier.flags
-        # An empty pin under "flags" names the modifier's line for findings about the
-        # entry's KVM flags; it owns no register bit.
-        pins.setdefault((*key, "flags"), []).append((0, leaf_modifier.location))
-        values = entries[key]._asdict()
-        for modifier in leaf_modifier.modifiers:
-            old = values[modifier.register]
-            values[modifier.register] = (old & ~modifier.filter & _U32) | modifier.value
-            if modifier.filter:
-                pins.setdefault((*key, modifier.register), []).append(
-                    (modifier.filter, modifier.location)
-                )
-        entries[key] = Registers(**values)
-    cpuid = CpuidSet(
+        flags[key] = entry_flags
+        entries[key] = Registers((old[0] & keep[0]) | put[0], (old[1] & keep[1]) | put[1],
+                                 (old[2] & keep[2]) | put[2], (old[3] & keep[3]) | put[3])
+        for register_key, register_pins in added:
+            pins.setdefault(register_key, []).extend(register_pins)
+    # The base's entries are sorted and a template adds none: the order stands as it is.
+    cpuid = CpuidSet.trusted(
         entries,
         base.source,
         flags=flags,

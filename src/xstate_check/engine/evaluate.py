@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 from xstate_check.engine.catalogue import Catalogue, Rule
 from xstate_check.engine.shipped import load_catalogue
@@ -21,14 +21,23 @@ from xstate_check.facts import (
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
 
-__all__ = ["check_subjects", "evaluate", "evaluate_rules"]
+__all__ = ["FindingsCache", "Record", "check_subjects", "evaluate", "evaluate_rules"]
 
 #: Sources that are not files a location could point at.
 _PSEUDO_SOURCES = ("<", "host", "kvm", "profile:", "example:")
 
 
-def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule]) -> list[Finding]:
-    """Return the findings of ``rules`` on ``subject``, in plan order (unsorted)."""
+#: What a finding is, less its location: the rule, the index of its ``each`` item (-1 for
+#: none), its message and the CPUID bits it is about (empty without a template).
+Record = tuple[Rule, int, str, tuple[BitRef, ...]]
+
+
+def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
+                   record: list[Record] | None = None) -> list[Finding]:
+    """Return the findings of ``rules`` on ``subject``, in plan order (unsorted).
+
+    ``record``, where given, receives each finding's Record (see ``FindingsCache``).
+    """
     plan = (rules if isinstance(rules, Catalogue) else Catalogue(tuple(rules))).plan
     facts = Facts(subject)
     lacking = -1  # the NEEDS_* bits the subject lacks; worked out when first needed
@@ -54,7 +63,7 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule]) -> list[
                     continue
             except Missing:
                 continue
-            findings.append(_finding(rule, facts, None))
+            findings.append(_finding(rule, facts, None, record))
     if lacking == -1 and (plan.plain or plan.walking):
         lacking = ~available_of(subject)
     for needs, test, rule in plan.plain:
@@ -65,7 +74,7 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule]) -> list[
                 continue
         except Missing:
             continue
-        findings.append(_finding(rule, facts, None))
+        findings.append(_finding(rule, facts, None, record))
     for needs, test, rule in plan.walking:
         if needs & lacking:
             continue
@@ -74,14 +83,14 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule]) -> list[
         except Missing:
             continue
         assert isinstance(items, tuple)
-        for item in items:
+        for index, item in enumerate(items):
             facts["item"] = item
             try:
                 passed = test(facts)
             except Missing:
                 continue
             if not passed:
-                findings.append(_finding(rule, facts, item))
+                findings.append(_finding(rule, facts, item, record, index))
         facts.pop("item", None)
     return findings
 
@@ -105,16 +114,77 @@ def check_subjects(subjects: Iterable[Subject], catalogue: Catalogue | None = No
     return Report(tuple(evaluate(subject, chosen) for subject in subjects))
 
 
-def _finding(rule: Rule, facts: Facts, item: object) -> Finding:
+def _finding(rule: Rule, facts: Facts, item: object, record: list[Record] | None = None,
+             index: int = -1) -> Finding:
+    message = _message(rule, facts)
+    refs: tuple[BitRef, ...] | None = None
+    if record is not None:
+        refs = tuple(_rule_bits(rule, facts)) if facts.cpuid.provenance else ()
+        record.append((rule, index, message, refs))
     return Finding(
         rule=rule.id,
         name=rule.name,
         severity=rule.severity,
-        message=_message(rule, facts),
+        message=message,
         consequence=rule.consequence,
         fix=rule.fix,
-        location=_location(rule, facts, item),
+        location=_location(rule, facts, item, refs),
     )
+
+
+class FindingsCache:
+    """The findings of guest tables seen before, for subjects whose table is the same.
+
+    Rules read the guest table, the table before the template, KVM's flags and the entries
+    the template lacked; which template line set a bit only places a finding. So a subject
+    whose caller-given ``key`` says all of those equal a subject seen before gets that
+    subject's rules, messages and CPUID bits again, and only its locations are worked out
+    anew from its own template lines. At most ``size`` tables are kept (oldest out first).
+    """
+
+    def __init__(self, catalogue: Catalogue | None = None, size: int = 2048) -> None:
+        self.catalogue = catalogue or load_catalogue()
+        self.size = size
+        self._records: dict[Hashable, tuple[Record, ...]] = {}
+        self.hits = 0
+
+    def evaluate(self, subject: Subject, key: Hashable) -> SubjectReport:
+        """Evaluate the catalogue on ``subject``, from the cache when ``key`` was seen."""
+        started = time.perf_counter()
+        records = self._records.get(key)
+        if records is None:
+            made: list[Record] = []
+            findings = evaluate_rules(subject, self.catalogue, made)
+            if len(self._records) >= self.size:
+                del self._records[next(iter(self._records))]
+            self._records[key] = tuple(made)
+        else:
+            self.hits += 1
+            findings = _relocated(records, subject)
+        return SubjectReport(
+            name=subject.name,
+            source=subject.cpuid.source,
+            template=subject.template,
+            findings=tuple(findings),
+            seconds=time.perf_counter() - started,
+        )
+
+
+def _relocated(records: Iterable[Record], subject: Subject) -> list[Finding]:
+    """Return the findings of ``records`` placed at ``subject``'s own template lines."""
+    facts: Facts | None = None
+    findings = []
+    for rule, index, message, refs in records:
+        item: object = None
+        if index >= 0:
+            facts = facts or Facts(subject)
+            item = facts[str(rule.each)][index]
+        findings.append(Finding(
+            rule=rule.id, name=rule.name, severity=rule.severity, message=message,
+            consequence=rule.consequence, fix=rule.fix,
+            location=_placed(subject, item, refs),
+        ))
+    return findings
 
 
 def _message(rule: Rule, facts: Facts) -> str:
@@ -160,7 +230,8 @@ def _rule_bits(rule: Rule, facts: Facts) -> list[BitRef]:
     return refs
 
 
-def _location(rule: Rule, facts: Facts, item: object) -> Location | None:
+def _location(rule: Rule, facts: Facts, item: object,
+              refs: Iterable[BitRef] | None = None) -> Location | None:
     """Return where a finding comes from.
 
     An ``each`` item's own location first (a template's modifier line); else the template
@@ -169,12 +240,20 @@ def _location(rule: Rule, facts: Facts, item: object) -> Location | None:
     """
     if isinstance(item, EntryItem) and item.location is not None:
         return item.location
-    subject = facts.subject
+    if refs is None and facts.cpuid.provenance:
+        refs = _rule_bits(rule, facts)
+    return _placed(facts.subject, None, refs or ())
+
+
+def _placed(subject: Subject, item: object, refs: Iterable[BitRef]) -> Location | None:
+    """Return a finding's location from its item and the CPUID bits it is about."""
+    if isinstance(item, EntryItem) and item.location is not None:
+        return item.location
     provenance = subject.cpuid.provenance
     if provenance:
         changed: list[Location] = []
         pinned: list[Location] = []
-        for leaf, subleaf, register, mask in _rule_bits(rule, facts):
+        for leaf, subleaf, register, mask in refs:
             owners = provenance.pinned(leaf, subleaf, register, mask)
             if not owners:
                 continue

@@ -20,6 +20,7 @@ from xstate_check.report import BaselineState, Finding, Report, Severity, Subjec
 __all__ = [
     "BaselineState",
     "Problem",
+    "ProblemCollector",
     "finding_location",
     "findings_with_state",
     "problems",
@@ -33,8 +34,6 @@ def findings_with_state(subject: SubjectReport) -> Iterator[tuple[Finding, Basel
     """Yield each finding of ``subject`` with its regression state (None outside one)."""
     for finding in subject.findings:
         yield finding, finding.baseline_state
-
-
 
 
 def finding_location(finding: Finding, subject: SubjectReport) -> Location | None:
@@ -85,32 +84,77 @@ def _subject_label(subject: SubjectReport) -> str:
     return str(profile) if profile else subject.name
 
 
+class _Group:
+    """What a problem keeps while subjects go by: its first finding and small aggregates."""
+
+    __slots__ = ("baseline", "counts", "first", "labels", "location", "severity", "states")
+
+    def __init__(self, finding: Finding, subject: SubjectReport) -> None:
+        self.first = finding
+        self.location = finding_location(finding, subject)
+        baseline = subject.details.get("baseline")
+        self.baseline = str(baseline) if baseline else None
+        self.severity: Severity = finding.severity
+        self.states: set[BaselineState] = set()
+        self.labels: dict[str, None] = {}
+        self.counts = False
+
+
+class ProblemCollector:
+    """Groups findings into problems as subjects go by (one subject at a time).
+
+    It keeps one small record per distinct (rule, file, line) and none per subject, so a
+    streamed gate's memory follows the number of problems, not of template x profile pairs.
+    """
+
+    def __init__(self, min_severity: str | None = None) -> None:
+        self.min_severity = min_severity
+        self._groups: dict[tuple[str, str, int], _Group] = {}
+
+    def add(self, subject: SubjectReport) -> None:
+        """Add the findings of one subject."""
+        groups = self._groups
+        label: str | None = None
+        for finding in subject.findings:
+            if not shown(finding.severity, self.min_severity):
+                continue
+            where = finding.location
+            if where is None and subject.template:
+                where = Location(subject.template)
+            key = (finding.rule, where.path if where else "", where.line if where else 0)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(finding, subject)
+            elif _RANK[finding.severity] < _RANK[group.severity]:
+                group.severity = finding.severity
+            group.states.add(finding.baseline_state)
+            if label is None:
+                label = _subject_label(subject)
+            group.labels[label] = None
+            if not group.counts and subject.counts(finding):
+                group.counts = True
+
+    def problems(self) -> list[Problem]:
+        """Return the problems so far, in first-seen order."""
+        out: list[Problem] = []
+        for group in self._groups.values():
+            states = group.states
+            state: BaselineState = "new" if "new" in states else (
+                "unchanged" if "unchanged" in states else None)
+            out.append(Problem(
+                first=group.first, location=group.location, severity=group.severity,
+                subjects=tuple(group.labels), state=state, counts=group.counts,
+                baseline=group.baseline,
+            ))
+        return out
+
+
 def problems(report: Report, min_severity: str | None = None) -> list[Problem]:
     """Return the report's findings grouped by (rule, file, line), in first-seen order."""
-    groups: dict[tuple[str, str, int], list[tuple[Finding, SubjectReport]]] = {}
+    collector = ProblemCollector(min_severity)
     for subject in report.subjects:
-        for finding in subject.findings:
-            if not shown(finding.severity, min_severity):
-                continue
-            where = finding_location(finding, subject)
-            key = (finding.rule, where.path if where else "", where.line if where else 0)
-            groups.setdefault(key, []).append((finding, subject))
-    out: list[Problem] = []
-    for members in groups.values():
-        first, subject = members[0]
-        severity = min((f.severity for f, _ in members), key=_RANK.__getitem__)
-        states = {f.baseline_state for f, _ in members}
-        state: BaselineState = "new" if "new" in states else (
-            "unchanged" if "unchanged" in states else None)
-        labels = tuple(dict.fromkeys(_subject_label(s) for _, s in members))
-        baseline = subject.details.get("baseline")
-        out.append(Problem(
-            first=first, location=finding_location(first, subject), severity=severity,
-            subjects=labels, state=state,
-            counts=any(s.counts(f) for f, s in members),
-            baseline=str(baseline) if baseline else None,
-        ))
-    return out
+        collector.add(subject)
+    return collector.problems()
 
 
 def repo_root(start: str | None = None) -> Path | None:

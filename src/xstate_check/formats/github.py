@@ -13,11 +13,16 @@ command of its own. ``render_github_error`` writes an input error the same way, 
 
 from __future__ import annotations
 
-from xstate_check.errors import InputError, printable
-from xstate_check.formats._findings import problems, repo_path, repo_root
-from xstate_check.report import Report, Severity
+import io
+from typing import IO
 
-__all__ = ["escape_data", "escape_property", "render_github", "render_github_error"]
+from xstate_check.errors import InputError, printable
+from xstate_check.formats._findings import ProblemCollector, repo_path, repo_root
+from xstate_check.formats.stream import Tally, write_report
+from xstate_check.report import Report, Severity, SkippedPair, SubjectReport
+
+__all__ = ["GithubWriter", "escape_data", "escape_property", "render_github",
+           "render_github_error"]
 
 _LEVELS: dict[Severity, str] = {"error": "error", "warning": "warning", "info": "notice"}
 
@@ -41,30 +46,51 @@ def _property(text: str) -> str:
     return escape_property(printable(text, keep="\r\n"))
 
 
+class GithubWriter:
+    """Writes one workflow command per problem, once every subject is in."""
+
+    def __init__(self, out: IO[str], *, min_severity: str | None = "warning") -> None:
+        self.out = out
+        self._problems = ProblemCollector(min_severity)
+
+    def subject(self, subject: SubjectReport) -> None:
+        """Group one subject's findings into problems."""
+        self._problems.add(subject)
+
+    def skipped(self, pair: SkippedPair) -> None:
+        """Pairs not checked are counted in the summary only."""
+
+    def finish(self, tally: Tally) -> None:
+        """Write the annotations and the summary notice."""
+        root = repo_root()
+        lines: list[str] = []
+        for problem in self._problems.problems():
+            finding = problem.first
+            level = _LEVELS[problem.severity] if problem.counts else "notice"
+            properties: list[str] = []
+            where = problem.location
+            if where is not None:
+                properties.append(f"file={_property(repo_path(where.path, root))}")
+                if where.line:
+                    properties.append(f"line={where.line}")
+                    if where.column:
+                        properties.append(f"col={where.column}")
+            title = f"{finding.rule} {finding.name} ({problem.where})"
+            if problem.state == "unchanged" and problem.baseline:
+                title += f" present at {problem.baseline}"
+            properties.append(f"title={_property(title)}")
+            message = _data(finding.message, f"Consequence: {finding.consequence}",
+                            f"Fix: {finding.fix}")
+            lines.append(f"::{level} {','.join(properties)}::{message}")
+        lines.append(f"::notice title=xstate-check::{escape_data(tally.summary_text())}")
+        self.out.write("\n".join(lines) + "\n")
+
+
 def render_github(report: Report, *, min_severity: str | None = "warning") -> str:
     """Return the report as GitHub Actions workflow commands, one per problem."""
-    root = repo_root()
-    lines: list[str] = []
-    for problem in problems(report, min_severity):
-        finding = problem.first
-        level = _LEVELS[problem.severity] if problem.counts else "notice"
-        properties: list[str] = []
-        where = problem.location
-        if where is not None:
-            properties.append(f"file={_property(repo_path(where.path, root))}")
-            if where.line:
-                properties.append(f"line={where.line}")
-                if where.column:
-                    properties.append(f"col={where.column}")
-        title = f"{finding.rule} {finding.name} ({problem.where})"
-        if problem.state == "unchanged" and problem.baseline:
-            title += f" present at {problem.baseline}"
-        properties.append(f"title={_property(title)}")
-        message = _data(finding.message, f"Consequence: {finding.consequence}",
-                        f"Fix: {finding.fix}")
-        lines.append(f"::{level} {','.join(properties)}::{message}")
-    lines.append(f"::notice title=xstate-check::{escape_data(report.summary_text())}")
-    return "\n".join(lines) + "\n"
+    out = io.StringIO()
+    write_report(report, GithubWriter(out, min_severity=min_severity))
+    return out.getvalue()
 
 
 def render_github_error(message: str, error: InputError | None = None) -> str:

@@ -11,15 +11,18 @@ its last dot); ``time`` is the seconds the rules took.
 
 from __future__ import annotations
 
+import io
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import IO
 
 from xstate_check.errors import printable
 from xstate_check.formats._findings import finding_location, findings_with_state
-from xstate_check.report import Finding, Report, SubjectReport
+from xstate_check.formats.stream import Tally, copy_spool, spool
+from xstate_check.report import Finding, Report, SkippedPair, SubjectReport
 
-__all__ = ["render_junit"]
+__all__ = ["JunitWriter", "render_junit"]
 
 # XML 1.0 cannot hold these characters at all, not even escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -96,42 +99,109 @@ def _testcase(subject: SubjectReport, strict: bool) -> tuple[ET.Element, bool]:
     return case, first is not None
 
 
-def render_junit(report: Report, *, strict: bool = False) -> str:
-    """Return the report as JUnit XML (one testcase per subject, suites by template)."""
-    suites: dict[str, list[tuple[ET.Element, bool]]] = {}
-    times: dict[str, float] = {}
-    for subject in report.subjects:
-        key = _suite_key(subject)
-        suites.setdefault(key, []).append(_testcase(subject, strict))
-        times[key] = times.get(key, 0.0) + subject.seconds
-    skipped: dict[str, int] = {}
-    for pair in report.skipped:
-        # A pair the gate did not check (not for that host) is a skipped testcase.
-        case = ET.Element("testcase", {"classname": _clean(_classname(pair.template)),
-                                       "name": _clean(pair.profile), "time": "0"})
-        ET.SubElement(case, "skipped", {"message": _clean(pair.reason)})
-        suites.setdefault(pair.template, []).append((case, False))
-        skipped[pair.template] = skipped.get(pair.template, 0) + 1
-    root = ET.Element("testsuites", {"name": "xstate-check"})
-    total = failed = 0
-    for name, cases in suites.items():
+def _indented(element: ET.Element, level: int) -> str:
+    """Return ``element`` serialised as ``ET.indent`` lays it out at depth ``level``."""
+    ET.indent(element, level=level)
+    element.tail = "\n" + "  " * (level - 1)
+    return "  " * level + ET.tostring(element, encoding="unicode")
+
+
+class JunitWriter:
+    """Writes JUnit XML one suite (template) at a time, through a spool for the totals.
+
+    A suite is written when the next subject belongs to another suite, so a suite's
+    subjects must come together (a gate's do: one template after the other).
+    """
+
+    def __init__(self, out: IO[str], *, strict: bool = False) -> None:
+        self.out = out
+        self.strict = strict
+        self._spool = spool()
+        self._key: str | None = None
+        self._cases: list[tuple[ET.Element, bool]] = []
+        self._time = 0.0
+        self._skipped = 0
+        self.total = self.failed = self.skipped_total = 0
+        self.seconds = 0.0
+
+    def _switch(self, key: str) -> None:
+        if key != self._key:
+            self._flush()
+            self._key = key
+
+    def _flush(self) -> None:
+        if self._key is None:
+            return
+        cases = self._cases
         failures = sum(1 for _, fails in cases if fails)
-        suite = ET.SubElement(root, "testsuite", {
-            "name": _clean(name),
+        suite = ET.Element("testsuite", {
+            "name": _clean(self._key),
             "tests": str(len(cases)),
             "failures": str(failures),
             "errors": "0",
-            "skipped": str(skipped.get(name, 0)),
-            "time": f"{times.get(name, 0.0):.6f}",
+            "skipped": str(self._skipped),
+            "time": f"{self._time:.6f}",
         })
         suite.extend(case for case, _ in cases)
-        total += len(cases)
-        failed += failures
-    root.set("tests", str(total))
-    root.set("failures", str(failed))
-    root.set("errors", "0")
-    root.set("skipped", str(len(report.skipped)))
-    root.set("time", f"{sum(times.values()):.6f}")
-    ET.indent(root)
-    body = ET.tostring(root, encoding="unicode")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+        self._spool.write(_indented(suite, 1))
+        self.total += len(cases)
+        self.failed += failures
+        self.seconds += self._time
+        self._key, self._cases, self._time, self._skipped = None, [], 0.0, 0
+
+    def subject(self, subject: SubjectReport) -> None:
+        """Add one testcase to its template's suite."""
+        self._switch(_suite_key(subject))
+        self._cases.append(_testcase(subject, self.strict))
+        self._time += subject.seconds
+
+    def skipped(self, pair: SkippedPair) -> None:
+        """Add one skipped testcase: a pair the gate did not check (not for that host)."""
+        self._switch(pair.template)
+        case = ET.Element("testcase", {"classname": _clean(_classname(pair.template)),
+                                       "name": _clean(pair.profile), "time": "0"})
+        ET.SubElement(case, "skipped", {"message": _clean(pair.reason)})
+        self._cases.append((case, False))
+        self._skipped += 1
+        self.skipped_total += 1
+
+    def finish(self, tally: Tally) -> None:
+        """Write the XML declaration, the totals and the suites."""
+        self._flush()
+        root = ET.Element("testsuites", {"name": "xstate-check"})
+        root.set("tests", str(self.total))
+        root.set("failures", str(self.failed))
+        root.set("errors", "0")
+        root.set("skipped", str(self.skipped_total))
+        root.set("time", f"{self.seconds:.6f}")
+        self.out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
+        if not self.total:
+            self._spool.close()
+            self.out.write(ET.tostring(root, encoding="unicode") + "\n")
+            return
+        opening = ET.tostring(root, encoding="unicode").removesuffix(" />") + ">\n"
+        self.out.write(opening)
+        copy_spool(self._spool, self.out)
+        self.out.write("</testsuites>\n")
+
+
+def render_junit(report: Report, *, strict: bool = False) -> str:
+    """Return the report as JUnit XML (one testcase per subject, suites by template)."""
+    groups: dict[str, list[SubjectReport]] = {}
+    for subject in report.subjects:
+        groups.setdefault(_suite_key(subject), []).append(subject)
+    pairs: dict[str, list[SkippedPair]] = {}
+    for pair in report.skipped:
+        pairs.setdefault(pair.template, []).append(pair)
+    out = io.StringIO()
+    writer = JunitWriter(out, strict=strict)
+    tally = Tally(report.kind)
+    for key in dict.fromkeys([*groups, *pairs]):
+        for subject in groups.get(key, ()):
+            tally.add(subject)
+            writer.subject(subject)
+        for pair in pairs.get(key, ()):
+            tally.skip(pair)
+            writer.skipped(pair)
+    writer.finish(tally)
+    return out.getvalue()

@@ -11,19 +11,22 @@ survives line moves, and, in a regression gate, a ``baselineState`` of ``new`` o
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 from xstate_check import __version__
 from xstate_check.engine import Rule, load_catalogue
 from xstate_check.errors import Location, printable_json
-from xstate_check.formats._findings import Problem, problems, repo_path, repo_root
-from xstate_check.report import Finding, Report, Severity
+from xstate_check.formats._findings import Problem, ProblemCollector, repo_path, repo_root
+from xstate_check.formats.stream import Tally, write_report
+from xstate_check.report import Finding, Report, Severity, SkippedPair, SubjectReport
 
-__all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "help_uri", "render_sarif"]
+__all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "SarifWriter", "help_uri", "render_sarif"]
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -126,6 +129,27 @@ def _fingerprint(problem: Problem, uri: str, cache: dict[str, list[str]]) -> str
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+class SarifWriter:
+    """Writes SARIF: one result per problem, once every subject is in."""
+
+    def __init__(self, out: IO[str], *, root: str | Path | None = None,
+                 min_severity: str | None = "warning") -> None:
+        self.out = out
+        self.root = root
+        self._problems = ProblemCollector(min_severity)
+
+    def subject(self, subject: SubjectReport) -> None:
+        """Group one subject's findings into problems."""
+        self._problems.add(subject)
+
+    def skipped(self, pair: SkippedPair) -> None:
+        """Pairs not checked have no result."""
+
+    def finish(self, tally: Tally) -> None:
+        """Write the SARIF document."""
+        self.out.write(_document(self._problems.problems(), self.root))
+
+
 def render_sarif(report: Report, *, root: str | Path | None = None,
                  min_severity: str | None = "warning") -> str:
     """Return the report as SARIF 2.1.0 JSON: one result per problem, repo-relative paths.
@@ -133,6 +157,12 @@ def render_sarif(report: Report, *, root: str | Path | None = None,
     ``root`` is the folder URIs are relative to (default: the git work tree holding the
     working folder; where there is none, URIs are absolute).
     """
+    out = io.StringIO()
+    write_report(report, SarifWriter(out, root=root, min_severity=min_severity))
+    return out.getvalue()
+
+
+def _document(found: list[Problem], root: str | Path | None) -> str:
     base = Path(os.path.abspath(root)) if root is not None else repo_root()
     descriptors: list[dict[str, object]] = []
     index: dict[str, int] = {}
@@ -142,7 +172,7 @@ def render_sarif(report: Report, *, root: str | Path | None = None,
 
     cache: dict[str, list[str]] = {}
     results: list[dict[str, object]] = []
-    for problem in problems(report, min_severity):
+    for problem in found:
         finding = problem.first
         if finding.rule not in index:
             index[finding.rule] = len(descriptors)

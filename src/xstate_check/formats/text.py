@@ -11,15 +11,24 @@ cursor or forge a line such as "no findings".
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import IO
 
 import attrs
 
 from xstate_check.errors import printable
-from xstate_check.formats._findings import Problem, problems, repo_path, repo_root, shown
-from xstate_check.report import Finding, Report, SubjectReport
+from xstate_check.formats._findings import (
+    Problem,
+    ProblemCollector,
+    repo_path,
+    repo_root,
+    shown,
+)
+from xstate_check.formats.stream import Tally, copy_spool, spool, write_report
+from xstate_check.report import Finding, Report, SkippedPair, SubjectReport
 
-__all__ = ["render_text"]
+__all__ = ["TextWriter", "render_text"]
 
 _COLORS = {"error": "\x1b[1;31m", "warning": "\x1b[1;33m", "info": "\x1b[1;36m"}
 _DIM = "\x1b[2m"
@@ -83,26 +92,76 @@ def _problem(problem: Problem, color: bool, root: Path | None) -> list[str]:
     ]
 
 
-def _render_gate(report: Report, color: bool, min_severity: str | None) -> str:
-    root = repo_root()
-    listed = problems(report, min_severity or "warning")
-    listed.sort(key=lambda p: _ORDER[p.severity])
-    lines: list[str] = []
-    for problem in listed:
-        lines.extend(_problem(problem, color, root))
-        lines.append("")
-    if min_severity is None:
-        hidden = len(problems(report)) - len(listed)
-        if hidden:
-            lines.append(f"{hidden} harmless info problem{'' if hidden == 1 else 's'} not "
-                         "listed (--min-severity info lists them)")
+class TextWriter:
+    """Writes the text format subject by subject (a gate's problems at the end)."""
+
+    def __init__(self, out: IO[str], *, kind: str = "check", color: bool = False,
+                 quiet: bool = False, min_severity: str | None = None) -> None:
+        self.out = out
+        self.color = color
+        self.quiet = quiet
+        self.min_severity = min_severity
+        self.gate = kind == "gate" and not quiet
+        self._notes: IO[str] | None = None
+        self._listed = ProblemCollector(min_severity or "warning")
+        self._all = ProblemCollector() if min_severity is None else None
+
+    def subject(self, subject: SubjectReport) -> None:
+        """Write one subject (a gate's: group its findings into problems)."""
+        if self.gate:
+            self._listed.add(subject)
+            if self._all is not None:
+                self._all.add(subject)
+            return
+        if self.min_severity is not None:
+            subject = attrs.evolve(subject, findings=tuple(
+                f for f in subject.findings if shown(f.severity, self.min_severity)))
+        lines: list[str] = []
+        if self.quiet:
+            for finding in subject.findings:
+                lines.append(f"{printable(subject.name)}: "
+                             + _finding(finding, self.color)[0].lstrip()
+                             + (f" ({printable(str(finding.location))})"
+                                if finding.location else ""))
+        else:
+            lines.extend(_subject(subject, self.color))
             lines.append("")
-    notes = report.notes()
-    if notes:
-        lines.extend(printable(note) for note in notes)
-        lines.append("")
-    lines.append(report.summary_text())
-    return "\n".join(lines) + "\n"
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
+
+    def skipped(self, pair: SkippedPair) -> None:
+        """Keep one pair not checked for the notes."""
+        if self.quiet:
+            return
+        if self._notes is None:
+            self._notes = spool()
+        self._notes.write(printable(pair.text()) + "\n")
+
+    def finish(self, tally: Tally) -> None:
+        """Write a gate's problems, then the notes and the summary."""
+        if self.quiet:
+            return
+        out = self.out
+        if self.gate:
+            root = repo_root()
+            listed = self._listed.problems()
+            listed.sort(key=lambda p: _ORDER[p.severity])
+            lines: list[str] = []
+            for problem in listed:
+                lines.extend(_problem(problem, self.color, root))
+                lines.append("")
+            if self._all is not None:
+                hidden = len(self._all.problems()) - len(listed)
+                if hidden:
+                    lines.append(f"{hidden} harmless info problem{'' if hidden == 1 else 's'} "
+                                 "not listed (--min-severity info lists them)")
+                    lines.append("")
+            if lines:
+                out.write("\n".join(lines) + "\n")
+        if self._notes is not None:
+            copy_spool(self._notes, out)
+            out.write("\n")
+        out.write(tally.summary_text() + "\n")
 
 
 def render_text(report: Report, *, color: bool = False, quiet: bool = False,
@@ -111,27 +170,7 @@ def render_text(report: Report, *, color: bool = False, quiet: bool = False,
 
     ``quiet``: the findings alone (with their subject), no details, no summary.
     """
-    if report.kind == "gate" and not quiet:
-        return _render_gate(report, color, min_severity)
-    if min_severity is not None:
-        report = attrs.evolve(report, subjects=tuple(
-            attrs.evolve(s, findings=tuple(f for f in s.findings
-                                           if shown(f.severity, min_severity)))
-            for s in report.subjects))
-    lines: list[str] = []
-    if quiet:
-        for subject in report.subjects:
-            for finding in subject.findings:
-                lines.append(f"{printable(subject.name)}: " + _finding(finding, color)[0].lstrip()
-                             + (f" ({printable(str(finding.location))})"
-                                if finding.location else ""))
-        return "\n".join(lines) + ("\n" if lines else "")
-    for subject in report.subjects:
-        lines.extend(_subject(subject, color))
-        lines.append("")
-    notes = report.notes()
-    if notes:
-        lines.extend(printable(note) for note in notes)
-        lines.append("")
-    lines.append(report.summary_text())
-    return "\n".join(lines) + "\n"
+    out = io.StringIO()
+    write_report(report, TextWriter(out, kind=report.kind, color=color, quiet=quiet,
+                                    min_severity=min_severity))
+    return out.getvalue()

@@ -1,0 +1,213 @@
+"""Reports written subject by subject: what a gate over thousands of pairs streams through.
+
+A ``Writer`` takes subjects and pairs not checked one at a time and writes to a text stream;
+``finish`` writes what needs the whole run (the summary, problems grouped across profiles).
+What a writer keeps between subjects is bounded by the number of distinct problems (one
+rule at one template line, however many profiles show it), the pairs not checked (kept in
+a spool file that moves to disk past 1 MiB) and, for Markdown, one small cell per pair of
+its matrix; never the subjects themselves. ``Tally`` counts what the summary and the exit
+code need. ``render`` (a whole Report to a string) goes through the same writers, so the
+streamed and the collected output are the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from typing import IO, Protocol
+
+from xstate_check.report import SCHEMA, Report, SkippedPair, SubjectReport
+
+__all__ = ["SPOOL_BYTES", "JsonWriter", "StatisticsWriter", "Tally", "Writer", "make_writer",
+           "write_report"]
+
+#: A writer's spool (pairs not checked, JUnit suites) stays in memory up to this size.
+SPOOL_BYTES = 1 << 20
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+class Tally:
+    """The counts of a run as its subjects go by: the summary and the exit code."""
+
+    def __init__(self, kind: str = "check") -> None:
+        self.kind = kind
+        self.subjects = self.errors = self.warnings = self.infos = self.not_for_host = 0
+        self._fails = self._fails_strict = False
+
+    def add(self, subject: SubjectReport) -> None:
+        """Count one subject and its findings."""
+        self.subjects += 1
+        for finding in subject.findings:
+            severity = finding.severity
+            if severity == "error":
+                self.errors += 1
+            elif severity == "warning":
+                self.warnings += 1
+            else:
+                self.infos += 1
+                continue
+            if self.kind != "gate" or subject.counts(finding):
+                if severity == "error":
+                    self._fails = True
+                self._fails_strict = True
+
+    def skip(self, pair: SkippedPair) -> None:
+        """Count one template x profile pair not checked."""
+        self.not_for_host += 1
+
+    def summary(self) -> dict[str, int]:
+        """Return the counts, as ``Report.summary`` (and ``GateResult.summary``) give them."""
+        out = {"subjects": self.subjects, "errors": self.errors, "warnings": self.warnings,
+               "infos": self.infos}
+        if self.kind == "gate":
+            out["not_for_host"] = self.not_for_host
+        return out
+
+    def summary_text(self) -> str:
+        """Return the summary line, as ``Report.summary_text`` gives it."""
+        text = (f"{_plural(self.subjects, 'subject')}: {_plural(self.errors, 'error')}, "
+                f"{_plural(self.warnings, 'warning')}, {_plural(self.infos, 'info')}")
+        if self.kind == "gate" and self.not_for_host:
+            count = self.not_for_host
+            text += f"; {count} template/profile pair{'' if count == 1 else 's'} not for " \
+                    "their host"
+        return text
+
+    def exit_code(self, strict: bool = False) -> int:
+        """Return 1 when a finding fails the run (errors; warnings too when ``strict``)."""
+        return 1 if (self._fails_strict if strict else self._fails) else 0
+
+
+class Writer(Protocol):
+    """Writes a report one subject at a time."""
+
+    def subject(self, subject: SubjectReport) -> None:
+        """Write (or take in) one subject."""
+
+    def skipped(self, pair: SkippedPair) -> None:
+        """Take in one template x profile pair not checked."""
+
+    def finish(self, tally: Tally) -> None:
+        """Write what needs the whole run: summary, grouped problems, closing brackets."""
+
+
+def spool() -> IO[str]:
+    """Return a text spool that moves to a temporary file past ``SPOOL_BYTES``."""
+    return tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8")
+
+
+def copy_spool(source: IO[str], out: IO[str]) -> None:
+    """Copy a spool's content to ``out`` and close it."""
+    source.seek(0)
+    shutil.copyfileobj(source, out)
+    source.close()
+
+
+#: The C encoder (``json.dumps`` without ``indent``), one subject per line.
+_ENCODE = json.JSONEncoder().encode
+
+
+class JsonWriter:
+    """JSON of schema xstate-check/1: the document indented, each subject on one line."""
+
+    def __init__(self, out: IO[str], kind: str = "check") -> None:
+        self.out = out
+        self.kind = kind
+        self._first = True
+        self._pairs: IO[str] | None = None
+        out.write(f'{{\n  "schema": {_ENCODE(SCHEMA)},\n  "subjects": [')
+
+    def subject(self, subject: SubjectReport) -> None:
+        """Write one subject on its own line."""
+        self.out.write(("\n    " if self._first else ",\n    ") + _ENCODE(subject.to_json()))
+        self._first = False
+
+    def skipped(self, pair: SkippedPair) -> None:
+        """Keep one pair not checked for the ``not_checked`` list."""
+        if self._pairs is None:
+            self._pairs = spool()
+        else:
+            self._pairs.write(",")
+        self._pairs.write("\n    " + _ENCODE(pair.to_json()))
+
+    def finish(self, tally: Tally) -> None:
+        """Write the pairs not checked (a gate's) and the summary."""
+        out = self.out
+        out.write("\n  ],\n" if not self._first else "],\n")
+        if self.kind == "gate":
+            out.write('  "not_checked": [')
+            if self._pairs is not None:
+                copy_spool(self._pairs, out)
+                out.write("\n  ],\n")
+            else:
+                out.write("],\n")
+        out.write(f'  "summary": {_ENCODE(tally.summary())}\n}}\n')
+
+
+class StatisticsWriter:
+    """The number of findings per rule, most first (``--statistics``)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.counted: Counter[tuple[str, str, str]] = Counter()
+
+    def subject(self, subject: SubjectReport) -> None:
+        """Count one subject's findings."""
+        self.counted.update((f.rule, f.name, f.severity) for f in subject.findings)
+
+    def skipped(self, pair: SkippedPair) -> None:
+        """Pairs not checked have no findings to count."""
+
+    def finish(self, tally: Tally) -> None:
+        """Write one line per rule, then the summary."""
+        lines = [f"{count:>6}  {rule}  {name}  ({severity})"
+                 for (rule, name, severity), count in sorted(
+                     self.counted.items(), key=lambda item: (-item[1], item[0]))]
+        lines.append(tally.summary_text())
+        self.out.write("\n".join(lines) + "\n")
+
+
+def make_writer(fmt: str, out: IO[str], *, kind: str = "check", color: bool = False,
+                quiet: bool = False, min_severity: str | None = None,
+                strict: bool = False) -> Writer:
+    """Return the writer of format ``fmt`` writing to ``out`` (options as ``render``)."""
+    if fmt == "json":
+        return JsonWriter(out, kind)
+    if fmt == "text":
+        from xstate_check.formats.text import TextWriter
+
+        return TextWriter(out, kind=kind, color=color, quiet=quiet, min_severity=min_severity)
+    if fmt == "sarif":
+        from xstate_check.formats.sarif import SarifWriter
+
+        return SarifWriter(out, min_severity=min_severity or "warning")
+    if fmt == "junit":
+        from xstate_check.formats.junit import JunitWriter
+
+        return JunitWriter(out, strict=strict)
+    if fmt == "github":
+        from xstate_check.formats.github import GithubWriter
+
+        return GithubWriter(out, min_severity=min_severity or "warning")
+    if fmt == "markdown":
+        from xstate_check.formats.markdown import MarkdownWriter
+
+        return MarkdownWriter(out, min_severity=min_severity, strict=strict)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def write_report(report: Report, writer: Writer) -> None:
+    """Feed a whole report to ``writer`` and finish it."""
+    tally = Tally(report.kind)
+    for subject in report.subjects:
+        tally.add(subject)
+        writer.subject(subject)
+    for pair in report.skipped:
+        tally.skip(pair)
+        writer.skipped(pair)
+    writer.finish(tally)
