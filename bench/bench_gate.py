@@ -1,102 +1,169 @@
-"""The CI gate's marginal cost per template x profile subject (target: at most 200 µs).
+"""The CI gate as users run it: the installed command, JSON written to a file.
 
-Measured in one run: a one-subject gate (one template, one profile) against a full gate
-(Firecracker's nine x86 templates on every bundled profile of their vendor). The marginal
-cost is (full - one) / (subjects - 1): what one more pair adds, the start-up (catalogue,
-profiles, process) left out. Both gates run warm, as in CI, where they run once per
-process but the one-off loading is the same for both. Regression mode (``--changed-since``)
-is measured the same way on a temporary git repository holding one changed template.
+Measured in one run, runs interleaved, medians, as ratios:
 
-    python bench/bench_gate.py [--repeat 7]
+1. the marginal cost per template x profile subject: ``xstate-check gate`` on 20, 200 and
+   600 distinct templates (Firecracker's nine x86 templates, each copy with its own brand
+   index in leaf 0x1 EBX, so that no two give one guest table: no reuse to lean on) on
+   the bundled profiles, ``--format json -o FILE --jobs 1``; (600 - 20) over the subjects
+   between them, in wall and in CPU time (target: at most 100 µs per subject);
+2. the peak memory (maximum resident set) at 600 templates against 20, in JSON and SARIF
+   (target: at most 1.5x);
+3. ``--jobs 2`` against ``--jobs 1`` on 600 templates, wall time, output compared byte for
+   byte (target: at most 0.65x, identical);
+4. Firecracker's own nine templates, where pairs giving one guest table reuse its findings.
+
+Run: ``python bench/bench_gate.py [--repeat 5] [--python PY] [--data ../shared/data]``;
+``--python`` names an interpreter with xstate-check installed (default: a virtual
+environment made here with ``pip install``).
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from xstate_check.gate import GateResult, run_gate  # noqa: E402 (after the path is set)
-
-TARGET_US = 200.0
 TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
              "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
+SIZES = (20, 200, 600)
 
 
-def _timed(run: Callable[[], GateResult], repeat: int) -> tuple[float, int]:
-    """Return the fastest of ``repeat`` runs (least disturbed by other load) and the subjects."""
-    subjects = len(run().report.subjects)  # warm-up: catalogue, profiles, templates
-    times = []
-    for _ in range(repeat):
+def make_templates(source: Path, folder: Path, count: int) -> list[str]:
+    """Write ``count`` distinct templates: Firecracker's, each with its own brand index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        document = json.loads((source / f"{TEMPLATES[index % len(TEMPLATES)]}.json").read_text())
+        brand = index // len(TEMPLATES)
+        bitmap = "0b" + "x" * 24 + format(brand, "08b")
+        for entry in document["cpuid_modifiers"]:
+            if entry["leaf"] == "0x1":
+                entry["modifiers"] = [m for m in entry["modifiers"] if m["register"] != "ebx"]
+                entry["modifiers"].append({"register": "ebx", "bitmap": bitmap})
+                break
+        path = folder / f"t{index:04d}.json"
+        path.write_text(json.dumps(document, indent=2))
+        paths.append(str(path))
+    return paths
+
+
+def installed_python(folder: Path) -> Path:
+    """Make a virtual environment in ``folder`` with the project installed; return its python."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return python
+
+
+#: GNU time reports the peak resident set of the process it starts. A process started from
+#: this one would report this one's as its own: Linux carries the high-water mark of the
+#: address space it replaces at exec (vfork shares it) into the new program's.
+TIME = shutil.which("time") if Path("/usr/bin/time").exists() else None
+PEAK = "xstate-check-bench-peak-kib"
+
+
+class Run:
+    """One timed process: wall seconds, CPU seconds (its own and its workers'), peak KiB."""
+
+    def __init__(self, args: list[str]) -> None:
+        if TIME is not None:
+            args = [TIME, "-f", f"{PEAK} %M", *args]
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times), subjects
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert process.stderr is not None
+        error = process.stderr.read().decode(errors="replace")
+        _, status, usage = os.wait4(process.pid, 0)
+        self.wall = time.perf_counter() - start
+        process.stderr.close()
+        code = os.waitstatus_to_exitcode(status)
+        if code not in (0, 1):
+            raise SystemExit(f"{' '.join(args[:5])} … exited {code}: {error[-500:]}")
+        self.cpu = usage.ru_utime + usage.ru_stime
+        peaks = [line.split()[-1] for line in error.splitlines() if line.startswith(PEAK)]
+        self.peak_kib = int(peaks[-1]) if peaks else usage.ru_maxrss
 
 
-def _marginal(label: str, one: Callable[[], GateResult], full: Callable[[], GateResult],
-              repeat: int) -> float:
-    one_s, one_n = _timed(one, repeat)
-    full_s, full_n = _timed(full, repeat)
-    per_subject_us = (full_s - one_s) / (full_n - one_n) * 1e6
-    print(f"{label}: one-subject gate {one_s * 1e3:.2f} ms ({one_n} subject); "
-          f"full gate {full_s * 1e3:.2f} ms ({full_n} subjects)")
-    print(f"{label}: marginal cost {per_subject_us:.0f} µs per subject "
-          f"(target <= {TARGET_US:.0f} µs: {'met' if per_subject_us <= TARGET_US else 'MISSED'})")
-    return per_subject_us
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=b", "-c",
-                    "user.email=b@example.invalid", "-c", "commit.gpgsign=false", *args],
-                   check=True, capture_output=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the gate's marginal cost per subject, plain and in regression mode."""
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
+    parser.add_argument("--python", type=Path, help="an interpreter with xstate-check installed")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    args = parser.parse_args(argv)
-    folder = args.data / "firecracker"
-    if not folder.is_dir():
-        print(f"{folder} is absent: Firecracker's templates are needed")
-        return 0
-    paths = [str(folder / f"{name}.json") for name in TEMPLATES]
-    _marginal(
-        "gate",
-        lambda: run_gate(paths[:1], profiles=["profile:fc-skylake-5.10"]),
-        lambda: run_gate(paths),
-        args.repeat,
-    )
-    if shutil.which("git") is None:
-        print("git is absent: regression mode not measured")
+    options = parser.parse_args()
+    source = options.data / "firecracker"
+    if not source.is_dir():
+        print(f"{source} is absent: Firecracker's templates are needed")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp)
-        for path in paths:
-            shutil.copy(path, repo)
-        _git(repo, "init", "-q")
-        _git(repo, "add", ".")
-        _git(repo, "commit", "-q", "-m", "templates")
-        changed = repo / "T2.json"
-        changed.write_text(changed.read_text().replace(
-            "0bxxxxxxxxxxxxxxxxxxxxxx0x00000xxx", "0bxxxxxxxxxxxxx0xxxxxxxx0x00000xxx"))
-        _marginal(
-            "gate --changed-since",
-            lambda: run_gate([str(changed)], profiles=["profile:fc-skylake-5.10"],
-                             changed_since="HEAD"),
-            lambda: run_gate([str(changed)], changed_since="HEAD"),
-            args.repeat,
-        )
+        folder = Path(tmp)
+        python = options.python or installed_python(folder / "venv")
+        command = str(python.parent / "xstate-check")
+        sets = {size: make_templates(source, folder / f"t{size}", size) for size in SIZES}
+        print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
+
+        def gate(size: int, fmt: str = "json", jobs: int = 1, out: str = "out") -> list[str]:
+            return [command, "gate", *sets[size], "--format", fmt, "-o",
+                    str(folder / f"{out}.{fmt}"), "--jobs", str(jobs)]
+
+        subjects = {}
+        for size in SIZES:
+            Run(gate(size))  # warm: the catalogue cache, the page cache
+            summary = json.loads((folder / "out.json").read_text())["summary"]
+            subjects[size] = summary["subjects"]
+
+        # 1 and 2: sizes interleaved, JSON and SARIF.
+        runs: dict[tuple[int, str], list[Run]] = {}
+        for _ in range(options.repeat):
+            for size in SIZES:
+                for fmt in ("json", "sarif"):
+                    runs.setdefault((size, fmt), []).append(Run(gate(size, fmt)))
+        wall = {key: statistics.median(r.wall for r in value) for key, value in runs.items()}
+        cpu = {key: statistics.median(r.cpu for r in value) for key, value in runs.items()}
+        peak = {key: statistics.median(r.peak_kib for r in value) for key, value in runs.items()}
+        for size in SIZES:
+            print(f"{size:4d} templates, {subjects[size]:6d} subjects: JSON "
+                  f"{wall[size, 'json'] * 1e3:7.0f} ms wall, {cpu[size, 'json'] * 1e3:7.0f} ms "
+                  f"CPU, peak {peak[size, 'json'] / 1024:5.1f} MiB; SARIF peak "
+                  f"{peak[size, 'sarif'] / 1024:5.1f} MiB")
+        between = subjects[600] - subjects[20]
+        for label, figures in (("wall", wall), ("CPU", cpu)):
+            for fmt in ("json", "sarif"):
+                marginal = (figures[600, fmt] - figures[20, fmt]) / between * 1e6
+                print(f"marginal cost ({label}, {fmt}): {marginal:.0f} µs per subject "
+                      "(target <= 100)")
+        for fmt in ("json", "sarif"):
+            print(f"peak memory 600 / 20 templates ({fmt}): "
+                  f"{peak[600, fmt] / peak[20, fmt]:.2f}x (target <= 1.5)")
+
+        # 3. --jobs 2 against --jobs 1 on 600 templates.
+        one, two = [], []
+        for _ in range(options.repeat):
+            one.append(Run(gate(600, jobs=1, out="one")))
+            two.append(Run(gate(600, jobs=2, out="two")))
+        same = filecmp.cmp(folder / "one.json", folder / "two.json", shallow=False)
+        one_s = statistics.median(r.wall for r in one)
+        two_s = statistics.median(r.wall for r in two)
+        print(f"600 templates --jobs 1: {one_s * 1e3:.0f} ms; --jobs 2: {two_s * 1e3:.0f} ms; "
+              f"ratio {two_s / one_s:.2f} (target <= 0.65); output identical: {same}")
+
+        # 4. Firecracker's nine templates, where equal guest tables reuse their findings.
+        nine = [str(source / f"{name}.json") for name in TEMPLATES]
+        fc = [Run([command, "gate", *nine, "-f", "json", "-o", str(folder / "fc.json"),
+                   "--jobs", "1"]) for _ in range(options.repeat)]
+        count = json.loads((folder / "fc.json").read_text())["summary"]["subjects"]
+        print(f"Firecracker's nine templates: {count} subjects, "
+              f"{statistics.median(r.wall for r in fc) * 1e3:.0f} ms wall, "
+              f"{statistics.median(r.cpu for r in fc) * 1e3:.0f} ms CPU")
     return 0
 
 

@@ -1,5 +1,5 @@
 """``python -m xstate_check``: the command line."""
 
-from xstate_check.cli import main
+from xstate_check.cli import run
 
-raise SystemExit(main())
+run()

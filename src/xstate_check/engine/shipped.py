@@ -3,7 +3,7 @@
 Reading ``rules/*.toml`` means parsing TOML, checking every key and example, parsing every
 expression: tens of milliseconds on a path that sits before a VM boots. The result, less
 its closures (which are rebuilt from the stored parse trees in well under a millisecond),
-is kept in a pickle whose name is a SHA-256 of everything that decides it: the rule files'
+is kept in a pickle whose name is a BLAKE2 digest of everything that decides it: the rule files'
 bytes and folder, the engine's and facts' source code, the package version and the Python
 version. A changed rule or engine gives another key, so a cache is never stale, only absent.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import pickle
 import sys
@@ -57,10 +56,14 @@ def cache_dirs() -> list[Path]:
 
 
 def _key(files: Sequence[Path]) -> bytes | None:
-    """Return the SHA-256 of what the compiled catalogue depends on (None if unreadable)."""
+    """Return the BLAKE2 digest of what the compiled catalogue depends on (None if unreadable)."""
     from xstate_check import __version__
 
-    digest = hashlib.sha256(_FORMAT)
+    try:  # BLAKE2 is built in; hashlib would load OpenSSL first, a few ms on every start
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - an interpreter without it
+        from hashlib import blake2b
+    digest = blake2b(_FORMAT, digest_size=32)
     digest.update(f"{sys.version}\n{__version__}\n".encode())
     try:
         for name in _CODE:

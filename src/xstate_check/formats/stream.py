@@ -13,8 +13,6 @@ streamed and the collected output are the same bytes.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections import Counter
 from typing import IO, Protocol
 
@@ -98,11 +96,15 @@ class Writer(Protocol):
 
 def spool() -> IO[str]:
     """Return a text spool that moves to a temporary file past ``SPOOL_BYTES``."""
+    import tempfile
+
     return tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8")
 
 
 def copy_spool(source: IO[str], out: IO[str]) -> None:
     """Copy a spool's content to ``out`` and close it."""
+    import shutil
+
     source.seek(0)
     shutil.copyfileobj(source, out)
     source.close()

@@ -1,0 +1,263 @@
+"""Start-up as users run it: the installed command and a fresh interpreter's first preboot().
+
+Measured in one run, on an installed wheel with its bytecode (a virtual environment made
+here with ``pip install``, or ``--python`` naming one that has xstate-check), as ratios
+against references measured alongside, runs interleaved, medians:
+
+1. ``xstate-check host --format json -o FILE`` against a bare ``python -c pass``
+   (target: at most 50 ms more), in wall time and in CPU time (user + system);
+2. the first ``preboot()`` in a fresh interpreter, imports included (target: 40 ms);
+3. a warm ``preboot()`` against a C program, compiled here, issuing the very same CPUID,
+   XGETBV, arch_prctl, open, ioctl and close calls the call issued (target: at most 2x).
+
+Each change's share is visible in ``python -X importtime`` (printed for the host command,
+the largest imports first). Run: ``python bench/bench_startup.py [--repeat N] [--python
+PY]``; needs a C compiler (``cc``) for 3, which is skipped without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+FIRST_PREBOOT = """
+import time
+start = time.perf_counter()
+import xstate_check
+xstate_check.preboot()
+print(time.perf_counter() - start)
+"""
+
+# Records the operations one preboot() issues, then times warm preboot() calls.
+WARM_PREBOOT = """
+import json, statistics, sys, time
+import xstate_check
+from xstate_check.system.calls import RealSystem
+
+real = RealSystem()
+operations = []
+
+class Recording:
+    def __getattr__(self, name):
+        return getattr(real, name)
+    def uname(self):
+        operations.append(["uname"]); return real.uname()
+    def cpuid(self, leaf, subleaf):
+        operations.append(["cpuid", leaf, subleaf]); return real.cpuid(leaf, subleaf)
+    def xgetbv(self, index):
+        operations.append(["xgetbv", index]); return real.xgetbv(index)
+    def arch_prctl_get(self, option):
+        operations.append(["arch_prctl_get", option]); return real.arch_prctl_get(option)
+    def open_kvm(self, path=None):
+        operations.append(["open", path or "/dev/kvm"]); return real.open_kvm(path)
+    def ioctl(self, fd, request, arg=0):
+        if isinstance(arg, bytearray):
+            operations.append(["ioctl", request, bytes(arg).hex()])
+        else:
+            operations.append(["ioctl", request, int(arg)])
+        return real.ioctl(fd, request, arg)
+    def close(self, fd):
+        operations.append(["close"]); return real.close(fd)
+
+xstate_check.preboot(system=Recording())
+repeat = int(sys.argv[1])
+for _ in range(5):
+    xstate_check.preboot()
+times = []
+for _ in range(repeat):
+    start = time.perf_counter()
+    xstate_check.preboot()
+    times.append(time.perf_counter() - start)
+print(json.dumps({"operations": operations, "seconds": statistics.median(times)}))
+"""
+
+
+def c_program(operations: list[list[object]], repeat: int) -> str:
+    """Return C source issuing ``operations`` ``repeat`` times; it prints the median seconds."""
+    body: list[str] = []
+    buffers: list[str] = []
+    for index, op in enumerate(operations):
+        kind = op[0]
+        if kind == "uname":
+            body.append("uname(&names);")
+        elif kind == "cpuid":
+            body.append(f"__cpuid_count({op[1]}u, {op[2]}u, a, b, c, d); sink ^= a ^ b ^ c ^ d;")
+        elif kind == "xgetbv":
+            body.append(f'__asm__ volatile("xgetbv" : "=a"(a), "=d"(d) : "c"({op[1]}u)); '
+                        "sink ^= a ^ d;")
+        elif kind == "arch_prctl_get":
+            body.append(f"syscall(SYS_arch_prctl, {op[1]}, &value);")
+        elif kind == "open":
+            body.append(f'fd = open("{op[1]}", O_RDWR | O_CLOEXEC);')
+        elif kind == "close":
+            body.append("close(fd);")
+        elif kind == "ioctl" and isinstance(op[2], int):
+            body.append(f"ioctl(fd, {op[1]}ul, {op[2]}ul);")
+        elif kind == "ioctl":
+            data = bytes.fromhex(str(op[2]))
+            name = f"buffer{index}"
+            buffers.append(f"static unsigned char {name}[{len(data)}];")
+            if len(data) == 24:  # struct kvm_device_attr: the value lands in `value`
+                header = data[:16]
+                body.append(f"memcpy({name}, \"{_c_bytes(header)}\", 16); "
+                            f"*(uint64_t *)({name} + 16) = (uint64_t)(uintptr_t)&value;")
+            else:  # struct kvm_cpuid2: nent as the call found it, then room for entries
+                body.append(f"memset({name}, 0, sizeof {name}); "
+                            f"memcpy({name}, \"{_c_bytes(data[:8])}\", 8);")
+            body.append(f"ioctl(fd, {op[1]}ul, {name});")
+        else:
+            raise SystemExit(f"cannot issue {kind} from C")
+    steps = "\n        ".join(body)
+    return f"""
+#define _GNU_SOURCE
+#include <cpuid.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+{chr(10).join(buffers)}
+static int compare(const void *x, const void *y) {{
+    double p = *(const double *)x, q = *(const double *)y;
+    return (p > q) - (p < q);
+}}
+int main(void) {{
+    static double times[{repeat}];
+    unsigned int a, b, c, d, sink = 0;
+    uint64_t value = 0;
+    int fd = -1;
+    struct utsname names;
+    for (int run = 0; run < {repeat} + 5; run++) {{
+        struct timespec start, end;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        {steps}
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        if (run >= 5)
+            times[run - 5] = (end.tv_sec - start.tv_sec) + (end.tv_nsec - start.tv_nsec) / 1e9;
+    }}
+    qsort(times, {repeat}, sizeof times[0], compare);
+    printf("%.9f %u\\n", times[{repeat} / 2], sink & 1u);
+    return 0;
+}}
+"""
+
+
+def _c_bytes(data: bytes) -> str:
+    return "".join(f"\\x{byte:02x}" for byte in data)
+
+
+def installed_python(folder: Path) -> Path:
+    """Make a virtual environment in ``folder`` with the project installed; return its python."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return python
+
+
+def run_timed(args: list[str]) -> tuple[float, float]:
+    """Run ``args`` as a process; return its wall and CPU (user + system) seconds."""
+    start = time.perf_counter()
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=21, help="runs per figure (median)")
+    parser.add_argument("--python", type=Path, help="an interpreter with xstate-check installed")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        python = options.python or installed_python(Path(tmp) / "venv")
+        command = str(python.parent / "xstate-check")
+        out = str(Path(tmp) / "host.json")
+        host = [command, "host", "--format", "json", "-o", out]
+        check = subprocess.run(host, capture_output=True, text=True, check=False)
+        if check.returncode not in (0, 1):
+            print(f"xstate-check host exited {check.returncode}: {check.stderr.strip()}")
+            return 1
+        print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
+
+        # 1. The host command against a bare interpreter, runs interleaved.
+        bare_runs, host_runs = [], []
+        for _ in range(options.repeat):
+            bare_runs.append(run_timed([str(python), "-c", "pass"]))
+            host_runs.append(run_timed(host))
+        bare_wall = statistics.median(w for w, _ in bare_runs)
+        host_wall = statistics.median(w for w, _ in host_runs)
+        bare_cpu = statistics.median(c for _, c in bare_runs)
+        host_cpu = statistics.median(c for _, c in host_runs)
+        extra = (host_wall - bare_wall) * 1e3
+        print(f"xstate-check host --format json -o FILE: {host_wall * 1e3:.1f} ms wall "
+              f"({host_cpu * 1e3:.1f} ms CPU); bare interpreter {bare_wall * 1e3:.1f} ms "
+              f"({bare_cpu * 1e3:.1f} ms CPU); extra {extra:.1f} ms wall, "
+              f"{(host_cpu - bare_cpu) * 1e3:.1f} ms CPU (target <= 50)")
+        importtime = subprocess.run(
+            [str(python), "-X", "importtime", "-c",
+             "import sys; from xstate_check.cli import main; "
+             f"sys.exit(main(['host', '--format', 'json', '-o', {out!r}]))"],
+            capture_output=True, text=True, check=False)
+        rows = []
+        for line in importtime.stderr.splitlines():
+            parts = [part.strip() for part in line.split("|")]
+            if len(parts) == 3 and parts[1].isdigit():
+                rows.append((int(parts[1]), parts[2]))
+        top = sorted(rows, reverse=True)[:8]
+        print("  -X importtime, cumulative µs: " + ", ".join(f"{n} {t}" for t, n in top))
+
+        # 2. The first preboot() in a fresh interpreter.
+        firsts = []
+        for _ in range(options.repeat):
+            done = subprocess.run([str(python), "-c", FIRST_PREBOOT], capture_output=True,
+                                  text=True, check=False)
+            if done.returncode != 0:
+                print(f"preboot() failed: {done.stderr.strip()[-300:]}")
+                return 1
+            firsts.append(float(done.stdout.split()[-1]))
+        first = statistics.median(firsts) * 1e3
+        print(f"first preboot() in a fresh interpreter, imports included: {first:.1f} ms "
+              "(target <= 40)")
+
+        # 3. A warm preboot() against the same operations from C.
+        warm = subprocess.run([str(python), "-c", WARM_PREBOOT, str(options.repeat * 10)],
+                              capture_output=True, text=True, check=True)
+        found = json.loads(warm.stdout)
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            print(f"warm preboot(): {found['seconds'] * 1e3:.3f} ms; no C compiler: "
+                  "the C comparison is skipped")
+            return 0
+        source = Path(tmp) / "same_calls.c"
+        source.write_text(c_program(found["operations"], options.repeat * 10))
+        binary = Path(tmp) / "same_calls"
+        subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
+        c_seconds = float(subprocess.run([str(binary)], capture_output=True, text=True,
+                                         check=True).stdout.split()[0])
+        kinds: dict[str, int] = {}
+        for op in found["operations"]:
+            kinds[op[0]] = kinds.get(op[0], 0) + 1
+        print(f"warm preboot(): {found['seconds'] * 1e3:.3f} ms; the same "
+              f"{len(found['operations'])} calls from C ({kinds}): {c_seconds * 1e3:.3f} ms; "
+              f"ratio {found['seconds'] / c_seconds:.2f} (target <= 2)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
