@@ -32,7 +32,8 @@ pytestmark = pytest.mark.shared
 CATALOGUE = load_catalogue()
 XCR0_FAMILY = CATALOGUE.family("xcr0")
 
-#: Firecracker's templates and the hosts they were written for (FIRECRACKER.md §2.2, §3).
+#: Firecracker's templates and the hosts they were written for: the CPU models its static
+#: templates accept, and the host kernels of the _5.10 and _6.1 custom templates.
 TEMPLATE_HOSTS = {
     "T2": ("SKYLAKE", "CASCADELAKE", "ICELAKE"),
     "C3": ("SKYLAKE", "CASCADELAKE", "ICELAKE"),
