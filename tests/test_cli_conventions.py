@@ -173,6 +173,20 @@ def test_standard_input_is_a_source_for_check_decode_and_convert(tmp_path: Path)
     assert converted.stdout.encode() == table  # the project's JSON reads back unchanged
 
 
+def test_standard_input_is_a_source_for_restore(tmp_path: Path) -> None:
+    """`restore - --on DEST` judges the piped table as `restore FILE --on DEST` does."""
+    path = tmp_path / "spr.json"
+    assert run("convert", SPR, "-o", str(path)).returncode == 0
+    dest = "profile:fc-sapphire-rapids-5.10"  # its KVM lacks AMX: the restore fails
+    from_file = run("restore", str(path), "--on", dest, "--format", "json")
+    from_stdin = run("restore", "-", "--on", dest, "--format", "json", stdin=path.read_bytes())
+    assert from_file.returncode == from_stdin.returncode == 1, from_stdin.stderr
+    (piped,), (read,) = (json.loads(from_stdin.stdout)["subjects"],
+                         json.loads(from_file.stdout)["subjects"])
+    assert piped["findings"] == read["findings"]
+    assert "restore-xcr0-supported" in {finding["name"] for finding in piped["findings"]}
+
+
 def test_standard_input_reads_a_real_dump(data_dir: Path) -> None:
     """A libcpuid dump piped in reads as the file does."""
     path = data_dir / "cpuid-dumps" / "libcpuid" / "epyc-genoa.test"
@@ -240,3 +254,34 @@ def test_changes_hook_in_a_repository_without_commits(tmp_path: Path) -> None:
     wrong = run("gate", "--changed-since", "no-such-branch", "cpu-templates/good.json", cwd=root)
     assert wrong.returncode == 2
     assert "expected a git revision" in wrong.stderr
+
+
+# --------------------------------------------------------------------------- the README
+
+
+def _blocks(text: str, after: str) -> list[str]:
+    """Return the fenced blocks that follow the first line containing ``after``."""
+    rest = text[text.index(after):]
+    return re.findall(r"^```[a-z]*\n(.*?)^```$", rest, re.M | re.S)
+
+
+def test_readme_installs_in_a_virtual_environment() -> None:
+    """Both set-up commands create and activate a venv before pip (Debian refuses pip outside
+    one), and none says `pip install xstate-check`, which is not published."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    for marker in ("<!-- main-command -->", "<!-- test-command -->"):
+        command = _blocks(text, marker)[0].strip()
+        assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && "), marker
+        assert "python -m pip install" in command, marker
+    assert not re.search(r"pip install xstate-check\b", text)
+
+
+def test_readme_pre_commit_example_names_a_matrix_and_a_real_hook() -> None:
+    """The pre-commit example uses a hook of .pre-commit-hooks.yaml and names a matrix."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    (config,) = [b for b in _blocks(text, "With pre-commit") if "hooks:" in b][:1]
+    hooks = (REPO / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
+    (hook_id,) = re.findall(r"- id: (\S+)", config)
+    assert re.search(rf"^- id: {re.escape(hook_id)}$", hooks, re.M)
+    args = re.search(r"args: \[(.*)\]", config)
+    assert args is not None and args.group(1).split(", ")[0] == "--matrix"
