@@ -144,11 +144,11 @@ def test_an_unknown_format_points_at_its_first_word() -> None:
     ("text", "where", "bound"),
     [
         ("[" + "0," * limits.MAX_JSON_VALUES + "0]", (1, 2 * limits.MAX_JSON_VALUES),
-         "100000 JSON"),
+         "50000 JSON"),
         ("[" + "[]," * limits.MAX_JSON_VALUES + "[]]", (1, 3 * limits.MAX_JSON_VALUES - 1),
-         "100000 JSON"),
+         "50000 JSON"),
         ("[\n" + "]" * (limits.MAX_JSON_VALUES + 5), (2, limits.MAX_JSON_VALUES + 1),
-         "100000 JSON"),
+         "50000 JSON"),
         ("\n" + "[" * 200, (2, 129), "128 nested"),
     ],
     ids=["zeros", "empty-arrays", "closers", "nesting"],
@@ -157,7 +157,7 @@ def test_an_unknown_format_points_at_its_first_word() -> None:
 def test_json_bounds_are_checked_before_any_value_is_built(
     reader: str, text: str, where: tuple[int, int], bound: str
 ) -> None:
-    """Every JSON reader refuses past 100,000 values or 128 levels, at the token past it."""
+    """Every JSON reader refuses past 50,000 values or 128 levels, at the token past it."""
     with pytest.raises(InputError) as caught:
         if reader == "jsonpos":
             jsonpos.parse(text, "b.json")
@@ -173,7 +173,7 @@ def test_json_bounds_are_checked_before_any_value_is_built(
 
 
 def test_json_at_the_bound_still_reads() -> None:
-    """A document of exactly 100,000 values parses."""
+    """A document of exactly 50,000 values parses."""
     text = "[" + ",".join(["0"] * (limits.MAX_JSON_VALUES - 1)) + "]"
     assert len(jsonpos.parse(text, "b.json").value) == limits.MAX_JSON_VALUES - 1
 
@@ -218,8 +218,8 @@ def _leaf(modifiers: int = 1, leaf: int = 1) -> str:
     [
         ('{"cpuid_modifiers": [\n' + ",\n".join([_leaf()] * (limits.MAX_ENTRIES + 1)) + "]}",
          limits.MAX_ENTRIES + 2, "at most 4096 cpuid modifiers"),
-        ('{"cpuid_modifiers": [\n' + ",\n".join([_leaf(3300)] * 5) + "]}",
-         6, "at most 16384 register modifiers"),
+        ('{"cpuid_modifiers": [\n' + ",\n".join([_leaf(3000)] * 3) + "]}",
+         4, "at most 8192 register modifiers"),
         ('{"msr_modifiers": [\n' + ",\n".join(
             ['{"addr": "0x10a", "bitmap": "0b1"}'] * (limits.MAX_MSR_MODIFIERS + 1)) + "]}",
          limits.MAX_MSR_MODIFIERS + 2, "at most 4096 MSR modifiers"),
@@ -242,7 +242,7 @@ def _naive_owner(pins: list[tuple[int, Location]], bit: int) -> Location | None:
 
 
 def test_applying_a_template_keeps_a_bounded_number_of_pins_per_register() -> None:
-    """16,384 modifiers of one register leave at most 33 pins, and every bit's owner is right.
+    """8,192 modifiers of one register leave at most 33 pins, and every bit's owner is right.
 
     Applying used to copy the growing tuple of pins once per modifier (quadratic); the pins
     that no longer own a bit are dropped, which changes no answer.

@@ -32,13 +32,13 @@ MAX_DUMP_LINES = 1_000_000
 MAX_ENTRIES = 4096
 
 #: Register modifiers of a template, counted over all its cpuid modifiers.
-MAX_REGISTER_MODIFIERS = 4 * MAX_ENTRIES
+MAX_REGISTER_MODIFIERS = 2 * MAX_ENTRIES
 
 #: MSR modifiers of a template.
 MAX_MSR_MODIFIERS = 4096
 
 #: Values in one JSON file: strings (keys included), numbers, literals, arrays, objects.
-MAX_JSON_VALUES = 100_000
+MAX_JSON_VALUES = 50_000
 
 #: Nested arrays and objects in one JSON document (serde_json's recursion limit).
 MAX_DEPTH = 128
