@@ -11,6 +11,7 @@ any machine and under any hash seed, so a failure is reproduced from two integer
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -18,10 +19,12 @@ from pathlib import Path
 
 __all__ = [
     "EXPRESSION_TOKENS",
+    "EXTREME_SHAPES",
     "JSON_TOKENS",
     "MAX_INPUT",
     "TEXT_TOKENS",
     "TOML_TOKENS",
+    "Extremes",
     "Mutator",
     "read_seeds",
     "trim_dump",
@@ -484,3 +487,232 @@ def nest(data: bytes, rng: random.Random, mutator: Mutator) -> bytes:
     depth = rng.choice((50, 500, 5000, 50000))
     opener, closer = rng.choice(((b"(", b")"), (b"!", b""), (b"-", b""), (b"~", b"")))
     return opener * depth + data + closer * depth
+
+
+# ----------------------------------------------------------------------------- extremes
+
+#: The shapes the extremes generator makes, whatever the format.
+EXTREME_SHAPES = (
+    "long-line", "many-lines", "many-entries", "deep-nesting", "huge-number", "long-string",
+)
+# Runs a long line is padded with: blanks, digits, separators, brackets, escapes, UTF-8.
+_FILLERS: tuple[bytes, ...] = (
+    b" ", b" ", b"\t", b"0", b"9", b"F", b"x", b"-", b":", b",", b"[", b"{", b"(", b'"',
+    b"\\", b"_", b"=", b"\xc3\xa9", b" 0x", b"a ", b"\\u00e9", b"\r",
+)
+# Line heads of the text formats whose rest a reader matches with a regex: padding them is
+# how a backtracking pattern shows (an AIDA64 header padded with spaces took 16 s at 60 kB).
+_TEXT_HEADS: tuple[bytes, ...] = (
+    b"Windows Version: a", b"Program Version: a", b"allcpu: Package 0: Intel", b"CPUID ",
+    b"CPUID 0000000D: ", b"CPUID 00000000: 00000001-", b"CPU#000 AffMask: ",
+    b"------[ CPUID Registers / Logical CPU #", b"basic_cpuid[", b"intel_fn4[0]=",
+    b"   0x0000000d 0x", b"   0x0000000d 0x00: eax=0x", b"CPU ", b"_ Logical CPU #0 ",
+)
+_TOML_HEADS: tuple[bytes, ...] = (b"id = ", b'check = "', b"x = ", b'message = """', b"# ")
+_DIGITS = (b"9", b"0", b"1", b"F", b"f")
+
+
+def _log_size(rng: random.Random, max_size: int) -> int:
+    """Return a size drawn log-uniformly from 64 bytes to ``max_size``: mostly small."""
+    return int(2 ** rng.uniform(6, math.log2(max(128, max_size))))
+
+
+def _pad(line: bytes, rng: random.Random, size: int) -> bytes:
+    """Return ``line`` with a run of one filler inserted at a random place, and a tail."""
+    filler = rng.choice(_FILLERS)
+    at = rng.randrange(len(line) + 1)
+    tail = rng.choice((b"", b"b", b"x", b"]", b'"', b"0"))
+    return line[:at] + filler * max(1, size // len(filler)) + tail + line[at:]
+
+
+def extreme_long_line(data: bytes, rng: random.Random, size: int, structure: str | None) -> bytes:
+    """Pad one line (of the input, or a line head of the format) to ``size`` bytes."""
+    spans = _line_spans(data)
+    heads = _TOML_HEADS if structure == "toml" else _TEXT_HEADS
+    if spans and rng.random() < 0.5:
+        start, end = rng.choice(spans)
+        line = data[start:end].rstrip(b"\r\n")
+        return data[:start] + _pad(line, rng, size) + b"\n" + data[end:]
+    # A line head padded right after it, blanks most often, and a word after the run.
+    filler = rng.choice((b" ", b" ", b"\t", *_FILLERS))
+    line = rng.choice(heads) + filler * max(1, size // len(filler)) + rng.choice((b"b", b"x0"))
+    at = rng.choice([0, *(end for _, end in spans)])
+    return data[:at] + line + b"\n" + data[at:]
+
+
+def extreme_many_lines(data: bytes, rng: random.Random, size: int, structure: str | None) -> bytes:
+    """Repeat one line (a register line, a header, a blank line) until ``size`` bytes."""
+    spans = _line_spans(data)
+    choice = rng.randrange(3)
+    if choice == 0 or not spans:
+        line = rng.choice((b"\n", b"\r\n", b" \n", b"x\n", b"CPU#001 AffMask: 0x1\n"))
+    else:
+        start, end = rng.choice(spans)
+        line = data[start:end] if data[start:end].endswith(b"\n") else data[start:end] + b"\n"
+    at = rng.choice([0, len(data), *(end for _, end in spans)])
+    return data[:at] + line * max(1, size // max(1, len(line))) + data[at:]
+
+
+_AIDA_ROW = re.compile(rb"^CPUID [0-9A-Fa-f]{8}: ", re.MULTILINE)
+_RAW_ROW = re.compile(rb"^\s+0x[0-9a-fA-F]{8} 0x", re.MULTILINE)
+_NATIVE_ROW = re.compile(rb"^(?:basic_cpuid|intel_fn4)\[", re.MULTILINE)
+
+
+def _text_entries(data: bytes, rng: random.Random, size: int) -> bytes:
+    """Return ``size`` bytes of distinct register lines in the input's own dialect."""
+    rows: list[bytes] = []
+    total = 0
+    index = 0
+    if _RAW_ROW.search(data):
+        make = ("   0x{leaf:08x} 0x{sub:08x}: eax=0x00000001 ebx=0x00000002 "
+                "ecx=0x00000003 edx=0x00000004\n")
+    elif _NATIVE_ROW.search(data):
+        make = "intel_fn4[{sub}]=00000001 00000002 00000003 00000004\n"
+    else:
+        make = "CPUID {leaf:08X}: 00000001-00000002-00000003-00000004 [SL {sub:02X}]\n"
+    leaf = rng.choice((0x4, 0xD, 0x40000000, 0x8000001D))
+    while total < size:
+        row = make.format(leaf=leaf, sub=index).encode()
+        rows.append(row)
+        total += len(row)
+        index += 1
+    return b"".join(rows)
+
+
+def _json_tree(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def extreme_many_entries(
+    data: bytes, rng: random.Random, size: int, structure: str | None
+) -> bytes:
+    """Grow the largest array (or an object's keys, or the register lines) to ``size`` bytes."""
+    if structure != "json":
+        spans = _line_spans(data)
+        at = rng.choice([len(data), *(end for _, end in spans)])
+        return data[:at] + _text_entries(data, rng, size) + data[at:]
+    tree = _json_tree(data)
+    if tree is None:
+        return _joined_values(rng, size)
+    arrays = [path for path in _json_nodes(tree) if isinstance(_json_get(tree, path), list)]
+    objects = [path for path in _json_nodes(tree) if isinstance(_json_get(tree, path), dict)]
+    if objects and (not arrays or rng.random() < 0.2):
+        target = _json_get(tree, rng.choice(objects))
+        assert isinstance(target, dict)
+        for index in range(max(1, size // 12)):
+            target[f"k{index}"] = index
+        return json.dumps(tree).encode()
+    if not arrays:
+        return _joined_values(rng, size)
+    path = max(arrays, key=lambda p: len(json.dumps(_json_get(tree, p))))
+    items = _json_get(tree, path)
+    assert isinstance(items, list)
+    element = items[0] if items else 0
+    text = json.dumps(element)
+    count = max(1, size // (len(text) + 1))
+    copies: list[object] = [element] * count
+    if isinstance(element, dict) and "subleaf" in element:
+        copies = [{**element, "subleaf": hex(index)} for index in range(count)]
+    items[:] = copies
+    return json.dumps(tree, indent=rng.choice((None, 1))).encode()
+
+
+def _joined_values(rng: random.Random, size: int) -> bytes:
+    """Return a JSON array of ``size`` bytes of one small value repeated (16 MiB of zeros)."""
+    value = rng.choice((b"0", b"[]", b"{}", b'""', b"null", b"-0", b"1e9"))
+    return b"[" + b",".join([value] * max(1, size // (len(value) + 1))) + b"]"
+
+
+def extreme_deep_nesting(
+    data: bytes, rng: random.Random, size: int, structure: str | None
+) -> bytes:
+    """Nest ``size`` arrays, objects or parentheses at a random place."""
+    depth = max(1, size // 2)
+    if structure == "expression":
+        opener, closer = rng.choice(((b"(", b")"), (b"!", b""), (b"-", b""), (b"~", b"")))
+        return opener * depth + data + closer * depth
+    if structure == "toml":
+        return b"x = " + b"[" * depth + b"1" + b"]" * depth * rng.randrange(2) + b"\n" + data
+    opener, closer = rng.choice(((b"[", b"]"), (b'{"a":', b"}"), (b"[", b"")))
+    inner = opener * (depth // len(opener)) + b"0" + closer * (depth // len(opener))
+    at = _position(data, rng)
+    return data[:at] + inner + data[at:] if rng.random() < 0.5 else inner
+
+
+_NUMBER_OR_HEX = re.compile(rb"-?\d+|[0-9A-Fa-f]{8}")
+
+
+def extreme_huge_number(data: bytes, rng: random.Random, size: int, structure: str | None) -> bytes:
+    """Replace one number (decimal or a hex register) with a run of ``size`` digits."""
+    numbers = list(_NUMBER_OR_HEX.finditer(data))
+    digits = rng.choice(_DIGITS) * max(1, size)
+    if rng.random() < 0.3:
+        digits = b"-" + digits if rng.random() < 0.5 else b"0x" + digits
+    if not numbers:
+        return data + digits
+    number = rng.choice(numbers)
+    return data[: number.start()] + digits + data[number.end():]
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\\n]|\\.)*"')
+_STRING_FILLERS = (b"x", b" ", b"\\u00e9", b"\\ud800", b"\\\\", b'\\"', b"\\n", b"0", b"_")
+
+
+def extreme_long_string(data: bytes, rng: random.Random, size: int, structure: str | None) -> bytes:
+    """Replace one quoted string with ``size`` bytes of a filler (escapes included)."""
+    strings = list(_JSON_STRING.finditer(data))
+    if not strings or structure == "expression":
+        return extreme_long_line(data, rng, size, structure)
+    found = rng.choice(strings)
+    filler = rng.choice(_STRING_FILLERS)
+    body = filler * max(1, size // len(filler))
+    return data[: found.start()] + b'"' + body + b'"' + data[found.end():]
+
+
+_EXTREMES: dict[str, Callable[[bytes, random.Random, int, str | None], bytes]] = {
+    "long-line": extreme_long_line,
+    "many-lines": extreme_many_lines,
+    "many-entries": extreme_many_entries,
+    "deep-nesting": extreme_deep_nesting,
+    "huge-number": extreme_huge_number,
+    "long-string": extreme_long_string,
+}
+
+
+class Extremes:
+    """Makes size and shape extremes from seeds: input ``index`` of campaign ``seed`` is one
+    of ``EXTREME_SHAPES`` at a size drawn log-uniformly up to ``max_size`` bytes.
+
+    It finds what mutating real files near their own size does not: work that grows faster
+    than the input (backtracking patterns, quadratic loops) and memory that grows with it
+    (a tree of millions of values). The same (seed, index) always gives the same bytes.
+    """
+
+    def __init__(
+        self, seeds: Sequence[bytes], *, structure: str | None = None,
+        max_size: int = 1 << 20,
+    ) -> None:
+        if not seeds:
+            raise ValueError("the extremes generator needs at least one seed")
+        self.seeds = list(seeds)
+        self.structure = structure
+        self.max_size = max_size
+
+    def rng(self, seed: int, index: int) -> random.Random:
+        """Return the random generator of input ``index`` of campaign ``seed``."""
+        return random.Random(f"xstate-check-extreme:{seed}:{index}")
+
+    def make(self, rng: random.Random) -> tuple[bytes, str]:
+        """Return one input and its label: ``shape size``."""
+        shape = rng.choice(EXTREME_SHAPES)
+        size = _log_size(rng, self.max_size)
+        data = _EXTREMES[shape](rng.choice(self.seeds), rng, size, self.structure)
+        # The whole input stays within the readers' 16 MiB limit, as the campaign's are.
+        return data[: max(self.max_size, 1 << 16) * 2], shape
+
+    def input(self, seed: int, index: int) -> bytes:
+        """Return input number ``index`` of campaign ``seed`` (always the same bytes)."""
+        return self.make(self.rng(seed, index))[0]

@@ -43,6 +43,7 @@ __all__ = [
     "LateInputError",
     "Reader",
     "RoundTripError",
+    "for_extremes",
     "render_cpuid_raw",
     "rules_dir",
     "variant_of",
@@ -357,6 +358,36 @@ READERS: dict[str, Reader] = {
                lambda data: "xcr0.toml"),
     )
 }
+
+
+def _read_cpuid(path: str, data: bytes, variant: int) -> object:
+    result = load_cpuid(path)
+    XsaveLayout.from_cpuid(result)
+    return result
+
+
+def _read_template(path: str, data: bytes, variant: int) -> object:
+    return apply_template(load_template(path), _base_cpuid())
+
+
+def _read_json(path: str, data: bytes, variant: int) -> object:
+    return jsonpos.parse(jsonpos.read_text(path), path, allow_duplicates=bool(variant % 2))
+
+
+#: What the extremes campaign runs per reader: the read itself and what the command line
+#: does right after it (a layout, a template applied), without the round trips and rule
+#: runs of the mutation campaign, which are bounded by the table read and cost the most.
+_EXTREME_RUNS: dict[str, Callable[[str, bytes, int], object]] = {
+    "aida64": _read_cpuid, "libcpuid": _read_cpuid, "cpuid-raw": _read_cpuid,
+    "fingerprint": _read_cpuid, "ownjson": _read_cpuid, "template": _read_template,
+    "jsonpos": _read_json,
+}
+
+
+def for_extremes(reader: Reader) -> Reader:
+    """Return the reader as the extremes campaign runs it (see ``_EXTREME_RUNS``)."""
+    run = _EXTREME_RUNS.get(reader.name)
+    return attrs.evolve(reader, run=run) if run is not None else reader
 
 
 def variant_of(rng: random.Random) -> int:

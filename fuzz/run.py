@@ -2,6 +2,7 @@
 """The fuzz command: feed every reader mutated real inputs and count what comes back.
 
     python fuzz/run.py [--inputs N] [--seed S] [--reader NAME]... [--jobs J] [--atheris]
+    python fuzz/run.py --extremes [--max-size BYTES] [--inputs N] ...
 
 For each reader it prints the inputs tried, how many gave a result and how many an
 InputError, the distinct errors seen, and the failures, which must all be 0: uncaught
@@ -9,6 +10,13 @@ exceptions (anything but the project's InputError), round-trip mismatches (a res
 reads back differently, i.e. a reader that lied) and hangs (an input that took longer than
 ``--time-limit`` seconds). Each failing input is written to fuzz-out/ with its traceback and
 the command that replays it. The exit status is 0 when every failure count is 0.
+
+``--extremes`` feeds size and shape extremes instead (long lines, many lines or entries,
+deep nesting, huge numbers, long strings, up to ``--max-size`` bytes): work that grows faster
+than the input and memory that grows with it. Every campaign times each input and reports
+the slowest one (its seconds, bytes, shape and number) and the peak memory of the process;
+with ``--budget S`` an input taking more than S seconds per 16 MiB (and at least S/4) is
+counted as slow, a failure like a hang.
 
 Inputs are numbered: input I of campaign S is always the same bytes, so
 ``--seed S --reader NAME --replay I`` re-runs exactly one input. Readers run in parallel
@@ -45,11 +53,18 @@ for _entry in (REPO / "src", REPO):
 
 import attrs  # noqa: E402
 
-from fuzz.mutate import Mutator  # noqa: E402
-from fuzz.readers import READERS, LateInputError, Reader, RoundTripError, variant_of  # noqa: E402
+from fuzz.mutate import TOML_TOKENS, Extremes, Mutator  # noqa: E402
+from fuzz.readers import (  # noqa: E402
+    READERS,
+    LateInputError,
+    Reader,
+    RoundTripError,
+    for_extremes,
+    variant_of,
+)
 from xstate_check.errors import InputError  # noqa: E402
 
-__all__ = ["Stats", "fuzz", "main", "mutator_for", "replay"]
+__all__ = ["Stats", "extremes_for", "fuzz", "main", "mutator_for", "replay"]
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_OUT = REPO / "fuzz-out"
@@ -84,7 +99,14 @@ class Stats:
     uncaught: int = 0
     mismatches: int = 0
     hangs: int = 0
+    slow: int = 0
     seconds: float = 0.0
+    #: The slowest input: seconds, bytes, label (shape) and number.
+    slowest: tuple[float, int, str, int] = (0.0, 0, "", -1)
+    #: The process's peak resident memory (bytes) and the input that raised it most.
+    peak_memory: int = 0
+    peak_input: int = -1
+    labels: Counter[str] = attrs.field(factory=Counter)
     shapes: Counter[str] = attrs.field(factory=Counter)
     texts: set[str] = attrs.field(factory=set)
     failures: Counter[str] = attrs.field(factory=Counter)
@@ -92,14 +114,18 @@ class Stats:
 
     @property
     def failed(self) -> int:
-        """Return the number of inputs that crashed, lied or hung (must be 0)."""
-        return self.uncaught + self.mismatches + self.hangs
+        """Return the number of inputs that crashed, lied, hung or were slow (must be 0)."""
+        return self.uncaught + self.mismatches + self.hangs + self.slow
 
     def merge(self, other: Stats) -> None:
         """Add another part of the same reader's campaign to this one."""
         for name in ("tried", "results", "input_errors", "unlocated", "uncaught",
-                     "mismatches", "hangs", "seconds"):
+                     "mismatches", "hangs", "slow", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.slowest = max(self.slowest, other.slowest)
+        if other.peak_memory > self.peak_memory:
+            self.peak_memory, self.peak_input = other.peak_memory, other.peak_input
+        self.labels.update(other.labels)
         self.shapes.update(other.shapes)
         self.texts |= other.texts
         self.failures.update(other.failures)
@@ -109,6 +135,12 @@ class Stats:
 def mutator_for(reader: Reader, data_dir: Path) -> Mutator:
     """Return the mutator of a reader, seeded from the real files under ``data_dir``."""
     return Mutator(reader.seeds(data_dir), tokens=reader.tokens, structure=reader.structure)
+
+
+def extremes_for(reader: Reader, data_dir: Path, max_size: int) -> Extremes:
+    """Return the extremes generator of a reader, seeded from the real files under ``data_dir``."""
+    structure = "toml" if reader.tokens is TOML_TOKENS else reader.structure
+    return Extremes(reader.seeds(data_dir), structure=structure, max_size=max_size)
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
@@ -156,7 +188,7 @@ _saved: Counter[tuple[str, str]] = Counter()
 
 
 def _save(out_dir: Path | None, reader: Reader, *, seed: int, index: int, data: bytes,
-          kind: str, report: str) -> list[str]:
+          kind: str, report: str, extremes: bool = False) -> list[str]:
     """Write a failing input and its log to out_dir (a few per kind); return what was written."""
     _saved[reader.name, kind] += 1
     if out_dir is None or _saved[reader.name, kind] > REPRODUCERS_PER_KIND:
@@ -165,57 +197,105 @@ def _save(out_dir: Path | None, reader: Reader, *, seed: int, index: int, data: 
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"seed{seed}-input{index}"
     stem.with_suffix(reader.suffix).write_bytes(data)
-    replay = f"python fuzz/run.py --reader {reader.name} --seed {seed} --replay {index}"
+    replay = (f"python fuzz/run.py --reader {reader.name} --seed {seed} --replay {index}"
+              + (" --extremes (with the campaign's --max-size)" if extremes else ""))
     stem.with_suffix(".log").write_text(f"{kind}\n{replay}\n\n{report}", encoding="utf-8")
     return [str(stem.with_suffix(reader.suffix))]
 
 
+class SlowInputError(Exception):
+    """An input that took longer than the campaign's budget for its size."""
+
+
+def _peak_memory() -> int:
+    """Return this process's peak resident memory in bytes (VmHWM: its own, not a parent's)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def try_one(reader: Reader, path: str, data: bytes, *, variant: int, stats: Stats,
-            time_limit: float) -> tuple[str, BaseException] | None:
-    """Run one input through a reader, count the outcome; return (kind, failure) if any."""
+            time_limit: float, index: int = -1, label: str = "",
+            budget: float | None = None) -> tuple[str, BaseException] | None:
+    """Run one input through a reader, count the outcome; return (kind, failure) if any.
+
+    The input is timed (the slowest is kept in ``stats``) and the process's peak memory
+    read after it; with a ``budget`` (seconds per 16 MiB), a slower input is a failure.
+    """
     stats.tried += 1
-    failure: BaseException
+    stats.labels[label] += 1
     with open(path, "wb") as handle:
         handle.write(data)
+    outcome: BaseException | None = None
+    began = time.perf_counter()
     try:
         with _time_limit(time_limit):
             reader.run(path, data, variant)
-    except InputError as error:
-        stats.input_errors += 1
-        stats.shapes[error_shape(error.expected)] += 1
-        if len(stats.texts) < 100_000:
-            stats.texts.add(error.expected)
-        if error.location.path != path or not error.location.line or not error.expected:
-            stats.unlocated += 1
-            stats.shapes[f"(without file and line) {error_shape(error.expected)}"] += 1
-        return None
-    except Hang as error:
-        stats.hangs += 1
-        kind, failure = f"hang over {time_limit} s", error
-    except RoundTripError as error:
-        stats.mismatches += 1
-        kind, failure = f"mismatch: {error}", error
-    except LateInputError as error:
-        stats.uncaught += 1
-        kind, failure = error_shape(str(error)), error
     except KeyboardInterrupt:
         raise
-    except BaseException as error:
-        stats.uncaught += 1
-        kind, failure = _signature(error), error
-    else:
-        stats.results += 1
+    except BaseException as error:  # classified below
+        outcome = error
+    took = time.perf_counter() - began
+    stats.slowest = max(stats.slowest, (took, len(data), label, index))
+    peak = _peak_memory()
+    if peak > stats.peak_memory:
+        stats.peak_memory, stats.peak_input = peak, index
+    kind, failure = _classify(outcome, path, stats, time_limit)
+    if failure is None and budget is not None and took > max(
+        budget / 4, budget * len(data) / (16 << 20)
+    ):
+        stats.slow += 1
+        kind = f"slow: over {budget} s per 16 MiB ({label})"
+        failure = SlowInputError(f"{took:.2f} s for {len(data)} bytes ({label})")
+    if failure is None:
         return None
     stats.failures[kind] += 1
     return kind, failure
 
 
+def _classify(outcome: BaseException | None, path: str, stats: Stats,
+              time_limit: float) -> tuple[str, BaseException | None]:
+    """Count one outcome: a result, an InputError, or a failure (kind, exception)."""
+    if outcome is None:
+        stats.results += 1
+        return "", None
+    if isinstance(outcome, InputError):
+        stats.input_errors += 1
+        stats.shapes[error_shape(outcome.expected)] += 1
+        if len(stats.texts) < 100_000:
+            stats.texts.add(outcome.expected)
+        if outcome.location.path != path or not outcome.location.line or not outcome.expected:
+            stats.unlocated += 1
+            stats.shapes[f"(without file and line) {error_shape(outcome.expected)}"] += 1
+        return "", None
+    if isinstance(outcome, Hang):
+        stats.hangs += 1
+        return f"hang over {time_limit} s", outcome
+    if isinstance(outcome, RoundTripError):
+        stats.mismatches += 1
+        return f"mismatch: {outcome}", outcome
+    stats.uncaught += 1
+    if isinstance(outcome, LateInputError):
+        return error_shape(str(outcome)), outcome
+    return _signature(outcome), outcome
+
+
 def fuzz(reader: Reader, inputs: int, *, seed: int = 0, data_dir: Path = DEFAULT_DATA,
          start: int = 0, skip: frozenset[int] = frozenset(), time_limit: float = 10.0,
-         out_dir: Path | None = None, mutator: Mutator | None = None,
-         progress: Any = None) -> Stats:
-    """Run inputs ``start`` … ``inputs - 1`` of campaign ``seed`` through one reader."""
-    mutator = mutator or mutator_for(reader, data_dir)
+         out_dir: Path | None = None, mutator: Mutator | Extremes | None = None,
+         progress: Any = None, extremes: bool = False, max_size: int = 1 << 20,
+         budget: float | None = None) -> Stats:
+    """Run inputs ``start`` … ``inputs - 1`` of campaign ``seed`` through one reader.
+
+    ``extremes`` draws size and shape extremes of at most ``max_size`` bytes instead of
+    mutations; ``budget`` (seconds per 16 MiB) makes a slower input a failure.
+    """
+    generator = mutator or (extremes_for(reader, data_dir, max_size) if extremes
+                            else mutator_for(reader, data_dir))
+    if isinstance(generator, Extremes):
+        reader = for_extremes(reader)
     stats = Stats(reader.name)
     began = time.perf_counter()
     with (tempfile.TemporaryDirectory(prefix="xstate-fuzz-", dir=_scratch()) as scratch,
@@ -225,34 +305,46 @@ def fuzz(reader: Reader, inputs: int, *, seed: int = 0, data_dir: Path = DEFAULT
                 continue
             if progress is not None:
                 progress.value = index
-            rng = mutator.rng(seed, index)
-            data = mutator.mutate(rng)
+            data, label, variant = _make(generator, seed, index)
             path = os.path.join(scratch, reader.file_name(data))
-            failure = try_one(reader, path, data, variant=variant_of(rng), stats=stats,
-                              time_limit=time_limit)
+            failure = try_one(reader, path, data, variant=variant, stats=stats,
+                              time_limit=time_limit, index=index, label=label, budget=budget)
             if failure is not None:
                 kind, error = failure
                 stats.reproducers += _save(
                     out_dir, reader, seed=seed, index=index, data=data, kind=kind,
                     report="".join(traceback.format_exception(error)),
+                    extremes=isinstance(generator, Extremes),
                 )
     stats.seconds = time.perf_counter() - began
     return stats
+
+
+def _make(generator: Mutator | Extremes, seed: int, index: int) -> tuple[bytes, str, int]:
+    """Return input ``index`` of campaign ``seed``: its bytes, label and variant number."""
+    rng = generator.rng(seed, index)
+    if isinstance(generator, Extremes):
+        data, label = generator.make(rng)
+        return data, label, variant_of(rng)
+    data = generator.mutate(rng)
+    return data, "mutated", variant_of(rng)
 
 
 def _scratch() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def replay(reader: Reader, *, seed: int, index: int, data_dir: Path, file: Path | None) -> int:
+def replay(reader: Reader, *, seed: int, index: int, data_dir: Path, file: Path | None,
+           extremes: bool = False, max_size: int = 1 << 20) -> int:
     """Run one input (numbered, or from a file) and show its outcome with any traceback."""
     if file is not None:
         data, variant = file.read_bytes(), 0
     else:
-        mutator = mutator_for(reader, data_dir)
-        rng = mutator.rng(seed, index)
-        data = mutator.mutate(rng)
-        variant = variant_of(rng)
+        generator = (extremes_for(reader, data_dir, max_size) if extremes
+                     else mutator_for(reader, data_dir))
+        data, _, variant = _make(generator, seed, index)
+    if extremes:
+        reader = for_extremes(reader)
     with tempfile.TemporaryDirectory(prefix="xstate-fuzz-") as scratch:
         path = os.path.join(scratch, reader.file_name(data))
         Path(path).write_bytes(data)
@@ -277,13 +369,16 @@ def _worker(name: str, settings: dict[str, Any], conn: Connection, progress: Any
     inputs, seed, start, skip = (settings[key] for key in ("inputs", "seed", "start", "skip"))
     out_dir = Path(settings["out"])
     reader = READERS[name]
-    mutator = mutator_for(reader, Path(settings["data"]))
+    generator: Mutator | Extremes = (
+        extremes_for(reader, Path(settings["data"]), settings["max_size"])
+        if settings["extremes"] else mutator_for(reader, Path(settings["data"]))
+    )
     position = start
     while position < inputs:
         stop = min(inputs, position + CHUNK)
         part = fuzz(reader, stop, seed=seed, start=position, skip=skip,
-                    time_limit=settings["time_limit"], out_dir=out_dir, mutator=mutator,
-                    progress=progress)
+                    time_limit=settings["time_limit"], out_dir=out_dir, mutator=generator,
+                    progress=progress, budget=settings["budget"])
         conn.send((stop, part))
         position = stop
     conn.close()
@@ -313,7 +408,8 @@ def _start(context: Any, campaign: _Campaign, args: argparse.Namespace) -> None:
         args=(campaign.reader.name,
               {"inputs": args.inputs, "seed": args.seed, "data": str(args.data),
                "time_limit": args.time_limit, "out": str(args.out),
-               "start": campaign.committed, "skip": frozenset(campaign.skip)},
+               "start": campaign.committed, "skip": frozenset(campaign.skip),
+               "extremes": args.extremes, "max_size": args.max_size, "budget": args.budget},
               send, campaign.progress),
         daemon=True,
     )
@@ -357,10 +453,11 @@ def _poll(campaign: _Campaign, args: argparse.Namespace, watchdog: float) -> boo
     else:
         lost.uncaught = 1
     lost.failures[what] += 1
-    mutator = mutator_for(campaign.reader, args.data)
-    data = mutator.mutate(mutator.rng(args.seed, index))
+    generator = (extremes_for(campaign.reader, args.data, args.max_size) if args.extremes
+                 else mutator_for(campaign.reader, args.data))
+    data, _, _ = _make(generator, args.seed, index)
     lost.reproducers += _save(args.out, campaign.reader, seed=args.seed, index=index, data=data,
-                              kind=what, report=what + "\n")
+                              kind=what, report=what + "\n", extremes=args.extremes)
     campaign.total.merge(lost)
     campaign.skip.add(index)
     return True
@@ -445,13 +542,17 @@ def _run_atheris(reader: Reader, args: argparse.Namespace) -> Stats:
 
 def _print_table(results: Sequence[Stats], args: argparse.Namespace) -> None:
     header = ("reader", "inputs", "results", "input errors", "distinct errors",
-              "distinct texts", "no line", "uncaught", "mismatches", "hangs", "seconds")
+              "distinct texts", "no line", "uncaught", "mismatches", "hangs", "slow", "seconds",
+              "slowest input", "peak memory")
     rows = [header]
     for stats in results:
+        took, size, label, index = stats.slowest
         rows.append((stats.reader, f"{stats.tried:,}", f"{stats.results:,}",
                      f"{stats.input_errors:,}", f"{len(stats.shapes):,}", f"{len(stats.texts):,}",
                      f"{stats.unlocated:,}", f"{stats.uncaught:,}", f"{stats.mismatches:,}",
-                     f"{stats.hangs:,}", f"{stats.seconds:,.0f}"))
+                     f"{stats.hangs:,}", f"{stats.slow:,}", f"{stats.seconds:,.0f}",
+                     f"{took:.2f} s, {size:,} B, {label or '?'} #{index}",
+                     f"{stats.peak_memory / 1e6:,.0f} MB (#{stats.peak_input})"))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     for number, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
@@ -493,6 +594,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="stop a reader at its first hang instead of going on")
     parser.add_argument("--atheris", action="store_true",
                         help="coverage-guided: run the reader under atheris (one reader)")
+    parser.add_argument("--extremes", action="store_true",
+                        help="size and shape extremes (long lines, many entries, deep nesting, "
+                        "huge numbers) instead of mutations of real files")
+    parser.add_argument("--max-size", type=int, default=4 << 20, metavar="BYTES",
+                        help="the largest extreme input, drawn log-uniformly (default: 4 MiB)")
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="an input slower than SECONDS per 16 MiB (at least SECONDS/4) "
+                        "is a failure (default: none; hangs only)")
     parser.add_argument("--replay", type=int, metavar="I", help="run input I alone and show it")
     parser.add_argument("--replay-file", type=Path, metavar="FILE",
                         help="run one saved input file alone and show it")
@@ -512,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("fuzz: --replay needs one --reader", file=sys.stderr)
             return 2
         return replay(readers[0], seed=args.seed, index=args.replay or 0, data_dir=args.data,
-                      file=args.replay_file)
+                      file=args.replay_file, extremes=args.extremes, max_size=args.max_size)
     if args.atheris:
         if len(readers) != 1:
             print("fuzz: --atheris runs one --reader at a time", file=sys.stderr)
@@ -524,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.jobs} jobs", file=sys.stderr, flush=True)
     results = _run_parallel(readers, args)
     print(f"\n$ python fuzz/run.py --inputs {args.inputs} --seed {args.seed}"
+          + (f" --extremes --max-size {args.max_size}" if args.extremes else "")
+          + (f" --budget {args.budget}" if args.budget is not None else "")
           + "".join(f" --reader {name}" for name in args.reader or ()))
     _print_table(results, args)
     print(f"\n{sum(s.tried for s in results):,} inputs in "
