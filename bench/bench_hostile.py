@@ -36,8 +36,8 @@ _TEMPLATE_LEAF = (
     '{"register": "ecx", "bitmap": "0bxxx1xxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]}'
 )
 _REGISTER = '{"register": "ecx", "bitmap": "0bxxx1xxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
-# A leaf modifier of leaf 0xD subleaf 0 touching its four registers: 29 JSON values, so 1,700
-# of them stay under the 50,000-value bound.
+# A leaf modifier of leaf 0xD subleaf 0 touching its four registers (29 JSON values): 1,024
+# of them are the 4,096 register modifiers a template may hold.
 _TEMPLATE_AT_BOUND = (
     '{"leaf": "0xd", "subleaf": "0x0", "flags": 1, "modifiers": [' + ", ".join(
         f'{{"register": "{register}", "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx1x"}}'
@@ -115,21 +115,21 @@ CASES: dict[str, Case] = {
     "template-at-the-bounds": (
         "template", ".json",
         lambda n: _joined('{"cpuid_modifiers": [', _TEMPLATE_AT_BOUND, ",\n", "]}",
-                          min(n, 1700 * (len(_TEMPLATE_AT_BOUND) + 2)))),
+                          min(n, 1024 * (len(_TEMPLATE_AT_BOUND) + 2)))),
     "gate-template-at-the-bounds": (
         "gate", ".json",
         lambda n: _joined('{"cpuid_modifiers": [', _TEMPLATE_AT_BOUND, ",\n", "]}",
-                          min(n, 1700 * (len(_TEMPLATE_AT_BOUND) + 2)))),
+                          min(n, 1024 * (len(_TEMPLATE_AT_BOUND) + 2)))),
     "aida-entries-at-the-bound": (
         "check", ".txt",
         lambda n: _AIDA_HEAD + "".join(
             f"CPUID 4000{index:04X}: 00000001-00000002-00000003-00000004\n"
-            for index in range(4092))),
+            for index in range(2044))),
     "ownjson-entries-at-the-bound": (
         "decode", ".json",
         lambda n: '{"schema": "xstate-check-cpuid/1", "entries": [' + ",\n".join(
             f'{{"leaf": "0xd", "subleaf": "{sub:#x}", "eax": "0x1", "ebx": "0x2", '
-            '"ecx": "0x3", "edx": "0x4"}' for sub in range(4096)) + "]}"),
+            '"ecx": "0x3", "edx": "0x4"}' for sub in range(2048)) + "]}"),
     "cpuid-raw-lines-at-the-bound": (
         "check", ".txt",
         lambda n: "CPU:\n   0x00000000 0x00: eax=0x0000000d ebx=0x756e6547 ecx=0x6c65746e "

@@ -27,6 +27,7 @@ hang, and the campaign goes on from the next input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import random
@@ -103,9 +104,12 @@ class Stats:
     seconds: float = 0.0
     #: The slowest input: seconds, bytes, label (shape) and number.
     slowest: tuple[float, int, str, int] = (0.0, 0, "", -1)
-    #: The process's peak resident memory (bytes) and the input that raised it most.
+    #: The process's peak resident memory (bytes) and the input that raised it most, and
+    #: its resident memory when the campaign began (the peak is reset then, where Linux
+    #: allows: /proc/self/clear_refs).
     peak_memory: int = 0
     peak_input: int = -1
+    base_memory: int = 0
     labels: Counter[str] = attrs.field(factory=Counter)
     shapes: Counter[str] = attrs.field(factory=Counter)
     texts: set[str] = attrs.field(factory=set)
@@ -125,6 +129,7 @@ class Stats:
         self.slowest = max(self.slowest, other.slowest)
         if other.peak_memory > self.peak_memory:
             self.peak_memory, self.peak_input = other.peak_memory, other.peak_input
+        self.base_memory = min(self.base_memory or other.base_memory, other.base_memory)
         self.labels.update(other.labels)
         self.shapes.update(other.shapes)
         self.texts |= other.texts
@@ -207,13 +212,21 @@ class SlowInputError(Exception):
     """An input that took longer than the campaign's budget for its size."""
 
 
-def _peak_memory() -> int:
+def _peak_memory(field: str = "VmHWM:") -> int:
     """Return this process's peak resident memory in bytes (VmHWM: its own, not a parent's)."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _reset_peak_memory() -> int:
+    """Reset the peak resident memory to the current one, where Linux allows; return it."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w",
+                                            encoding="ascii") as clear:
+        clear.write("5")
+    return _peak_memory("VmRSS:")
 
 
 def try_one(reader: Reader, path: str, data: bytes, *, variant: int, stats: Stats,
@@ -297,6 +310,7 @@ def fuzz(reader: Reader, inputs: int, *, seed: int = 0, data_dir: Path = DEFAULT
     if isinstance(generator, Extremes):
         reader = for_extremes(reader)
     stats = Stats(reader.name)
+    stats.base_memory = _reset_peak_memory()
     began = time.perf_counter()
     with (tempfile.TemporaryDirectory(prefix="xstate-fuzz-", dir=_scratch()) as scratch,
           _memory_limit(INPUT_MEMORY)):

@@ -35,8 +35,7 @@ from xstate_check.template import parse_template  # noqa: E402
 CI_INPUTS = int(os.environ.get("XSTATE_CHECK_EXTREME_INPUTS", "300"))
 #: The largest input in CI: sizes are drawn log-uniformly from 64 bytes up to it.
 CI_MAX_SIZE = 64 << 10
-#: Peak resident memory the campaign may reach: far below what one tree of every value of
-#: a 64 KiB input would take before the bounds (the 16 MiB case took 2 GB).
+#: Resident memory the campaign may add at its peak (the 16 MiB JSON array took 2 GB).
 MEMORY_BOUND = 200_000_000
 
 
@@ -60,7 +59,10 @@ def test_extremes_give_a_result_or_an_input_error_in_bounded_memory(
     assert set(stats.labels) == set(EXTREME_SHAPES)
     took, size, label, index = stats.slowest
     assert 0 <= index < CI_INPUTS and label in EXTREME_SHAPES and size > 0 and took > 0
-    assert 0 < stats.peak_memory < MEMORY_BOUND
+    # What the campaign added to the process's memory at its peak (the peak is reset when
+    # it begins): the test process itself may be large after other tests.
+    assert 0 < stats.base_memory <= stats.peak_memory
+    assert stats.peak_memory - stats.base_memory < MEMORY_BOUND
 
 
 def _inputs(name: str, data_dir: Path, count: int, max_size: int) -> list[tuple[bytes, str]]:
@@ -97,7 +99,7 @@ def test_the_generated_classes_are_refused_at_their_bound(data_dir: Path) -> Non
             parse_template(data.decode("utf-8", "replace"), "x.json")
         except InputError as error:
             assert error.location.line >= 1
-            for bound in ("50000 JSON values", "128 nested", "4096 cpuid modifiers"):
+            for bound in ("50000 JSON values", "128 nested", "2048 cpuid modifiers"):
                 if bound in error.expected:
                     seen.add(bound)
     assert {"50000 JSON values", "128 nested"} <= seen
@@ -105,7 +107,7 @@ def test_the_generated_classes_are_refused_at_their_bound(data_dir: Path) -> Non
         try:
             read_cpuid_text(data.decode("utf-8", "replace"), "x.txt")
         except InputError as error:
-            if "4096 CPUID entries" in error.expected:
+            if "2048 CPUID entries" in error.expected:
                 assert error.location.line > limits.MAX_ENTRIES
                 return
     pytest.fail("no aida64 extreme crossed the bound of CPUID entries")

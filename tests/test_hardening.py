@@ -108,19 +108,19 @@ def _native_indexes(count: int) -> str:
 @pytest.mark.parametrize(
     ("make", "line"),
     # The head's entries count too: AIDA64 has 4 before line 6, libcpuid 1 on line 1.
-    [(_aida_untagged, 4098), (_raw_subleaves, 4098), (_native_indexes, 4097)],
+    [(_aida_untagged, 2050), (_raw_subleaves, 2050), (_native_indexes, 2049)],
     ids=["aida64", "cpuid-raw", "libcpuid"],
 )
 def test_a_table_of_too_many_entries_is_refused_at_the_entry_past_the_bound(
     make: object, line: int
 ) -> None:
-    """Entry 4,097 of one CPU is an InputError at its line naming the bound of 4,096."""
+    """Entry 2,049 of one CPU is an InputError at its line naming the bound of 2,048."""
     assert callable(make)
     with pytest.raises(InputError) as caught:
         read_cpuid_text(make(limits.MAX_ENTRIES + 10), "many.txt")
-    assert "at most 4096 CPUID entries" in caught.value.expected
+    assert "at most 2048 CPUID entries" in caught.value.expected
     assert caught.value.location.line == line
-    assert len(read_cpuid_text(make(limits.MAX_ENTRIES - 4), "few.txt").entries) <= 4096
+    assert len(read_cpuid_text(make(limits.MAX_ENTRIES - 4), "few.txt").entries) <= 2048
 
 
 def test_a_text_of_blank_lines_is_refused_by_the_line_bound_before_any_sniffing() -> None:
@@ -192,7 +192,7 @@ def test_own_json_long_number_and_deep_nesting_name_their_line() -> None:
 
 
 def test_own_json_of_too_many_entries_is_refused_at_the_entry_past_the_bound() -> None:
-    """Entry 4,097 of the project's JSON is an InputError at its line."""
+    """Entry 2,049 of the project's JSON is an InputError at its line."""
     rows = ",\n".join(
         f'{{"leaf": "0x4", "subleaf": "{sub:#x}", "eax": "0x1", "ebx": "0x2", "ecx": "0x3", '
         '"edx": "0x4"}' for sub in range(limits.MAX_ENTRIES + 1))
@@ -200,7 +200,7 @@ def test_own_json_of_too_many_entries_is_refused_at_the_entry_past_the_bound() -
     with pytest.raises(InputError) as caught:
         read_cpuid_json(text, "e.json")
     assert caught.value.location.line == limits.MAX_ENTRIES + 2
-    assert "at most 4096 entries" in caught.value.expected
+    assert "at most 2048 entries" in caught.value.expected
 
 
 # --------------------------------------------------------------------------- templates
@@ -217,12 +217,12 @@ def _leaf(modifiers: int = 1, leaf: int = 1) -> str:
     ("text", "line", "bound"),
     [
         ('{"cpuid_modifiers": [\n' + ",\n".join([_leaf()] * (limits.MAX_ENTRIES + 1)) + "]}",
-         limits.MAX_ENTRIES + 2, "at most 4096 cpuid modifiers"),
-        ('{"cpuid_modifiers": [\n' + ",\n".join([_leaf(3000)] * 3) + "]}",
-         4, "at most 8192 register modifiers"),
+         limits.MAX_ENTRIES + 2, "at most 2048 cpuid modifiers"),
+        ('{"cpuid_modifiers": [\n' + ",\n".join([_leaf(1500)] * 3) + "]}",
+         4, "at most 4096 register modifiers"),
         ('{"msr_modifiers": [\n' + ",\n".join(
             ['{"addr": "0x10a", "bitmap": "0b1"}'] * (limits.MAX_MSR_MODIFIERS + 1)) + "]}",
-         limits.MAX_MSR_MODIFIERS + 2, "at most 4096 MSR modifiers"),
+         limits.MAX_MSR_MODIFIERS + 2, "at most 2048 MSR modifiers"),
     ],
     ids=["cpuid", "register", "msr"],
 )
@@ -242,7 +242,7 @@ def _naive_owner(pins: list[tuple[int, Location]], bit: int) -> Location | None:
 
 
 def test_applying_a_template_keeps_a_bounded_number_of_pins_per_register() -> None:
-    """8,192 modifiers of one register leave at most 33 pins, and every bit's owner is right.
+    """4,096 modifiers of one register leave at most 33 pins, and every bit's owner is right.
 
     Applying used to copy the growing tuple of pins once per modifier (quadratic); the pins
     that no longer own a bit are dropped, which changes no answer.

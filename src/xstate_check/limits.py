@@ -29,13 +29,13 @@ MAX_DUMP_LINES = 1_000_000
 
 #: (leaf, subleaf) entries of one CPUID table, from any source; also cpuid modifiers of a
 #: template (each names one entry).
-MAX_ENTRIES = 4096
+MAX_ENTRIES = 2048
 
 #: Register modifiers of a template, counted over all its cpuid modifiers.
 MAX_REGISTER_MODIFIERS = 2 * MAX_ENTRIES
 
 #: MSR modifiers of a template.
-MAX_MSR_MODIFIERS = 4096
+MAX_MSR_MODIFIERS = 2048
 
 #: Values in one JSON file: strings (keys included), numbers, literals, arrays, objects.
 MAX_JSON_VALUES = 50_000
