@@ -485,7 +485,8 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
     )
     common.add_argument(
         "--color", choices=("auto", "always", "never"), default="auto",
-        help="colour the text format (auto: on a terminal, never under NO_COLOR)",
+        help="colour the text format (auto: on a terminal or under FORCE_COLOR, never under "
+        "NO_COLOR; always and never win over both)",
     )
     source = _Parser(add_help=False)
     source.add_argument(
