@@ -15,9 +15,10 @@ import pytest
 
 from xstate_check import cli
 from xstate_check.cli import main
+from xstate_check.errors import Location
 from xstate_check.formats import FORMATS, render
 from xstate_check.gate import GateRun, run_gate
-from xstate_check.template import apply_template, load_template, template_steps
+from xstate_check.template import apply_template, fold_template, load_template
 
 X86_TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
                  "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
@@ -162,7 +163,7 @@ def test_folded_template_steps_apply_as_the_modifiers_do(templates: list[str]) -
     base = load_profile("fc-sapphire-rapids-6.1")
     for path in templates:
         template = load_template(path)
-        applied = apply_template(template, base, template_steps(template))
+        applied = apply_template(template, base, fold_template(template))
         entries = dict(base.entries)
         for leaf_modifier in template.cpuid_modifiers:
             key = (leaf_modifier.leaf, leaf_modifier.subleaf)
@@ -176,6 +177,25 @@ def test_folded_template_steps_apply_as_the_modifiers_do(templates: list[str]) -
             entries[key] = Registers(**values)
         assert dict(applied.cpuid.entries) == entries
         assert list(applied.cpuid.entries) == sorted(entries)
+        # The template lines' pins, folded once, are those applied modifier by modifier.
+        pins: dict[tuple[int, int, str], list[tuple[int, Location]]] = {}
+        for leaf_modifier in template.cpuid_modifiers:
+            key = (leaf_modifier.leaf, leaf_modifier.subleaf)
+            if key not in base.entries:
+                continue
+            pins.setdefault((*key, "flags"), []).append((0, leaf_modifier.location))
+            for modifier in leaf_modifier.modifiers:
+                if modifier.filter:
+                    pins.setdefault((*key, modifier.register), []).append(
+                        (modifier.filter, modifier.location))
+        provenance = applied.cpuid.provenance
+        assert sorted(provenance.register_keys()) == sorted(pins)
+        for register_key, applied_pins in pins.items():
+            owners = {where: mask for mask, where in provenance.pins(*register_key)}
+            for bit in range(32):
+                last = [where for mask, where in applied_pins if mask >> bit & 1]
+                if last:
+                    assert owners.get(last[-1], 0) >> bit & 1, (register_key, bit)
 
 
 def test_only_the_command_asked_for_is_built(capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,3 +247,24 @@ def test_findings_reused_for_a_same_table_are_placed_at_each_templates_lines(
     moved = [s for s in result.subjects if s.template == str(copy)]
     assert any(f.location is not None and f.location.path == str(copy)
                for s in moved for f in s.findings)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bounds_fast_path_sees_the_nesting_the_token_scan_sees(seed: int) -> None:
+    """The bracket-only nesting count agrees with the token scan on random JSON-ish text."""
+    import random
+
+    from xstate_check import jsonpos
+
+    chooser = random.Random(seed)
+    for _ in range(400):
+        text = "".join(chooser.choice('[]{}"\\ab,: ') for _ in range(chooser.randrange(60)))
+        depth = deepest = 0
+        for match in jsonpos._TOKEN.finditer(text):
+            char = text[match.start()]
+            if char in "]}":
+                depth = max(0, depth - 1)
+            elif char in "[{":
+                depth += 1
+                deepest = max(deepest, depth)
+        assert jsonpos._nesting(text) == deepest, text

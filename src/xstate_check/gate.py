@@ -61,12 +61,12 @@ from xstate_check.sources.load import load_cpuid, read_text
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
 from xstate_check.subject import Role, Subject
 from xstate_check.template import (
-    Step,
+    FoldedTemplate,
     Template,
     apply_template,
+    fold_template,
     load_template,
     parse_template,
-    template_steps,
 )
 from xstate_check.tomltext import parse_toml
 
@@ -734,12 +734,12 @@ def _baseline_states(new: Sequence[Finding], old: Iterable[Finding]) -> list[Bas
 
 
 def _subject(template: Template, profile: GateProfile,
-             steps: tuple[Step, ...] | None = None) -> Subject:
+             folded: FoldedTemplate | None = None) -> Subject:
     """Return one pair's subject, named by its profile (its template is beside it).
 
-    As ``build_subject`` makes it; ``steps`` are the template's, folded once for all pairs.
+    As ``build_subject`` makes it; ``folded`` is the template, folded once for all pairs.
     """
-    applied = apply_template(template, profile.cpuid, steps)
+    applied = apply_template(template, profile.cpuid, folded)
     return Subject(profile.name, applied.cpuid, role="guest", template=str(template.path),
                    base=profile.cpuid, missing_entries=applied.missing)
 
@@ -781,12 +781,13 @@ def _findings() -> FindingsCache:
     return _CACHE[0]
 
 
-def _table_key(profile: GateProfile, subject: Subject, steps: Sequence[Step]) -> Hashable:
+def _table_key(profile: GateProfile, subject: Subject, folded: FoldedTemplate) -> Hashable:
     """Return what decides a pair's findings: the profile, and the values and flags of the
     entries the template changed in it (the rest is the profile's), and what it lacked."""
     entries, flags = subject.cpuid.entries, subject.cpuid.flags
     changed = tuple((key, entries[key], flags.get(key))
-                    for key in dict.fromkeys(step[0] for step in steps) if key in entries)
+                    for key in dict.fromkeys(step[0] for step in folded.steps)
+                    if key in entries)
     return (profile.name, changed, tuple((m.leaf, m.subleaf) for m in subject.missing_entries))
 
 
@@ -806,30 +807,31 @@ def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None,
         except InputError:
             old = None  # a version that did not parse has no findings to keep
     pairs = _pairs_for(template, pool, grid)
-    steps = template_steps(template)
+    folded = fold_template(template)
     subjects: list[SubjectReport] = []
     not_for: list[SkippedPair] = []
     for profile, declared in [*((p, True) for p in pairs.declared),
                               *((p, False) for p in pairs.inferred)]:
-        subject = _subject(template, profile, steps)
+        subject = _subject(template, profile, folded)
         if not declared and subject.missing_entries:
             not_for.append(_not_for_host(template, profile, subject))
             continue
-        report = _findings().evaluate(subject, _table_key(profile, subject, steps))
         details: dict[str, object] = {
-            **report.details, "profile": profile.name, "vendor": profile.vendor,
-            "fail_on": policy,
+            "profile": profile.name, "vendor": profile.vendor, "fail_on": policy,
         }
+        report = _findings().evaluate(subject, _table_key(profile, subject, folded), details)
+        if not changed_since:
+            subjects.append(report)
+            continue
         findings = report.findings
-        if changed_since:
-            if baseline is not None and not baseline.changed:
-                states: list[BaselineState] = ["unchanged"] * len(findings)
-            else:
-                states = _regression_states(report, subject, old, profile)
-            details["baseline"] = changed_since
-            findings = tuple(attrs.evolve(finding, baseline_state=state)
-                             for finding, state in zip(findings, states, strict=True))
-        subjects.append(attrs.evolve(report, findings=findings, details=details))
+        if baseline is not None and not baseline.changed:
+            states: list[BaselineState] = ["unchanged"] * len(findings)
+        else:
+            states = _regression_states(report, subject, old, profile)
+        findings = tuple(attrs.evolve(finding, baseline_state=state)
+                         for finding, state in zip(findings, states, strict=True))
+        subjects.append(attrs.evolve(report, findings=findings,
+                                     details={**details, "baseline": changed_since}))
     if not subjects:
         raise _nothing_checked(template, pairs, not_for, pool)
     return tuple(subjects), tuple(not_for)

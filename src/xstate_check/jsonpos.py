@@ -66,6 +66,8 @@ def check_bounds(text: str, path: str, *, max_values: int = MAX_JSON_VALUES,
     One linear scan of the tokens, stopped at the first token past a bound, before any value
     is built; the error names the line and column of that token.
     """
+    if len(text) <= max_values and _nesting(text) <= max_depth:
+        return  # no more values than characters, and not too deep: nothing to point at
     depth = values = closers = 0
     for match in _TOKEN.finditer(text):
         char = text[match.start()]
@@ -86,6 +88,23 @@ def check_bounds(text: str, path: str, *, max_values: int = MAX_JSON_VALUES,
             if depth > max_depth:
                 raise error_at(text, path, match.start(), match.start() + 1,
                                f"expected at most {max_depth} nested arrays and objects")
+
+
+_STRING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _nesting(text: str) -> int:
+    """Return the deepest nesting ``check_bounds`` would see, its brackets alone scanned
+    (strings, as its tokens find them, taken out first)."""
+    depth = deepest = 0
+    for char in _NOT_BRACKET.sub("", _STRING_TOKEN.sub("", text)):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif depth:
+            depth -= 1
+    return deepest
 
 
 def has_lone_surrogate(value: str) -> bool:

@@ -530,12 +530,32 @@ Step = tuple[tuple[int, int], int, tuple[int, int, int, int], tuple[int, int, in
 _REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 
 
-def template_steps(template: Template) -> tuple[Step, ...]:
-    """Return the template's modifiers folded into masks, once (what ``apply_template`` runs).
+class FoldedTemplate:
+    """A template's modifiers folded into masks once, to apply to many bases.
 
-    A register's modifiers in order give ``new = (old & keep) | set``, ``keep`` and ``set``
-    folded from every modifier of the entry; the pins each filter adds are kept in order.
+    ``steps``: per cpuid modifier, in order, ``new = (old & keep) | set`` for each register
+    (``keep`` and ``set`` folded from every modifier of the entry) and the pins it adds.
+    ``provenance``: the template lines' pins once every step applies to a base without
+    pins of its own (a profile), the case of every pair of a gate where nothing is missing.
     """
+
+    __slots__ = ("provenance", "steps")
+
+    def __init__(self, steps: tuple[Step, ...]) -> None:
+        self.steps = steps
+        pins: dict[tuple[int, int, str], list[tuple[int, Location]]] = {}
+        for *_, added, _location in steps:
+            for register_key, register_pins in added:
+                pins.setdefault(register_key, []).extend(register_pins)
+        self.provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
+
+
+def fold_template(template: Template) -> FoldedTemplate:
+    """Return the template folded once (see ``FoldedTemplate``): what ``apply_template`` runs."""
+    return FoldedTemplate(_steps(template))
+
+
+def _steps(template: Template) -> tuple[Step, ...]:
     steps: list[Step] = []
     for leaf_modifier in template.cpuid_modifiers:
         key = (leaf_modifier.leaf, leaf_modifier.subleaf)
@@ -561,20 +581,21 @@ def template_steps(template: Template) -> tuple[Step, ...]:
 
 
 def apply_template(template: Template, base: CpuidSet,
-                   steps: tuple[Step, ...] | None = None) -> AppliedTemplate:
+                   folded: FoldedTemplate | None = None) -> AppliedTemplate:
     """Apply a template to a base CpuidSet as Firecracker does, remembering each bit's line.
 
     A modifier whose exact (leaf, subleaf) the base lacks is recorded in ``missing`` (where
-    Firecracker refuses to boot) and skipped; the result never gains an entry. ``steps``
-    (``template_steps(template)``) saves folding the modifiers again for each base.
+    Firecracker refuses to boot) and skipped; the result never gains an entry. ``folded``
+    (``fold_template(template)``) saves folding the modifiers again for each base.
     """
+    folded = folded or fold_template(template)
     entries = dict(base.entries)
     flags = dict(base.flags)
     provenance = base.provenance
-    pins = {key: list(provenance.pins(*key)) for key in provenance.register_keys()}
+    keys = provenance.register_keys()
+    pins = {key: list(provenance.pins(*key)) for key in keys}
     missing: dict[tuple[int, int], MissingEntry] = {}
-    for key, entry_flags, keep, put, added, location in (
-            template_steps(template) if steps is None else steps):
+    for key, entry_flags, keep, put, added, location in folded.steps:
         old = entries.get(key)
         if old is None:
             missing.setdefault(key, MissingEntry(*key, location))
@@ -584,12 +605,16 @@ def apply_template(template: Template, base: CpuidSet,
                                  (old[2] & keep[2]) | put[2], (old[3] & keep[3]) | put[3])
         for register_key, register_pins in added:
             pins.setdefault(register_key, []).extend(register_pins)
+    if not keys and not missing:  # every pin is the template's: folded once
+        provenance = folded.provenance
+    else:
+        provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
     # The base's entries are sorted and a template adds none: the order stands as it is.
     cpuid = CpuidSet.trusted(
         entries,
         base.source,
         flags=flags,
-        provenance=Provenance({key: _owning_pins(kept) for key, kept in pins.items()}),
+        provenance=provenance,
         meta={**base.meta, "template": template.path},
     )
     return AppliedTemplate(cpuid, tuple(missing.values()))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Iterable
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Mapping
 
 from xstate_check.engine.catalogue import Catalogue, Rule
 from xstate_check.engine.shipped import load_catalogue
@@ -145,18 +146,22 @@ class FindingsCache:
     def __init__(self, catalogue: Catalogue | None = None, size: int = 2048) -> None:
         self.catalogue = catalogue or load_catalogue()
         self.size = size
-        self._records: dict[Hashable, tuple[Record, ...]] = {}
+        self._records: OrderedDict[Hashable, tuple[Record, ...]] = OrderedDict()
         self.hits = 0
 
-    def evaluate(self, subject: Subject, key: Hashable) -> SubjectReport:
-        """Evaluate the catalogue on ``subject``, from the cache when ``key`` was seen."""
+    def evaluate(self, subject: Subject, key: Hashable,
+                 details: Mapping[str, object] | None = None) -> SubjectReport:
+        """Evaluate the catalogue on ``subject``, from the cache when ``key`` was seen.
+
+        ``details`` become the report's (what the caller knows of the subject).
+        """
         started = time.perf_counter()
         records = self._records.get(key)
         if records is None:
             made: list[Record] = []
             findings = evaluate_rules(subject, self.catalogue, made)
             if len(self._records) >= self.size:
-                del self._records[next(iter(self._records))]
+                self._records.popitem(last=False)
             self._records[key] = tuple(made)
         else:
             self.hits += 1
@@ -166,6 +171,7 @@ class FindingsCache:
             source=subject.cpuid.source,
             template=subject.template,
             findings=tuple(findings),
+            details=details or {},
             seconds=time.perf_counter() - started,
         )
 
