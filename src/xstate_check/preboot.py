@@ -177,6 +177,8 @@ def same_view(one: CpuidSet, other: CpuidSet) -> bool:
         return False
     for (leaf, subleaf), registers in one.entries.items():
         theirs = other.entries[(leaf, subleaf)]
+        if registers == theirs:
+            continue
         for name in ("eax", "ebx", "ecx", "edx"):
             differ = getattr(registers, name) ^ getattr(theirs, name)
             if differ & ~_APIC_ID_BITS.get((leaf, name), 0):

@@ -113,6 +113,9 @@ def _line_text(path: str, line: int, cache: dict[str, list[str]]) -> str:
     if path not in cache:
         from xstate_check.sources.load import read_text
 
+        if len(cache) >= 8:  # problems come file by file: keep the last few files only
+            cache.clear()
+
         try:
             cache[path] = read_text(path).splitlines()
         except Exception:  # an unreadable file has no line content to fingerprint
@@ -147,7 +150,7 @@ class SarifWriter:
 
     def finish(self, tally: Tally) -> None:
         """Write the SARIF document."""
-        self.out.write(_document(self._problems.problems(), self.root))
+        _write_document(self._problems.problems(), self.root, self.out)
 
 
 def render_sarif(report: Report, *, root: str | Path | None = None,
@@ -162,43 +165,24 @@ def render_sarif(report: Report, *, root: str | Path | None = None,
     return out.getvalue()
 
 
-def _document(found: list[Problem], root: str | Path | None) -> str:
+#: Stands for the results while the rest of the document is laid out (results are written
+#: one at a time, so that a large gate's SARIF is never one string in memory).
+_RESULTS = "@@xstate-check results@@"
+_RESULT_INDENT = " " * 8  # results sit at depth 4: document, runs, run, results
+
+
+def _write_document(found: list[Problem], root: str | Path | None, out: IO[str]) -> None:
     base = Path(os.path.abspath(root)) if root is not None else repo_root()
     descriptors: list[dict[str, object]] = []
     index: dict[str, int] = {}
     for rule in load_catalogue().rules:
         index[str(rule.id)] = len(descriptors)
         descriptors.append(_rule_descriptor(rule))
-
-    cache: dict[str, list[str]] = {}
-    results: list[dict[str, object]] = []
     for problem in found:
         finding = problem.first
         if finding.rule not in index:
             index[finding.rule] = len(descriptors)
             descriptors.append(_finding_descriptor(finding))
-        text = f"{finding.message} (on {problem.where})"
-        result: dict[str, object] = {
-            "ruleId": finding.rule,
-            "ruleIndex": index[finding.rule],
-            "level": _LEVELS[problem.severity],
-            "message": {"text": text},
-        }
-        uri = ""
-        if problem.location is not None:
-            physical = _physical(problem.location, base)
-            result["locations"] = [{"physicalLocation": physical}]
-            uri = str(physical["artifactLocation"]["uri"])  # type: ignore[index]
-        result["partialFingerprints"] = {_FINGERPRINT_KEY: _fingerprint(problem, uri, cache)}
-        if problem.state is not None:
-            result["baselineState"] = problem.state
-        result["properties"] = {
-            "profiles": list(problem.subjects),
-            "ruleName": finding.name,
-            "consequence": finding.consequence,
-            "fix": finding.fix,
-        }
-        results.append(result)
 
     run: dict[str, object] = {
         "tool": {
@@ -210,9 +194,49 @@ def _document(found: list[Problem], root: str | Path | None) -> str:
         },
         "invocations": [{"executionSuccessful": True}],
         "columnKind": "unicodeCodePoints",
-        "results": results,
+        "results": [_RESULTS] if found else [],
     }
     if base is not None:
         run["originalUriBaseIds"] = {_SRCROOT: {"uri": base.as_uri().rstrip("/") + "/"}}
     document = {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
-    return printable_json(json.dumps(document, indent=2, ensure_ascii=False)) + "\n"
+    layout = printable_json(json.dumps(document, indent=2, ensure_ascii=False)) + "\n"
+    if not found:
+        out.write(layout)
+        return
+    before, after = layout.split(f'"{_RESULTS}"')
+    out.write(before)
+    cache: dict[str, list[str]] = {}
+    for number, problem in enumerate(found):
+        result = _result(problem, index, base, cache)
+        text = printable_json(json.dumps(result, indent=2, ensure_ascii=False))
+        if number:
+            out.write(",\n" + _RESULT_INDENT)
+        out.write(text.replace("\n", "\n" + _RESULT_INDENT))
+    out.write(after)
+
+
+def _result(problem: Problem, index: dict[str, int], base: Path | None,
+            cache: dict[str, list[str]]) -> dict[str, object]:
+    finding = problem.first
+    text = f"{finding.message} (on {problem.where})"
+    result: dict[str, object] = {
+        "ruleId": finding.rule,
+        "ruleIndex": index[finding.rule],
+        "level": _LEVELS[problem.severity],
+        "message": {"text": text},
+    }
+    uri = ""
+    if problem.location is not None:
+        physical = _physical(problem.location, base)
+        result["locations"] = [{"physicalLocation": physical}]
+        uri = str(physical["artifactLocation"]["uri"])  # type: ignore[index]
+    result["partialFingerprints"] = {_FINGERPRINT_KEY: _fingerprint(problem, uri, cache)}
+    if problem.state is not None:
+        result["baselineState"] = problem.state
+    result["properties"] = {
+        "profiles": list(problem.subjects),
+        "ruleName": finding.name,
+        "consequence": finding.consequence,
+        "fix": finding.fix,
+    }
+    return result
