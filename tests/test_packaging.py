@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +104,12 @@ def test_wheel_carries_licence_files_and_metadata(dists: tuple[Path, Path]) -> N
             (member,) = [n for n in archive.namelist() if n.endswith(f".dist-info/licenses/{name}")]
             assert archive.read(member) == (REPO / name).read_bytes(), name
         (entry_points,) = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
-        assert "xstate-check = xstate_check.cli:main" in archive.read(entry_points).decode()
+        scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))[
+            "project"]["scripts"]
+        assert scripts and set(scripts) == {"xstate-check"}
+        text = archive.read(entry_points).decode()
+        for name, target in scripts.items():
+            assert f"{name} = {target}" in text, name
     metadata = _wheel_metadata(wheel)
     assert metadata["License-Expression"] == "Apache-2.0"
     assert sorted(metadata.get_all("License-File") or []) == ["LICENSE", "NOTICE"]
