@@ -230,15 +230,13 @@ def test_findings_reused_for_a_same_table_are_placed_at_each_templates_lines(
     """Two templates giving one guest table share its findings, each at its own lines."""
     from xstate_check.api import build_subject
     from xstate_check.engine import evaluate
-    from xstate_check.gate import _findings
-
     original = Path(templates[0])
     copy = tmp_path / "moved.json"
     # The same modifiers two lines lower: the same guest tables, other locations.
     copy.write_text("\n\n" + original.read_text(encoding="utf-8"), encoding="utf-8")
-    before = _findings().hits
-    result = run_gate([str(original), str(copy)], jobs=1)
-    assert _findings().hits > before
+    run = GateRun([str(original), str(copy)])
+    result = run.result(jobs=1)
+    assert run.cache.hits == len(result.subjects) // 2
     for subject in result.subjects:
         assert subject.template is not None and subject.details["profile"]
         fresh = evaluate(build_subject(f"profile:{subject.details['profile']}",

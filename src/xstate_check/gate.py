@@ -771,19 +771,12 @@ def _regression_states(report: SubjectReport, subject: Subject, old: Template | 
     return _baseline_states(report.findings, evaluate(before).findings)
 
 
-_CACHE: list[FindingsCache] = []
-
-
-def _findings() -> FindingsCache:
-    """Return this process's cache of findings by guest table (made on first use)."""
-    if not _CACHE:
-        _CACHE.append(FindingsCache())
-    return _CACHE[0]
-
-
 def _table_key(profile: GateProfile, subject: Subject, folded: FoldedTemplate) -> Hashable:
     """Return what decides a pair's findings: the profile, and the values and flags of the
-    entries the template changed in it (the rest is the profile's), and what it lacked."""
+    entries the template changed in it (the rest is the profile's), and what it lacked.
+
+    Profile names are unique within one gate run, whose own cache this key is for.
+    """
     entries, flags = subject.cpuid.entries, subject.cpuid.flags
     changed = tuple((key, entries[key], flags.get(key))
                     for key in dict.fromkeys(step[0] for step in folded.steps)
@@ -797,8 +790,11 @@ GateChunk = tuple[tuple[SubjectReport, ...], tuple[SkippedPair, ...]]
 
 def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None, *,
                     policy: FailOn, changed_since: str | None,
-                    baseline: _Baseline | None) -> GateChunk:
-    """Check one template on each of its profiles (the gate's unit of work)."""
+                    baseline: _Baseline | None, cache: FindingsCache) -> GateChunk:
+    """Check one template on each of its profiles (the gate's unit of work).
+
+    ``cache`` holds the findings of the guest tables this run has seen.
+    """
     template = load_template(path)
     old: Template | None = None
     if baseline is not None and baseline.old_text is not None:
@@ -819,7 +815,7 @@ def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None,
         details: dict[str, object] = {
             "profile": profile.name, "vendor": profile.vendor, "fail_on": policy,
         }
-        report = _findings().evaluate(subject, _table_key(profile, subject, folded), details)
+        report = cache.evaluate(subject, _table_key(profile, subject, folded), details)
         if not changed_since:
             subjects.append(report)
             continue
@@ -887,12 +883,14 @@ class GateRun:
         self.specs = list(profiles) if profiles else ["builtin"]
         self.pool = resolve_profiles(self.specs)
         self.baselines = _baselines(self.paths, changed_since) if changed_since else {}
+        #: The findings of the guest tables this run has seen (see FindingsCache).
+        self.cache = FindingsCache()
 
     def check(self, path: str) -> GateChunk:
         """Check one template (in this process)."""
         return _check_template(path, self.pool, self.grid, policy=self.policy,
                                changed_since=self.changed_since,
-                               baseline=self.baselines.get(path))
+                               baseline=self.baselines.get(path), cache=self.cache)
 
     def chunks(self, jobs: int | None = 1) -> Iterator[GateChunk]:
         """Yield each template's chunk, in order, then the migration groups' (see class)."""
@@ -960,7 +958,7 @@ def _worker_setup(specs: list[str], grid: Matrix | None, policy: FailOn,
 
     load_catalogue()
     _WORKER.update(pool=resolve_profiles(specs), grid=grid, policy=policy,
-                   changed_since=changed_since, baselines=baselines)
+                   changed_since=changed_since, baselines=baselines, cache=FindingsCache())
 
 
 def _worker_check(paths: list[str]) -> list[GateChunk | None]:
@@ -973,7 +971,8 @@ def _worker_check(paths: list[str]) -> list[GateChunk | None]:
             out.append(_check_template(path, _WORKER["pool"], _WORKER["grid"],
                                        policy=_WORKER["policy"],
                                        changed_since=_WORKER["changed_since"],
-                                       baseline=_WORKER["baselines"].get(path)))
+                                       baseline=_WORKER["baselines"].get(path),
+                                       cache=_WORKER["cache"]))
         except XstateCheckError:
             out.append(None)
     return out
