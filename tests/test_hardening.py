@@ -454,7 +454,7 @@ def hostile_dump(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("command", "fmt"),
-    [*(("check", fmt) for fmt in ("text", "json", "sarif", "junit", "github")),
+    [*(("check", fmt) for fmt in ("text", "json", "sarif", "junit", "github", "markdown")),
      ("decode", "text"), ("decode", "json")],
 )
 def test_no_control_character_from_input_reaches_any_output(
@@ -578,3 +578,34 @@ def test_load_cpuid_takes_any_path_like(tmp_path: Path) -> None:
         load_cpuid(Where())
     with pytest.raises(InputError, match="no such file"):
         load_template(Where())
+
+
+@pytest.mark.parametrize("command", ["check", "gate"])
+def test_output_to_a_device_writes_it_and_never_replaces_it(
+    command: str, tmp_path: Path
+) -> None:
+    """-o /dev/full: exit 2 naming it, and /dev/full is still the device afterwards."""
+    import stat
+
+    before = os.stat("/dev/full")
+    template = tmp_path / "t.json"
+    template.write_text("{}", encoding="utf-8")
+    argv = (["check", "profile:fc-skylake-6.1"] if command == "check"
+            else ["gate", str(template)])
+    done = _cli(*argv, "-o", "/dev/full")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("xstate-check: /dev/full: expected a writable output file")
+    after = os.stat("/dev/full")
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev
+
+
+def test_closed_standard_streams_are_an_input_error_not_a_crash() -> None:
+    """stdout closed when the process starts: exit 2, one message, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os, sys\nos.close(1)\n"
+         "from xstate_check.cli import run\nsys.argv = ['xstate-check', 'rules']\nrun()"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=False,
+        stderr=subprocess.PIPE, text=True, check=False, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr

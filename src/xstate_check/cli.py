@@ -99,6 +99,8 @@ def _emit(args: argparse.Namespace, text: str) -> None:
                 Location(out), f"expected a writable output file; {error.strerror or error}"
             ) from None
     else:
+        if sys.stdout is None:
+            raise InputError(Location("<stdout>"), "expected an open standard output")
         try:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -249,21 +251,49 @@ def _output(args: argparse.Namespace) -> Iterator[IO[str]]:
     standard output (written as it comes)."""
     out = args.output
     if not out or out == "-":
-        yield sys.stdout
+        if sys.stdout is None:
+            raise InputError(Location("<stdout>"), "expected an open standard output")
+        try:
+            yield sys.stdout
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            _discard_stdout()
+            raise InputError(
+                Location("<stdout>"), f"expected to write the output; {error.strerror or error}"
+            ) from None
         return
+    import stat
     import tempfile
 
-    folder = os.path.dirname(os.path.abspath(out))
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed or removed below
-        "w", encoding="utf-8", dir=folder, prefix=".xstate-check-", delete=False)
     try:
-        with handle:
-            yield handle
-        os.replace(handle.name, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(handle.name)
+        # A device, FIFO or socket (-o /dev/full, /dev/stderr) is written, never replaced.
+        special = not stat.S_ISREG(os.stat(out).st_mode)
+    except OSError:
+        special = False
+    try:
+        if special:
+            with open(out, "w", encoding="utf-8") as direct:
+                yield direct
+            return
+        folder = os.path.dirname(os.path.abspath(out))
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed or removed below
+            "w", encoding="utf-8", dir=folder, prefix=".xstate-check-", delete=False)
+        try:
+            with handle:
+                yield handle
+            os.replace(handle.name, out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(handle.name)
+            raise
+    except BrokenPipeError:
         raise
+    except OSError as error:
+        raise InputError(
+            Location(out), f"expected a writable output file; {error.strerror or error}"
+        ) from None
 
 
 def _stream_exit(args: argparse.Namespace, kind: str,
@@ -604,6 +634,8 @@ def _format_asked(argv: Sequence[str]) -> str:
 
 def _complain(argv: Sequence[str], text: str, error: InputError | None = None) -> None:
     """Write one error message on stderr: escaped, and as a workflow command for github."""
+    if sys.stderr is None:  # closed when the process started: the exit code says it
+        return
     if _format_asked(argv) == "github":
         from xstate_check.formats.github import render_github_error
 
@@ -658,5 +690,6 @@ def run() -> NoReturn:
     code = main()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
-            stream.flush()
+            if stream is not None:  # closed when the process started (``>&-``)
+                stream.flush()
     os._exit(code)

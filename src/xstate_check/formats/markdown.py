@@ -11,6 +11,7 @@ import io
 import sys
 from typing import IO
 
+from xstate_check.errors import printable
 from xstate_check.formats._findings import ProblemCollector, repo_path, repo_root, shown
 from xstate_check.formats.stream import Tally, write_report
 from xstate_check.report import Report, SkippedPair, SubjectReport
@@ -23,10 +24,15 @@ _RANK = {"error": 0, "warning": 1, "info": 2}
 
 def _cell(text: str) -> str:
     """Return text safe inside a Markdown table cell: one line, no bare pipes or markup."""
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     for char in "\\|`*_<>[]":
         flat = flat.replace(char, f"\\{char}")
     return flat
+
+
+def _code(path: str) -> str:
+    """Return a path for a code span: control characters escaped, no backtick to end it."""
+    return "`" + printable(path).replace("`", "'") + "`"
 
 
 class MarkdownWriter:
@@ -84,8 +90,8 @@ class MarkdownWriter:
         for problem in self._problems.problems():
             finding = problem.first
             where = problem.location
-            place = (f"`{repo_path(where.path, root)}:{where.line}`" if where is not None and
-                     where.line else (f"`{repo_path(where.path, root)}`" if where else ""))
+            place = (_code(f"{repo_path(where.path, root)}:{where.line}") if where is not None
+                     and where.line else (_code(repo_path(where.path, root)) if where else ""))
             state = f" ({problem.state})" if problem.state else ""
             failing = problem.counts and (problem.severity == "error" or
                                           (self.strict and problem.severity == "warning"))
