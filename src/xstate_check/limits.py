@@ -25,7 +25,7 @@ __all__ = [
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 
 #: Lines of a text dump (AIDA64/InstLatx64, libcpuid, ``cpuid -r``).
-MAX_DUMP_LINES = 1_000_000
+MAX_DUMP_LINES = 500_000
 
 #: (leaf, subleaf) entries of one CPUID table, from any source; also cpuid modifiers of a
 #: template (each names one entry).
