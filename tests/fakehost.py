@@ -273,7 +273,7 @@ class FakeSystem:
                     entries[(leaf, 0)] = cpu.get(leaf)
         for key in entries:
             flags.setdefault(key, 0)
-        return CpuidSet(entries, "kvm", flags=flags, meta={"role": "guest"})
+        return CpuidSet(entries, "kvm", flags=flags, role="guest", source_kind="kvm")
 
     def _kvm_leaf_0xd(
         self, entries: dict[tuple[int, int], Registers], flags: dict[tuple[int, int], int]

@@ -153,7 +153,7 @@ def test_every_dump_file_is_read(data_dir: Path) -> None:
         expected_format = FOLDER_FORMATS[path.parent.name]
         problems = [
             cpuid.meta.get("format") != expected_format and f"format {cpuid.meta}",
-            cpuid.meta.get("role") != "cpu" and "role",
+            cpuid.role != "cpu" and "role",
             cpuid.meta.get("cpu") != "0" and "cpu",
             cpuid.source != str(path) and "source",
             cpuid.vendor not in ("GenuineIntel", "AuthenticAMD") and f"vendor {cpuid.vendor!r}",
@@ -174,7 +174,7 @@ def test_every_fingerprint_is_read(data_dir: Path) -> None:
     for path in files:
         cpuid = load_cpuid(path)
         assert cpuid.meta["format"] == "firecracker-fingerprint", path
-        assert cpuid.meta["role"] == "guest", path
+        assert cpuid.role == "guest", path
         # KVM's table at vCPU creation has XCR0 = x87|SSE, 576 bytes.
         assert cpuid.get(0xD, 0).ebx == 0x240, path
         assert cpuid.vendor in ("GenuineIntel", "AuthenticAMD"), path
@@ -189,10 +189,10 @@ def test_leaf_d_summary_matches_formats_table(data_dir: Path, name: str) -> None
     assert cpuid.get(0xD, 0)[:3] == sub0
     if sub1 is None:
         assert not cpuid.has(0xD, 1)
-        assert cpuid.meta["leaf_0xd_subleaves"] == "absent"
+        assert not cpuid.leaf_0xd_complete
     else:
         assert cpuid.get(0xD, 1)[:3] == sub1
-        assert "leaf_0xd_subleaves" not in cpuid.meta
+        assert cpuid.leaf_0xd_complete
     assert (cpuid.feature("OSXSAVE"), cpuid.feature("AVX512F"), cpuid.feature("AMX_TILE")) == (
         bool(osxsave), bool(avx512f), bool(amx_tile)
     )
@@ -318,7 +318,7 @@ def test_native_libcpuid_i3_4130(data_dir: Path) -> None:
     assert cpuid.get(4, 3) == Registers(0x1C03C163, 0x02C0003F, 0xFFF, 0x6)  # intel_fn4[3]
     assert cpuid.get(0xB, 1) == Registers(0x4, 0x4, 0x201, 0x1)  # intel_fn11[1]
     assert cpuid.brand == "Intel(R) Core(TM) i3-4130 CPU @ 3.40GHz"
-    assert cpuid.meta["leaf_0xd_subleaves"] == "absent"
+    assert not cpuid.leaf_0xd_complete
 
 
 def test_native_libcpuid_logical_cpu_headers(data_dir: Path) -> None:
@@ -414,13 +414,13 @@ def test_own_json_keeps_flags_and_guest_role(data_dir: Path, tmp_path: Path) -> 
     """Recorded KVM flags and role "guest" survive a file round trip through load_cpuid."""
     cpuid = read(data_dir, SPR_05)
     guest = cpuid.replace(
-        flags={(0xD, 0): 1, (1, 0): 0}, meta={**cpuid.meta, "role": "guest"}
+        flags={(0xD, 0): 1, (1, 0): 0}, role="guest"
     )
     target = tmp_path / "guest.txt"  # the name says nothing: detection reads the content
     target.write_text(to_json_text(guest))
     back = load_cpuid(target)
     assert dict(back.flags) == {(0xD, 0): 1, (1, 0): 0}
-    assert back.meta["role"] == "guest"
+    assert back.role == "guest"
     assert back.meta["format"] == "aida64"
     assert '"flags": 1, "eax": "0x000602e7"' in target.read_text()
 
@@ -429,7 +429,7 @@ def test_own_json_layout() -> None:
     """The written JSON: schema first, sorted entries, lower-case hex, meta without role."""
     cpuid = CpuidSet.from_rows(
         [(0xD, 1, 0xF, 0x9A8, 0x1800, 0), (0, 0, 0x1C, 1, 2, 3)],
-        "mem", meta={"role": "cpu", "format": "cpuid-raw", "cpu": "0"},
+        "mem", meta={"format": "cpuid-raw", "cpu": "0"},
     )
     assert to_json_text(cpuid) == (
         "{\n"
@@ -455,7 +455,8 @@ def test_own_json_defaults() -> None:
     cpuid = read_cpuid_json(f'{{"schema": "{SCHEMA}", "entries": []}}', "min.json")
     assert len(cpuid) == 0
     assert cpuid.source == "min.json"
-    assert dict(cpuid.meta) == {"role": "cpu", "format": "xstate-check-json"}
+    assert dict(cpuid.meta) == {"format": "xstate-check-json"}
+    assert (cpuid.role, cpuid.source_kind, cpuid.leaf_0xd_complete) == ("cpu", "file", True)
 
 
 # --------------------------------------------------------------------------- malformed input

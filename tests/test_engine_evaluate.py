@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from xstate_check.api import check
 from xstate_check.engine import check_subjects, evaluate, load_catalogue
 from xstate_check.engine.evaluate import evaluate_rules
 from xstate_check.engine.examples import EXAMPLE_TEMPLATE, Example, base_table, build_subject
 from xstate_check.errors import InputError, Location
 from xstate_check.explain import render_catalogue, render_rule
 from xstate_check.facts import format_value
+from xstate_check.sources.ownjson import to_json_text
 from xstate_check.subject import MissingEntry, Subject
 
 CATALOGUE = load_catalogue()
@@ -63,12 +66,40 @@ def test_location_prefers_bits_the_template_changed() -> None:
 def test_location_falls_back_to_the_source_file() -> None:
     """Without a template line, a finding points at the table's file; pseudo sources at nothing."""
     table = base_table("spr-guest").with_registers(0xD, 0, eax=0x202E7)
-    from_file = Subject("s", table.replace(source="/data/spr.json"))
+    from_file = Subject("s", table.replace(source="/data/spr.json", source_kind="file"))
     (finding,) = evaluate_rules(from_file, [CATALOGUE.get("amx-tile-pair")])
     assert finding.location == Location("/data/spr.json")
-    (finding,) = evaluate_rules(Subject("s", table.replace(source="kvm")),
+    (finding,) = evaluate_rules(Subject("s", table.replace(source="kvm", source_kind="kvm")),
                                 [CATALOGUE.get("amx-tile-pair")])
     assert finding.location is None
+
+
+@pytest.mark.parametrize("name", ["hosts-spr.json", "kvm-table.json", "profile:x.json",
+                                  "example:spr.json", "<spr>.json"])
+def test_a_file_whatever_its_name_gets_finding_locations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Whether a table is a file is what it was read from, not how its name begins
+    (``check hosts-spr.json`` in the file's folder)."""
+    table = base_table("spr-guest").with_registers(0xD, 0, eax=0x202E7)
+    text = to_json_text(table)
+    source_line = next(line for line in text.splitlines(True) if '"source"' in line)
+    (tmp_path / name).write_text(text.replace(source_line, ""), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # the source is the path as given: the bare name
+    (report,) = check(Path(name)).subjects
+    assert report.findings
+    assert {finding.location for finding in report.findings} == {Location(name)}
+
+
+@pytest.mark.parametrize("source", ["host", "kvm", "profile:fc-skylake-6.1", "<stdin>"])
+def test_a_recorded_keyword_source_is_not_a_file(tmp_path: Path, source: str) -> None:
+    """A table file recording a keyword source (``convert host``) points at no file."""
+    table = base_table("spr-guest").with_registers(0xD, 0, eax=0x202E7)
+    path = tmp_path / "converted.json"
+    path.write_text(to_json_text(table.replace(source=source)), encoding="utf-8")
+    (report,) = check(path).subjects
+    assert report.findings
+    assert {finding.location for finding in report.findings} == {None}
 
 
 def test_host_rules_are_not_applicable_without_host() -> None:
@@ -85,7 +116,7 @@ def test_layout_rules_are_not_applicable_without_subleaves() -> None:
     table = base_table("spr-cpu")
     rows = [row for row in table.rows() if row[0] != 0xD or row[1] == 0]
     bare = table.replace(entries={(r[0], r[1]): table.get(r[0], r[1]) for r in rows},
-                         meta={"role": "cpu", "leaf_0xd_subleaves": "absent"})
+                         leaf_0xd_complete=False)
     assert evaluate(Subject("native", bare, role="cpu")).findings == ()
 
 

@@ -53,7 +53,7 @@ def test_every_fingerprint_matches_an_independent_reading(data_dir: Path) -> Non
         assert {key: tuple(regs) for key, regs in cpuid.entries.items()} == expected, path
         assert cpuid.source == str(path)
         assert cpuid.meta["format"] == "firecracker-fingerprint"
-        assert cpuid.meta["role"] == "guest"
+        assert cpuid.role == "guest"
         assert cpuid.meta["kernel_version"] == raw["kernel_version"]
         assert cpuid.meta["firecracker_version"] == raw["firecracker_version"]
         assert cpuid.meta["microcode_version"] == raw["microcode_version"]
@@ -93,7 +93,7 @@ def test_template_dump_is_read_with_the_brand_as_cpu(data_dir: Path) -> None:
     assert dump == fingerprint
     assert dict(dump.flags) == dict(fingerprint.flags)
     assert dump.meta["format"] == "firecracker-dump"
-    assert dump.meta["role"] == "guest"
+    assert dump.role == "guest"
     assert dump.meta["cpu"] == fingerprint.brand != ""
     assert "kernel_version" not in dump.meta
 

@@ -119,7 +119,8 @@ _META_TEXT = st.text(st.characters(codec="utf-8"), max_size=20)
 @given(
     table=cpuid_tables(),
     flags=st.lists(st.integers(0, 7), max_size=5),
-    meta=st.dictionaries(_META_TEXT.filter(lambda key: key != "role"), _META_TEXT, max_size=4),
+    meta=st.dictionaries(_META_TEXT.filter(lambda key: key not in ("role", "leaf_0xd_subleaves")),
+                         _META_TEXT, max_size=4),
     role=st.sampled_from(["cpu", "guest"]),
     source=_META_TEXT,
 )
@@ -129,14 +130,15 @@ def test_own_json_round_trip_is_exact_and_stable(
     """to_json_text then read_cpuid_json gives the same table; a second round, the same bytes."""
     keys = sorted(table.entries)
     table = table.replace(
-        flags=dict(zip(keys, flags, strict=False)), meta={**meta, "role": role}, source=source
+        flags=dict(zip(keys, flags, strict=False)), meta=meta, role=role, source=source
     )
     text = to_json_text(table)
     read = read_cpuid_json(text, "generated.json")
     assert dict(read.entries) == dict(table.entries)
     assert dict(read.flags) == dict(table.flags)
     assert read.source == source
-    assert dict(read.meta) == {"format": "xstate-check-json", **meta, "role": role}
+    assert dict(read.meta) == {"format": "xstate-check-json", **meta}
+    assert read.role == role
     again = to_json_text(read)
     assert to_json_text(read_cpuid_json(again, "again.json")) == again
 

@@ -141,7 +141,7 @@ def test_real_host_cpuid_matches_the_instruction() -> None:
     assert table.get(0xD, 0) == real.cpuid(0xD, 0)
     assert table.get(1).ecx == real.cpuid(1, 0).ecx  # EBX holds the APIC ID, ECX is stable
     assert table.source == "host"
-    assert table.meta["role"] == "cpu"
+    assert (table.role, table.source_kind) == ("cpu", "host")
 
 
 @needs_kvm

@@ -104,7 +104,7 @@ def test_real_supported_cpuid_is_read(real_fd: tuple[RealSystem, int]) -> None:
     assert table.get(0)[1:] == host[1:]  # vendor registers
     assert table.has(0xD, 0)
     assert table.flag(0xD, 0) & kvmabi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
-    assert table.meta["role"] == "guest"
+    assert (table.role, table.source_kind) == ("guest", "kvm")
     assert table.source == "kvm"
 
 

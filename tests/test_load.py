@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xstate_check.cpuid import CpuidSet, Registers
+from xstate_check.cpuid import CpuidSet, Registers, Role
 from xstate_check.errors import InputError
 from xstate_check.sources import load
 from xstate_check.sources.load import (
@@ -239,7 +239,7 @@ def test_host_keyword_reads_this_cpu() -> None:
     cpuid = load_cpuid("host")
     for leaf in (0, 0xD):
         assert cpuid.get(leaf, 0) == Registers(*cpuid_native.get_cpuid_count(leaf, 0)[1:])
-    assert cpuid.meta["role"] == "cpu"
+    assert cpuid.role == "cpu"
 
 
 @pytest.mark.kvm
@@ -293,7 +293,8 @@ def test_any_text_is_read_or_refused_with_input_error(pieces: list[str], cpu: in
         max_size=20,
     ),
     flag_keys=st.sets(st.integers(0, 19), max_size=5),
-    meta=st.dictionaries(st.text(max_size=8), st.text(max_size=12), max_size=4),
+    meta=st.dictionaries(st.text(max_size=8).filter(lambda key: key != "role"),
+                         st.text(max_size=12), max_size=4),
     role=st.sampled_from(["cpu", "guest"]),
     source=st.text(max_size=20),
 )
@@ -301,20 +302,20 @@ def test_own_json_round_trips_any_table(
     rows: dict[tuple[int, int], tuple[int, int, int, int]],
     flag_keys: set[int],
     meta: dict[str, str],
-    role: str,
+    role: Role,
     source: str,
 ) -> None:
     """Any table, flags, meta, role and source survive to_json_text -> read_cpuid_json."""
     keys = sorted(rows)
     flags = {keys[i]: i for i in flag_keys if i < len(keys)}
     cpuid = CpuidSet({key: Registers(*regs) for key, regs in rows.items()}, source,
-                     flags=flags, meta={**meta, "role": role})
+                     flags=flags, meta=meta, role=role)
     back = read_cpuid_json(to_json_text(cpuid), "any.json")
     assert back.rows() == cpuid.rows()
     assert dict(back.flags) == flags
     assert back.source == source
-    expected_meta = {"format": "xstate-check-json", **meta, "role": role}
-    assert dict(back.meta) == expected_meta
+    assert dict(back.meta) == {"format": "xstate-check-json", **meta}
+    assert back.role == role
 
 
 def test_long_first_line_of_unknown_text_gives_a_short_message(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def test_profile_equals_its_source_read_by_the_project(name: str, data_dir: Path
     assert dict(bundled.entries) == dict(original.entries)
     assert dict(bundled.flags) == dict(original.flags)
     assert bundled.vendor == info.vendor == original.vendor
-    assert bundled.meta["role"] == info.role == original.meta.get("role", "cpu")
+    assert bundled.role == info.role == original.role
     assert bundled.source == f"profile:{name}"
     assert bundled.meta["origin"] == info.source["file"]
 
@@ -155,12 +155,12 @@ def test_amx_values_of_sapphire_rapids_profiles() -> None:
     guest = load_profile("fc-sapphire-rapids-6.1")
     assert guest.get(0xD, 0) == (0x602E7, 0x240, 0x2B00, 0)
     assert guest.get(0xD, 18)[:3] == (0x2000, 0xB00, 6)
-    assert guest.meta["role"] == "guest"
+    assert guest.role == "guest"
     assert guest.meta["kernel_version"].startswith("6.1.")
     metal = load_profile("sapphire-rapids-w7-2475x")
     assert metal.get(0xD, 0) == (0x602E7, 0x2B00, 0x2B00, 0)
     assert metal.get(0xD, 1)[:3] == (0x1F, 0x2A80, 0xDD00)
-    assert metal.meta["role"] == "cpu"
+    assert metal.role == "cpu"
 
 
 def test_kernel_changes_what_a_profile_holds() -> None:

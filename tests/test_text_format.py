@@ -55,7 +55,7 @@ def test_cli_colour_follows_the_option_and_no_color(
     """--color always colours, auto does not off a terminal, and NO_COLOR yields to a flag."""
     cpuid = CpuidSet.from_rows([(0xD, 0, 0x202E7, 0x240, 0x2B00, 0)], "t")
     dump = tmp_path / "half-amx.json"
-    dump.write_text(to_json_text(cpuid.replace(meta={"role": "guest"})), encoding="utf-8")
+    dump.write_text(to_json_text(cpuid.replace(role="guest")), encoding="utf-8")
     monkeypatch.delenv("NO_COLOR", raising=False)
     assert main(["check", str(dump), "--color", "always"]) == 1
     assert "\x1b[1;31merror" in capsys.readouterr().out

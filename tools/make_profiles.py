@@ -147,8 +147,8 @@ def build(data: Path) -> dict[str, str]:
                 f"({origins[data_file]['licence']}); bundle a licensed copy or leave it out"
             )
         cpuid = load_cpuid(data / data_file)
-        if cpuid.meta.get("role", "cpu") != role:
-            raise SystemExit(f"{data_file}: read as role {cpuid.meta.get('role')}, not {role}")
+        if cpuid.role != role:
+            raise SystemExit(f"{data_file}: read as role {cpuid.role}, not {role}")
         meta = {**cpuid.meta, "profile": name, "model": model}
         cpuid = cpuid.replace(source=data_file, meta=meta)
         files[f"{name}.json"] = to_json_text(cpuid)

@@ -33,7 +33,7 @@ def build_subject(
                    "a Template, a template file path or None")
     check_argument("check", "host", host, (HostState, type(None)), "a HostState or None")
     base = cpuid if isinstance(cpuid, CpuidSet) else load_cpuid(cpuid)
-    chosen_role: Role = role or ("guest" if base.meta.get("role") == "guest" else "cpu")
+    chosen_role: Role = role or base.role
     if template is None:
         return Subject(name or base.source, base, role=chosen_role, host=host)
     loaded = template if isinstance(template, Template) else load_template(template)

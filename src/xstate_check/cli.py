@@ -157,11 +157,12 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def _load_source(args: argparse.Namespace) -> CpuidSet:
     """Return the CPUID table of ``args.source``; ``-`` reads stdin, bounded like a file."""
+    from xstate_check.cpuid import STDIN_SOURCE
     from xstate_check.sources.load import MAX_INPUT_BYTES, decode_text, load_cpuid, read_cpuid_text
 
     if args.source != "-":
         return load_cpuid(args.source, cpu=args.cpu)
-    name = "<stdin>"
+    name = STDIN_SOURCE
     data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1) if sys.stdin is not None else b""
     if len(data) > MAX_INPUT_BYTES:
         raise InputError(
@@ -170,7 +171,7 @@ def _load_source(args: argparse.Namespace) -> CpuidSet:
     text = decode_text(data, name)
     if not text.strip():
         raise InputError(Location(name, 1), "expected a CPUID dump; found empty input")
-    return read_cpuid_text(text, name, cpu=args.cpu)
+    return read_cpuid_text(text, name, cpu=args.cpu).replace(source_kind="stdin")
 
 
 def _report_exit(args: argparse.Namespace, report: object) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import attrs
 
@@ -18,9 +18,44 @@ __all__ = [
     "FeatureBit",
     "Provenance",
     "Registers",
+    "Role",
+    "SourceKind",
+    "recorded_source_kind",
 ]
 
 REGISTERS = ("eax", "ebx", "ecx", "edx")
+
+#: ``guest``: a table a VMM hands to KVM_SET_CPUID2 (0xD EBX sizes are the creation values
+#: KVM recomputes); ``cpu``: a CPU's own view as an OS saw it (EBX follows that OS's XCR0).
+Role = Literal["guest", "cpu"]
+
+#: What a table was read from: a ``file`` (findings point at it), standard input, a bundled
+#: ``profile``, this ``host``'s CPUID, this host's ``kvm``, a rule ``example``, or a table
+#: built in ``memory``.
+SourceKind = Literal["file", "stdin", "profile", "host", "kvm", "example", "memory"]
+
+#: The source names that are not files: what ``load_cpuid`` reads as keywords, and the
+#: names of tables read from standard input or built in memory.
+STDIN_SOURCE = "<stdin>"
+MEMORY_SOURCE = "<memory>"
+PROFILE_PREFIX = "profile:"
+
+
+def recorded_source_kind(source: str) -> SourceKind:
+    """Return the kind of a source name recorded in a table file (its ``source`` key).
+
+    Only the exact keywords are not files: ``host``, ``kvm``, ``profile:NAME``, ``<stdin>``
+    and ``<memory>``; ``hosts-spr.json`` or ``kvm-table.json`` are files.
+    """
+    if source in ("host", "kvm"):
+        return "host" if source == "host" else "kvm"
+    if source.startswith(PROFILE_PREFIX):
+        return "profile"
+    if source == STDIN_SOURCE:
+        return "stdin"
+    if source == MEMORY_SOURCE:
+        return "memory"
+    return "file"
 
 #: KVM_CPUID_FLAG_SIGNIFCANT_INDEX (sic): the entry's subleaf matters.
 SIGNIFICANT_INDEX = 1
@@ -175,22 +210,29 @@ def _freeze_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
 class CpuidSet:
     """An immutable CPUID table: (leaf, subleaf) -> Registers, with where it came from.
 
-    ``source`` names the origin (a path, ``host``, ``kvm``, ``profile:NAME``);
-    ``flags`` holds KVM's per-entry flags where known (``KVM_CPUID_FLAG_SIGNIFCANT_INDEX``);
-    ``provenance`` maps (leaf, subleaf, register, bit) to the template line that set or
-    cleared that bit; ``meta`` carries free-form facts of the source (kernel release, …).
-    An entry the table lacks reads as zero; ``has`` tells the two apart.
+    ``source`` names the origin (a path, ``host``, ``kvm``, ``profile:NAME``) and
+    ``source_kind`` says what kind of origin it is; ``role`` whether the table is a guest's
+    or a CPU's own view; ``leaf_0xd_complete`` is False where the source holds no subleaf
+    of leaf 0xD beyond 0 and 1 (libcpuid's native dumps), so that their absence says nothing
+    about the CPU. ``flags`` holds KVM's per-entry flags where known
+    (``KVM_CPUID_FLAG_SIGNIFCANT_INDEX``); ``provenance`` maps (leaf, subleaf, register,
+    bit) to the template line that set or cleared that bit; ``meta`` carries free-form facts
+    of the source for display (kernel release, …): nothing decides on it. An entry the
+    table lacks reads as zero; ``has`` tells the two apart.
     """
 
     entries: Mapping[tuple[int, int], Registers] = attrs.field(converter=_freeze)
-    source: str = "<memory>"
+    source: str = MEMORY_SOURCE
     flags: Mapping[tuple[int, int], int] = attrs.field(factory=dict, converter=_freeze_flags)
     provenance: Provenance = attrs.field(factory=Provenance, converter=_freeze_provenance)
     meta: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_meta)
+    role: Role = "cpu"
+    source_kind: SourceKind = "memory"
+    leaf_0xd_complete: bool = True
 
     @classmethod
     def from_rows(
-        cls, rows: Iterable[tuple[int, int, int, int, int, int]], source: str = "<memory>",
+        cls, rows: Iterable[tuple[int, int, int, int, int, int]], source: str = MEMORY_SOURCE,
         **kwargs: object,
     ) -> CpuidSet:
         """Build a set from ``(leaf, subleaf, eax, ebx, ecx, edx)`` rows."""
@@ -200,10 +242,11 @@ class CpuidSet:
     @classmethod
     def trusted(cls, entries: dict[tuple[int, int], Registers], source: str, *,
                 flags: dict[tuple[int, int], int], provenance: Provenance,
-                meta: dict[str, str]) -> CpuidSet:
+                meta: dict[str, str], like: CpuidSet) -> CpuidSet:
         """Return a set of entries already sorted by (leaf, subleaf), without sorting again.
 
-        The dicts are owned by the set from here on (the caller keeps no reference).
+        The dicts are owned by the set from here on (the caller keeps no reference); role,
+        source kind and leaf 0xD completeness are those of ``like``.
         """
         made = cls.__new__(cls)
         setter = object.__setattr__
@@ -212,6 +255,9 @@ class CpuidSet:
         setter(made, "flags", MappingProxyType(flags))
         setter(made, "provenance", provenance)
         setter(made, "meta", MappingProxyType(meta))
+        setter(made, "role", like.role)
+        setter(made, "source_kind", like.source_kind)
+        setter(made, "leaf_0xd_complete", like.leaf_0xd_complete)
         return made
 
     def __eq__(self, other: object) -> bool:
@@ -250,6 +296,11 @@ class CpuidSet:
     def features(self) -> dict[str, bool]:
         """Return every named feature bit and whether it is set."""
         return {name: self.feature(name) for name in FEATURES}
+
+    @property
+    def is_file(self) -> bool:
+        """Return whether the table was read from a file (findings can point at it)."""
+        return self.source_kind == "file"
 
     @property
     def xcr0_supported(self) -> int:

@@ -138,7 +138,7 @@ class Facts(dict[str, Any]):
 
     def require_subleaves(self) -> None:
         """Raise Missing where the source holds leaf 0xD subleaf 0 only (libcpuid native)."""
-        if self.cpuid.meta.get("leaf_0xd_subleaves") == "absent":
+        if not self.cpuid.leaf_0xd_complete:
             raise Missing("the source holds no leaf 0xD subleaves")
 
     @property
@@ -981,7 +981,7 @@ def available_of(subject: Subject) -> int:
         available |= NEEDS_HOST
     if subject.base is not None:
         available |= NEEDS_BASE
-    if subject.cpuid.meta.get("leaf_0xd_subleaves") != "absent":
+    if subject.cpuid.leaf_0xd_complete:
         available |= NEEDS_SUBLEAVES
     return available
 

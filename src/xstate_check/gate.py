@@ -131,7 +131,7 @@ class GateProfile:
     @property
     def role(self) -> Role:
         """Return ``guest`` for a VMM's table (a Firecracker fingerprint), else ``cpu``."""
-        return "guest" if self.cpuid.meta.get("role") == "guest" else "cpu"
+        return self.cpuid.role
 
 
 @attrs.frozen

@@ -78,8 +78,7 @@ def destination_of(spec: DestinationSpec) -> Destination:
 
 def _short_name(table: CpuidSet, given: str) -> str:
     """Return a bundled profile's name, else the source as given."""
-    profile = table.meta.get("profile")
-    return str(profile) if profile else given
+    return table.source.removeprefix("profile:") if table.source_kind == "profile" else given
 
 
 def restore_subject(guest: Subject, destination: Destination) -> Subject:

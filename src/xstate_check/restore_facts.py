@@ -150,14 +150,14 @@ def _dest_permitted_xcr0(facts: Facts) -> object:
        "KVM supports")
 def _dest_xss(facts: Facts) -> object:
     destination = _destination(facts)
-    if destination.cpuid.meta.get("leaf_0xd_subleaves") == "absent":
+    if not destination.cpuid.leaf_0xd_complete:
         raise Missing("the destination's source holds no leaf 0xD subleaves")
     return _permitted_table(destination).xss_supported
 
 
 def _dest_components(facts: Facts) -> Components:
     destination = _destination(facts)
-    if destination.cpuid.meta.get("leaf_0xd_subleaves") == "absent":
+    if not destination.cpuid.leaf_0xd_complete:
         raise Missing("the destination's source holds no leaf 0xD subleaves")
     return Components(_permitted_table(destination))
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import attrs
 
-from xstate_check.cpuid import CpuidSet
+from xstate_check.cpuid import CpuidSet, Role
 from xstate_check.errors import Location
 from xstate_check.hoststate import HostState
 
 __all__ = ["Destination", "MissingEntry", "Role", "Subject"]
 
-#: ``guest``: a table a VMM hands to KVM_SET_CPUID2 (0xD EBX sizes are the creation values
-#: KVM recomputes); ``cpu``: a CPU's own view as an OS saw it (EBX follows that OS's XCR0).
-Role = Literal["guest", "cpu"]
 
 
 @attrs.frozen

@@ -616,6 +616,7 @@ def apply_template(template: Template, base: CpuidSet,
         flags=flags,
         provenance=provenance,
         meta={**base.meta, "template": template.path},
+        like=base,
     )
     return AppliedTemplate(cpuid, tuple(missing.values()))
 

@@ -24,9 +24,6 @@ from xstate_check.subject import Subject
 
 __all__ = ["FindingsCache", "Record", "check_subjects", "evaluate", "evaluate_rules"]
 
-#: Sources that are not files a location could point at.
-_PSEUDO_SOURCES = ("<", "host", "kvm", "profile:", "example:")
-
 
 #: What a finding is, less its location: the rule, the index of its ``each`` item (-1 for
 #: none), its message and the CPUID bits it is about (empty without a template).
@@ -273,7 +270,7 @@ def _placed(subject: Subject, item: object, refs: Iterable[BitRef]) -> Location 
         if changed or pinned:
             return min(changed or pinned, key=_location_key)
     table = subject.base or subject.cpuid
-    if table.source and not table.source.startswith(_PSEUDO_SOURCES):
+    if table.is_file:
         return Location(table.source)
     return None
 

@@ -291,7 +291,7 @@ def apply_edits(
 def base_table(name: str) -> CpuidSet:
     """Return the built-in table ``name`` (a key of ``BASES``)."""
     rows, role, _ = BASES[name]
-    table = CpuidSet.from_rows(rows, f"example:{name}", meta={"role": role})
+    table = CpuidSet.from_rows(rows, f"example:{name}", role=role, source_kind="example")
     # Record KVM's flags as a fingerprint does: SIGNIFICANT_INDEX on indexed leaves.
     return table.replace(flags={key: table.flag(*key) for key in table.entries})
 
@@ -309,7 +309,7 @@ def _host(base: CpuidSet, host: Mapping[str, str]) -> HostState:
         if xss is not None:
             result = result.with_registers(0xD, 1, ecx=_mask(xss) & 0xFFFF_FFFF,
                                            edx=_mask(xss) >> 32)
-        return result.replace(source="kvm")
+        return result.replace(source="kvm", source_kind="kvm")
 
     def mask(key: str) -> int | None:
         return _mask(host[key]) if key in host else None

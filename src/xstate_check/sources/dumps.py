@@ -281,7 +281,7 @@ class _AidaReader:
         self.untagged: dict[int, int] = {}
         self.in_block = False
         self.has_leaf0 = False
-        self.meta: dict[str, str] = {"format": fmt, "role": "cpu"}
+        self.meta: dict[str, str] = {"format": fmt}
         if fmt != "aida64":
             self.meta["dialect"] = "aida64"
 
@@ -312,7 +312,7 @@ class _AidaReader:
                 f"expected CPUID register lines in the block of logical CPU {found}; it has none",
             )
         self.meta["cpu"] = str(found)
-        return CpuidSet(self.table.rows, self.path, meta=self.meta)
+        return CpuidSet(self.table.rows, self.path, meta=self.meta, source_kind="file")
 
     def _enter(self, number: int) -> bool:
         if not self.blocks.enter(number):
@@ -486,11 +486,10 @@ def _read_libcpuid_native(text: str, path: str, cpu: int | None) -> CpuidSet:
             _native_line(path, lineno, line, arrays)
     found = blocks.finish('expected libcpuid raw lines such as "basic_cpuid[0]=0000000d …"')
     rows = _native_rows(arrays)
-    meta = {"format": "libcpuid", "dialect": "native", "role": "cpu", "cpu": str(found)}
-    if (XSAVE_LEAF, 0) in rows:
-        # The native format keeps basic_cpuid[13] only: subleaf 0 of leaf 0xD.
-        meta["leaf_0xd_subleaves"] = "absent"
-    return CpuidSet(rows, path, meta=meta)
+    meta = {"format": "libcpuid", "dialect": "native", "cpu": str(found)}
+    # The native format keeps basic_cpuid[13] only: subleaf 0 of leaf 0xD.
+    return CpuidSet(rows, path, meta=meta, source_kind="file",
+                    leaf_0xd_complete=(XSAVE_LEAF, 0) not in rows)
 
 
 def _native_line(
@@ -535,8 +534,8 @@ def read_libcpuid(text: str, path: str, *, cpu: int | None = None) -> CpuidSet:
     """Read a libcpuid ``.test`` file: its raw part, in AIDA64 or libcpuid's native form.
 
     Reading stops at the first line of 80 dashes, where libcpuid's expected decode starts.
-    Native dumps hold no subleaf of leaf 0xD beyond 0; ``meta["leaf_0xd_subleaves"]`` is
-    then ``"absent"`` so that later checks know the other subleaves are unknown, not zero.
+    Native dumps hold no subleaf of leaf 0xD beyond 0; ``leaf_0xd_complete`` is then False
+    so that later checks know the other subleaves are unknown, not zero.
     """
     check_lines(text, path)
     first = _LIBCPUID_FIRST.search(text)
@@ -602,8 +601,8 @@ def read_cpuid_raw(text: str, path: str, *, cpu: int | None = None) -> CpuidSet:
             "expected raw lines of `cpuid -r` such as "
             '"   0x0000000d 0x00: eax=0x000002e7 ebx=0x00000980 ecx=0x00000988 edx=0x00000000"',
         )
-    meta = {"format": "cpuid-raw", "role": "cpu", "cpu": str(found)}
-    return CpuidSet(table.rows, path, meta=meta)
+    meta = {"format": "cpuid-raw", "cpu": str(found)}
+    return CpuidSet(table.rows, path, meta=meta, source_kind="file")
 
 
 def _raw_line(path: str, lineno: int, line: str, table: _Table) -> None:

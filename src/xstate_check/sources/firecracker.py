@@ -49,12 +49,12 @@ def load_firecracker(path: str | os.PathLike[str]) -> CpuidSet:
 def read_firecracker(text: str, path: str) -> CpuidSet:
     """Build the guest CpuidSet of a fingerprint or a cpu-template-helper template dump.
 
-    ``meta`` holds ``format`` (``firecracker-fingerprint`` or ``firecracker-dump``),
-    ``role`` (``guest``), ``cpu`` and, for fingerprints, the version facts.
+    Its role is ``guest``; ``meta`` holds ``format`` (``firecracker-fingerprint`` or
+    ``firecracker-dump``), ``cpu`` and, for fingerprints, the version facts.
     """
     root = jsonpos.parse(text, path, allow_duplicates=True, lone_surrogates=True)
     members = root.object_items()
-    meta: dict[str, str] = {"role": "guest"}
+    meta: dict[str, str] = {}
     if "guest_cpu_config" in members:
         meta["format"] = "firecracker-fingerprint"
         _check_fingerprint_fields(root, text, path)
@@ -74,7 +74,7 @@ def read_firecracker(text: str, path: str) -> CpuidSet:
             "cpu-template-helper template dump (an object with cpuid_modifiers)",
         )
     entries, flags = _full_entries(template, text, path, root)
-    cpuid = CpuidSet(entries, path, flags=flags)
+    cpuid = CpuidSet(entries, path, flags=flags, role="guest", source_kind="file")
     meta["cpu"] = _cpu_name(path, cpuid)
     return cpuid.replace(meta=meta)
 

@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 
 from xstate_check import jsonpos
-from xstate_check.cpuid import REGISTERS, CpuidSet, Registers
+from xstate_check.cpuid import REGISTERS, CpuidSet, Registers, recorded_source_kind
 from xstate_check.errors import InputError, Location, clip_snippet
 from xstate_check.limits import MAX_ENTRIES
 
@@ -47,12 +47,17 @@ _TOP_KEYS = ("schema", "source", "role", "meta", "entries")
 _ENTRY_KEYS = ("leaf", "subleaf", "flags", *REGISTERS)
 _HEX_VALUE = re.compile(r"0x[0-9a-fA-F]{1,8}\Z")
 _U32 = 0xFFFFFFFF
+#: The meta key that says a table holds no subleaf of leaf 0xD beyond 0 (``"absent"``).
+_SUBLEAVES_KEY = "leaf_0xd_subleaves"
 
 
 def to_json_text(cpuid: CpuidSet) -> str:
     """Return ``cpuid`` as the project's CPUID JSON; the same table gives the same bytes."""
-    role = cpuid.meta.get("role", "cpu")
-    meta = {key: cpuid.meta[key] for key in sorted(cpuid.meta) if key != "role"}
+    role = cpuid.role
+    shown = dict(cpuid.meta)
+    if not cpuid.leaf_0xd_complete:
+        shown[_SUBLEAVES_KEY] = "absent"
+    meta = {key: shown[key] for key in sorted(shown) if key != "role"}
     out = [
         "{",
         f'  "schema": {json.dumps(SCHEMA)},',
@@ -310,13 +315,16 @@ def read_cpuid_json(text: str, path: str) -> CpuidSet:
             ("role",), f'expected "role" to be "cpu" or "guest"; found {_shown(role)}'
         )
     meta = _read_meta(reader, document.get("meta", {}))
-    if meta.setdefault("role", role) != role:
+    if meta.pop("role", role) != role:
         raise reader.fail(
             ("meta", "role"), f'expected "meta"."role" to equal "role" ("{role}")', key=True
         )
     meta.setdefault("format", FORMAT)
+    complete = meta.pop(_SUBLEAVES_KEY, None) != "absent"
     entries, flags = _read_entries(reader, document)
-    return CpuidSet(entries, source, flags=flags, meta=meta)
+    return CpuidSet(entries, source, flags=flags, meta=meta, role=role,
+                    source_kind=recorded_source_kind(source) if "source" in document else "file",
+                    leaf_0xd_complete=complete)
 
 
 def _long_number(text: str) -> re.Match[str] | None:

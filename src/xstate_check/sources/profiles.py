@@ -123,7 +123,7 @@ def match_profiles(pattern: str) -> list[ProfileInfo]:
 def load_profile(name: str) -> CpuidSet:
     """Return the bundled profile ``name`` as a CpuidSet whose source is ``profile:NAME``.
 
-    ``meta`` keeps the facts of the data it was converted from (``format``, ``role``,
+    ``meta`` keeps the facts of the data it was converted from (``format``,
     ``kernel_version`` …) and adds ``profile``, ``origin`` and ``licence``. An unknown name
     is an InputError listing the known ones.
     """
@@ -142,7 +142,7 @@ def load_profile(name: str) -> CpuidSet:
         "origin": cpuid.source,
         "licence": info.source.get("licence", ""),
     }
-    return cpuid.replace(source=f"profile:{name}", meta=meta)
+    return cpuid.replace(source=f"profile:{name}", meta=meta, source_kind="profile")
 
 
 def _origin(info: ProfileInfo) -> str:

@@ -211,7 +211,7 @@ def pack_cpuid2(cpuid: CpuidSet) -> bytearray:
 
 
 def unpack_cpuid2(buffer: bytes | bytearray, source: str, **meta: str) -> CpuidSet:
-    """Return the CpuidSet held by a ``struct kvm_cpuid2`` (flags kept per entry)."""
+    """Return the guest CpuidSet held by KVM's ``struct kvm_cpuid2`` (flags kept per entry)."""
     from xstate_check.cpuid import CpuidSet, Registers
 
     (count, _padding) = abi.CPUID2_HEADER.unpack_from(buffer, 0)
@@ -224,7 +224,7 @@ def unpack_cpuid2(buffer: bytes | bytearray, source: str, **meta: str) -> CpuidS
         )
         entries[(leaf, subleaf)] = Registers(eax, ebx, ecx, edx)
         flags[(leaf, subleaf)] = flag
-    return CpuidSet(entries, source, flags=flags, meta=meta)
+    return CpuidSet(entries, source, flags=flags, meta=meta, role="guest", source_kind="kvm")
 
 
 def supported_cpuid(
@@ -235,9 +235,9 @@ def supported_cpuid(
     max_capacity: int = MAX_CAPACITY,
     **meta: str,
 ) -> CpuidSet:
-    """Return KVM_GET_SUPPORTED_CPUID as a CpuidSet (source ``kvm``, meta role ``guest``)."""
+    """Return KVM_GET_SUPPORTED_CPUID as a CpuidSet (source ``kvm``, role ``guest``)."""
     raw = supported_cpuid2(system, fd, capacity, max_capacity=max_capacity)
-    return unpack_cpuid2(raw, "kvm", role="guest", **meta)
+    return unpack_cpuid2(raw, "kvm", **meta)
 
 
 def kvm_cpuid(system: System | None = None, *, path: str | None = None) -> CpuidSet:

@@ -98,8 +98,8 @@ def _read_cpuid(system: System, release: str) -> CpuidSet:
         for leaf in EXTENDED_LEAVES:
             if leaf <= max_extended:
                 read(leaf)
-    table = CpuidSet(entries, "host")
-    meta = {"role": "cpu", "kernel_release": release, "cpu": table.brand or table.vendor}
+    table = CpuidSet(entries, "host", source_kind="host")
+    meta = {"kernel_release": release, "cpu": table.brand or table.vendor}
     return table.replace(meta=meta)
 
 
@@ -168,7 +168,7 @@ def permitted_kvm_cpuid(
     if len(run.messages) != 1 or count < 1 or len(payload) != header + count * entry:
         raise RuntimeError(f"the child process sent {len(payload)} bytes, not a kvm_cpuid2")
     return kvmsource.unpack_cpuid2(
-        payload, "kvm", role="guest", kernel_release=release,
+        payload, "kvm", kernel_release=release,
         view="after ARCH_REQ_XCOMP_GUEST_PERM(18)",
     )
 
