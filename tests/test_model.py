@@ -156,9 +156,15 @@ def test_location_renders_only_what_it_knows(location: Location, text: str) -> N
 
 
 def test_rule_facts_and_layout_compute_the_same_sizes(data_dir: Path) -> None:
-    """The rules' light view of leaf 0xD gives the sizes XsaveLayout gives, on every real table."""
-    from xstate_check.facts import Components
+    """The rules' std_size() and compacted_size() give XsaveLayout's sizes on every real table."""
+    from xstate_check.engine.evaluator import compile_expression
+    from xstate_check.engine.loader import language_names
+    from xstate_check.engine.parser import parse_expression
+    from xstate_check.facts import Facts
     from xstate_check.sources.load import load_cpuid
+    from xstate_check.subject import Subject
+
+    names = language_names()
 
     paths = [*sorted((data_dir / "cpuid-dumps").glob("*/*.t*")),
              *sorted((data_dir / "firecracker").glob("fingerprint_*.json"))]
@@ -168,10 +174,39 @@ def test_rule_facts_and_layout_compute_the_same_sizes(data_dir: Path) -> None:
             cpuid = load_cpuid(path)
         except InputError:
             continue  # SOURCES.md and the decoded (not raw) cpuid view
-        layout, light = XsaveLayout.from_cpuid(cpuid), Components(cpuid)
+        if not cpuid.leaf_0xd_complete:
+            continue  # the rules read no sizes from it
+        layout, facts = XsaveLayout.from_cpuid(cpuid), Facts(Subject("t", cpuid))
         for mask in (layout.xcr0_supported, layout.xcr0_supported | layout.xss_supported,
                      layout.xcr0_supported & 0x2E7):
-            assert light.standard_size(mask) == layout.standard_size(mask), path
-            assert light.compacted_size(mask) == layout.compacted_size(mask), path
+            for function, expected in (("std_size", layout.standard_size(mask)),
+                                       ("compacted_size", layout.compacted_size(mask))):
+                node = parse_expression(f"{function}({mask:#x})", names.__getitem__, names)
+                assert compile_expression(node)(facts) == expected, path
         checked += 1
     assert checked >= 50
+
+
+def test_xfeature_table_columns_name_real_feature_bits_and_give_the_groups() -> None:
+    """Every gate and feature the table names is a CPUID bit; the group masks derive from it."""
+    from xstate_check.cpuid import FEATURES
+    from xstate_check.xfeatures import (
+        AVX512_MASK,
+        FEATURE_XSTATE,
+        LINUX_GATES,
+        MPX_MASK,
+        SUPERVISOR_MASK,
+        XTILE_MASK,
+    )
+
+    for feature in XFEATURES.values():
+        assert feature.gate is None or feature.gate in FEATURES, feature.name
+        assert feature.feature is None or feature.feature in FEATURES, feature.name
+    assert (MPX_MASK, AVX512_MASK, XTILE_MASK) == (0x18, 0xE0, 0x60000)
+    supervisor = mask_of("pt", "pasid", "cet_u", "cet_s", "hdc", "uintr", "lbr", "hwp")
+    assert supervisor == SUPERVISOR_MASK
+    # xsave_cpuid_features[] for user state, with PKU deciding for PKRU (see the table).
+    assert LINUX_GATES == {0: "FPU", 1: "SSE", 2: "AVX", 3: "MPX", 4: "MPX", 5: "AVX512F",
+                           6: "AVX512F", 7: "AVX512F", 9: "PKU", 17: "AMX_TILE",
+                           18: "AMX_TILE", 19: "APX"}
+    assert FEATURE_XSTATE["AMX_TILE"] == XTILE_MASK and FEATURE_XSTATE["AVX512F"] == AVX512_MASK

@@ -18,10 +18,14 @@ from typing import Any, Literal, NamedTuple
 
 from xstate_check.cpuid import FEATURES, REGISTERS, CpuidSet, Registers
 from xstate_check.errors import Location
-from xstate_check.layout import LEGACY_AND_HEADER
+from xstate_check.layout import XsaveLayout
 from xstate_check.subject import Subject
 from xstate_check.xfeatures import (
     AVX512_MASK,
+    EXTRA_FEATURE_NEEDS,
+    FEATURE_XSTATE,
+    LINUX_GATES,
+    LINUX_SUPERVISOR_MASK,
     MPX_MASK,
     SUPERVISOR_MASK,
     USER_DYNAMIC_MASK,
@@ -37,7 +41,6 @@ __all__ = [
     "FUNCTIONS",
     "ITEM_FIELDS",
     "BitRef",
-    "Components",
     "EntryItem",
     "FactSpec",
     "Facts",
@@ -122,12 +125,12 @@ class FunctionSpec(NamedTuple):
 class Facts(dict[str, Any]):
     """The facts of one subject: a dict that computes a missing name on first read."""
 
-    __slots__ = ("_components", "cpuid", "subject")
+    __slots__ = ("_layout", "cpuid", "subject")
 
     def __init__(self, subject: Subject) -> None:
         self.subject = subject
         cpuid = self.cpuid = subject.cpuid
-        self._components: Components | None = None
+        self._layout: XsaveLayout | None = None
         # Every rule family reads XCR0; reading it here is cheaper than on first use.
         self["xcr0"] = cpuid.xcr0_supported
 
@@ -142,12 +145,12 @@ class Facts(dict[str, Any]):
             raise Missing("the source holds no leaf 0xD subleaves")
 
     @property
-    def components(self) -> Components:
-        """Return the table's component subleaves; Missing where the source has none."""
-        if self._components is None:
+    def layout(self) -> XsaveLayout:
+        """Return the table's leaf 0xD decoded; Missing where the source has no subleaves."""
+        if self._layout is None:
             self.require_subleaves()
-            self._components = Components(self.cpuid)
-        return self._components
+            self._layout = XsaveLayout.from_cpuid(self.cpuid)
+        return self._layout
 
 
 FACTS: dict[str, FactSpec] = {}
@@ -286,158 +289,85 @@ def _amx_max_names(facts: Facts) -> object:
 # --- the layout (needs the component subleaves) ---------------------------------------
 
 
-class Components:
-    """The component subleaves 0xD.n (n >= 2) of one table that enumerate a size.
-
-    A light view of leaf 0xD for the rules (``XsaveLayout`` decodes more, at more cost):
-    ``regs[n]`` is subleaf n's (size, offset, flags, edx); the size formulas are those of
-    KVM's xstate_required_size() (arch/x86/kvm/cpuid.c) and Linux's
-    xstate_calculate_size() (arch/x86/kernel/fpu/xstate.c).
-    """
-
-    __slots__ = ("regs",)
-
-    def __init__(self, cpuid: CpuidSet) -> None:
-        self.regs: dict[int, Registers] = {
-            subleaf: regs for (leaf, subleaf), regs in cpuid.entries.items()
-            if leaf == 0xD and subleaf >= 2 and regs.eax
-        }
-
-    def sized(self, mask: int) -> list[int]:
-        """Return the xfeatures of mask (>= 2) whose subleaf enumerates a size, ascending."""
-        regs = self.regs
-        return [n for n in bits(mask & ~FP_SSE_MASK) if n in regs]
-
-    def standard_size(self, mask: int) -> int:
-        """Return max(576, end of the last user component of mask)."""
-        size = LEGACY_AND_HEADER
-        for number in self.sized(mask):
-            eax, ebx, ecx, _ = self.regs[number]
-            if not ecx & 1 and ebx + eax > size:
-                size = ebx + eax
-        return size
-
-    def compacted_size(self, mask: int) -> int:
-        """Return the compacted-format size of mask (components in ascending order)."""
-        offset = LEGACY_AND_HEADER
-        for number in self.sized(mask):
-            eax, _, ecx, _ = self.regs[number]
-            if ecx & 2:
-                offset = (offset + 63) & ~63
-            offset += eax
-        return offset
-
-
-def _enumerated(facts: Facts) -> tuple[Components, int, int]:
+def _enumerated(facts: Facts) -> tuple[XsaveLayout, int, int]:
     xcr0, xss = facts["xcr0"], facts["xss"]
     assert isinstance(xcr0, int) and isinstance(xss, int)
-    return facts.components, xcr0, xss
+    return facts.layout, xcr0, xss
 
 
 @_fact("standard_sizes", "sizes", "every 0xD.0 EBX an OS could see: the standard-format size "
        "of some XCR0 made of enumerated xfeatures", (_reg(0xD, 0, "eax"), _reg(0xD, 0, "ebx")))
 def _standard_sizes(facts: Facts) -> object:
-    components, xcr0, _ = _enumerated(facts)
-    # std_size(m) is max(576, the end of m's last component), so the values an XCR0 made of
-    # enumerated xfeatures can give are 576 and the end of each enumerated user component.
-    sizes = {LEGACY_AND_HEADER}
-    for number in components.sized(xcr0):
-        eax, ebx, ecx, _ = components.regs[number]
-        if not ecx & 1:
-            sizes.add(max(LEGACY_AND_HEADER, ebx + eax))
-    return tuple(sorted(sizes))
+    layout, xcr0, _ = _enumerated(facts)
+    return layout.standard_sizes(xcr0)
 
 
 @_fact("overlapping", "mask", "enumerated user xfeatures whose standard-format regions overlap "
        "each other or the 576-byte legacy area and header (APX over MPX excepted)",
        _component_sources)
 def _overlapping(facts: Facts) -> object:
-    components, xcr0, _ = _enumerated(facts)
-    regions = [(n, regs.ebx, regs.ebx + regs.eax) for n in components.sized(xcr0)
-               if not (regs := components.regs[n]).ecx & 1]
-    result = 0
-    for index, (number, start, end) in enumerate(regions):
-        if start < LEGACY_AND_HEADER:
-            result |= 1 << number
-        for other, other_start, other_end in regions[index + 1:]:
-            pair = 1 << number | 1 << other
-            if pair & MPX_MASK and pair >> 19 & 1:
-                continue  # APX reuses the MPX area; the two never coexist (apx-excludes-mpx)
-            if start < other_end and other_start < end:
-                result |= pair
-    return result
+    layout, xcr0, _ = _enumerated(facts)
+    return layout.overlapping(xcr0)
 
 
 @_fact("misordered", "mask", "enumerated user xfeatures whose standard offset is below that of "
        "a lower-numbered one (APX, which Linux before 6.16 does not know, left out)",
        _component_sources)
 def _misordered(facts: Facts) -> object:
-    components, xcr0, _ = _enumerated(facts)
-    result = 0
-    highest = 0
-    for number in components.sized(xcr0 & ~(1 << 19)):
-        regs = components.regs[number]
-        if regs.ecx & 1:
-            continue
-        if regs.ebx < highest:
-            result |= 1 << number
-        highest = max(highest, regs.ebx)
-    return result
+    layout, xcr0, _ = _enumerated(facts)
+    return layout.misordered(xcr0 & ~XFEATURES[19].mask)
 
 
 @_fact("unsized", "mask", "enumerated xfeatures (XCR0 or IA32_XSS) whose subleaf gives no size",
        _component_sources)
 def _unsized(facts: Facts) -> object:
-    components, xcr0, xss = _enumerated(facts)
+    layout, xcr0, xss = _enumerated(facts)
     mask = (xcr0 | xss) & ~FP_SSE_MASK & ~BIT63
-    return sum(1 << n for n in bits(mask) if n not in components.regs)
+    return mask & ~sum(1 << c.number for c in layout.sized(mask))
 
 
 @_fact("kind_mismatch", "mask", "xfeatures enumerated in XCR0 whose subleaf says supervisor "
        "(ECX[0]=1), or enumerated in IA32_XSS whose subleaf says user", _component_sources)
 def _kind_mismatch(facts: Facts) -> object:
-    components, xcr0, xss = _enumerated(facts)
-    regs = components.regs
-    return sum(1 << n for n in components.sized(xcr0) if regs[n].ecx & 1) | sum(
-        1 << n for n in components.sized(xss) if not regs[n].ecx & 1
+    layout, xcr0, xss = _enumerated(facts)
+    return sum(1 << c.number for c in layout.sized(xcr0) if c.supervisor) | sum(
+        1 << c.number for c in layout.sized(xss) if not c.supervisor
     )
 
 
 @_fact("reserved_flags", "mask", "enumerated xfeatures whose subleaf sets reserved bits "
        "(ECX[31:3] or EDX)", _component_sources)
 def _reserved_flags(facts: Facts) -> object:
-    components, xcr0, xss = _enumerated(facts)
-    regs = components.regs
-    return sum(1 << n for n in components.sized(xcr0 | xss)
-               if regs[n].ecx & ~0x7 or regs[n].edx)
+    layout, xcr0, xss = _enumerated(facts)
+    return sum(1 << c.number for c in layout.sized(xcr0 | xss) if c.ecx & ~0x7 or c.edx)
 
 
 @_fact("xfd_flagged", "mask", "xfeatures whose subleaf sets ECX[2] (XFD supported)",
        _component_sources)
 def _xfd_flagged(facts: Facts) -> object:
-    facts.require_subleaves()
-    return sum(1 << n for n, regs in facts.components.regs.items() if regs.ecx & 4)
+    return sum(1 << c.number for c in facts.layout.components.values() if c.size and c.xfd)
 
 
 @_fact("stale_components", "mask", "subleaves n >= 2 that enumerate a size although bit n is "
        "in neither 0xD.0 EDX:EAX nor 0xD.1 EDX:ECX", _component_sources)
 def _stale_components(facts: Facts) -> object:
-    components, xcr0, xss = _enumerated(facts)
+    layout, xcr0, xss = _enumerated(facts)
     enumerated = xcr0 | xss
-    return sum(1 << n for n in components.regs if n < 64 and not enumerated >> n & 1)
+    return sum(1 << c.number for c in layout.components.values()
+               if c.size and not enumerated >> c.number & 1)
 
 
 @_fact("size_mismatch", "mask", "enumerated xfeatures whose size differs from the architectural "
        "size (Linux's struct for it, checked by check_xstate_against_struct())",
        _component_sources)
 def _size_mismatch(facts: Facts) -> object:
-    components, xcr0, xss = _enumerated(facts)
+    layout, xcr0, xss = _enumerated(facts)
     result = 0
-    for number in components.sized(xcr0 | xss):
-        feature = XFEATURES.get(number)
+    for component in layout.sized(xcr0 | xss):
+        feature = XFEATURES.get(component.number)
         expected = feature.size if feature is not None else None
-        if expected is not None and components.regs[number].eax != expected:
-            result |= 1 << number
+        if expected is not None and component.size != expected:
+            result |= 1 << component.number
     return result
 
 
@@ -457,41 +387,23 @@ def _host_reference(facts: Facts) -> CpuidSet:
        "differ from the host's (KVM's table, the host CPUID, or the table before the template)",
        _component_sources)
 def _host_layout_mismatch(facts: Facts) -> object:
-    components, xcr0, xss = _enumerated(facts)
-    reference = Components(_host_reference(facts)).regs
+    layout, xcr0, xss = _enumerated(facts)
+    reference = XsaveLayout.from_cpuid(_host_reference(facts)).components
     result = 0
-    for number in components.sized(xcr0 | xss):
-        theirs = reference.get(number)
-        if theirs is None:
+    for ours in layout.sized(xcr0 | xss):
+        theirs = reference.get(ours.number)
+        if theirs is None or not theirs.size:
             continue  # the host lacks it: guest-within-kvm-supported speaks of that
-        ours = components.regs[number]
-        supervisor = ours.ecx & 1
-        if (ours.eax != theirs.eax or (ours.ebx != theirs.ebx and not supervisor)
-                or (ours.ecx ^ theirs.ecx) & 2):
-            result |= 1 << number
+        if not ours.same_place(theirs):
+            result |= 1 << ours.number
     return result
 
 
 # --- what a Linux guest does with it (arch/x86/kernel/fpu/xstate.c) ---------------------
 
-#: The gate Linux checks for each user xfeature (``xsave_cpuid_features[]``), except PKRU:
-#: Linux gates it on OSPKE, which setup_pku() (arch/x86/kernel/cpu/common.c) force-sets
-#: itself when PKU is present, and a KVM guest's table has OSPKE clear (a runtime bit), so
-#: PKU is the gate that decides.
-_LINUX_GATES: dict[int, str] = {
-    0: "FPU", 1: "SSE", 2: "AVX", 3: "MPX", 4: "MPX", 5: "AVX512F", 6: "AVX512F",
-    7: "AVX512F", 9: "PKU", 17: "AMX_TILE", 18: "AMX_TILE", 19: "APX",
-}
-#: The supervisor xfeatures a Linux guest kernel saves for itself with XSAVES, and their
-#: gates (XFEATURE_MASK_SUPERVISOR_SUPPORTED): PASID and CET user state. CET supervisor
-#: state (bit 12) is guest-only since 6.18: the kernel keeps it for the vCPUs it hosts, never
-#: in its own buffers, so it is not counted here.
-_LINUX_SUPERVISOR_GATES: dict[int, str] = {10: "ENQCMD", 11: "SHSTK"}
-
-
 def _gate_refs(facts: Facts, value: object) -> list[BitRef]:
     refs = list(_XCR0_REFS)
-    for name in sorted(set(_LINUX_GATES.values()) | {"XFD"}):
+    for name in sorted(set(LINUX_GATES.values()) | {"XFD"}):
         where = FEATURES[name]
         refs.append((where.leaf, where.subleaf, where.register, 1 << where.bit))
     return refs
@@ -504,7 +416,7 @@ def _linux_xcr0(facts: Facts) -> object:
     xcr0 = facts["xcr0"]
     assert isinstance(xcr0, int)
     result = 0
-    for number, gate in _LINUX_GATES.items():
+    for number, gate in LINUX_GATES.items():
         if xcr0 >> number & 1 and facts[gate]:
             result |= 1 << number
     if not facts["XFD"]:
@@ -533,30 +445,30 @@ def _default_size_refs(facts: Facts, value: object) -> list[BitRef]:
        "(X86_FEATURE_XCOMPACTED), with the supervisor state the kernel keeps itself (PASID, "
        "CET user state) only with XSAVES; standard format otherwise", _default_size_refs)
 def _linux_default_size(facts: Facts) -> object:
-    components = facts.components
+    layout = facts.layout
     linux = facts["linux_xcr0"]
     assert isinstance(linux, int)
     default = linux & ~USER_DYNAMIC_MASK
     if facts["XSAVES"]:
         xss = facts["xss"]
         assert isinstance(xss, int)
-        for number, gate in _LINUX_SUPERVISOR_GATES.items():
-            if xss >> number & 1 and facts[gate]:
-                default |= 1 << number
+        default |= linux_supervisor(facts, xss)
     if facts["XSAVEC"] or facts["XSAVES"]:
-        return components.compacted_size(default)
-    return components.standard_size(default)
+        return layout.compacted_size(default)
+    return layout.standard_size(default)
+
+
+def linux_supervisor(facts: Facts, xss: int) -> int:
+    """Return the supervisor xfeatures of ``xss`` a Linux guest keeps itself, their gates set."""
+    return sum(1 << number for number in bits(xss & LINUX_SUPERVISOR_MASK)
+               if facts[XFEATURES[number].gate or ""])
 
 
 # --- CPUID feature bits against the xfeatures they need ----------------------------------
 
-#: Feature -> the xfeatures it needs in 0xD.0 (Linux's xsave_cpuid_features[] pairs; AVX10,
-#: whose vectors are the AVX-512 registers, needs the AVX-512 state as QEMU's
-#: x86_ext_save_areas[] says).
-_FEATURE_XSTATE: dict[str, int] = {
-    "AVX": 1 << 2, "MPX": MPX_MASK, "AVX512F": AVX512_MASK, "PKU": 1 << 9,
-    "AMX_TILE": XTILE_MASK, "APX": 1 << 19, "AVX10": AVX512_MASK | 1 << 2,
-}
+#: Feature -> the xfeatures it needs in 0xD.0: the xfeature table's ``feature`` column and
+#: the features that need another's state (AVX10).
+_FEATURE_XSTATE: dict[str, int] = {**FEATURE_XSTATE, **EXTRA_FEATURE_NEEDS}
 
 
 def _feature_refs(facts: Facts, value: object) -> list[BitRef]:
@@ -595,7 +507,7 @@ def _xstate_without_feature(facts: Facts) -> object:
     assert isinstance(xcr0, int)
     result = 0
     for name, need in _FEATURE_XSTATE.items():
-        if name != "AVX10" and not facts[name]:  # Linux gates the AVX-512 state on AVX512F
+        if name in FEATURE_XSTATE and not facts[name]:  # AVX-512 state is gated on AVX512F
             result |= need & xcr0
     return result
 
@@ -901,11 +813,11 @@ def valid_xcr0(mask: int) -> bool:
 
 
 def _std_size(facts: Facts, mask: int) -> int:
-    return facts.components.standard_size(mask)
+    return facts.layout.standard_size(mask)
 
 
 def _compacted_size(facts: Facts, mask: int) -> int:
-    return facts.components.compacted_size(mask)
+    return facts.layout.compacted_size(mask)
 
 
 def _layout_sources(facts: Facts) -> Iterable[BitRef]:

@@ -1,14 +1,19 @@
-"""XsaveLayout: CPUID leaf 0xD decoded, with the standard and compacted size formulas."""
+"""XsaveLayout: CPUID leaf 0xD decoded; the one place sizes, offsets, overlaps and order live.
+
+The rules read it (through ``Facts.layout``) and so do ``decode`` and the restore facts, so
+every size a finding or a view reports comes from the formulas here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import NamedTuple
 
 import attrs
 
-from xstate_check.cpuid import CpuidSet
-from xstate_check.xfeatures import bits
+from xstate_check.cpuid import CpuidSet, Registers
+from xstate_check.xfeatures import EXCLUSIVE_PAIRS, bits
 
 __all__ = ["LEGACY_AND_HEADER", "Component", "XsaveLayout", "align64"]
 
@@ -16,6 +21,9 @@ __all__ = ["LEGACY_AND_HEADER", "Component", "XsaveLayout", "align64"]
 LEGACY_AND_HEADER = 576
 
 XSAVE_LEAF = 0xD
+#: The xfeatures a leaf 0xD subleaf describes: 2 .. 63 (x87 and SSE live in the legacy area).
+_EXTENDED = ((1 << 64) - 1) & ~0x3
+_ZERO = Registers(0, 0, 0, 0)
 
 
 def align64(value: int) -> int:
@@ -23,26 +31,47 @@ def align64(value: int) -> int:
     return (value + 63) & ~63
 
 
-@attrs.frozen
-class Component:
-    """One component subleaf 0xD.n (n >= 2) as enumerated."""
+class Component(NamedTuple):
+    """One component subleaf 0xD.n (n >= 2) as enumerated: EAX size, EBX offset, ECX, EDX."""
 
     number: int
     size: int
     offset: int
-    supervisor: bool
-    aligned: bool
-    xfd: bool
     ecx: int
     edx: int
+
+    @property
+    def supervisor(self) -> bool:
+        """Return ECX[0]: the component is supervisor state (IA32_XSS), not user (XCR0)."""
+        return bool(self.ecx & 1)
+
+    @property
+    def aligned(self) -> bool:
+        """Return ECX[1]: the component starts on a 64-byte boundary in the compacted format."""
+        return bool(self.ecx & 2)
+
+    @property
+    def xfd(self) -> bool:
+        """Return ECX[2]: XFD supports the component (it can be dynamic)."""
+        return bool(self.ecx & 4)
 
     @property
     def end(self) -> int:
         """Return the first byte after the component in the standard format."""
         return self.offset + self.size
 
+    def same_place(self, other: Component) -> bool:
+        """Return whether ``other`` has this component's size, alignment and (user) offset."""
+        return (self.size == other.size and not (self.ecx ^ other.ecx) & 2
+                and (bool(self.ecx & 1) or self.offset == other.offset))
+
+
+_new_component = tuple.__new__
+
 
 def _freeze_components(components: Mapping[int, Component]) -> Mapping[int, Component]:
+    if isinstance(components, MappingProxyType):
+        return components  # from_cpuid's own, built sorted
     return MappingProxyType(dict(sorted(components.items())))
 
 
@@ -52,8 +81,9 @@ class XsaveLayout:
 
     ``xcr0_supported`` is 0xD.0 EDX:EAX, ``xss_supported`` 0xD.1 EDX:ECX; ``size_current``
     and ``size_max`` are 0xD.0 EBX and ECX; ``xsave_features`` is 0xD.1 EAX and
-    ``compacted_size_current`` 0xD.1 EBX. ``components`` holds every subleaf n >= 2 that
-    enumerates a non-zero size or is named by either mask.
+    ``compacted_size_current`` 0xD.1 EBX. ``components`` holds every subleaf 2 <= n < 64
+    that is not all zero or is named by either mask (a component with size 0 is kept: its
+    ECX[1] still aligns the compacted format).
     """
 
     xcr0_supported: int
@@ -67,47 +97,50 @@ class XsaveLayout:
     @classmethod
     def from_cpuid(cls, cpuid: CpuidSet) -> XsaveLayout:
         """Decode leaf 0xD of ``cpuid``."""
-        sub0 = cpuid.get(XSAVE_LEAF, 0)
-        sub1 = cpuid.get(XSAVE_LEAF, 1)
-        xcr0, xss = cpuid.xcr0_supported, cpuid.xss_supported
-        wanted = set(bits((xcr0 | xss) & ~0x3))
-        wanted.update(sub for sub in cpuid.subleaves(XSAVE_LEAF) if 2 <= sub < 64)
+        entries = cpuid.entries
+        sub0 = entries.get((XSAVE_LEAF, 0), _ZERO)
+        sub1 = entries.get((XSAVE_LEAF, 1), _ZERO)
+        xcr0 = sub0.edx << 32 | sub0.eax
+        xss = sub1.edx << 32 | sub1.ecx
+        # Entries are sorted by (leaf, subleaf), so the subleaves come in ascending order.
         components: dict[int, Component] = {}
-        for number in sorted(wanted):
-            regs = cpuid.get(XSAVE_LEAF, number)
-            if not any(regs) and not (xcr0 | xss) >> number & 1:
-                continue
-            components[number] = Component(
-                number=number,
-                size=regs.eax,
-                offset=regs.ebx,
-                supervisor=bool(regs.ecx & 1),
-                aligned=bool(regs.ecx & 2),
-                xfd=bool(regs.ecx & 4),
-                ecx=regs.ecx,
-                edx=regs.edx,
-            )
-        return cls(
-            xcr0_supported=xcr0,
-            xss_supported=xss,
-            size_current=sub0.ebx,
-            size_max=sub0.ecx,
-            xsave_features=sub1.eax,
-            compacted_size_current=sub1.ebx,
-            components=components,
-        )
+        found = 0
+        for (leaf, number), regs in entries.items():
+            if leaf == XSAVE_LEAF and 2 <= number < 64 and regs != _ZERO:
+                components[number] = _new_component(Component, (number, *regs))
+                found |= 1 << number
+        absent = (xcr0 | xss) & _EXTENDED & ~found
+        if absent:  # enumerated without a subleaf: size 0, offset 0, no flags
+            components.update((n, Component(n, 0, 0, 0, 0)) for n in bits(absent))
+            components = dict(sorted(components.items()))
+        return cls(xcr0, xss, sub0.ebx, sub0.ecx, sub1.eax, sub1.ebx,
+                   MappingProxyType(components))
+
+    def sized(self, mask: int) -> list[Component]:
+        """Return the components of ``mask`` (n >= 2) whose subleaf enumerates a size, ascending."""
+        return [c for c in self.components.values() if mask >> c.number & 1 and c.size]
 
     def standard_size(self, mask: int) -> int:
-        """Return the standard-format size for the XCR0 bits of ``mask`` (SDM, KVM's formula).
+        """Return the standard-format size for the XCR0 bits of ``mask``.
 
-        max(576, max over user components i >= 2 in mask of offset_i + size_i).
+        max(576, max over user components i >= 2 in mask of offset_i + size_i): KVM's
+        xstate_required_size(xstate_bv, false) in arch/x86/kvm/cpuid.c.
         """
         size = LEGACY_AND_HEADER
-        for number in bits(mask & ~0x3):
-            component = self.components.get(number)
-            if component is not None and not component.supervisor:
-                size = max(size, component.end)
+        for number, length, offset, ecx, _ in self.components.values():
+            if mask >> number & 1 and not ecx & 1 and offset + length > size:
+                size = offset + length
         return size
+
+    def standard_sizes(self, mask: int) -> tuple[int, ...]:
+        """Return every standard_size(m) for m a subset of ``mask``'s user components, ascending.
+
+        standard_size(m) is max(576, the end of m's last component), so the values are 576
+        and the end of each user component of ``mask`` that lies beyond it.
+        """
+        sizes = {LEGACY_AND_HEADER}
+        sizes.update(self.standard_size(1 << number) for number in bits(mask & _EXTENDED))
+        return tuple(sorted(sizes))
 
     def compacted_size(self, mask: int) -> int:
         """Return the compacted-format size for ``mask`` (XCR0 | XSS bits, ascending order)."""
@@ -118,22 +151,55 @@ class XsaveLayout:
         return self._compact(mask)[0]
 
     def _compact(self, mask: int) -> tuple[dict[int, int], int]:
-        """Lay ``mask``'s components out compacted (SDM, KVM, Linux): offsets and the end.
+        """Lay ``mask``'s components out compacted: offsets and the end.
 
-        After the legacy region and header, each enumerated component i >= 2 of the mask, in
-        ascending order, starts at the next 64-byte boundary if its ECX bit 1 is set.
+        After the legacy region and header, each component i >= 2 of the mask, in ascending
+        order, starts at the next 64-byte boundary if its ECX bit 1 is set, whatever its size
+        (a component of size 0 still aligns what follows): KVM's xstate_required_size(xstate_bv,
+        true) in arch/x86/kvm/cpuid.c and Linux's xfeature_get_offset() in
+        arch/x86/kernel/fpu/xstate.c.
         """
         offsets: dict[int, int] = {}
         offset = LEGACY_AND_HEADER
-        for number in bits(mask & ~0x3):
-            component = self.components.get(number)
-            if component is None:
-                continue
-            if component.aligned:
-                offset = align64(offset)
-            offsets[number] = offset
-            offset += component.size
+        for number, length, _, ecx, _ in self.components.values():
+            if mask >> number & 1:
+                if ecx & 2:
+                    offset = (offset + 63) & ~63
+                offsets[number] = offset
+                offset += length
         return offsets, offset
+
+    def overlapping(self, mask: int) -> int:
+        """Return the sized user components of ``mask`` whose standard-format regions overlap.
+
+        A region overlaps when it starts inside the 576-byte legacy area and header or shares
+        a byte with another's; pairs XCR0 never holds together (``EXCLUSIVE_PAIRS``: APX over
+        the MPX area) are left out.
+        """
+        regions = [(c.number, c.offset, c.offset + c.size) for c in self.sized(mask)
+                   if not c.ecx & 1]
+        result = 0
+        for index, (number, start, end) in enumerate(regions):
+            if start < LEGACY_AND_HEADER:
+                result |= 1 << number
+            for other, other_start, other_end in regions[index + 1:]:
+                if start < other_end and other_start < end:
+                    pair = 1 << number | 1 << other
+                    if not any(pair & one and pair & two for one, two in EXCLUSIVE_PAIRS):
+                        result |= pair
+        return result
+
+    def misordered(self, mask: int) -> int:
+        """Return the sized user components of ``mask`` placed below a lower-numbered one."""
+        result = 0
+        highest = 0
+        for component in self.sized(mask):
+            if component.ecx & 1:
+                continue
+            if component.offset < highest:
+                result |= 1 << component.number
+            highest = max(highest, component.offset)
+        return result
 
     @property
     def user_dynamic(self) -> int:

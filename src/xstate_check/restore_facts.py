@@ -19,23 +19,19 @@ from xstate_check.errors import Location
 from xstate_check.facts import (
     FACTS,
     BitRef,
-    Components,
     EntryItem,
     Facts,
     FactSpec,
     Kind,
     Missing,
     SourceSpec,
+    linux_supervisor,
 )
+from xstate_check.layout import XsaveLayout
 from xstate_check.subject import Destination
-from xstate_check.xfeatures import SUPERVISOR_MASK, bits
+from xstate_check.xfeatures import bits
 
 __all__ = ["VIEW_FEATURES", "VIEW_LEAVES", "linux_xss", "view_differences"]
-
-#: Supervisor xfeatures a Linux guest enables in IA32_XSS when it has XSAVES, each with the
-#: CPUID feature that gates it (``xsave_cpuid_features[]``): PASID with ENQCMD, CET_U with
-#: SHSTK (enabled whether or not the guest kernel uses user shadow stacks).
-_LINUX_XSS_GATES: dict[int, str] = {10: "ENQCMD", 11: "SHSTK"}
 
 #: The feature bits of leaves 1 and 7 that enable or need an xfeature (the runtime bits
 #: OSXSAVE and OSPKE left out: KVM rewrites them from the guest's CR4).
@@ -91,9 +87,7 @@ def linux_xss(cpuid: CpuidSet, features: Facts) -> int:
     """Return the IA32_XSS a Linux guest of ``cpuid`` writes: gated supervisor xfeatures."""
     if not features["XSAVES"]:
         return 0
-    xss = cpuid.xss_supported
-    return sum(1 << number for number, gate in _LINUX_XSS_GATES.items()
-               if xss >> number & 1 and features[gate])
+    return linux_supervisor(features, cpuid.xss_supported)
 
 
 def _mask(facts: Facts, name: str) -> int:
@@ -155,11 +149,11 @@ def _dest_xss(facts: Facts) -> object:
     return _permitted_table(destination).xss_supported
 
 
-def _dest_components(facts: Facts) -> Components:
+def _dest_layout(facts: Facts) -> XsaveLayout:
     destination = _destination(facts)
     if not destination.cpuid.leaf_0xd_complete:
         raise Missing("the destination's source holds no leaf 0xD subleaves")
-    return Components(_permitted_table(destination))
+    return XsaveLayout.from_cpuid(_permitted_table(destination))
 
 
 def _state_mask(facts: Facts) -> int:
@@ -177,17 +171,12 @@ def _layout_refs(facts: Facts, value: object) -> list[BitRef]:
        "guest sets them) that both sides enumerate with a different size, standard-format "
        "offset (user xfeatures) or 64-byte alignment (0xD.n EAX, EBX, ECX[1])", _layout_refs)
 def _layout_mismatch(facts: Facts) -> object:
-    ours = facts.components.regs
-    theirs = _dest_components(facts).regs
+    theirs = _dest_layout(facts).components
     result = 0
-    for number in bits(_state_mask(facts)):
-        if number < 2 or number not in ours or number not in theirs:
-            continue
-        mine, other = ours[number], theirs[number]
-        supervisor = SUPERVISOR_MASK >> number & 1
-        if (mine.eax != other.eax or (not supervisor and mine.ebx != other.ebx)
-                or (mine.ecx ^ other.ecx) & 2):
-            result |= 1 << number
+    for mine in facts.layout.sized(_state_mask(facts)):
+        other = theirs.get(mine.number)
+        if other is not None and other.size and not mine.same_place(other):
+            result |= 1 << mine.number
     return result
 
 
@@ -195,7 +184,7 @@ def _layout_mismatch(facts: Facts) -> object:
        "guest sets it) by the destination's leaf 0xD subleaves: what the destination's KVM "
        "reads as the uABI XSAVE buffer")
 def _dest_std_size(facts: Facts) -> object:
-    return _dest_components(facts).standard_size(_mask(facts, "linux_xcr0"))
+    return _dest_layout(facts).standard_size(_mask(facts, "linux_xcr0"))
 
 
 # --- the guest views of a migration group ----------------------------------------------------
