@@ -266,3 +266,23 @@ def test_bounds_fast_path_sees_the_nesting_the_token_scan_sees(seed: int) -> Non
                 depth += 1
                 deepest = max(deepest, depth)
         assert jsonpos._nesting(text) == deepest, text
+
+
+def test_output_to_a_device_or_link_is_written_in_place(
+        templates: list[str], tmp_path: Path) -> None:
+    """-o /dev/stdout writes to the stream; a link keeps pointing where it did; a new file
+    gets the mode open() would give it."""
+    code, out, _ = _process("gate", templates[0], "-f", "json", "-o", "/dev/stdout")
+    assert code in (0, 1) and '"summary"' in out
+    assert os.path.islink("/dev/stdout") or not os.path.exists("/dev/stdout")
+    target = tmp_path / "real.json"
+    target.write_text("old", encoding="utf-8")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    code, _, _ = _process("gate", templates[0], "-f", "json", "-o", str(link))
+    assert link.is_symlink() and '"summary"' in target.read_text(encoding="utf-8")
+    fresh = tmp_path / "fresh.json"
+    _process("gate", templates[0], "-f", "json", "-o", str(fresh))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -269,8 +269,9 @@ def _output(args: argparse.Namespace) -> Iterator[IO[str]]:
     import tempfile
 
     try:
-        # A device, FIFO or socket (-o /dev/full, /dev/stderr) is written, never replaced.
-        special = not stat.S_ISREG(os.stat(out).st_mode)
+        # A device, FIFO or socket (-o /dev/full, /dev/stderr) is written, never replaced;
+        # so is a link, which must keep pointing where it did.
+        special = os.path.islink(out) or not stat.S_ISREG(os.stat(out).st_mode)
     except OSError:
         special = False
     try:
@@ -284,6 +285,9 @@ def _output(args: argparse.Namespace) -> Iterator[IO[str]]:
         try:
             with handle:
                 yield handle
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(handle.name, 0o666 & ~mask)  # the mode open() would have given it
             os.replace(handle.name, out)
         except BaseException:
             with contextlib.suppress(OSError):
