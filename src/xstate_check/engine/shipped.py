@@ -32,10 +32,13 @@ __all__ = ["cache_dirs", "default_rules_dir", "load_catalogue"]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 _FORMAT = b"xstate-check catalogue cache 1\n"
-#: The source files whose code decides what a compiled catalogue holds.
+#: The source files whose code decides what a compiled catalogue holds: the engine, the
+#: facts (kinds, needs, constants) and the package modules whose definitions they use.
 _CODE = ("engine/catalogue.py", "engine/evaluator.py", "engine/examples.py",
          "engine/loader.py", "engine/parser.py", "engine/shipped.py", "engine/tokenizer.py",
-         "facts.py", "xfeatures.py", "report.py", "errors.py")
+         "facts.py", "restore_facts.py", "xfeatures.py", "cpuid.py", "layout.py",
+         "hoststate.py", "subject.py", "report.py", "errors.py", "tomltext.py",
+         "sources/load.py")
 
 
 def default_rules_dir() -> Path:
