@@ -36,6 +36,9 @@ _TEMPLATE_LEAF = (
     '{"register": "ecx", "bitmap": "0bxxx1xxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]}'
 )
 _REGISTER = '{"register": "ecx", "bitmap": "0bxxx1xxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
+_FULL_LEAF = '{"leaf": "0x0", "subleaf": "0x0", "flags": 0, "modifiers": [' + ", ".join(
+    f'{{"register": "{register}", "bitmap": "0b{"0" * 31}1"}}'
+    for register in ("eax", "ebx", "ecx", "edx")) + "]}"
 # A leaf modifier of leaf 0xD subleaf 0 touching its four registers (29 JSON values): 1,024
 # of them are the 4,096 register modifiers a template may hold.
 _TEMPLATE_AT_BOUND = (
@@ -134,6 +137,12 @@ CASES: dict[str, Case] = {
         "check", ".txt",
         lambda n: "CPU:\n   0x00000000 0x00: eax=0x0000000d ebx=0x756e6547 ecx=0x6c65746e "
                   "edx=0x49656e69\n" + " \n" * 499_990),
+    "template-blank-lines": (
+        "template", ".json", lambda n: _fill('{"cpuid_modifiers": [', "\n", "]}", n)),
+    "fingerprint-repeat-after-blank-lines": (
+        "check", ".json",
+        lambda n: _fill('{"guest_cpu_config": {"cpuid_modifiers": [' + _FULL_LEAF + ",", "\n",
+                        _FULL_LEAF + "]}}", n)),
     "gate-matrix-many-entries": (
         "matrix", ".toml",
         lambda n: _fill("", '[[template]]\npath = "x.json"\nvendor = "intel"\n', "", n)),

@@ -609,3 +609,29 @@ def test_closed_standard_streams_are_an_input_error_not_a_crash() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_json_lines_are_counted_on_demand_not_listed() -> None:
+    """A JSON text of a million newlines keeps no list of them: lines are counted when asked.
+
+    16 MiB of newlines in a template used to build a list of 16 million offsets (690 MB).
+    """
+    root = jsonpos.parse('{"a": [' + "\n" * 1_000_000 + "1]}", "n.json")
+    assert len(root._lines._marks) == 1  # nothing counted yet
+    one = root.object_items()["a"].array_items()[0]
+    assert (one.line, one.column) == (1_000_001, 1)
+    assert len(root._lines._marks) == 2
+
+
+def test_a_fingerprint_error_after_a_million_lines_names_its_line(data_dir: Path) -> None:
+    """A repeated entry after a million blank lines: the error names its line, at once."""
+    document = json.loads((data_dir / "firecracker" /
+                           "fingerprint_AMD_GENOA_6.1host.json").read_text(encoding="utf-8"))
+    modifiers = document["guest_cpu_config"]["cpuid_modifiers"]
+    repeated = json.dumps(modifiers[0])
+    modifiers.append("the repeat")
+    text = json.dumps(document).replace('"the repeat"', "\n" * 1_000_000 + repeated)
+    with pytest.raises(InputError) as caught:
+        read_cpuid_text(text, "f.json")
+    assert caught.value.location.line == 1_000_001
+    assert "expected each CPUID entry once" in caught.value.expected

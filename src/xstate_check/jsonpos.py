@@ -19,7 +19,7 @@ import gc
 import json
 import os
 import re
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +113,37 @@ def has_lone_surrogate(value: str) -> bool:
 _NO_DUPLICATES: list[Node] = []
 
 
+class _LineIndex:
+    """Lines and columns of offsets of one text, counted only when asked for.
+
+    Each answer is kept as a checkpoint; the next one is counted (in C) from the nearest
+    checkpoint before it. Asked in document order, as readers do, the whole text is counted
+    once, and no list of every newline is ever built (16 MiB of newlines would be 16 million
+    Python ints).
+    """
+
+    __slots__ = ("_marks", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        # (offset, 1-based line, offset where that line starts), sorted by offset.
+        self._marks: list[tuple[int, int, int]] = [(0, 1, 0)]
+
+    def position(self, offset: int) -> tuple[int, int]:
+        """Return the 1-based line and column (in characters) of ``offset``."""
+        marks = self._marks
+        index = bisect_right(marks, (offset, 1 << 62, 0)) - 1
+        mark, line, start = marks[index]
+        if mark != offset:
+            text = self._text
+            newlines = text.count("\n", mark, offset)
+            if newlines:
+                line += newlines
+                start = text.rfind("\n", mark, offset) + 1
+            marks.insert(index + 1, (offset, line, start))
+        return line, offset - start + 1
+
+
 class Node:
     """One JSON value with its position: ``value`` (plain Python), ``line``, ``column``.
 
@@ -122,14 +153,14 @@ class Node:
     ``offset`` and ``end`` are character offsets of the value in the text.
     """
 
-    __slots__ = ("_newlines", "duplicates", "end", "items", "keys", "offset", "value")
+    __slots__ = ("_lines", "duplicates", "end", "items", "keys", "offset", "value")
 
     def __init__(
         self,
         value: Any,
         offset: int,
         end: int,
-        newlines: list[int],
+        lines: _LineIndex,
         *,
         items: dict[str, Node] | list[Node] | None = None,
         keys: dict[str, Node] | None = None,
@@ -138,7 +169,7 @@ class Node:
         self.value = value
         self.offset = offset
         self.end = end
-        self._newlines = newlines
+        self._lines = lines
         self.items = items
         self.keys = keys
         # Scalars share one empty list (never appended to): one allocation less per value.
@@ -147,13 +178,12 @@ class Node:
     @property
     def line(self) -> int:
         """Return the 1-based line where the value starts."""
-        return bisect_left(self._newlines, self.offset) + 1
+        return self._lines.position(self.offset)[0]
 
     @property
     def column(self) -> int:
         """Return the 1-based column (in characters) where the value starts."""
-        line = bisect_left(self._newlines, self.offset)
-        return self.offset - (self._newlines[line - 1] + 1 if line else 0) + 1
+        return self._lines.position(self.offset)[1]
 
     @property
     def kind(self) -> str:
@@ -266,12 +296,7 @@ class _Parser:
         self.path = path
         self.allow_duplicates = allow_duplicates
         self.lone_surrogates = lone_surrogates
-        newlines = []
-        index = text.find("\n")
-        while index >= 0:
-            newlines.append(index)
-            index = text.find("\n", index + 1)
-        self.newlines = newlines
+        self.newlines = _LineIndex(text)
 
     def fail(
         self, offset: int, expected: str, end: int | None = None, *, found: bool = True
