@@ -25,7 +25,7 @@ __all__ = ["main", "run"]
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_PROBE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: The commands, so that a run builds the argparse subparser of its own command alone.
 _COMMANDS = frozenset({"host", "check", "restore", "gate", "decode", "convert", "rules",
-                       "explain", "profiles", "oracle"})
+                       "explain", "facts", "profiles", "oracle"})
 
 
 class _UsageError(Exception):
@@ -448,6 +448,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_facts(args: argparse.Namespace) -> int:
+    from xstate_check.facts.vocabulary import render_vocabulary
+
+    _emit(args, render_vocabulary(fmt=args.format))
+    return EXIT_OK
+
+
 def _cmd_profiles(args: argparse.Namespace) -> int:
     from xstate_check.sources.profiles import render_profiles
 
@@ -612,6 +619,7 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
     add("rules", _cmd_rules, "list the rule catalogue")
     explain = add("explain", _cmd_explain, "show one rule's page")
     explain.add_argument("rule", metavar="ID|NAME", help="a rule id (XS0108) or name")
+    add("facts", _cmd_facts, "list the names rules read: facts, functions, constants")
     add("profiles", _cmd_profiles, "list the bundled CPU profiles (profile:NAME)")
     oracle = add("oracle", _cmd_oracle,
                  "run the guest's XSETBV for real in a throwaway KVM vCPU", [source])

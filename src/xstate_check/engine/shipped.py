@@ -36,9 +36,10 @@ _FORMAT = b"xstate-check catalogue cache 1\n"
 #: facts (kinds, needs, constants) and the package modules whose definitions they use.
 _CODE = ("engine/catalogue.py", "engine/evaluator.py", "engine/examples.py",
          "engine/loader.py", "engine/parser.py", "engine/shipped.py", "engine/tokenizer.py",
-         "facts.py", "restore_facts.py", "xfeatures.py", "cpuid.py", "layout.py",
-         "hoststate.py", "subject.py", "report.py", "errors.py", "tomltext.py",
-         "sources/load.py")
+         "facts/__init__.py", "facts/registry.py", "facts/enumeration.py", "facts/layout.py",
+         "facts/linux.py", "facts/template.py", "facts/host.py", "facts/restore.py",
+         "xfeatures.py", "cpuid.py", "layout.py", "hoststate.py", "subject.py", "report.py",
+         "errors.py", "tomltext.py", "sources/load.py")
 
 
 def default_rules_dir() -> Path:

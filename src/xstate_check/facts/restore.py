@@ -12,21 +12,12 @@ buffer, KVM_SET_XCRS with the saved XCR0, KVM_SET_MSRS with the saved MSRs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from xstate_check.cpuid import FEATURES, CpuidSet, Registers
 from xstate_check.errors import Location
-from xstate_check.facts import (
-    FACTS,
-    BitRef,
-    EntryItem,
-    Facts,
-    FactSpec,
-    Kind,
-    Missing,
-    SourceSpec,
-    linux_supervisor,
-)
+from xstate_check.facts.linux import linux_supervisor
+from xstate_check.facts.registry import BitRef, EntryItem, Facts, Missing, fact
 from xstate_check.layout import XsaveLayout
 from xstate_check.subject import Destination
 from xstate_check.xfeatures import bits
@@ -64,18 +55,6 @@ def _view_masks() -> dict[tuple[int, int, str], int]:
 _FEATURE_MASKS = _view_masks()
 
 
-Compute = Callable[[Facts], object]
-
-
-def _fact(name: str, kind: Kind, doc: str,
-          sources: SourceSpec = ()) -> Callable[[Compute], Compute]:
-    def register(compute: Compute) -> Compute:
-        FACTS[name] = FactSpec(name, kind, doc, compute, sources)
-        return compute
-
-    return register
-
-
 def _destination(facts: Facts) -> Destination:
     destination = facts.subject.destination
     if destination is None:
@@ -99,9 +78,9 @@ def _mask(facts: Facts, name: str) -> int:
 # --- the guest ---------------------------------------------------------------------------
 
 
-@_fact("linux_xss", "mask", "the IA32_XSS a Linux guest writes: the enumerated supervisor "
-       "xfeatures it supports whose CPUID gate is set (PASID: ENQCMD, CET_U: SHSTK), none "
-       "without XSAVES", ((0xD, 1, "ecx", _ALL), (0xD, 1, "eax", 1 << 3)))
+@fact("linux_xss", "mask", "the IA32_XSS a Linux guest writes: the enumerated supervisor "
+      "xfeatures it supports whose CPUID gate is set (PASID: ENQCMD, CET_U: SHSTK), none "
+      "without XSAVES", ((0xD, 1, "ecx", _ALL), (0xD, 1, "eax", 1 << 3)))
 def _linux_xss(facts: Facts) -> object:
     facts.require_subleaves()
     return linux_xss(facts.cpuid, facts)
@@ -110,7 +89,8 @@ def _linux_xss(facts: Facts) -> object:
 # --- the destination ---------------------------------------------------------------------
 
 
-@_fact("dest.name", "str", "the destination the snapshot is restored on")
+@fact("dest.name", "str", "the destination the snapshot is restored on",
+      reads=("destination",))
 def _dest_name(facts: Facts) -> object:
     return _destination(facts).name
 
@@ -123,9 +103,10 @@ def _permitted_table(destination: Destination) -> CpuidSet:
     return destination.cpuid
 
 
-@_fact("dest.xcr0", "mask", "the XCR0 bits the destination's KVM supports for a guest: "
-       "KVM_X86_XCOMP_GUEST_SUPP where it was read, else 0xD.0 EDX:EAX of the destination's "
-       "table (KVM_GET_SUPPORTED_CPUID after the VMM's guest-permission request)")
+@fact("dest.xcr0", "mask", "the XCR0 bits the destination's KVM supports for a guest: "
+      "KVM_X86_XCOMP_GUEST_SUPP where it was read, else 0xD.0 EDX:EAX of the destination's "
+      "table (KVM_GET_SUPPORTED_CPUID after the VMM's guest-permission request)",
+      reads=("destination",))
 def _dest_xcr0(facts: Facts) -> object:
     destination = _destination(facts)
     if destination.host is not None and destination.host.kvm_guest_supported is not None:
@@ -133,15 +114,17 @@ def _dest_xcr0(facts: Facts) -> object:
     return _permitted_table(destination).xcr0_supported
 
 
-@_fact("dest.permitted_xcr0", "mask", "0xD.0 EDX:EAX of the destination's KVM_GET_SUPPORTED_"
-       "CPUID as its VMM reads it after requesting the guest permission: what KVM_SET_CPUID2 "
-       "lets the vCPU enable")
+@fact("dest.permitted_xcr0", "mask", "0xD.0 EDX:EAX of the destination's KVM_GET_SUPPORTED_"
+      "CPUID as its VMM reads it after requesting the guest permission: what KVM_SET_CPUID2 "
+      "lets the vCPU enable",
+      reads=("destination",))
 def _dest_permitted_xcr0(facts: Facts) -> object:
     return _permitted_table(_destination(facts)).xcr0_supported
 
 
-@_fact("dest.xss", "mask", "0xD.1 EDX:ECX of the destination's table: the IA32_XSS bits its "
-       "KVM supports")
+@fact("dest.xss", "mask", "0xD.1 EDX:ECX of the destination's table: the IA32_XSS bits its "
+      "KVM supports",
+      reads=("destination",))
 def _dest_xss(facts: Facts) -> object:
     destination = _destination(facts)
     if not destination.cpuid.leaf_0xd_complete:
@@ -167,9 +150,10 @@ def _layout_refs(facts: Facts, value: object) -> list[BitRef]:
     return refs
 
 
-@_fact("dest.layout_mismatch", "mask", "xfeatures of the guest's XCR0 | IA32_XSS (as a Linux "
-       "guest sets them) that both sides enumerate with a different size, standard-format "
-       "offset (user xfeatures) or 64-byte alignment (0xD.n EAX, EBX, ECX[1])", _layout_refs)
+@fact("dest.layout_mismatch", "mask", "xfeatures of the guest's XCR0 | IA32_XSS (as a Linux "
+      "guest sets them) that both sides enumerate with a different size, standard-format "
+      "offset (user xfeatures) or 64-byte alignment (0xD.n EAX, EBX, ECX[1])", _layout_refs,
+      reads=("destination",))
 def _layout_mismatch(facts: Facts) -> object:
     theirs = _dest_layout(facts).components
     result = 0
@@ -180,9 +164,10 @@ def _layout_mismatch(facts: Facts) -> object:
     return result
 
 
-@_fact("dest.std_size", "size", "the standard-format size of the guest's XCR0 (as a Linux "
-       "guest sets it) by the destination's leaf 0xD subleaves: what the destination's KVM "
-       "reads as the uABI XSAVE buffer")
+@fact("dest.std_size", "size", "the standard-format size of the guest's XCR0 (as a Linux "
+      "guest sets it) by the destination's leaf 0xD subleaves: what the destination's KVM "
+      "reads as the uABI XSAVE buffer",
+      reads=("destination",))
 def _dest_std_size(facts: Facts) -> object:
     return _dest_layout(facts).standard_size(_mask(facts, "linux_xcr0"))
 
@@ -265,10 +250,11 @@ def _entry_pin(cpuid: CpuidSet, leaf: int, subleaf: int, register: str,
                      for _, where in provenance.pins(leaf, subleaf, reg)))
 
 
-@_fact("dest.view_differences", "items", "CPUID entries where the guest's XSAVE-relevant view "
-       "(leaf 0xD, the xstate feature bits of leaves 1 and 7, leaves 0x14, 0x1D and 0x1E, "
-       "IA32_XSS) differs from that of a guest booted at the destination (a migration group's "
-       "other member)")
+@fact("dest.view_differences", "items", "CPUID entries where the guest's XSAVE-relevant view "
+      "(leaf 0xD, the xstate feature bits of leaves 1 and 7, leaves 0x14, 0x1D and 0x1E, "
+      "IA32_XSS) differs from that of a guest booted at the destination (a migration group's "
+      "other member)",
+      reads=("destination",))
 def _dest_view_differences(facts: Facts) -> object:
     peer = _destination(facts).peer
     if peer is None:

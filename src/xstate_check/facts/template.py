@@ -1,0 +1,188 @@
+"""Template facts: what a template did to the table before it (``base.*``, KVM flags)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from xstate_check.cpuid import FEATURES, REGISTERS, CpuidSet, Registers
+from xstate_check.errors import Location
+from xstate_check.facts.registry import XCR0_REFS, XSS_REFS, EntryItem, Facts, Missing, fact
+from xstate_check.xfeatures import XTILE_MASK
+
+__all__: list[str] = []
+
+
+
+def _entry_location(cpuid: CpuidSet, leaf: int, subleaf: int) -> Location | None:
+    found = [where for register in (*REGISTERS, "flags")
+             for _, where in cpuid.provenance.pins(leaf, subleaf, register)]
+    return min(found) if found else None
+
+
+@fact("missing_entries", "items", "the CPUID entries a template modifies that the base table "
+      "lacks (Firecracker refuses to boot)")
+def _missing_entries(facts: Facts) -> object:
+    return tuple(EntryItem(entry.leaf, entry.subleaf, entry.location)
+                 for entry in facts.subject.missing_entries)
+
+
+@fact("missing_entries_first", "items", "the first CPUID entry (by template line) that a "
+      "template modifies and the base table lacks, as one item: the pair's one finding")
+def _missing_entries_first(facts: Facts) -> object:
+    entries: tuple[EntryItem, ...] = facts["missing_entries"]
+    located = [(entry.location.line, entry.location.column, index)
+               for index, entry in enumerate(entries) if entry.location is not None]
+    return (entries[min(located)[2]],) if located else entries[:1]
+
+
+@fact("missing_entry_list", "str", "every CPUID entry a template modifies that the base table "
+      "lacks, as ``leaf 0x.. subleaf 0x..`` text")
+def _missing_entry_list(facts: Facts) -> object:
+    entries = facts["missing_entries"]
+    return ", ".join(f"{entry.leaf:#x}.{entry.subleaf:#x}" for entry in entries) or "none"
+
+
+def _normalized_flags(facts: Facts, leaf: int, subleaf: int) -> bool:
+    """Whether Firecracker's CPUID normalization, run after the template, sets this entry's
+    flags again: every 0xB subleaf, the 0x1F subleaves copied from 0xB (Intel) and the
+    0x8000001D cache subleaves re-read from the host (AMD) get SIGNIFICANT_INDEX."""
+    if facts.subject.template is None:
+        return False
+    cpuid = facts.cpuid
+    if leaf == 0xB:
+        return True
+    if leaf == 0x1F:
+        return cpuid.vendor == "GenuineIntel" and (0xB, subleaf) in cpuid.entries
+    if leaf == 0x8000001D:
+        return cpuid.vendor == "AuthenticAMD" and bool(cpuid.get(leaf, subleaf).eax & 0x1F)
+    return False
+
+
+def _subleaf_list(subleaves: Iterable[int]) -> str:
+    return ", ".join(f"{subleaf:#x}" for subleaf in subleaves)
+
+
+def _feature_changes(cpuid: CpuidSet, leaf: int, subleaf: int, hidden: tuple[int, ...]) -> str:
+    """Name the feature bits of the hidden subleaves that read differently (leaf 7)."""
+    shadow = cpuid.get(leaf, subleaf)
+    gained: list[str] = []
+    lost: list[str] = []
+    for name, where in FEATURES.items():
+        if where.leaf != leaf or where.subleaf not in hidden:
+            continue
+        index = REGISTERS.index(where.register)
+        was = cpuid.get(leaf, where.subleaf)[index] >> where.bit & 1
+        now = shadow[index] >> where.bit & 1
+        if now and not was:
+            gained.append(name)
+        elif was and not now:
+            lost.append(name)
+    parts = []
+    if gained:
+        parts.append(f"it sees {', '.join(gained)}, which the table does not give it")
+    if lost:
+        parts.append(f"it loses {', '.join(lost)}")
+    return "; ".join(parts)
+
+
+def _shadow_effect(cpuid: CpuidSet, leaf: int, subleaf: int, hidden: tuple[int, ...]) -> str:
+    """Say what a guest reads for the subleaves an entry without SIGNIFICANT_INDEX hides."""
+    reads = (f"the guest reads leaf {leaf:#x} subleaves {_subleaf_list(hidden)} (and any "
+             f"higher one) as subleaf {subleaf:#x}")
+    if leaf == 0xD:
+        shadow = cpuid.get(leaf, subleaf)
+        amx = cpuid.feature("AMX_TILE") and cpuid.xcr0_supported & XTILE_MASK == XTILE_MASK
+        if subleaf == 0 and amx and not shadow.eax >> 4 & 1:
+            return (f"{reads}: XFD (0xD.1 EAX[4]) reads as 0, so a Linux guest drops TILEDATA, "
+                    "keeps TILECFG and its XSETBV takes #GP at boot; the component sizes and "
+                    "offsets it reads are those of another subleaf too")
+        what = ("XSAVE features, IA32_XSS bits, component sizes and offsets"
+                if subleaf == 0 else "component sizes and offsets")
+        return (f"{reads}: its {what} are those of another subleaf, so a Linux guest finds "
+                "sizes that disagree with its own and disables XSAVE, losing AVX and every "
+                "later extension")
+    if leaf in (0x4, 0x8000001D):
+        if cpuid.get(leaf, subleaf).eax & 0x1F:
+            return (f"{reads}: every later cache subleaf reads as a cache, never as type 0, "
+                    "so Linux's find_num_cache_leaves() never ends its walk and the guest "
+                    "hangs at boot")
+        return f"{reads}: the caches those subleaves describe disappear from the guest"
+    if leaf == 0x7:
+        changes = _feature_changes(cpuid, leaf, subleaf, hidden)
+        return f"{reads}: {changes}" if changes else reads
+    if leaf == 0x1D:
+        return (f"{reads}: the AMX tile palette Linux checks against TILEDATA's size "
+                "(check_xtile_data_against_struct()) and programs size their tiles from is "
+                "the wrong one")
+    return reads
+
+
+@fact("flags_shadowing", "items", "entries without SIGNIFICANT_INDEX that KVM returns for later "
+      "subleaves of their leaf (cpuid_entry2_find() takes the first entry of the function "
+      "lacking the flag), where those subleaves hold other values")
+def _flags_shadowing(facts: Facts) -> object:
+    cpuid = facts.cpuid
+    items = []
+    seen: set[int] = set()
+    # The table's subleaves by leaf, gathered once: a leaf of one entry hides nothing.
+    by_leaf: dict[int, list[tuple[int, Registers]]] = {}
+    for (each_leaf, each_subleaf), each_regs in cpuid.entries.items():
+        by_leaf.setdefault(each_leaf, []).append((each_subleaf, each_regs))
+    for (leaf, subleaf), flags in sorted(cpuid.flags.items()):
+        if flags & 1 or leaf in seen or len(by_leaf.get(leaf, ())) < 2 \
+                or (leaf, subleaf) not in cpuid.entries:
+            continue
+        if _normalized_flags(facts, leaf, subleaf):
+            continue
+        # Entries reach KVM sorted by (leaf, subleaf): only the first entry of a leaf that
+        # lacks the flag is ever returned for a subleaf that is not its own.
+        seen.add(leaf)
+        regs = cpuid.entries[(leaf, subleaf)]
+        hidden = tuple(other for other, other_regs in by_leaf[leaf]
+                       if other > subleaf and other_regs != regs)
+        if hidden:
+            items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf),
+                                   hidden=_subleaf_list(hidden),
+                                   effect=_shadow_effect(cpuid, leaf, subleaf, hidden)))
+    return tuple(items)
+
+
+@fact("flags_cleared", "items", "entries whose KVM flags a template changed from "
+      "SIGNIFICANT_INDEX to not, where that hides no other subleaf (no later subleaf with "
+      "other values, or Firecracker's normalization sets the flag again)")
+def _flags_cleared(facts: Facts) -> object:
+    base = facts.subject.base
+    if base is None:
+        return ()
+    cpuid = facts.cpuid
+    shadowing = facts["flags_shadowing"]
+    assert isinstance(shadowing, tuple)
+    reported = {item.leaf for item in shadowing}
+    items = []
+    for (leaf, subleaf), flags in sorted(cpuid.flags.items()):
+        if (not flags & 1 and base.flags.get((leaf, subleaf), 0) & 1
+                and leaf not in reported):
+            effect = ("Firecracker's CPUID normalization sets the flag again"
+                      if _normalized_flags(facts, leaf, subleaf) else
+                      "the leaf has no later subleaf with other values")
+            items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf),
+                                   effect=effect))
+    return tuple(items)
+
+
+def _base(facts: Facts) -> CpuidSet:
+    if facts.subject.base is None:
+        raise Missing("no template, so no table before it")
+    return facts.subject.base
+
+
+@fact("base.xcr0", "mask", "0xD.0 EDX:EAX of the table before the template", XCR0_REFS,
+      reads=("base",))
+def _base_xcr0(facts: Facts) -> object:
+    return _base(facts).xcr0_supported
+
+
+@fact("base.xss", "mask", "0xD.1 EDX:ECX of the table before the template", XSS_REFS,
+      reads=("base",))
+def _base_xss(facts: Facts) -> object:
+    return _base(facts).xss_supported
