@@ -64,7 +64,6 @@ def _xcr0(facts: Facts) -> object:
 @fact("xss", "mask", "0xD.1 EDX:ECX: the IA32_XSS (supervisor) bits enumerated", XSS_REFS,
       reads=("subleaves",))
 def _xss(facts: Facts) -> object:
-    facts.require_subleaves()
     return facts.cpuid.xss_supported
 
 
@@ -84,7 +83,6 @@ def _size_max(facts: Facts) -> object:
       "now enabled", (reg(0xD, 1, "ebx"),),
       reads=("subleaves",))
 def _compacted_size_current(facts: Facts) -> object:
-    facts.require_subleaves()
     return facts.cpuid.get(0xD, 1).ebx
 
 
@@ -92,7 +90,6 @@ def _compacted_size_current(facts: Facts) -> object:
       (reg(0xD, 1, "eax"),),
       reads=("subleaves",))
 def _xsave_features(facts: Facts) -> object:
-    facts.require_subleaves()
     return facts.cpuid.get(0xD, 1).eax
 
 
@@ -100,7 +97,6 @@ def _xsave_features(facts: Facts) -> object:
       (reg(0xD, 18, "eax"),),
       reads=("subleaves",))
 def _tiledata_size(facts: Facts) -> object:
-    facts.require_subleaves()
     return facts.cpuid.get(0xD, 18).eax
 
 
@@ -176,8 +172,6 @@ def _feature_fact(name: str) -> None:
     shift = where.bit
 
     def compute(facts: Facts) -> object:
-        if where.leaf == 0xD:
-            facts.require_subleaves()
         regs = facts.cpuid.entries.get(key)
         return regs is not None and bool(regs[index] >> shift & 1)
 

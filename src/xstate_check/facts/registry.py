@@ -164,10 +164,19 @@ FUNCTIONS: dict[str, FunctionSpec] = {}
 
 def fact(name: str, kind: Kind, doc: str, sources: SourceSpec = (),
          reads: tuple[Read, ...] = ()) -> Callable[[Compute], Compute]:
-    """Declare the fact ``name``: the decorated function computes it from a Facts."""
+    """Declare the fact ``name``: the decorated function computes it from a Facts.
+
+    A fact that reads the leaf 0xD subleaves is Missing, without being computed, on a
+    source that holds none.
+    """
     def register(compute: Compute) -> Compute:
         assert name not in FACTS, f"fact {name!r} declared twice"
-        FACTS[name] = FactSpec(name, kind, doc, compute, sources, reads)
+        checked = compute
+        if "subleaves" in reads:
+            def checked(facts: Facts) -> object:
+                facts.require_subleaves()
+                return compute(facts)
+        FACTS[name] = FactSpec(name, kind, doc, checked, sources, reads)
         return compute
 
     return register

@@ -80,9 +80,9 @@ def _mask(facts: Facts, name: str) -> int:
 
 @fact("linux_xss", "mask", "the IA32_XSS a Linux guest writes: the enumerated supervisor "
       "xfeatures it supports whose CPUID gate is set (PASID: ENQCMD, CET_U: SHSTK), none "
-      "without XSAVES", ((0xD, 1, "ecx", _ALL), (0xD, 1, "eax", 1 << 3)))
+      "without XSAVES", ((0xD, 1, "ecx", _ALL), (0xD, 1, "eax", 1 << 3)),
+      reads=("subleaves",))
 def _linux_xss(facts: Facts) -> object:
-    facts.require_subleaves()
     return linux_xss(facts.cpuid, facts)
 
 
