@@ -26,7 +26,7 @@ from fuzz.mutate import (
     TOML_TOKENS,
     read_seeds,
 )
-from xstate_check import jsonpos
+from xstate_check import jsonpos, textfile
 from xstate_check.api import build_subject
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import FAMILIES, Catalogue, evaluate, load_catalogue
@@ -277,7 +277,7 @@ def _serde_int(literal: str) -> int | float:
 
 
 def _run_jsonpos(path: str, data: bytes, variant: int) -> object:
-    text = jsonpos.read_text(path)
+    text = textfile.read_text(path)
     node = jsonpos.parse(text, path, allow_duplicates=bool(variant % 2))
     # Strict JSON that this parser accepts is JSON that Python's own reader reads alike,
     # integers beyond 64 bits becoming floats as in serde_json.
@@ -372,7 +372,7 @@ def _read_template(path: str, data: bytes, variant: int) -> object:
 
 
 def _read_json(path: str, data: bytes, variant: int) -> object:
-    return jsonpos.parse(jsonpos.read_text(path), path, allow_duplicates=bool(variant % 2))
+    return jsonpos.parse(textfile.read_text(path), path, allow_duplicates=bool(variant % 2))
 
 
 #: What the extremes campaign runs per reader: the read itself and what the command line

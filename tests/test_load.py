@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from xstate_check import textfile
 from xstate_check.cpuid import CpuidSet, Registers, Role
 from xstate_check.errors import InputError
-from xstate_check.sources import load
 from xstate_check.sources.load import (
     FORMATS,
     MAX_INPUT_BYTES,
@@ -188,7 +188,7 @@ def test_file_over_the_limit(tmp_path: Path) -> None:
 
 def test_read_stops_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """A file whose size stat cannot tell (procfs reports 0) is still cut at limit + 1 bytes."""
-    monkeypatch.setattr(load, "MAX_INPUT_BYTES", 64)
+    monkeypatch.setattr(textfile, "MAX_INPUT_BYTES", 64)
     assert os.stat("/proc/self/status").st_size == 0
     with pytest.raises(InputError, match="expected a file of at most 64 bytes"):
         read_text("/proc/self/status")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xstate_check import jsonpos
+from xstate_check import jsonpos, textfile
 from xstate_check.cpuid import CpuidSet, Registers
 from xstate_check.errors import InputError, Location
 from xstate_check.sources.firecracker import load_firecracker
@@ -300,16 +300,16 @@ def test_jsonpos_never_crashes_on_garbage(text: str) -> None:
 def test_read_text_limits_and_errors(tmp_path: Path) -> None:
     """Unreadable, oversized and non-UTF-8 files are InputErrors naming the file."""
     with pytest.raises(InputError, match="expected an existing file"):
-        jsonpos.read_text(tmp_path / "absent.json")
+        textfile.read_text(tmp_path / "absent.json")
     big = tmp_path / "big.json"
     with big.open("wb") as handle:
         handle.truncate(jsonpos.MAX_FILE_SIZE + 1)
     with pytest.raises(InputError, match=r"at most 16777216 bytes \(16 MiB\)"):
-        jsonpos.read_text(big)
+        textfile.read_text(big)
     bad = tmp_path / "bad.json"
     bad.write_bytes(b'{\n  "a": "\xff"\n}')
     with pytest.raises(InputError) as caught:
-        jsonpos.read_text(bad)
+        textfile.read_text(bad)
     assert caught.value.location == Location(str(bad), 2, 9)
 
 

@@ -33,21 +33,12 @@ def build_subject(
                    "a Template, a template file path or None")
     check_argument("check", "host", host, (HostState, type(None)), "a HostState or None")
     base = cpuid if isinstance(cpuid, CpuidSet) else load_cpuid(cpuid)
-    chosen_role: Role = role or base.role
     if template is None:
-        return Subject(name or base.source, base, role=chosen_role, host=host)
+        return Subject.of(name or base.source, base, role=role, host=host)
     loaded = template if isinstance(template, Template) else load_template(template)
     applied = apply_template(loaded, base)
-    return Subject(
-        name or base.source,
-        applied.cpuid,
-        # A template is applied to the table a VMM hands to KVM: the result is a guest's.
-        role="guest",
-        host=host,
-        template=str(loaded.path),
-        base=base,
-        missing_entries=applied.missing,
-    )
+    return Subject.of(name or base.source, base, host=host, template=str(loaded.path),
+                      guest=applied.cpuid, missing=applied.missing)
 
 
 def check(

@@ -158,7 +158,8 @@ def _settings(args: argparse.Namespace) -> Any:
 def _load_source(args: argparse.Namespace) -> CpuidSet:
     """Return the CPUID table of ``args.source``; ``-`` reads stdin, bounded like a file."""
     from xstate_check.cpuid import STDIN_SOURCE
-    from xstate_check.sources.load import MAX_INPUT_BYTES, decode_text, load_cpuid, read_cpuid_text
+    from xstate_check.sources.load import load_cpuid, read_cpuid_text
+    from xstate_check.textfile import MAX_INPUT_BYTES, decode_text
 
     if args.source != "-":
         return load_cpuid(args.source, cpu=args.cpu)

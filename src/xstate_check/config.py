@@ -163,7 +163,7 @@ def _line_of_key(text: str, key: str, after: int = 0) -> int:
 
 def load_config(path: str | os.PathLike[str]) -> Settings:
     """Read the settings of a configuration file (``pyproject.toml`` or ``.xstate-check.toml``)."""
-    from xstate_check.sources.load import read_text
+    from xstate_check.textfile import read_text
     from xstate_check.tomltext import parse_toml
 
     name = os.fspath(path)

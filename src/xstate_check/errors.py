@@ -16,6 +16,9 @@ __all__ = [
     "check_argument",
     "clip_quote",
     "clip_snippet",
+    "error_at",
+    "line_bounds",
+    "line_column",
     "printable",
     "printable_json",
 ]
@@ -106,6 +109,36 @@ def clip_snippet(
     shift = (1 if low else 0) - low
     snippet = ("…" if low else "") + line[low:high] + ("…" if high < len(line) else "")
     return snippet, (start + shift, max(min(end, high), start + 1) + shift)
+
+
+def line_bounds(text: str, offset: int) -> tuple[int, int, int]:
+    """Return the 1-based line of ``offset`` in ``text``, and that line's start and end."""
+    start = text.rfind("\n", 0, offset) + 1
+    end = text.find("\n", offset)
+    return text.count("\n", 0, start) + 1, start, len(text) if end < 0 else end
+
+
+def line_column(text: str, offset: int) -> tuple[int, int]:
+    """Return the 1-based line and column (in characters) of ``offset`` in ``text``."""
+    line, start, _ = line_bounds(text, offset)
+    return line, offset - start + 1
+
+
+def error_at(path: str, text: str, offset: int, expected: str, *,
+             end: int | None = None) -> InputError:
+    """Return the InputError at a character offset of ``text``: line, column and a caret.
+
+    ``end`` (exclusive) widens the caret over a span on the same line. An offset at the end
+    of the text points just after its last character that is not blank.
+    """
+    offset = max(0, min(offset, len(text)))
+    if offset == len(text) and offset > 0:
+        offset = len(text.rstrip(" \t\r\n")) or offset
+    line, start, stop = line_bounds(text, offset)
+    column = offset - start
+    last = column + 1 if end is None else max(column + 1, min(end, stop) - start)
+    snippet, span = clip_snippet(text[start:stop].rstrip("\r"), column, last)
+    return InputError(Location(path, line, column + 1), expected, snippet=snippet, span=span)
 
 
 #: Values quoted inside a message (a key, a name, an edit) are cut to this many characters.

@@ -57,7 +57,7 @@ from xstate_check.errors import InputError, Location
 from xstate_check.limits import MAX_MATRIX_ENTRIES, MAX_MATRIX_FILES
 from xstate_check.migration import MigrationGroup, group_reports, load_groups
 from xstate_check.report import BaselineState, Finding, Report, SkippedPair, SubjectReport
-from xstate_check.sources.load import load_cpuid, read_text
+from xstate_check.sources.load import load_cpuid
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
 from xstate_check.subject import Role, Subject
 from xstate_check.template import (
@@ -68,6 +68,7 @@ from xstate_check.template import (
     load_template,
     parse_template,
 )
+from xstate_check.textfile import read_text
 from xstate_check.tomltext import parse_toml
 
 __all__ = [
@@ -472,7 +473,7 @@ def matrix_of_table(document: Mapping[str, Any], name: str, text: str | None = N
     given, places each entry's errors on its line.
     """
     if text is None:
-        from xstate_check.sources.load import read_text as read
+        from xstate_check.textfile import read_text as read
 
         try:
             text = read(name)
@@ -740,8 +741,8 @@ def _subject(template: Template, profile: GateProfile,
     As ``build_subject`` makes it; ``folded`` is the template, folded once for all pairs.
     """
     applied = apply_template(template, profile.cpuid, folded)
-    return Subject(profile.name, applied.cpuid, role="guest", template=str(template.path),
-                   base=profile.cpuid, missing_entries=applied.missing)
+    return Subject.of(profile.name, profile.cpuid, template=str(template.path),
+                      guest=applied.cpuid, missing=applied.missing)
 
 
 def _same_guest(one: Subject, other: Subject) -> bool:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import re
 from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
-from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.errors import InputError, error_at
 from xstate_check.limits import MAX_DEPTH, MAX_INPUT_BYTES, MAX_JSON_VALUES
 
 __all__ = [
@@ -32,10 +31,8 @@ __all__ = [
     "MAX_JSON_VALUES",
     "Node",
     "check_bounds",
-    "error_at",
     "has_lone_surrogate",
     "parse",
-    "read_text",
 ]
 
 #: Files larger than this are refused before they are parsed (16 MiB).
@@ -78,14 +75,20 @@ def check_bounds(text: str, path: str, *, max_values: int = MAX_JSON_VALUES,
         else:
             values += 1
         if values > max_values or closers > max_values:
-            raise error_at(text, path, match.start(), match.end(),
-                           f"expected at most {max_values} JSON values in one file "
-                           "(xstate-check's limit)")
+            raise error_at(
+                path, text, match.start(),
+                f"expected at most {max_values} JSON values in one file "
+                           "(xstate-check's limit)",
+                end=match.end(),
+            )
         if char in "[{":
             depth += 1
             if depth > max_depth:
-                raise error_at(text, path, match.start(), match.start() + 1,
-                               f"expected at most {max_depth} nested arrays and objects")
+                raise error_at(
+                    path, text, match.start(),
+                    f"expected at most {max_depth} nested arrays and objects",
+                    end=match.start() + 1,
+                )
 
 
 _STRING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
@@ -213,42 +216,6 @@ class Node:
         return f"Node({self.kind} at {self.line}:{self.column})"
 
 
-def _line_bounds(text: str, offset: int) -> tuple[int, int, int]:
-    """Return (1-based line, start offset of that line, end offset of that line)."""
-    start = text.rfind("\n", 0, offset) + 1
-    end = text.find("\n", offset)
-    if end < 0:
-        end = len(text)
-    return text.count("\n", 0, start) + 1, start, end
-
-
-def error_at(text: str, path: str, offset: int, end: int | None, expected: str) -> InputError:
-    """Return an InputError at a character offset of ``text``, with its line and a caret.
-
-    ``end`` (exclusive) widens the caret over a span on the same line.
-    """
-    offset = max(0, min(offset, len(text)))
-    if offset == len(text) and offset > 0:
-        # At the end of the file: point just after the last character that is not blank.
-        offset = len(text.rstrip(" \t\r\n")) or offset
-    line, start, stop = _line_bounds(text, offset)
-    column = offset - start
-    last = column + 1 if end is None else max(column + 1, min(end, stop) - start)
-    snippet, span = clip_snippet(text[start:stop].rstrip("\r"), column, last)
-    return InputError(Location(path, line, column + 1), expected, snippet=snippet, span=span)
-
-
-def read_text(path: str | os.PathLike[str], *, byte_order_mark: bool = True) -> str:
-    """Read a JSON file with the CPUID loader's limits: a regular file of at most 16 MiB.
-
-    ``byte_order_mark=False`` refuses a file that starts with one (UTF-8 or UTF-16), as
-    Firecracker does with a template.
-    """
-    from xstate_check.sources.load import read_text as read_limited
-
-    return read_limited(os.fspath(path), byte_order_mark=byte_order_mark)
-
-
 def parse(
     text: str, path: str, *, allow_duplicates: bool = False, lone_surrogates: bool = False
 ) -> Node:
@@ -304,7 +271,7 @@ class _Parser:
         """Return the InputError for ``offset``, saying what was found there."""
         if found:
             expected = f"{expected}, found {self.found(offset)}"
-        return error_at(self.text, self.path, offset, end, expected)
+        return error_at(self.path, self.text, offset, expected, end=end)
 
     def found(self, offset: int) -> str:
         """Describe the character at ``offset`` for an error message."""

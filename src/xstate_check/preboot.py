@@ -190,7 +190,7 @@ def host_subjects(state: HostState, template: Template | None = None) -> list[Su
     """Return the subjects of a host check: the host, and KVM's CPUID views when read."""
     subjects: list[Subject] = []
     if state.host_cpuid is not None:
-        subjects.append(Subject("host", state.host_cpuid, role="cpu", host=state))
+        subjects.append(Subject.of("host", state.host_cpuid, role="cpu", host=state))
     if state.kvm_cpuid is None:
         return subjects
     views: list[tuple[str, CpuidSet, HostState]] = [(NO_PERMISSION_VIEW, state.kvm_cpuid, state)]
@@ -198,7 +198,7 @@ def host_subjects(state: HostState, template: Template | None = None) -> list[Su
     if permitted is not None and not same_view(permitted, state.kvm_cpuid):
         views.append((PERMISSION_VIEW, permitted, _permitted_host(state, permitted)))
     if template is None:
-        subjects.extend(Subject(name, table, role="guest", host=host)
+        subjects.extend(Subject.of(name, table, role="guest", host=host)
                         for name, table, host in views)
         return subjects
     # The template machinery (JSON with positions) is imported only when a template is given.

@@ -55,3 +55,26 @@ class Subject:
     base: CpuidSet | None = None
     missing_entries: tuple[MissingEntry, ...] = ()
     destination: Destination | None = None
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        table: CpuidSet,
+        *,
+        role: Role | None = None,
+        host: HostState | None = None,
+        template: str | None = None,
+        guest: CpuidSet | None = None,
+        missing: tuple[MissingEntry, ...] = (),
+    ) -> Subject:
+        """Return the subject of ``table``, or of the ``guest`` a template made of it.
+
+        Without a template the role is ``role``, else the table's own. With one (``template``
+        names it, ``guest`` is the table after it, ``missing`` the entries it lacked), the
+        subject is a guest: a template is applied to the table a VMM hands to KVM.
+        """
+        if template is None:
+            return cls(name, table, role=role or table.role, host=host)
+        return cls(name, guest if guest is not None else table, role="guest", host=host,
+                   template=template, base=table, missing_entries=missing)

@@ -17,10 +17,11 @@ import attrs
 
 from xstate_check import jsonpos
 from xstate_check.cpuid import CpuidSet, Provenance, Registers
-from xstate_check.errors import QUOTE_WIDTH, InputError, Location, check_argument
+from xstate_check.errors import QUOTE_WIDTH, InputError, Location, check_argument, error_at
 from xstate_check.jsonpos import Node
 from xstate_check.limits import MAX_ENTRIES, MAX_MSR_MODIFIERS, MAX_REGISTER_MODIFIERS
 from xstate_check.subject import MissingEntry
+from xstate_check.textfile import read_text
 
 __all__ = [
     "AppliedTemplate",
@@ -149,7 +150,7 @@ def load_template(path: str | os.PathLike[str]) -> Template:
     check_argument("load_template", "path", path, (str, os.PathLike), "a path (str or Path)")
     name = os.fspath(path)
     check_argument("load_template", "path", name, str, "a text path (str or Path)")
-    return parse_template(jsonpos.read_text(name, byte_order_mark=False), name)
+    return parse_template(read_text(name, byte_order_mark=False), name)
 
 
 def template_from_node(node: Node, text: str, path: str) -> Template:
@@ -260,7 +261,7 @@ class _Reader:
 
     def error(self, node: Node, expected: str) -> InputError:
         """Return an InputError pointing at ``node``."""
-        return jsonpos.error_at(self.text, self.path, node.offset, node.end, expected)
+        return error_at(self.path, self.text, node.offset, expected, end=node.end)
 
     def kept(self, node: Node) -> None:
         """Refuse a lone surrogate in a string serde_json keeps (a key, a String field).
@@ -302,10 +303,11 @@ class _Reader:
         if required:
             for name in fields:
                 if name not in members:
-                    raise jsonpos.error_at(
-                        self.text, self.path, node.offset, node.offset + 1,
+                    raise error_at(
+                        self.path, self.text, node.offset,
                         f"expected the field {name!r} in {what} (Firecracker: missing field "
                         f"`{name}`)",
+                        end=node.offset + 1,
                     )
         return members
 

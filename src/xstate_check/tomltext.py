@@ -6,29 +6,16 @@ import re
 import tomllib
 from typing import Any
 
-from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.errors import InputError, Location, clip_snippet, error_at
 from xstate_check.limits import MAX_TOML_BYTES
 
-__all__ = ["error_at", "parse_toml"]
+__all__ = ["parse_toml"]
 
 # A decimal integer longer than Python converts (sys.get_int_max_str_digits(), 4300 by
 # default); TOML allows "_" between digits.
 _LONG_DECIMAL = re.compile(r"(?<![\w.])[+-]?\d(?:_?\d){4300,}")
 _POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 _AT_END = " (at end of document)"
-
-
-def error_at(path: str, text: str, offset: int, expected: str, length: int = 1) -> InputError:
-    """Return the InputError for ``offset`` in ``text``: line, column and a caret."""
-    offset = max(0, min(offset, len(text)))
-    line_start = text.rfind("\n", 0, offset) + 1
-    line_end = text.find("\n", offset)
-    line_end = len(text) if line_end < 0 else line_end
-    column = offset - line_start
-    end = min(column + max(1, length), line_end - line_start)
-    snippet, span = clip_snippet(text[line_start:line_end], column, end)
-    line = text.count("\n", 0, offset) + 1
-    return InputError(Location(path, line, column + 1), expected, snippet=snippet, span=span)
 
 
 def _decode_error(path: str, text: str, error: tomllib.TOMLDecodeError) -> InputError:
@@ -80,5 +67,5 @@ def parse_toml(text: str, path: str) -> dict[str, Any]:
             raise InputError(Location(path), f"valid TOML ({error})") from None
         raise error_at(
             path, text, long_number.start(), "valid TOML (an integer of at most 4300 digits)",
-            long_number.end() - long_number.start(),
+            end=long_number.end(),
         ) from None

@@ -357,7 +357,7 @@ def _build_subject(example: Example, name: str) -> Subject:
     role: Role = example.role or default_role
     host = _host(table, dict(example.host)) if example.host else None
     if not example.template and not example.missing and not example.flags:
-        return Subject(name, table, role=role, host=host)
+        return Subject.of(name, table, role=role, host=host)
     where = Location(EXAMPLE_TEMPLATE, 1)
     guest = apply_edits(table, example.template, where)
     if example.flags:
@@ -374,8 +374,8 @@ def _build_subject(example: Example, name: str) -> Subject:
     for index, key in enumerate(example.missing):
         leaf, subleaf, _ = parse_key(key)
         missing.append(MissingEntry(leaf, subleaf, Location(EXAMPLE_TEMPLATE, 100 + index)))
-    return Subject(name, guest, role="guest", host=host, template=EXAMPLE_TEMPLATE,
-                   base=table, missing_entries=tuple(missing))
+    return Subject.of(name, table, host=host, template=EXAMPLE_TEMPLATE, guest=guest,
+                      missing=tuple(missing))
 
 
 def _entry_name(leaf: int, subleaf: int) -> str:

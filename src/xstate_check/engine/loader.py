@@ -24,11 +24,11 @@ from xstate_check.engine.evaluator import (
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
-from xstate_check.errors import InputError, Location, clip_quote
+from xstate_check.errors import InputError, Location, clip_quote, error_at, line_column
 from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind, needs_of
 from xstate_check.report import SEVERITIES
-from xstate_check.sources.load import read_text
-from xstate_check.tomltext import error_at, parse_toml
+from xstate_check.textfile import read_text
+from xstate_check.tomltext import parse_toml
 
 __all__ = [
     "FILE_KEYS",
@@ -72,7 +72,7 @@ class _Source:
 
     def fail(self, offset: int, expected: str, length: int = 1) -> NoReturn:
         """Raise InputError at ``offset`` with a caret under ``length`` characters."""
-        raise error_at(self.path, self.text, offset, expected, length)
+        raise error_at(self.path, self.text, offset, expected, end=offset + length)
 
     def block(self, index: int) -> tuple[int, int]:
         """Return the text span of the ``index``-th ``[[rule]]`` table (the file if unsure)."""
@@ -157,7 +157,7 @@ class _RuleReader:
 
     def location(self) -> Location:
         offset = self.span[0]
-        return Location(self.source.path, self.source.text.count("\n", 0, offset) + 1, 1)
+        return Location(self.source.path, line_column(self.source.text, offset)[0], 1)
 
     # --- expressions ----------------------------------------------------------------------
 
@@ -413,7 +413,7 @@ class _RuleReader:
         note = table.get("note", "")
         if not isinstance(note, str):
             fail("note", "note = \"a sentence\"")
-        line = self.source.text.count("\n", 0, at) + 1
+        line = line_column(self.source.text, at)[0]
         return examples.Example(
             base=base,
             role=role,

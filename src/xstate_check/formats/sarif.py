@@ -111,7 +111,7 @@ def _physical(location: Location, root: Path | None) -> dict[str, object]:
 def _line_text(path: str, line: int, cache: dict[str, list[str]]) -> str:
     """Return the text of ``line`` of ``path`` without surrounding blanks ("" if unreadable)."""
     if path not in cache:
-        from xstate_check.sources.load import read_text
+        from xstate_check.textfile import read_text
 
         if len(cache) >= 8:  # problems come file by file: keep the last few files only
             cache.clear()

@@ -15,9 +15,10 @@ import re
 
 from xstate_check import jsonpos
 from xstate_check.cpuid import REGISTERS, CpuidSet, Registers
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import InputError, Location, error_at
 from xstate_check.jsonpos import Node
 from xstate_check.template import Template, template_from_node
+from xstate_check.textfile import read_text
 
 __all__ = ["is_firecracker_json", "load_firecracker", "read_firecracker"]
 
@@ -43,7 +44,7 @@ def is_firecracker_json(text: str) -> bool:
 def load_firecracker(path: str | os.PathLike[str]) -> CpuidSet:
     """Read a fingerprint or template dump file (at most 16 MiB); errors are InputError."""
     name = os.fspath(path)
-    return read_firecracker(jsonpos.read_text(name), name)
+    return read_firecracker(read_text(name), name)
 
 
 def read_firecracker(text: str, path: str) -> CpuidSet:
@@ -68,10 +69,11 @@ def read_firecracker(text: str, path: str) -> CpuidSet:
         meta["format"] = "firecracker-dump"
         template = template_from_node(root, text, path)
     else:
-        raise jsonpos.error_at(
-            text, path, root.offset, root.offset + 1,
+        raise error_at(
+            path, text, root.offset,
             "expected a Firecracker fingerprint (an object with guest_cpu_config) or a "
             "cpu-template-helper template dump (an object with cpuid_modifiers)",
+            end=root.offset + 1,
         )
     entries, flags = _full_entries(template, text, path, root)
     cpuid = CpuidSet(entries, path, flags=flags, role="guest", source_kind="file")
@@ -83,20 +85,22 @@ def _check_fingerprint_fields(root: Node, text: str, path: str) -> None:
     """Refuse a repeated fingerprint field, as serde does; unknown fields are allowed."""
     for key in root.duplicates:
         if key.value in _FINGERPRINT_FIELDS:
-            raise jsonpos.error_at(
-                text, path, key.offset, key.end,
+            raise error_at(
+                path, text, key.offset,
                 f"expected {key.value!r} once in a fingerprint (Firecracker: duplicate field "
                 f"`{key.value}`)",
+                end=key.end,
             )
 
 
 def _fact(node: Node, name: str, text: str, path: str) -> str:
     """Return one version fact, which must be a JSON string."""
     if node.kind != "string":
-        raise jsonpos.error_at(
-            text, path, node.offset, node.end,
+        raise error_at(
+            path, text, node.offset,
             f"expected {name!r} as a string, found a JSON {node.kind} (Firecracker: invalid "
             "type, expected a string)",
+            end=node.end,
         )
     _refuse_lone_surrogate(node, text, path)
     value: str = node.value
@@ -106,10 +110,11 @@ def _fact(node: Node, name: str, text: str, path: str) -> str:
 def _refuse_lone_surrogate(node: Node, text: str, path: str) -> None:
     """Refuse a lone surrogate in a string serde_json keeps (a key, a String field)."""
     if isinstance(node.value, str) and jsonpos.has_lone_surrogate(node.value):
-        raise jsonpos.error_at(
-            text, path, node.offset, node.end,
+        raise error_at(
+            path, text, node.offset,
             "expected \\u escapes that pair surrogates (no lone surrogate) in a key or a string "
             "Firecracker reads (Firecracker: lone leading surrogate in hex escape)",
+            end=node.end,
         )
 
 
@@ -151,9 +156,10 @@ def _full_entries(
         flags[key] = leaf_modifier.flags
         where[key] = leaf_modifier.location
     if not entries:
-        raise jsonpos.error_at(
-            text, path, root.offset, root.offset + 1,
+        raise error_at(
+            path, text, root.offset,
             "expected at least one CPUID entry in cpuid_modifiers",
+            end=root.offset + 1,
         )
     return entries, flags
 
@@ -174,7 +180,7 @@ def _error_at_location(text: str, location: Location, expected: str) -> InputErr
     if text.startswith('"', offset):
         closing = text.find('"', offset + 1)
         end = closing + 1 if closing > 0 else end
-    return jsonpos.error_at(text, location.path, offset, end, expected)
+    return error_at(location.path, text, offset, expected, end=end)
 
 
 def _cpu_name(path: str, cpuid: CpuidSet) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from xstate_check import jsonpos
 from xstate_check.cpuid import REGISTERS, CpuidSet, Registers, recorded_source_kind
-from xstate_check.errors import InputError, Location, clip_snippet
+from xstate_check.errors import InputError, Location, error_at, line_column
 from xstate_check.limits import MAX_ENTRIES
 
 __all__ = [
@@ -172,27 +172,13 @@ class _Positions:
                 pos = self._ws(pos + 1)
         return pos + 1
 
-    def location(
-        self, path: str, at: _Path, *, key: bool = False
-    ) -> tuple[Location, str, int, int]:
-        """Return the location of a key or value, its line and the span on that line."""
+    def span(self, at: _Path, *, key: bool = False) -> tuple[int, int]:
+        """Return the start and end offsets of a key or value."""
         offset = self.keys.get(at) if key else self.values.get(at)
         if offset is None:
             offset = self.values.get(at, self.values.get((), 0))
         key_match = _STRING.match(self.text, offset) if key else None
-        end = key_match.end() if key_match is not None else self._skip(offset)
-        start_of_line = self.text.rfind("\n", 0, offset) + 1
-        end_of_line = self.text.find("\n", offset)
-        if end_of_line < 0:
-            end_of_line = len(self.text)
-        line = self.text.count("\n", 0, offset) + 1
-        column = offset - start_of_line + 1
-        return (
-            Location(path, line, column),
-            self.text[start_of_line:end_of_line],
-            offset - start_of_line,
-            min(end, end_of_line) - start_of_line,
-        )
+        return offset, key_match.end() if key_match is not None else self._skip(offset)
 
 
 class _Reader:
@@ -211,9 +197,8 @@ class _Reader:
 
     def fail(self, at: _Path, expected: str, *, key: bool = False) -> InputError:
         """Return an InputError pointing at the key or value ``at``."""
-        location, line, start, end = self.positions.location(self.path, at, key=key)
-        snippet, span = clip_snippet(line, start, max(end, start + 1))
-        return InputError(location, expected, snippet=snippet, span=span)
+        start, end = self.positions.span(at, key=key)
+        return error_at(self.path, self.text, start, expected, end=end)
 
     def hex_field(self, value: object, at: _Path, name: str) -> int:
         """Return a ``"0x…"`` field as an int, or fail naming what was expected."""
@@ -259,26 +244,18 @@ def read_cpuid_json(text: str, path: str) -> CpuidSet:
     try:
         document = json.loads(text, object_pairs_hook=pairs_hook)
     except json.JSONDecodeError as error:
-        start = text.rfind("\n", 0, error.pos) + 1
-        end = text.find("\n", error.pos)
-        snippet, span = clip_snippet(
-            text[start:end if end >= 0 else len(text)].rstrip("\r"),
-            error.colno - 1, error.colno,
-        )
         # json's messages end in " at" and carry the position separately.
         problem = re.sub(r"(?: starting)? at$", "", error.msg)
-        raise InputError(
-            Location(path, error.lineno, error.colno),
-            f"expected valid JSON: {problem[:1].lower()}{problem[1:]}",
-            snippet=snippet,
-            span=span,
+        raise error_at(
+            path, text, error.pos, f"expected valid JSON: {problem[:1].lower()}{problem[1:]}",
         ) from None
     except (ValueError, RecursionError) as error:
         number = _long_number(text)
         if number is not None:
-            raise jsonpos.error_at(
-                text, path, number.start(), number.end(),
+            raise error_at(
+                path, text, number.start(),
                 f"expected a number of at most {_MAX_DIGITS} digits (as Python reads JSON)",
+                end=number.end(),
             ) from None
         raise InputError(Location(path), f"expected valid JSON: {error}") from None
 
@@ -382,13 +359,11 @@ def _read_entries(
                            for name in REGISTERS))
         key_pair = (leaf, subleaf)
         if key_pair in entries:
-            other, _, _, _ = reader.positions.location(
-                reader.path, ("entries", first_index[key_pair])
-            )
+            other = reader.positions.span(("entries", first_index[key_pair]))[0]
             raise reader.fail(
                 at,
                 f"expected each leaf and subleaf once; leaf {leaf:#x} subleaf {subleaf:#x} "
-                f"is already at line {other.line}",
+                f"is already at line {line_column(reader.text, other)[0]}",
             )
         if "flags" in entry:
             value = entry["flags"]
