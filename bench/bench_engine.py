@@ -22,8 +22,8 @@ from pathlib import Path
 
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate, load_catalogue
-from xstate_check.engine.evaluate import evaluate_rules
 from xstate_check.engine.examples import base_table
+from xstate_check.engine.runner import evaluate_rules
 from xstate_check.report import Finding
 from xstate_check.subject import Subject
 from xstate_check.xfeatures import format_mask

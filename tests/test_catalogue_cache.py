@@ -12,7 +12,7 @@ import pytest
 
 from xstate_check.engine import examples, loader, shipped
 from xstate_check.engine.catalogue import Catalogue
-from xstate_check.engine.evaluate import evaluate_rules
+from xstate_check.engine.runner import evaluate_rules
 
 
 @pytest.fixture

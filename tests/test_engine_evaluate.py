@@ -9,8 +9,8 @@ import pytest
 
 from xstate_check.api import check
 from xstate_check.engine import check_subjects, evaluate, load_catalogue
-from xstate_check.engine.evaluate import evaluate_rules
 from xstate_check.engine.examples import EXAMPLE_TEMPLATE, Example, base_table, build_subject
+from xstate_check.engine.runner import evaluate_rules
 from xstate_check.errors import InputError, Location
 from xstate_check.explain import render_catalogue, render_rule
 from xstate_check.facts import format_value

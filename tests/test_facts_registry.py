@@ -78,7 +78,7 @@ XSETBV_RULES = ("x87-required", "avx-requires-sse", "mpx-pair", "avx512-triple",
 def test_valid_xcr0_is_the_xcr0_rules_checks(low: int, bit63: bool, seed: int) -> None:
     """valid_xcr0(mask) holds exactly when every XSETBV rule of rules/xcr0.toml passes on it."""
     from xstate_check.engine import load_catalogue
-    from xstate_check.engine.evaluator import compile_expression
+    from xstate_check.engine.compiler import compile_expression
     from xstate_check.engine.loader import language_names
     from xstate_check.engine.parser import parse_expression
     from xstate_check.facts import valid_xcr0

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate, load_catalogue
-from xstate_check.engine.evaluator import compile_expression
+from xstate_check.engine.compiler import compile_expression
 from xstate_check.engine.loader import language_names
 from xstate_check.engine.parser import parse_expression
 from xstate_check.facts import Facts

@@ -157,7 +157,7 @@ def test_location_renders_only_what_it_knows(location: Location, text: str) -> N
 
 def test_rule_facts_and_layout_compute_the_same_sizes(data_dir: Path) -> None:
     """The rules' std_size() and compacted_size() give XsaveLayout's sizes on every real table."""
-    from xstate_check.engine.evaluator import compile_expression
+    from xstate_check.engine.compiler import compile_expression
     from xstate_check.engine.loader import language_names
     from xstate_check.engine.parser import parse_expression
     from xstate_check.facts import Facts

@@ -13,8 +13,8 @@ import pytest
 import xstate_check
 from xstate_check.api import build_subject
 from xstate_check.engine import load_catalogue
-from xstate_check.engine.evaluate import evaluate_rules
 from xstate_check.engine.examples import apply_edits
+from xstate_check.engine.runner import evaluate_rules
 from xstate_check.errors import InputError, Location
 from xstate_check.hoststate import HostState
 from xstate_check.restore import destination_of, restore, restore_subject

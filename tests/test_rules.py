@@ -9,8 +9,8 @@ import pytest
 
 from xstate_check.engine import FAMILIES, evaluate, load_catalogue
 from xstate_check.engine.catalogue import Rule
-from xstate_check.engine.evaluate import evaluate_rules
 from xstate_check.engine.examples import BASES, Example, build_subject
+from xstate_check.engine.runner import evaluate_rules
 from xstate_check.subject import Subject
 
 CATALOGUE = load_catalogue()

@@ -18,10 +18,9 @@ from xstate_check.api import build_subject
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate, load_catalogue
 from xstate_check.engine.catalogue import Catalogue
-from xstate_check.engine.evaluate import evaluate_rules
 from xstate_check.engine.examples import apply_edits
+from xstate_check.engine.runner import evaluate_rules
 from xstate_check.errors import Location
-from xstate_check.facts import Facts, Missing, available_of
 from xstate_check.hoststate import HostState
 from xstate_check.report import Finding
 from xstate_check.sources.load import load_cpuid
@@ -405,26 +404,7 @@ def test_xcr0_family_errs_exactly_when_xsetbv_faults(data_dir: Path, mask: int) 
 
 def _naive(subject: Subject, rules: Catalogue) -> list[tuple[str, str]]:
     """Evaluate every rule's full test in turn, without the plan's quick conditions."""
-    facts = Facts(subject)
-    found = []
-    lacking = ~available_of(subject)
-    for rule in rules:
-        if rule.compiled.needs & lacking:
-            continue
-        items: tuple[object, ...] = (None,)
-        if rule.each is not None:
-            try:
-                items = facts[rule.each]
-            except Missing:
-                continue
-        for item in items:
-            facts["item"] = item
-            try:
-                if not rule.compiled.test(facts):
-                    found.append((rule.id, rule.name))
-            except Missing:
-                continue
-    return sorted(found)
+    return sorted((f.rule, f.name) for f in evaluate_rules(subject, rules, planned=False))
 
 
 def _found(subject: Subject) -> list[tuple[str, str]]:

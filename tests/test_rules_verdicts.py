@@ -24,7 +24,7 @@ import pytest
 from xstate_check.api import build_subject
 from xstate_check.cpuid import FEATURES, CpuidSet, Registers
 from xstate_check.engine import evaluate, load_catalogue
-from xstate_check.engine.evaluate import evaluate_rules
+from xstate_check.engine.runner import evaluate_rules
 from xstate_check.facts import Facts
 from xstate_check.sources.load import load_cpuid
 from xstate_check.sources.profiles import profile_index

@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import InputError, Location, line_column
 from xstate_check.report import SEVERITIES, Finding, Report, Severity, SubjectReport
 
 __all__ = ["CONFIG_FILE", "Selector", "Settings", "apply_settings", "find_config", "load_config",
@@ -158,7 +158,7 @@ def _has_tool_table(path: Path) -> bool:
 def _line_of_key(text: str, key: str, after: int = 0) -> int:
     pattern = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=', re.M)
     match = pattern.search(text, after)
-    return text.count("\n", 0, match.start()) + 1 if match else 0
+    return line_column(text, match.start())[0] if match else 0
 
 
 def load_config(path: str | os.PathLike[str]) -> Settings:

@@ -13,8 +13,8 @@ import textwrap
 from pathlib import Path
 
 from xstate_check.engine.catalogue import FAMILIES, Catalogue, Rule
-from xstate_check.engine.evaluate import evaluate_rules
 from xstate_check.engine.examples import Example, build_subject, describe
+from xstate_check.engine.runner import evaluate_rules
 from xstate_check.engine.shipped import load_catalogue
 from xstate_check.errors import InputError, Location
 

@@ -52,7 +52,7 @@ import attrs
 
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine import evaluate
-from xstate_check.engine.evaluate import FindingsCache
+from xstate_check.engine.runner import FindingsCache
 from xstate_check.errors import InputError, Location
 from xstate_check.limits import MAX_MATRIX_ENTRIES, MAX_MATRIX_FILES
 from xstate_check.migration import MigrationGroup, group_reports, load_groups

@@ -2,13 +2,14 @@
 
 ``rules/*.toml`` hold the rules (data); this package reads them (``loader``), parses their
 expressions without ``eval`` (``tokenizer``, ``parser``), compiles them to closures
-(``evaluator``) and runs them on subjects (``evaluate``).
+(``compiler``), orders them and finds shortcuts (``plan``, which changes no verdict) and
+runs them on subjects (``runner``).
 """
 
 from __future__ import annotations
 
 from xstate_check.engine.catalogue import FAMILIES, Catalogue, Rule
-from xstate_check.engine.evaluate import check_subjects, evaluate, evaluate_rules
+from xstate_check.engine.runner import check_subjects, evaluate, evaluate_rules
 from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 
 __all__ = [

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 
-from xstate_check.engine.evaluator import Evaluator, Quick
+from xstate_check.engine.compiler import Evaluator
 from xstate_check.engine.examples import Example
 from xstate_check.engine.parser import Node
 from xstate_check.errors import Location
 from xstate_check.facts import BitRef, Kind
 from xstate_check.report import Severity
 
+if TYPE_CHECKING:
+    from xstate_check.engine.plan import Plan
+
 __all__ = [
     "FAMILIES",
     "Catalogue",
     "CompiledRule",
     "MessagePart",
-    "Plan",
     "Rule",
 ]
 
@@ -54,7 +57,6 @@ class CompiledRule:
     facts: frozenset[str]
     functions: frozenset[str]
     needs: int = 0
-    quick: Quick | None = None
     #: The parsed check (``applies`` folded in) and lets, from which ``test`` and ``lets``
     #: are compiled: what a cached catalogue keeps, since closures cannot be stored.
     source: tuple[Node, tuple[tuple[str, Node], ...]] | None = None
@@ -85,77 +87,6 @@ class Rule:
     compiled: CompiledRule = attrs.field(repr=False)
 
 
-Step = tuple[int, Evaluator, Rule]
-QuickStep = tuple[int, frozenset[int], int, Evaluator, Rule]
-Group = tuple[str, int, int, frozenset[int] | None, tuple[QuickStep, ...]]
-
-
-@attrs.frozen(eq=False)
-class Plan:
-    """The order evaluation walks the rules in, built once per catalogue.
-
-    ``groups``: per fact, the rules with a quick pass condition on it, as
-    (fact, zero_mask, small_mask, all_pass, steps). The whole group passes at once when
-    ``fact & zero_mask == 0`` and ``fact & small_mask in all_pass`` (the conditions of
-    every rule folded together; ``all_pass`` is None where they have too many bits to
-    fold). Otherwise each step (mask, values, needs, test, rule) passes when
-    ``fact & mask in values``, else the rule's full test runs. ``plain``: (needs, test,
-    rule) of the other rules; ``walking``: the same for the ``each`` rules. ``needs`` are
-    the NEEDS_* bits of the facts a rule reads.
-    """
-
-    groups: tuple[Group, ...]
-    plain: tuple[Step, ...]
-    walking: tuple[Step, ...]
-
-    @classmethod
-    def of(cls, rules: Iterable[Rule]) -> Plan:
-        """Return the plan of ``rules``."""
-        groups: dict[str, list[QuickStep]] = {}
-        plain: list[Step] = []
-        walking: list[Step] = []
-        for rule in rules:
-            compiled = rule.compiled
-            if rule.each is not None:
-                walking.append((compiled.needs, compiled.test, rule))
-            elif compiled.quick is not None:
-                quick = compiled.quick
-                groups.setdefault(quick.name, []).append(
-                    (quick.mask, quick.values, compiled.needs, compiled.test, rule)
-                )
-            else:
-                plain.append((compiled.needs, compiled.test, rule))
-        return cls(tuple(_fold_group(name, tuple(steps)) for name, steps in groups.items()),
-                   tuple(plain), tuple(walking))
-
-
-#: Fold at most this many bits of small conditions into one table of passing values.
-_FOLD_BITS = 14
-
-
-def _fold_group(name: str, steps: tuple[QuickStep, ...]) -> Group:
-    """Fold a group's conditions: ``x & m == 0`` ones into one mask, small ones into a table."""
-    zero_mask = 0
-    small: list[tuple[int, frozenset[int]]] = []
-    for mask, values, *_ in steps:
-        if values == frozenset({0}):
-            zero_mask |= mask
-        else:
-            small.append((mask, values))
-    small_mask = 0
-    for mask, _ in small:
-        small_mask |= mask
-    if bin(small_mask).count("1") > _FOLD_BITS:
-        return (name, zero_mask, small_mask, None, steps)
-    candidates = [0]
-    for bit in range(64):
-        if small_mask >> bit & 1:
-            candidates += [value | 1 << bit for value in candidates]
-    all_pass = frozenset(value for value in candidates
-                         if all(value & mask in values for mask, values in small))
-    return (name, zero_mask, small_mask, all_pass, steps)
-
-
 @attrs.frozen(eq=False)
 class Catalogue:
     """Every rule, ordered by id; look one up by id or name with ``get``."""
@@ -163,13 +94,15 @@ class Catalogue:
     rules: tuple[Rule, ...]
     paths: tuple[str, ...] = ()
     _index: Mapping[str, Rule] = attrs.field(init=False, repr=False)
-    #: What evaluation walks; see ``Plan``.
+    #: What evaluation walks; see ``plan.Plan``.
     plan: Plan = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         index = {rule.id.upper(): rule for rule in self.rules}
         index.update({rule.name: rule for rule in self.rules})
         object.__setattr__(self, "_index", index)
+        from xstate_check.engine.plan import Plan
+
         object.__setattr__(self, "plan", Plan.of(self.rules))
 
     def get(self, id_or_name: str) -> Rule:

@@ -14,13 +14,7 @@ from typing import Any, NoReturn
 
 from xstate_check.engine import examples
 from xstate_check.engine.catalogue import FAMILIES, Catalogue, CompiledRule, MessagePart, Rule
-from xstate_check.engine.evaluator import (
-    Evaluator,
-    compile_expression,
-    constant_value,
-    names_read,
-    quick_condition,
-)
+from xstate_check.engine.compiler import Evaluator, compile_expression, constant_value, names_read
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
@@ -257,7 +251,6 @@ class _RuleReader:
                 facts=frozenset(facts),
                 functions=frozenset(functions),
                 needs=needs_of(facts, functions),
-                quick=quick_condition(node),
                 source=(node, tuple(zip(lets, let_nodes, strict=True))),
             ),
         )

@@ -34,12 +34,12 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 _FORMAT = b"xstate-check catalogue cache 1\n"
 #: The source files whose code decides what a compiled catalogue holds: the engine, the
 #: facts (kinds, needs, constants) and the package modules whose definitions they use.
-_CODE = ("engine/catalogue.py", "engine/evaluator.py", "engine/examples.py",
+_CODE = ("engine/catalogue.py", "engine/compiler.py", "engine/examples.py",
          "engine/loader.py", "engine/parser.py", "engine/shipped.py", "engine/tokenizer.py",
          "facts/__init__.py", "facts/registry.py", "facts/enumeration.py", "facts/layout.py",
          "facts/linux.py", "facts/template.py", "facts/host.py", "facts/restore.py",
          "xfeatures.py", "cpuid.py", "layout.py", "hoststate.py", "subject.py", "report.py",
-         "errors.py", "tomltext.py", "sources/load.py")
+         "errors.py", "tomltext.py", "textfile.py")
 
 
 def default_rules_dir() -> Path:
@@ -133,7 +133,7 @@ def _records(catalogue: Catalogue) -> list[dict[str, object]]:
 def _rebuild(records: list[dict[str, object]], paths: tuple[str, ...]) -> Catalogue:
     """Return the catalogue of stored records, compiling each rule's closures again."""
     from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
-    from xstate_check.engine.evaluator import Evaluator, compile_expression
+    from xstate_check.engine.compiler import Evaluator, compile_expression
 
     rules = []
     for record in records:

@@ -1,4 +1,7 @@
-"""Evaluate the catalogue on subjects: findings with messages, consequences and locations."""
+"""Run the catalogue on subjects: findings with messages, consequences and locations.
+
+Rules are compiled by ``compiler`` and ordered by ``plan``; this module runs them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 
 from xstate_check.engine.catalogue import Catalogue, Rule
+from xstate_check.engine.compiler import Evaluator
 from xstate_check.engine.shipped import load_catalogue
 from xstate_check.errors import Location
 from xstate_check.facts import (
@@ -22,31 +26,39 @@ from xstate_check.facts import (
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
 
-__all__ = ["FindingsCache", "Record", "check_subjects", "evaluate", "evaluate_rules"]
+__all__ = ["FindingsCache", "Record", "check_subjects", "evaluate", "evaluate_rules",
+           "finding_of", "run_rules", "walk_items"]
 
 
 #: What a finding is, less its location: the rule, the index of its ``each`` item (-1 for
 #: none), its message and the CPUID bits it is about (empty without a template).
 Record = tuple[Rule, int, str, tuple[BitRef, ...]]
 
-
 def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
-                   record: list[Record] | None = None) -> list[Finding]:
-    """Return the findings of ``rules`` on ``subject``, in plan order (unsorted).
+                   record: list[Record] | None = None, *, planned: bool = True) -> list[Finding]:
+    """Return the findings of ``rules`` on ``subject`` (unsorted).
 
     ``record``, where given, receives each finding's Record (see ``FindingsCache``).
+    ``planned=False`` runs every rule's full test in turn, without the plan's shortcuts:
+    the same findings, a little slower.
     """
-    plan = (rules if isinstance(rules, Catalogue) else Catalogue(tuple(rules))).plan
+    catalogue = rules if isinstance(rules, Catalogue) else Catalogue(tuple(rules))
     facts = Facts(subject)
-    lacking = -1  # the NEEDS_* bits the subject lacks; worked out when first needed
     findings: list[Finding] = []
+    if not planned:
+        run_rules(facts, catalogue.rules, findings, record)
+        return findings
+    # The plan's passes (see ``plan.Plan``): the groups (the last of other rules), ``each`` rules.
+    plan = catalogue.plan
+    lacking = -1  # the NEEDS_* bits the subject lacks; worked out when first needed
     for name, zero_mask, small_mask, all_pass, steps in plan.groups:
         try:
-            value = facts[name]
+            value = None if name is None else facts[name]
         except Missing:
             value = None
         else:
-            if not value & zero_mask and all_pass is not None and value & small_mask in all_pass:
+            if (value is not None and not value & zero_mask and all_pass is not None
+                    and value & small_mask in all_pass):
                 continue  # every rule of the group passes
         for mask, values, needs, test, rule in steps:
             if value is not None and value & mask in values:
@@ -61,36 +73,50 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
                     continue
             except Missing:
                 continue
-            findings.append(_finding(rule, facts, None, record))
-    if lacking == -1 and (plan.plain or plan.walking):
+            findings.append(finding_of(rule, facts, None, record))
+    if lacking == -1 and plan.walking:
         lacking = ~available_of(subject)
-    for needs, test, rule in plan.plain:
-        if needs & lacking:
-            continue
-        try:
-            if test(facts):
-                continue
-        except Missing:
-            continue
-        findings.append(_finding(rule, facts, None, record))
     for needs, test, rule in plan.walking:
-        if needs & lacking:
+        if not needs & lacking:
+            walk_items(facts, rule, test, findings, record)
+    return findings
+
+
+def run_rules(facts: Facts, rules: Iterable[Rule], findings: list[Finding],
+              record: list[Record] | None) -> None:
+    """Run each rule's full test in turn, adding a finding per failing rule or item."""
+    lacking = ~available_of(facts.subject)
+    for rule in rules:
+        compiled = rule.compiled
+        if compiled.needs & lacking:
+            continue  # the rule reads facts this subject lacks: it does not apply
+        if rule.each is None:
+            try:
+                if not compiled.test(facts):
+                    findings.append(finding_of(rule, facts, None, record))
+            except Missing:
+                pass
             continue
+        walk_items(facts, rule, compiled.test, findings, record)
+
+
+def walk_items(facts: Facts, rule: Rule, test: Evaluator, findings: list[Finding],
+               record: list[Record] | None) -> None:
+    """Run an ``each`` rule's test on every item of its list fact."""
+    try:
+        items = facts[str(rule.each)]
+    except Missing:
+        return
+    assert isinstance(items, tuple)
+    for index, item in enumerate(items):
+        facts["item"] = item
         try:
-            items = facts[str(rule.each)]
+            passed = test(facts)
         except Missing:
             continue
-        assert isinstance(items, tuple)
-        for index, item in enumerate(items):
-            facts["item"] = item
-            try:
-                passed = test(facts)
-            except Missing:
-                continue
-            if not passed:
-                findings.append(_finding(rule, facts, item, record, index))
-        facts.pop("item", None)
-    return findings
+        if not passed:
+            findings.append(finding_of(rule, facts, item, record, index))
+    facts.pop("item", None)
 
 
 def evaluate(subject: Subject, catalogue: Catalogue | None = None) -> SubjectReport:
@@ -112,8 +138,9 @@ def check_subjects(subjects: Iterable[Subject], catalogue: Catalogue | None = No
     return Report(tuple(evaluate(subject, chosen) for subject in subjects))
 
 
-def _finding(rule: Rule, facts: Facts, item: object, record: list[Record] | None = None,
-             index: int = -1) -> Finding:
+def finding_of(rule: Rule, facts: Facts, item: object, record: list[Record] | None = None,
+               index: int = -1) -> Finding:
+    """Return the finding of a failing rule (on ``item`` of an ``each`` rule)."""
     message = _message(rule, facts)
     refs: tuple[BitRef, ...] | None = None
     if record is not None:

@@ -3,35 +3,36 @@
 Constant subtrees are folded (``avx512 | ymm`` becomes one number), fact reads are
 ``operator.itemgetter`` on the lazily filled ``Facts`` dict, and the common shapes
 (``fact & CONST``, ``CONST in fact``, ``x in [..]``) get closures of their own, so that
-evaluating a rule costs a handful of calls. Nothing is ever passed to ``eval``.
+evaluating a rule costs a handful of calls. Nothing is ever passed to ``eval``. The order
+rules are run in, and the shortcuts that skip some, are ``plan``'s.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from xstate_check.engine.parser import Binary, Call, Compare, ListExpr, Literal, Name, Node, Unary
 from xstate_check.facts import FUNCTIONS, Facts
 
 __all__ = [
+    "MASK64",
     "Evaluator",
-    "Quick",
     "compile_expression",
     "constant_value",
     "names_read",
-    "quick_condition",
 ]
 
 #: A compiled expression: facts in, value out (may raise ``facts.Missing``).
 Evaluator = Callable[[Facts], Any]
 
-_MASK64 = (1 << 64) - 1
+#: Masks are 64-bit.
+MASK64 = (1 << 64) - 1
 
 def _shift_left(value: int, count: int) -> int:
     """Shift within 64 bits: masks are 64-bit, and a huge count must not build a huge int."""
-    return (value << count) & _MASK64 if 0 <= count < 64 else 0
+    return (value << count) & MASK64 if 0 <= count < 64 else 0
 
 
 def _shift_right(value: int, count: int) -> int:
@@ -39,7 +40,7 @@ def _shift_right(value: int, count: int) -> int:
 
 
 def _multiply(left: int, right: int) -> int:
-    return (left * right) & _MASK64
+    return (left * right) & MASK64
 
 
 _INT_OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -126,7 +127,7 @@ def _run(built: _Built) -> Evaluator:
 def _fold(node: Node, value: object) -> object:
     """Keep int results within 64 bits, as masks are (``~`` of a mask stays a mask)."""
     if node.type == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value & _MASK64 if value < 0 else value
+        return value & MASK64 if value < 0 else value
     return value
 
 
@@ -187,7 +188,7 @@ def _build_unary(node: Unary, lets: Mapping[str, Evaluator]) -> _Built:
     if node.op == "not":
         return lambda facts: not run(facts)
     if node.op == "~":
-        return lambda facts: run(facts) ^ _MASK64
+        return lambda facts: run(facts) ^ MASK64
     return lambda facts: -run(facts)
 
 
@@ -288,7 +289,7 @@ def _build_compare(node: Compare, lets: Mapping[str, Evaluator]) -> _Built:
         if isinstance(left, _Masked) and op in ("==", "!="):
             return _MaskTest(left.name, left.mask, constant, op == "==")
         if isinstance(left, _Fact) and node.left.type == "int" and op in ("==", "!="):
-            return _MaskTest(left.name, _MASK64, constant, op == "==")
+            return _MaskTest(left.name, MASK64, constant, op == "==")
         if isinstance(left, _Fact):
             name = left.name
             if op == "==":
@@ -311,7 +312,7 @@ def _build_membership(node: Compare, left: _Built, right: _Built) -> _Built:
         if isinstance(left, _Const) and isinstance(right, _Const):
             return _Const(left.value & ~right.value == 0)
         if isinstance(right, _Const):
-            outside = ~right.value & _MASK64
+            outside = ~right.value & MASK64
             if isinstance(left, _Fact | _Masked):
                 if isinstance(left, _Masked):
                     outside &= left.mask
@@ -387,132 +388,3 @@ def names_read(node: Node) -> tuple[set[str], set[str], set[str]]:
         elif isinstance(child, Call):
             functions.add(child.name)
     return facts, functions, lets
-
-
-# --- quick pass conditions -------------------------------------------------------------------
-
-#: Enumerate at most this many mask bits when combining two bit tests.
-_ENUMERATE_BITS = 12
-
-
-class Quick(NamedTuple):
-    """``facts[name] & mask in values``: a condition under which a rule passes.
-
-    ``exact`` says it is also necessary (the rule passes exactly then); otherwise it is only
-    sufficient. Rules whose quick conditions read the same fact are checked in one loop.
-    """
-
-    name: str
-    mask: int
-    values: frozenset[int]
-    exact: bool
-
-
-def _subsets(mask: int) -> list[int]:
-    result = [0]
-    for bit in _bit_list(mask):
-        result += [value | bit for value in result]
-    return result
-
-
-def _bit_list(mask: int) -> list[int]:
-    out = []
-    while mask:
-        low = mask & -mask
-        out.append(low)
-        mask ^= low
-    return out
-
-
-def _fact_mask(node: Node) -> tuple[str, int] | None:
-    """Return (fact, mask) when ``node`` is ``fact`` or ``fact & CONSTANT`` (an int fact)."""
-    if isinstance(node, Name) and node.role == "fact" and node.type == "int":
-        return node.name, _MASK64
-    if isinstance(node, Binary) and node.op == "&":
-        for one, other in ((node.left, node.right), (node.right, node.left)):
-            inner = _fact_mask(one)
-            constant, value = constant_value(other)
-            if inner is not None and constant and isinstance(value, int):
-                return inner[0], inner[1] & value
-    return None
-
-
-def _int_constant(node: Node) -> int | None:
-    constant, value = constant_value(node)
-    return value if constant and isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _complement(quick: Quick | None) -> Quick | None:
-    if quick is None or not quick.exact or bin(quick.mask).count("1") > _ENUMERATE_BITS:
-        return None
-    values = frozenset(v for v in _subsets(quick.mask) if v not in quick.values)
-    return Quick(quick.name, quick.mask, values, True)
-
-
-def _combine(op: str, first: Quick, second: Quick) -> Quick | None:
-    mask = first.mask | second.mask
-    if first.name != second.name or bin(mask).count("1") > _ENUMERATE_BITS:
-        return None
-    if op == "and":
-        values = [v for v in _subsets(mask)
-                  if v & first.mask in first.values and v & second.mask in second.values]
-    else:
-        values = [v for v in _subsets(mask)
-                  if v & first.mask in first.values or v & second.mask in second.values]
-    return Quick(first.name, mask, frozenset(values), first.exact and second.exact)
-
-
-def quick_condition(node: Node) -> Quick | None:
-    """Return a mask condition on one fact under which ``node`` is true, where one exists."""
-    if isinstance(node, Unary) and node.op == "not":
-        return _complement(quick_condition(node.operand))
-    if isinstance(node, Binary) and node.op in ("and", "or", "=>"):
-        first = quick_condition(node.left)
-        second = quick_condition(node.right)
-        if node.op == "=>":
-            first = _complement(first)
-            if first is None:
-                # The consequent alone is enough for the implication to hold.
-                return None if second is None else second._replace(exact=False)
-        if first is not None and second is not None:
-            combined = _combine("or" if node.op == "=>" else node.op, first, second)
-            if combined is not None:
-                return combined
-        if node.op == "and":
-            return None
-        either = first or second
-        return None if either is None else either._replace(exact=False)
-    if isinstance(node, Compare):
-        return _quick_compare(node)
-    return None
-
-
-def _quick_compare(node: Compare) -> Quick | None:
-    op = node.op
-    if op in ("==", "!="):
-        target = _fact_mask(node.left)
-        value = _int_constant(node.right)
-        if target is None or value is None:
-            return None
-        name, mask = target
-        equal = Quick(name, mask, frozenset({value} if not value & ~mask else ()), True)
-        return equal if op == "==" else _complement(equal)
-    if op not in ("in", "not in"):
-        return None
-    quick: Quick | None = None
-    if node.right.type == "int":
-        inside = _int_constant(node.right)
-        target = _fact_mask(node.left)
-        if inside is not None and target is not None:
-            quick = Quick(target[0], target[1] & ~inside & _MASK64, frozenset({0}), True)
-        required = _int_constant(node.left)
-        target = _fact_mask(node.right)
-        if required is not None and target is not None and not required & ~target[1]:
-            quick = Quick(target[0], required, frozenset({required}), True)
-    else:
-        target = _fact_mask(node.left)
-        constant, members = constant_value(node.right)
-        if target is not None and constant and isinstance(members, frozenset):
-            values = frozenset(v for v in members if isinstance(v, int) and not v & ~target[1])
-            quick = Quick(target[0], target[1], values, True)
-    return quick if op == "in" else _complement(quick)

@@ -1,0 +1,230 @@
+"""The plan: the order evaluation walks the rules in, and the shortcuts that skip some.
+
+Nothing here changes a verdict: ``runner.evaluate_rules(..., planned=False)`` runs every
+rule's full test in turn, and a test compares both on every bundled profile and example.
+Deleting this module (with ``Catalogue.plan`` and the planned loop of ``runner``) leaves
+that loop alone, about 6 % slower on real subjects.
+
+- quick conditions: ``facts[name] & mask in values``, a condition under which a rule passes,
+  derived from its parsed check (``quick_condition``);
+- groups: the rules with a quick condition on the same fact, checked in one loop, their
+  conditions folded so that the whole group passes at once on most subjects;
+- three passes: the groups, the other rules, the ``each`` rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+import attrs
+
+from xstate_check.engine.compiler import MASK64, Evaluator, constant_value
+from xstate_check.engine.parser import Binary, Compare, Name, Node, Unary
+
+if TYPE_CHECKING:
+    from xstate_check.engine.catalogue import Rule
+
+__all__ = ["Plan", "Quick", "quick_condition"]
+
+
+#: Enumerate at most this many mask bits when combining two bit tests.
+_ENUMERATE_BITS = 12
+
+
+class Quick(NamedTuple):
+    """``facts[name] & mask in values``: a condition under which a rule passes.
+
+    ``exact`` says it is also necessary (the rule passes exactly then); otherwise it is only
+    sufficient. Rules whose quick conditions read the same fact are checked in one loop.
+    """
+
+    name: str
+    mask: int
+    values: frozenset[int]
+    exact: bool
+
+
+def _subsets(mask: int) -> list[int]:
+    result = [0]
+    for bit in _bit_list(mask):
+        result += [value | bit for value in result]
+    return result
+
+
+def _bit_list(mask: int) -> list[int]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low)
+        mask ^= low
+    return out
+
+
+def _fact_mask(node: Node) -> tuple[str, int] | None:
+    """Return (fact, mask) when ``node`` is ``fact`` or ``fact & CONSTANT`` (an int fact)."""
+    if isinstance(node, Name) and node.role == "fact" and node.type == "int":
+        return node.name, MASK64
+    if isinstance(node, Binary) and node.op == "&":
+        for one, other in ((node.left, node.right), (node.right, node.left)):
+            inner = _fact_mask(one)
+            constant, value = constant_value(other)
+            if inner is not None and constant and isinstance(value, int):
+                return inner[0], inner[1] & value
+    return None
+
+
+def _int_constant(node: Node) -> int | None:
+    constant, value = constant_value(node)
+    return value if constant and isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _complement(quick: Quick | None) -> Quick | None:
+    if quick is None or not quick.exact or bin(quick.mask).count("1") > _ENUMERATE_BITS:
+        return None
+    values = frozenset(v for v in _subsets(quick.mask) if v not in quick.values)
+    return Quick(quick.name, quick.mask, values, True)
+
+
+def _combine(op: str, first: Quick, second: Quick) -> Quick | None:
+    mask = first.mask | second.mask
+    if first.name != second.name or bin(mask).count("1") > _ENUMERATE_BITS:
+        return None
+    if op == "and":
+        values = [v for v in _subsets(mask)
+                  if v & first.mask in first.values and v & second.mask in second.values]
+    else:
+        values = [v for v in _subsets(mask)
+                  if v & first.mask in first.values or v & second.mask in second.values]
+    return Quick(first.name, mask, frozenset(values), first.exact and second.exact)
+
+
+def quick_condition(node: Node) -> Quick | None:
+    """Return a mask condition on one fact under which ``node`` is true, where one exists."""
+    if isinstance(node, Unary) and node.op == "not":
+        return _complement(quick_condition(node.operand))
+    if isinstance(node, Binary) and node.op in ("and", "or", "=>"):
+        first = quick_condition(node.left)
+        second = quick_condition(node.right)
+        if node.op == "=>":
+            first = _complement(first)
+            if first is None:
+                # The consequent alone is enough for the implication to hold.
+                return None if second is None else second._replace(exact=False)
+        if first is not None and second is not None:
+            combined = _combine("or" if node.op == "=>" else node.op, first, second)
+            if combined is not None:
+                return combined
+        if node.op == "and":
+            return None
+        either = first or second
+        return None if either is None else either._replace(exact=False)
+    if isinstance(node, Compare):
+        return _quick_compare(node)
+    return None
+
+
+def _quick_compare(node: Compare) -> Quick | None:
+    op = node.op
+    if op in ("==", "!="):
+        target = _fact_mask(node.left)
+        value = _int_constant(node.right)
+        if target is None or value is None:
+            return None
+        name, mask = target
+        equal = Quick(name, mask, frozenset({value} if not value & ~mask else ()), True)
+        return equal if op == "==" else _complement(equal)
+    if op not in ("in", "not in"):
+        return None
+    quick: Quick | None = None
+    if node.right.type == "int":
+        inside = _int_constant(node.right)
+        target = _fact_mask(node.left)
+        if inside is not None and target is not None:
+            quick = Quick(target[0], target[1] & ~inside & MASK64, frozenset({0}), True)
+        required = _int_constant(node.left)
+        target = _fact_mask(node.right)
+        if required is not None and target is not None and not required & ~target[1]:
+            quick = Quick(target[0], required, frozenset({required}), True)
+    else:
+        target = _fact_mask(node.left)
+        constant, members = constant_value(node.right)
+        if target is not None and constant and isinstance(members, frozenset):
+            values = frozenset(v for v in members if isinstance(v, int) and not v & ~target[1])
+            quick = Quick(target[0], target[1], values, True)
+    return quick if op == "in" else _complement(quick)
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+Step = tuple[int, Evaluator, "Rule"]
+QuickStep = tuple[int, frozenset[int], int, Evaluator, "Rule"]
+Group = tuple[str | None, int, int, frozenset[int] | None, tuple[QuickStep, ...]]
+
+
+@attrs.frozen(eq=False)
+class Plan:
+    """The order evaluation walks the rules in, built once per catalogue.
+
+    ``groups``: per fact, the rules with a quick pass condition on it, as
+    (fact, zero_mask, small_mask, all_pass, steps). The whole group passes at once when
+    ``fact & zero_mask == 0`` and ``fact & small_mask in all_pass`` (the conditions of
+    every rule folded together; ``all_pass`` is None where they have too many bits to
+    fold). Otherwise each step (mask, values, needs, test, rule) passes when
+    ``fact & mask in values``, else the rule's full test runs. The last group, of fact
+    None, holds the other rules (no quick condition). ``walking``: (needs, test, rule) of
+    the ``each`` rules. ``needs`` are the NEEDS_* bits of the facts a rule reads.
+    """
+
+    groups: tuple[Group, ...]
+    walking: tuple[Step, ...]
+
+    @classmethod
+    def of(cls, rules: Iterable[Rule]) -> Plan:
+        """Return the plan of ``rules``."""
+        groups: dict[str, list[QuickStep]] = {}
+        plain: list[QuickStep] = []
+        walking: list[Step] = []
+        for rule in rules:
+            compiled = rule.compiled
+            if rule.each is not None:
+                walking.append((compiled.needs, compiled.test, rule))
+                continue
+            quick = quick_condition(compiled.source[0]) if compiled.source else None
+            if quick is not None:
+                groups.setdefault(quick.name, []).append(
+                    (quick.mask, quick.values, compiled.needs, compiled.test, rule)
+                )
+            else:
+                plain.append((0, frozenset(), compiled.needs, compiled.test, rule))
+        folded = [_fold_group(name, tuple(steps)) for name, steps in groups.items()]
+        if plain:
+            folded.append((None, 0, 0, None, tuple(plain)))
+        return cls(tuple(folded), tuple(walking))
+
+
+#: Fold at most this many bits of small conditions into one table of passing values.
+_FOLD_BITS = 14
+
+
+def _fold_group(name: str, steps: tuple[QuickStep, ...]) -> Group:
+    """Fold a group's conditions: ``x & m == 0`` ones into one mask, small ones into a table."""
+    zero_mask = 0
+    small: list[tuple[int, frozenset[int]]] = []
+    for mask, values, *_ in steps:
+        if values == frozenset({0}):
+            zero_mask |= mask
+        else:
+            small.append((mask, values))
+    small_mask = 0
+    for mask, _ in small:
+        small_mask |= mask
+    if bin(small_mask).count("1") > _FOLD_BITS:
+        return (name, zero_mask, small_mask, None, steps)
+    candidates = [0]
+    for bit in range(64):
+        if small_mask >> bit & 1:
+            candidates += [value | 1 << bit for value in candidates]
+    all_pass = frozenset(value for value in candidates
+                         if all(value & mask in values for mask, values in small))
+    return (name, zero_mask, small_mask, all_pass, steps)

@@ -1,0 +1,58 @@
+"""The plan (quick conditions, folded groups, three passes) changes no verdict: the catalogue
+run with and without it gives the same findings, byte for byte, on every bundled profile and
+every rule example."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xstate_check.api import build_subject as build_subject_of
+from xstate_check.api import check
+from xstate_check.engine import load_catalogue
+from xstate_check.engine.examples import build_subject
+from xstate_check.engine.plan import Plan
+from xstate_check.engine.runner import evaluate_rules
+from xstate_check.report import Finding
+from xstate_check.sources.profiles import profile_index
+from xstate_check.subject import Subject
+
+CATALOGUE = load_catalogue()
+
+
+def _json(findings: list[Finding]) -> str:
+    ordered = sorted(findings, key=Finding.sort_key)
+    return json.dumps([finding.to_json() for finding in ordered], sort_keys=True)
+
+
+def _same_with_and_without_plan(subject: Subject) -> list[Finding]:
+    planned = evaluate_rules(subject, CATALOGUE)
+    plain = evaluate_rules(subject, CATALOGUE, planned=False)
+    assert _json(planned) == _json(plain), subject.name
+    return planned
+
+
+@pytest.mark.parametrize("name", [info.name for info in profile_index()])
+def test_plan_changes_no_verdict_on_bundled_profiles(name: str) -> None:
+    """Every bundled profile: the same findings with and without the plan, and as ``check``
+    reports them."""
+    findings = _same_with_and_without_plan(build_subject_of(f"profile:{name}"))
+    assert _json(findings) == _json(list(check(f"profile:{name}").subjects[0].findings))
+
+
+def test_plan_changes_no_verdict_on_rule_examples() -> None:
+    """Every pass and fail example of every rule: the same findings with and without it."""
+    failing = 0
+    for rule in CATALOGUE:
+        for example in (*rule.passes, *rule.fails):
+            failing += bool(_same_with_and_without_plan(build_subject(example)))
+    assert failing  # the examples do exercise failing rules
+
+
+def test_plan_takes_shortcuts() -> None:
+    """The plan does fold rules into groups (else there would be nothing to compare)."""
+    plan = Plan.of(CATALOGUE.rules)
+    assert plan.groups and any(all_pass is not None for *_, all_pass, _ in plan.groups)
+    grouped = sum(len(steps) for *_, steps in plan.groups)
+    assert grouped + len(plan.walking) == len(CATALOGUE)
