@@ -186,7 +186,8 @@ def run_case(name: str, size: int, scratch: str, timeout: float = 60.0) -> dict[
     Path(path).write_bytes(data)
     argv = [sys.executable, "-c", _CHILD, *_argv(command, path, scratch)]
     del text, data  # the parent stays small
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    # The caller's PYTHONPATH wins (to time another checkout), else this checkout's src.
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(REPO / "src")}
     began = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert process.stderr is not None
