@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{row['case']:36} {row['bytes']:>9} B {row['seconds']:>6} s "
                       f"(cpu {row['cpu_seconds']:>5} s) {row['peak_mb']:>5} MB exit {row['exit']} "
-                      f"{row['verdict']:9} {row['message'][:70]}", flush=True)
+                      f"{row['verdict']:9} {str(row['message'])[:70]}", flush=True)
     return 1 if failed else 0
 
 
