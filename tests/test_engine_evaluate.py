@@ -143,7 +143,7 @@ def test_explain_page_shows_the_failing_example_finding() -> None:
     """The page of amx-tile-pair holds its check, the oops example's finding and references."""
     page = render_rule("amx-tile-pair")
     assert page.startswith("XS0108 amx-tile-pair (error, xcr0 family)\n")
-    assert "Check\n    xcr0 & xtile in [0, xtile]\n" in page
+    assert "Check\n    (xcr0 & xtile) in [0, xtile]\n" in page
     assert "0xD.0 EAX = 0x202e7" in page
     assert "error: CPUID.(0xD,0) enumerates 0x20000 (tilecfg) without its AMX partner" in page
     assert "Example that passes" in page
