@@ -36,6 +36,7 @@ __all__ = [
     "build_subject",
     "check_host_value",
     "describe",
+    "parse_change",
     "parse_cpuid_number",
     "parse_edit",
     "parse_key",
@@ -259,6 +260,21 @@ def parse_edit(edit: str) -> tuple[int | None, int, int]:
     return None, set_bits, clear_bits
 
 
+def parse_change(key: str, edit: str) -> tuple[int, int, str | None, int | None, int, int]:
+    """Return (leaf, subleaf, register or None, new value or None, bits to set, bits to
+    clear) of one CPUID change; a whole entry (no register) takes ``"absent"`` only.
+
+    The rule loader validates examples with it, and ``apply_edits`` applies what it returns.
+    """
+    leaf, subleaf, register = parse_key(key)
+    if register is None:
+        if edit.strip() != "absent":
+            raise ExampleError(f"\"absent\" for the whole entry {clip_quote(key)}, or a "
+                               "register key")
+        return leaf, subleaf, None, None, 0, 0
+    return (leaf, subleaf, register, *parse_edit(edit))
+
+
 def apply_edits(
     cpuid: CpuidSet, edits: tuple[tuple[str, str], ...], location: Location | None = None
 ) -> CpuidSet:
@@ -266,14 +282,10 @@ def apply_edits(
     entries = dict(cpuid.entries)
     provenance = dict(cpuid.provenance)
     for index, (key, edit) in enumerate(edits):
-        leaf, subleaf, register = parse_key(key)
+        leaf, subleaf, register, value, set_bits, clear_bits = parse_change(key, edit)
         if register is None:
-            if edit.strip() != "absent":
-                raise ExampleError(
-                    f"\"absent\" for the whole entry {clip_quote(key)}, or a register key")
             entries.pop((leaf, subleaf), None)
             continue
-        value, set_bits, clear_bits = parse_edit(edit)
         regs = entries.get((leaf, subleaf), Registers())
         old = getattr(regs, register)
         new = value if value is not None else (old | set_bits) & ~clear_bits

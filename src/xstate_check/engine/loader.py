@@ -380,13 +380,7 @@ class _RuleReader:
                 fail(field, f"{field} = {{ \"0xd.0.eax\" = \"0x202e7\", … }}")
             for cpuid_key, edit in value.items():
                 try:
-                    _, _, register = examples.parse_key(cpuid_key)
-                    if register is None:
-                        if edit.strip() != "absent":
-                            raise examples.ExampleError(
-                                f"\"absent\" for the entry {clip_quote(cpuid_key)}")
-                    else:
-                        examples.parse_edit(edit)
+                    examples.parse_change(cpuid_key, edit)
                 except examples.ExampleError as error:
                     fail(field, str(error))
             return tuple(value.items())
