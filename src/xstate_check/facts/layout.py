@@ -14,12 +14,13 @@ from xstate_check.facts.registry import (
     reg,
 )
 from xstate_check.layout import XsaveLayout
-from xstate_check.xfeatures import XFEATURES
+from xstate_check.xfeatures import XFEATURES, by_name
 
 __all__: list[str] = []
 
 FP_SSE_MASK = 0x3
 BIT63 = 1 << 63
+_APX = by_name("apx").mask
 
 
 def _enumerated(facts: Facts) -> tuple[XsaveLayout, int, int]:
@@ -51,7 +52,7 @@ def _overlapping(facts: Facts) -> object:
       reads=("subleaves",))
 def _misordered(facts: Facts) -> object:
     layout, xcr0, _ = _enumerated(facts)
-    return layout.misordered(xcr0 & ~XFEATURES[19].mask)
+    return layout.misordered(xcr0 & ~_APX)
 
 
 @fact("unsized", "mask", "enumerated xfeatures (XCR0 or IA32_XSS) whose subleaf gives no size",
