@@ -635,3 +635,30 @@ def test_a_fingerprint_error_after_a_million_lines_names_its_line(data_dir: Path
         read_cpuid_text(text, "f.json")
     assert caught.value.location.line == 1_000_001
     assert "expected each CPUID entry once" in caught.value.expected
+
+
+def test_a_rule_file_key_of_a_megabyte_compiles_no_pattern_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown rule key of a million characters: an InputError, and no regex built of it.
+
+    Locating the key by a pattern made of it cost 3 s and 300 MB in the fuzz campaign.
+    """
+    from xstate_check.engine import load_catalogue
+
+    text = (REPO / "rules" / "xcr0.toml").read_text(encoding="utf-8")
+    first = text.index("[[rule]]") + len("[[rule]]\n")
+    path = tmp_path / "xcr0.toml"
+    path.write_text(text[:first] + "k" * 1_000_000 + " = 1\n" + text[first:], encoding="utf-8")
+    sizes: list[int] = []
+    compile_pattern = re.compile
+
+    def recording(pattern: Any, flags: int = 0) -> Any:
+        sizes.append(len(pattern))
+        return compile_pattern(pattern, flags)
+
+    monkeypatch.setattr(re, "compile", recording)
+    with pytest.raises(InputError) as caught:
+        load_catalogue([path])
+    assert caught.value.location.line == text[:first].count("\n") + 1
+    assert max(sizes, default=0) < 10_000

@@ -77,6 +77,10 @@ class _Source:
 
     def key(self, span: tuple[int, int], key: str, after: int | None = None) -> int | None:
         """Return the offset of ``key =`` within ``span`` (from ``after``), or None."""
+        if len(key) > 256:
+            # No rule key is this long; compiling a pattern of it would cost seconds.
+            found = self.text.find(key, after if after is not None else span[0], span[1])
+            return None if found < 0 else found
         name = re.escape(key)
         spellings = f"{name}|\"{name}\"|'{name}'"
         pattern = re.compile(r"(?m)(?:^|[{,])[ \t]*(?:" + spellings + r")[ \t]*=")
