@@ -6,12 +6,15 @@ request carries the caller's sys.path) and runs them on a copy of the caller's s
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -334,7 +337,24 @@ def _interpreter(version: str) -> tuple[str | None, str]:
         if done.returncode == 0:
             return candidate, ""
         tried.append(candidate)
-    why = (f"{', '.join(tried)} cannot import attrs and cpuid_native" if tried
+    if tried:
+        # The interpreter is there without the dependencies: give it a virtual environment
+        # of its own with them, as a user of that Python would install the project.
+        venv = Path(tempfile.mkdtemp(prefix=f"xstate-check-py{version}-"))
+        atexit.register(shutil.rmtree, venv, ignore_errors=True)
+        made = subprocess.run(
+            [tried[0], "-m", "venv", str(venv)], capture_output=True, timeout=300, check=False)
+        python = venv / "bin" / "python"
+        if made.returncode == 0:
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "attrs", "cpuid"],
+                           capture_output=True, timeout=600, check=False)
+            env = {**os.environ, "PYTHONPATH": str(SRC)}
+            done = subprocess.run([str(python), "-c", probe], capture_output=True, env=env,
+                                  timeout=60, check=False)
+            if done.returncode == 0:
+                return str(python), ""
+    why = (f"{', '.join(tried)} cannot import attrs and cpuid_native, and a virtual "
+           "environment with them could not be made" if tried
            else f"no Python {version} found")
     return None, why + " (XSTATE_CHECK_PYTHONS may name interpreters with the dependencies)"
 
