@@ -109,7 +109,7 @@ def test_the_key_follows_the_rule_files_content(tmp_path: Path) -> None:
     """Another byte in a rule file, or another folder, is another key: never a stale cache."""
     rules = tmp_path / "rules"
     shutil.copytree(shipped.default_rules_dir(), rules)
-    files = sorted(rules.glob("*.toml"))
+    files = sorted(str(path) for path in rules.glob("*.toml"))
     key = shipped._key(files)
     assert key is not None and shipped._key(files) == key
     with open(files[0], "a", encoding="utf-8") as handle:
@@ -117,4 +117,4 @@ def test_the_key_follows_the_rule_files_content(tmp_path: Path) -> None:
     assert shipped._key(files) not in (key, None)
     moved = tmp_path / "moved"
     os.rename(rules, moved)
-    assert shipped._key(sorted(moved.glob("*.toml"))) not in (key, None)
+    assert shipped._key(sorted(str(p) for p in moved.glob("*.toml"))) not in (key, None)

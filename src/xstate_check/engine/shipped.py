@@ -22,15 +22,18 @@ import os
 import pickle
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from xstate_check.engine.catalogue import Catalogue
 
 __all__ = ["cache_dirs", "default_rules_dir", "load_catalogue"]
 
-_PACKAGE = Path(__file__).resolve().parents[1]
+# Plain strings, not pathlib: pathlib (with urllib.parse and ipaddress) costs several ms of a
+# pre-boot check's start, and this module is on that path.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _FORMAT = b"xstate-check catalogue cache 1\n"
 #: The source files whose code decides what a compiled catalogue holds: the engine, the
 #: facts (kinds, needs, constants) and the package modules whose definitions they use.
@@ -42,24 +45,41 @@ _CODE = ("engine/catalogue.py", "engine/compiler.py", "engine/examples.py",
          "errors.py", "tomltext.py", "textfile.py")
 
 
+def _rules_dir() -> str:
+    packaged = os.path.join(_PACKAGE, "rules")
+    if os.path.isdir(packaged):
+        return packaged
+    return os.path.join(os.path.dirname(os.path.dirname(_PACKAGE)), "rules")
+
+
 def default_rules_dir() -> Path:
     """Return where the shipped rules are: inside the installed package, else the repo's."""
-    packaged = _PACKAGE / "rules"
-    if packaged.is_dir():
-        return packaged
-    return _PACKAGE.parents[1] / "rules"
+    from pathlib import Path
+
+    return Path(_rules_dir())
+
+
+def _cache_dirs() -> list[str]:
+    chosen = os.environ.get("XSTATE_CHECK_CACHE_DIR")
+    if chosen is not None:
+        return [chosen] if chosen else []
+    user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [os.path.join(_PACKAGE, "__pycache__"), os.path.join(user, "xstate-check")]
 
 
 def cache_dirs() -> list[Path]:
     """Return the folders the compiled catalogue may be kept in, in the order tried."""
-    chosen = os.environ.get("XSTATE_CHECK_CACHE_DIR")
-    if chosen is not None:
-        return [Path(chosen)] if chosen else []
-    user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return [_PACKAGE / "__pycache__", Path(user) / "xstate-check"]
+    from pathlib import Path
+
+    return [Path(folder) for folder in _cache_dirs()]
 
 
-def _key(files: Sequence[Path]) -> bytes | None:
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _key(files: Sequence[str]) -> bytes | None:
     """Return the BLAKE2 digest of what the compiled catalogue depends on (None if unreadable)."""
     from xstate_check import __version__
 
@@ -71,15 +91,16 @@ def _key(files: Sequence[Path]) -> bytes | None:
     digest.update(f"{sys.version}\n{__version__}\n".encode())
     try:
         for name in _CODE:
-            digest.update(name.encode() + b"\0" + (_PACKAGE / name).read_bytes() + b"\0")
+            digest.update(name.encode() + b"\0" + _read_bytes(os.path.join(_PACKAGE, name))
+                          + b"\0")
         for path in files:
-            digest.update(os.fsencode(path) + b"\0" + path.read_bytes() + b"\0")
+            digest.update(os.fsencode(path) + b"\0" + _read_bytes(path) + b"\0")
     except OSError:
         return None
     return digest.digest()
 
 
-def _read(path: Path, key: bytes) -> list[dict[str, object]] | None:
+def _read(path: str, key: bytes) -> list[dict[str, object]] | None:
     """Return the stored rules when ``path`` is a trustworthy cache of ``key``, else None."""
     try:
         with open(path, "rb") as handle:
@@ -98,21 +119,22 @@ def _write(key: bytes, records: list[dict[str, object]]) -> None:
     """Keep ``records`` in the first cache folder that can be written; drop older caches."""
     name = f"catalogue-{key.hex()[:32]}.pickle"
     data = _FORMAT + key + pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
-    for folder in cache_dirs():
-        temporary = folder / f".{name}.{os.getpid()}"
+    for folder in _cache_dirs():
+        temporary = os.path.join(folder, f".{name}.{os.getpid()}")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             with open(temporary, "xb") as handle:
                 handle.write(data)
-            os.replace(temporary, folder / name)
+            os.replace(temporary, os.path.join(folder, name))
         except OSError:
             with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
+                os.unlink(temporary)
             continue
-        for old in folder.glob("catalogue-*.pickle"):
-            if old.name != name:
-                with contextlib.suppress(OSError):
-                    old.unlink()
+        with contextlib.suppress(OSError):
+            for old in os.listdir(folder):
+                if old.startswith("catalogue-") and old.endswith(".pickle") and old != name:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, old))
         return
 
 
@@ -147,33 +169,41 @@ def _rebuild(records: list[dict[str, object]], paths: tuple[str, ...]) -> Catalo
     return Catalogue(tuple(rules), paths)
 
 
-def _rule_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    files: list[Path] = []
+def _rule_files(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    files: list[str] = []
     for entry in paths:
-        path = Path(entry)
-        if path.is_dir():
-            files.extend(sorted(path.glob("*.toml")))
+        path = os.fspath(entry)
+        if os.path.isdir(path):
+            files.extend(sorted(os.path.join(path, name) for name in os.listdir(path)
+                                if name.endswith(".toml")
+                                and os.path.isfile(os.path.join(path, name))))
         else:
             files.append(path)
     return files
 
 
+def _load_files(files: Sequence[str]) -> Catalogue:
+    from pathlib import Path
+
+    from xstate_check.engine.loader import load_rule_files
+
+    return load_rule_files([Path(path) for path in files])
+
+
 @functools.cache
 def _default_catalogue() -> Catalogue:
-    files = _rule_files([default_rules_dir()])
+    files = _rule_files([_rules_dir()])
     key = _key(files)
     if key is not None:
         name = f"catalogue-{key.hex()[:32]}.pickle"
-        for folder in cache_dirs():
-            stored = _read(folder / name, key)
+        for folder in _cache_dirs():
+            stored = _read(os.path.join(folder, name), key)
             if stored is not None:
                 try:
-                    return _rebuild(stored, tuple(str(path) for path in files))
+                    return _rebuild(stored, tuple(files))
                 except Exception:  # a cache of another shape: rebuild it
                     continue
-    from xstate_check.engine.loader import load_rule_files
-
-    catalogue = load_rule_files(files)
+    catalogue = _load_files(files)
     if key is not None:
         # The cache is an optimisation, never a failure.
         with contextlib.suppress(Exception):
@@ -189,6 +219,4 @@ def load_catalogue(paths: Sequence[str | os.PathLike[str]] | None = None) -> Cat
     """
     if paths is None:
         return _default_catalogue()
-    from xstate_check.engine.loader import load_rule_files
-
-    return load_rule_files(_rule_files(paths))
+    return _load_files(_rule_files(paths))
