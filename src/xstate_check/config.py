@@ -22,12 +22,10 @@ Unknown keys and wrong types are InputErrors naming the file and line.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -72,7 +70,7 @@ class Settings:
     strict: bool = False
     #: The configuration file read (None: none), and its folder, which patterns are relative to.
     path: str | None = None
-    root: Path | None = None
+    root: str | None = None
     #: The gate's declared pairs: a matrix file, or the inline ``template`` tables.
     matrix: str | None = None
     inline_matrix: Mapping[str, Any] | None = None
@@ -134,18 +132,22 @@ def _severity(text: str) -> Severity:
 
 def find_config(start: str | os.PathLike[str] | None = None) -> str | None:
     """Return the nearest configuration file from ``start`` (default: cwd) upward, or None."""
-    folder = Path(os.path.abspath(start if start is not None else os.getcwd()))
-    for candidate in (folder, *folder.parents):
-        own = candidate / CONFIG_FILE
-        if own.is_file():
-            return str(own)
-        pyproject = candidate / "pyproject.toml"
-        if pyproject.is_file() and _has_tool_table(pyproject):
-            return str(pyproject)
-    return None
+    # Plain strings: pathlib would cost the pre-boot command several ms of imports.
+    folder = os.path.abspath(start if start is not None else os.getcwd())
+    while True:
+        own = os.path.join(folder, CONFIG_FILE)
+        if os.path.isfile(own):
+            return own
+        pyproject = os.path.join(folder, "pyproject.toml")
+        if os.path.isfile(pyproject) and _has_tool_table(pyproject):
+            return pyproject
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
-def _has_tool_table(path: Path) -> bool:
+def _has_tool_table(path: str) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read(1 << 20)
@@ -171,7 +173,7 @@ def load_config(path: str | os.PathLike[str]) -> Settings:
     document = parse_toml(text, name)
     table: Any = document
     start = 0
-    if Path(name).name == "pyproject.toml":
+    if os.path.basename(name) == "pyproject.toml":
         table = document.get("tool", {}).get("xstate-check")
         if table is None:
             raise InputError(Location(name), "expected a [tool.xstate-check] table")
@@ -196,7 +198,7 @@ def load_config(path: str | os.PathLike[str]) -> Settings:
         check_selectors(found, where(key))
         return found
 
-    root = Path(os.path.abspath(name)).parent
+    root = os.path.dirname(os.path.abspath(name))
     settings = Settings(path=name, root=root)
     settings = _rule_settings(settings, table, where, selectors)
     return _gate_settings(settings, table, where, root)
@@ -239,12 +241,12 @@ def _rule_settings(settings: Settings, table: Mapping[str, Any],
 
 
 def _gate_settings(settings: Settings, table: Mapping[str, Any],
-                   where: Callable[[str], Location], root: Path) -> Settings:
+                   where: Callable[[str], Location], root: str) -> Settings:
     if "matrix" in table:
         if not isinstance(table["matrix"], str) or "template" in table or "group" in table:
             raise InputError(where("matrix"), 'expected matrix = "a matrix file" (or inline '
                              "[[template]] and [[group]] tables, not both)")
-        settings = attrs.evolve(settings, matrix=str(root / table["matrix"]))
+        settings = attrs.evolve(settings, matrix=os.path.join(root, table["matrix"]))
     if "template" in table or "group" in table:
         inline = {key: table[key] for key in ("template", "group") if key in table}
         if "templates-dir" in table:
@@ -259,11 +261,12 @@ def _gate_settings(settings: Settings, table: Mapping[str, Any],
 def _ignored_for(template: str | None, settings: Settings) -> tuple[Selector, ...]:
     if template is None or not settings.per_file_ignores:
         return ()
-    root = settings.root or Path.cwd()
-    absolute = Path(os.path.abspath(template))
-    names = {absolute.name, template}
-    with contextlib.suppress(ValueError):
-        names.add(absolute.relative_to(root).as_posix())
+    root = settings.root or os.getcwd()
+    absolute = os.path.abspath(template)
+    names = {os.path.basename(absolute), template}
+    relative = os.path.relpath(absolute, root)
+    if not relative.startswith(".."):
+        names.add(relative.replace(os.sep, "/"))
     found: list[Selector] = []
     for pattern, selectors in settings.per_file_ignores:
         if any(fnmatch.fnmatchcase(name, pattern) for name in names):
