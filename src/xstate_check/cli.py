@@ -99,18 +99,8 @@ def _emit(args: argparse.Namespace, text: str) -> None:
                 Location(out), f"expected a writable output file; {error.strerror or error}"
             ) from None
     else:
-        if sys.stdout is None:
-            raise InputError(Location("<stdout>"), "expected an open standard output")
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as error:
-            _discard_stdout()
-            raise InputError(
-                Location("<stdout>"), f"expected to write the output; {error.strerror or error}"
-            ) from None
+        with _output(args) as stream:
+            stream.write(text)
 
 
 def _discard_stdout() -> None:
