@@ -1,0 +1,97 @@
+"""What a fix is: edits to a template's text and what they leave unfixed.
+
+An ``Edit`` replaces one span of the template's original text (a bitmap string's characters,
+or an inserted register modifier or cpuid modifier); a ``Fix`` is every edit for one template
+with the resulting text, the rules whose findings the edits remove on every profile, and
+the error findings they do not.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+__all__ = ["Applicability", "Edit", "Fix", "Unfixed", "UnfixedReason"]
+
+#: ``safe``: completes what the template started (clears the rest of a group one of whose
+#: bits it already clears); ``unsafe``: removes a feature the template did not touch.
+Applicability = Literal["safe", "unsafe"]
+
+#: Why an error finding stays: ``no-fix`` (its rule declares none), ``unsafe-only`` (only an
+#: unsafe fix, not asked for), ``new-finding`` (the fix would bring a new error or warning
+#: on some profile), ``not-template`` (the finding does not come from a bitmap the template
+#: can change, such as a modified entry the profile lacks).
+UnfixedReason = Literal["no-fix", "unsafe-only", "new-finding", "not-template"]
+
+
+@attrs.frozen
+class Edit:
+    """One replacement in a template's original text.
+
+    ``start``/``end`` are character offsets into ``Fix.original`` (equal for an insertion);
+    ``line``/``column`` and ``end_line``/``end_column`` are 1-based, counted in characters
+    (Unicode code points), ``end_column`` exclusive, as SARIF regions are.
+    """
+
+    path: str
+    start: int
+    end: int
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    original: str
+    replacement: str
+    leaf: int
+    subleaf: int
+    register: str
+    rules: tuple[str, ...]
+    applicability: Applicability
+
+
+@attrs.frozen
+class Unfixed:
+    """A rule whose error findings the fix leaves, why, and on which profiles."""
+
+    rule: str
+    reason: UnfixedReason
+    message: str
+    profiles: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Fix:
+    """Every edit for one template: the new text, what it fixes and what it leaves."""
+
+    path: str
+    original: str
+    text: str
+    edits: tuple[Edit, ...] = ()
+    fixed: tuple[str, ...] = ()
+    unfixed: tuple[Unfixed, ...] = ()
+    profiles: tuple[str, ...] = ()
+
+    def changed(self) -> bool:
+        """Return whether the fix changes the template's text."""
+        return self.text != self.original
+
+    def diff(self) -> str:
+        """Return a unified diff of the change (``--- a/PATH``, ``+++ b/PATH``), or ''."""
+        if not self.changed():
+            return ""
+        import difflib
+
+        path = self.path.replace("\\", "/").lstrip("/")
+        lines = difflib.unified_diff(
+            self.original.splitlines(keepends=True), self.text.splitlines(keepends=True),
+            f"a/{path}", f"b/{path}",
+        )
+        out: list[str] = []
+        for line in lines:
+            out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+        return "".join(out)
+
+    def edits_for(self, rule: str) -> tuple[Edit, ...]:
+        """Return the edits that fix findings of ``rule`` (a rule name)."""
+        return tuple(edit for edit in self.edits if rule in edit.rules)
