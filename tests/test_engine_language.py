@@ -46,10 +46,10 @@ def table(xcr0: int, **leaf7: int) -> Subject:
 
 def test_unknown_name_is_rejected_with_a_suggestion_and_caret() -> None:
     """A misspelt fact is an error at tokenizing, naming the closest fact, caret under it."""
-    assert error_of("xcr & tilecfg == 0") == (
+    assert error_of("(xcr & tilecfg) == 0") == (
         "unknown name 'xcr' (did you mean 'xcr0'?)\n"
-        "    xcr & tilecfg == 0\n"
-        "    ~~^"
+        "    (xcr & tilecfg) == 0\n"
+        "     ~~^"
     )
 
 
@@ -69,6 +69,34 @@ def test_type_errors_point_at_the_operand() -> None:
     )
 
 
+@pytest.mark.parametrize(("source", "caret"), [
+    ("xcr0 & mpx == 0", "    ~~~~~~~~~^"),
+    ("xcr0 & xtile in [0, xtile]", "    ~~~~~~~~~~~^"),
+    ("size_max < xcr0 | xss", "               ~~~~~~~~~^"),
+    ("0 != xcr0 ^ xss", "         ~~~~~~~~~^"),
+    ("(xcr0) & mpx == 0", "    ~~~~~~~~~~~^"),
+    ("XSAVE and (xcr0 & mpx) | xss != 0", "              ~~~~~~~~~~~~~~~~~^"),
+])
+def test_a_compared_bitwise_operation_needs_parentheses(source: str, caret: str) -> None:
+    """C binds == tighter than &, this language the other way round: rather than let a reader
+    from the kernel code misread ``a & b == c``, the parser refuses it, caret under the
+    operand, and asks for the parentheses that say which was meant."""
+    message = error_of(source)
+    assert message.startswith("parentheses around this ")
+    assert message.splitlines()[1:] == [f"    {source}", caret]
+
+
+@pytest.mark.parametrize("source", [
+    "(xcr0 & mpx) == 0", "((xcr0 & mpx)) == 0", "(xcr0 & mpx) == (1 | 2)",
+    "(avx512 | ymm) in xcr0", "xcr0 in (known | 1 << 63)", "(xcr0 & xtile) in [0, xtile | 0]",
+    "xcr0 != 0 and (xcr0 & mpx) != 0",
+])
+def test_parenthesised_bitwise_comparisons_parse(source: str) -> None:
+    """Parentheses on the bitwise side, a list item, or a comparison inside the bitwise
+    operation are all fine."""
+    parse(source)
+
+
 def test_comparisons_do_not_chain() -> None:
     """a == b == c is refused rather than read one way or the other."""
     assert "comparisons do not chain" in error_of("xcr0 == 1 == 1")
@@ -76,7 +104,7 @@ def test_comparisons_do_not_chain() -> None:
 
 def test_unclosed_parenthesis_names_its_column() -> None:
     """A missing ')' says which '(' it should close."""
-    message = error_of("(xcr0 & 1 == 1")
+    message = error_of("((xcr0 & 1) == 1")
     assert message.startswith("expected ')' to close the '(' at column 1, found the end")
 
 
@@ -93,9 +121,9 @@ def test_in_needs_a_mask_or_list() -> None:
 
 
 @pytest.mark.parametrize(("source", "expected"), [
-    ("1 | 2 & 3 == 3", True),           # & binds tighter than |, both tighter than ==
-    ("1 ^ 3 & 1 == 0", True),           # 1 ^ (3 & 1)
-    ("1 << 4 | 1 == 17", True),
+    ("(1 | 2 & 3) == 3", True),         # & binds tighter than |
+    ("(1 ^ 3 & 1) == 0", True),         # 1 ^ (3 & 1)
+    ("(1 << 4 | 1) == 17", True),       # << binds tighter than |
     ("2 * 3 + 1 == 7", True),
     ("~0 == 0xffffffffffffffff", True),  # masks stay 64-bit
     ("0x3 in 0x7", True),                # subset
@@ -108,7 +136,9 @@ def test_in_needs_a_mask_or_list() -> None:
     ("false => false => false", True),   # right-associative: false => (false => false)
     ("not true or true", True),          # not binds tighter than or
     ("true and false or true", True),
-    ("tilecfg | tiledata == xtile", True),
+    ("(tilecfg | tiledata) == xtile", True),
+    ("1 + 2 * 3 == 7", True),           # arithmetic and shifts compare unparenthesised
+    ("1 << 2 == 4", True),
     ("0b101 == 5", True),
     ("1_000 == 1000", True),
 ])
@@ -121,7 +151,7 @@ def test_constant_expressions(source: str, expected: bool) -> None:
 def test_facts_are_read_from_the_subject() -> None:
     """Facts, feature bits and functions evaluate on the subject's table."""
     subject = table(0x602E7, edx=1 << 24)
-    assert value_of("xcr0 & xtile == xtile", subject) is True
+    assert value_of("(xcr0 & xtile) == xtile", subject) is True
     assert value_of("AMX_TILE and not AVX512F", subject) is True
     assert value_of("valid_xcr0(xcr0)", subject) is True
     assert value_of("popcount(xcr0 & avx512) == 3", subject) is True
@@ -160,8 +190,8 @@ def test_quick_conditions_match_the_full_test(mask: int) -> None:
 
 
 def test_quick_condition_of_a_disjunction_is_exact() -> None:
-    """'xcr0 & avx512 == 0 or (avx512 | ymm) in xcr0' folds into one exact mask test."""
-    quick = quick_condition(parse("xcr0 & avx512 == 0 or (avx512 | ymm) in xcr0"))
+    """'(xcr0 & avx512) == 0 or (avx512 | ymm) in xcr0' folds into one exact mask test."""
+    quick = quick_condition(parse("(xcr0 & avx512) == 0 or (avx512 | ymm) in xcr0"))
     assert quick is not None and quick.exact
     assert (quick.name, quick.mask) == ("xcr0", 0xE4)
     assert quick.values == frozenset({0x0, 0x4, 0xE4})

@@ -17,7 +17,7 @@ id = "XS0190"
 name = "test-rule"
 severity = "error"
 summary = "a test rule"
-check = "xcr0 & xtile in [0, xtile]"
+check = "(xcr0 & xtile) in [0, xtile]"
 message = "XCR0 {xcr0}"
 consequence = "XSETBV raises #GP"
 fix = "keep the pair"
@@ -56,11 +56,11 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
 
 def test_bad_expression_is_drawn_in_the_file(tmp_path: Path) -> None:
     """A misspelt name in 'check' names file, line and column, with the line and a caret."""
-    text = GOOD_RULE.replace('check = "xcr0 & xtile', 'check = "xcr0 & xtiel')
+    text = GOOD_RULE.replace('check = "(xcr0 & xtile', 'check = "(xcr0 & xtiel')
     assert load_error(tmp_path, text) == (
-        "xcr0.toml:8:17: unknown name 'xtiel' (did you mean 'xtile'?)\n"
-        '    check = "xcr0 & xtiel in [0, xtile]"\n'
-        "                    ~~~~^"
+        "xcr0.toml:8:18: unknown name 'xtiel' (did you mean 'xtile'?)\n"
+        '    check = "(xcr0 & xtiel) in [0, xtile]"\n'
+        "                     ~~~~^"
     )
 
 
@@ -130,7 +130,7 @@ def test_toml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
 
 def test_a_check_that_reads_nothing_is_refused(tmp_path: Path) -> None:
     """A check that folds to a constant is refused (it would always or never fire)."""
-    text = GOOD_RULE.replace('check = "xcr0 & xtile in [0, xtile]"', 'check = "xtile != 0"')
+    text = GOOD_RULE.replace('check = "(xcr0 & xtile) in [0, xtile]"', 'check = "xtile != 0"')
     assert "a check that reads some fact (this one is always true)" in load_error(tmp_path, text)
 
 
@@ -255,11 +255,11 @@ def test_decimal_leaves_with_leading_zeros_are_read(tmp_path: Path) -> None:
 def test_long_lines_and_names_give_short_messages(tmp_path: Path) -> None:
     """A 1 MiB check with a misspelt name: the line and the name are cut in the message."""
     name = "x" * (1 << 20)
-    text = GOOD_RULE.replace('check = "xcr0 & xtile', f'check = "xcr0 & {name} & xtile')
+    text = GOOD_RULE.replace('check = "(xcr0 & xtile', f'check = "(xcr0 & {name} & xtile')
     first, snippet, marker = load_error(tmp_path, text).splitlines()
-    assert first == f"xcr0.toml:8:17: unknown name '{'x' * 100}…'"
-    assert snippet == '    check = "xcr0 & ' + "x" * 104 + "…"
-    assert marker == "    " + " " * 16 + "~" * 103 + "^"
+    assert first == f"xcr0.toml:8:18: unknown name '{'x' * 100}…'"
+    assert snippet == '    check = "(xcr0 & ' + "x" * 103 + "…"
+    assert marker == "    " + " " * 17 + "~" * 102 + "^"
 
 
 def test_toml_syntax_error_on_a_long_line_is_cut(tmp_path: Path) -> None:

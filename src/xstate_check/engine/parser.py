@@ -6,7 +6,8 @@ type error can be drawn with a caret. Precedence, lowest first::
 
     implication  =>  (right-associative)
     or, and, not
-    comparison   == != < <= > >= in, not in  (not chained)
+    comparison   == != < <= > >= in, not in  (not chained; a '&', '|' or '^' operand
+                 must be in parentheses, since C binds those looser than comparisons)
     |  ^  &  << >>  + -  *
     unary        ~ -
     primary      number, version (6.4), "string", true, false, name, call(...), [list], (...)
@@ -114,6 +115,8 @@ class ListExpr(NamedTuple):
 Node = Literal | Name | Call | Unary | Binary | Compare | ListExpr
 
 _ORDERED = {"int", "version"}
+#: Operators C binds looser than comparisons: compared, they must be in parentheses.
+_BITWISE = frozenset({"&", "|", "^"})
 #: Limits that keep parsing and compiling well inside Python's recursion limit; the rules
 #: shipped use a tenth of them.
 MAX_TOKENS = 512
@@ -127,6 +130,9 @@ class _Parser:
         self.tokens = tokenize(source, names)
         self.index = 0
         self.depth = 0
+        #: The nodes written in parentheses, by id (held, so that no id is reused): a
+        #: compared bitwise operation must be one of them.
+        self.grouped: dict[int, Node] = {}
         if len(self.tokens) > MAX_TOKENS:
             self.fail(f"a shorter expression (at most {MAX_TOKENS} tokens)",
                       self.tokens[MAX_TOKENS])
@@ -237,6 +243,12 @@ class _Parser:
             return left
         right = self._parse_bit_or()
         span = (left.span[0], right.span[1])
+        for operand in (left, right):
+            if (isinstance(operand, Binary) and operand.op in _BITWISE
+                    and id(operand) not in self.grouped):
+                self.fail(f"parentheses around this '{operand.op}' operand of '{op}': C binds "
+                          "== != < <= > >= tighter than & | ^, so a compared bitwise operation is "
+                          "written (a & b) == c", operand.span)
         if op in ("in", "not in"):
             if right.type == "int":
                 self.want(left, "int", f"'{op}' on a mask")
@@ -339,7 +351,9 @@ class _Parser:
             node = self._parse_implication()
             close = self.expect("RPAREN", None, "')' to close the '(' at column "
                                 f"{token.start + 1}")
-            return node._replace(span=(token.start, close.end))
+            grouped = node._replace(span=(token.start, close.end))
+            self.grouped[id(grouped)] = grouped
+            return grouped
         self.fail("expected a number, name, '(' or '['", token)
 
     def _parse_name(self) -> Node:
