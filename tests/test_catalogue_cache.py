@@ -118,3 +118,112 @@ def test_the_key_follows_the_rule_files_content(tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     os.rename(rules, moved)
     assert shipped._key(sorted(str(p) for p in moved.glob("*.toml"))) not in (key, None)
+
+
+def _installed_copy(site: Path, *, record: bool = True) -> Path:
+    """Copy the package and its rules into ``site`` as an installer lays them out."""
+    package = site / "xstate_check"
+    shutil.copytree(Path(shipped._PACKAGE), package,
+                    ignore=shutil.ignore_patterns("__pycache__", "rules"))
+    shutil.copytree(shipped.default_rules_dir(), package / "rules")
+    if record:
+        from xstate_check import __version__
+
+        info = site / f"xstate_check-{__version__}.dist-info"
+        info.mkdir()
+        (info / "RECORD").write_text("xstate_check/__init__.py,sha256=stand-in,1\n")
+    return package
+
+
+def _same_size_edit(path: Path) -> None:
+    """Change one letter of ``path``, keeping its size and its modification time."""
+    before = path.stat()
+    text = path.read_text(encoding="utf-8")
+    index = text.index("without x87")
+    path.write_text(text[:index] + "WITHOUT" + text[index + 7:], encoding="utf-8")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["installed", "checkout"])
+def test_an_edit_keeping_size_and_mtime_is_another_key(tmp_path: Path, record: bool) -> None:
+    """Installed (RECORD, stat) or not (content), a rule edited in place gets another key,
+    even when the edit keeps the file's size and modification time."""
+    package = _installed_copy(tmp_path, record=record)
+    assert (shipped._record(str(package), "0.1.0.dev0") is not None) == record
+    files = shipped._rule_files([str(package / "rules")])
+    key = shipped._key(files, str(package))
+    assert key is not None and shipped._key(files, str(package)) == key
+    _same_size_edit(package / "rules" / "xcr0.toml")
+    assert shipped._key(files, str(package)) not in (key, None)
+
+
+def test_an_installed_key_reads_no_source_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed, the key reads RECORD alone: the sources and rules are only stat()ed."""
+    package = _installed_copy(tmp_path)
+    files = shipped._rule_files([str(package / "rules")])
+    read: list[str] = []
+    real = shipped._read_bytes
+
+    def reading(path: str) -> bytes:
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(shipped, "_read_bytes", reading)
+    assert shipped._key(files, str(package)) is not None
+    assert [os.path.basename(path) for path in read] == ["RECORD"]
+
+
+def test_an_installed_catalogue_follows_an_edited_rule(tmp_path: Path) -> None:
+    """End to end in fresh interpreters: a cached installed catalogue is not used once one of
+    its rule files was edited in place (size and modification time kept)."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    package = _installed_copy(site)
+    show = ("from xstate_check.engine import load_catalogue, shipped\n"
+            "print(load_catalogue().get('x87-required').message)\n"
+            "print(sorted(__import__('os').listdir(shipped._cache_dirs()[0])))\n")
+    env = {**os.environ, "PYTHONPATH": str(site),
+           "XSTATE_CHECK_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True,
+                              text=True, check=True, cwd=tmp_path)
+        return done.stdout.splitlines()
+
+    first, cached, again = run(), run(), None
+    assert "without x87" in first[0] and cached == first
+    _same_size_edit(package / "rules" / "xcr0.toml")
+    again = run()
+    assert "WITHOUT x87" in again[0]
+    assert again[1] != first[1]  # another cache file, the old one dropped
+
+
+def test_examples_are_read_from_the_cache_when_first_used(cache_dir: Path) -> None:
+    """A cached catalogue's examples equal the rule files' and survive a round of pickling."""
+    import pickle
+
+    first = _fresh()
+    second = _fresh()
+    for fresh, cached in zip(first.rules, second.rules, strict=True):
+        assert isinstance(cached.passes, shipped.StoredExamples)
+        assert cached.passes == fresh.passes and cached.fails == fresh.fails
+        assert list(cached.fails) == list(fresh.fails) and len(cached.fails) == len(fresh.fails)
+        assert cached.fails[0] == fresh.fails[0] and cached.fails[:1] == fresh.fails[:1]
+        assert pickle.loads(pickle.dumps(cached.passes)) == fresh.passes
+
+
+def test_damaged_examples_are_read_again_from_the_rule_files(cache_dir: Path) -> None:
+    """Examples whose stored bytes no longer unpickle come from the rule files instead."""
+    expected = [(rule.passes, rule.fails) for rule in _fresh().rules]
+    (cached,) = cache_dir.iterdir()
+    data = bytearray(cached.read_bytes())
+    data[-40:] = b"\xff" * 40  # the examples' pickle comes last
+    cached.write_bytes(bytes(data))
+    catalogue = _fresh()
+    assert all(isinstance(rule.fails, shipped.StoredExamples) for rule in catalogue.rules)
+    assert [(rule.passes, rule.fails) for rule in catalogue.rules] == expected

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
 from xstate_check.engine.compiler import Evaluator
-from xstate_check.engine.examples import Example
 from xstate_check.engine.parser import Node
 from xstate_check.errors import Location
 from xstate_check.facts import BitRef, Kind
 from xstate_check.report import Severity
 
 if TYPE_CHECKING:
+    # Examples are read by tests and ``explain``, not by a check: a catalogue loaded from
+    # the cache reads them (and imports their module) on first use.
+    from xstate_check.engine.examples import Example
     from xstate_check.engine.plan import Plan
 
 __all__ = [
@@ -81,8 +83,8 @@ class Rule:
     explanation: str
     references: tuple[str, ...]
     cpuid_bits: tuple[BitRef, ...]
-    passes: tuple[Example, ...]
-    fails: tuple[Example, ...]
+    passes: Sequence[Example]
+    fails: Sequence[Example]
     location: Location
     compiled: CompiledRule = attrs.field(repr=False)
 

@@ -2,10 +2,16 @@
 
 Reading ``rules/*.toml`` means parsing TOML, checking every key and example, parsing every
 expression: tens of milliseconds on a path that sits before a VM boots. The result, less
-its closures (which are rebuilt from the stored parse trees in well under a millisecond),
-is kept in a pickle whose name is a BLAKE2 digest of everything that decides it: the rule files'
-bytes and folder, the engine's and facts' source code, the package version and the Python
+its closures (which are rebuilt from the stored parse trees in about a millisecond), is
+kept in a pickle whose name is a BLAKE2 digest of everything that decides it: the rule files
+and their folder, the engine's and facts' source code, the package version and the Python
 version. A changed rule or engine gives another key, so a cache is never stale, only absent.
+
+How the files enter the key depends on where the package lives. Installed from a wheel, the
+installer's RECORD (a SHA-256 of every file it wrote) stands for their content, and each
+file's size and modification and change times (``os.stat``; the change time cannot be set
+back) catch a later edit in place: one small read and thirty ``stat`` calls. In a checkout,
+which has no RECORD, every file's bytes are read and hashed, as edits there are the rule.
 
 Where: ``$XSTATE_CHECK_CACHE_DIR`` when set (empty: no cache), else the package's own
 ``__pycache__`` (beside its bytecode), else ``$XDG_CACHE_HOME/xstate-check`` (``~/.cache``).
@@ -20,21 +26,25 @@ import contextlib
 import functools
 import os
 import pickle
+import struct
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from xstate_check.engine.catalogue import Catalogue
+    from xstate_check.engine.examples import Example
 
-__all__ = ["cache_dirs", "default_rules_dir", "load_catalogue"]
+__all__ = ["StoredExamples", "cache_dirs", "default_rules_dir", "load_catalogue"]
 
 # Plain strings, not pathlib: pathlib (with urllib.parse and ipaddress) costs several ms of a
 # pre-boot check's start, and this module is on that path.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-_FORMAT = b"xstate-check catalogue cache 1\n"
+_FORMAT = b"xstate-check catalogue cache 2\n"
+#: After the key: the sizes of the rules' pickle and of the examples' pickle that follow.
+_SIZES = struct.Struct("<QQ")
 #: The source files whose code decides what a compiled catalogue holds: the engine, the
 #: facts (kinds, needs, constants) and the package modules whose definitions they use.
 _CODE = ("engine/catalogue.py", "engine/compiler.py", "engine/examples.py",
@@ -79,8 +89,25 @@ def _read_bytes(path: str) -> bytes:
         return handle.read()
 
 
-def _key(files: Sequence[str]) -> bytes | None:
-    """Return the BLAKE2 digest of what the compiled catalogue depends on (None if unreadable)."""
+def _record(package: str, version: str) -> str | None:
+    """Return the path of the installer's RECORD of ``package``, or None (a checkout)."""
+    record = os.path.join(os.path.dirname(package), f"xstate_check-{version}.dist-info",
+                          "RECORD")
+    return record if os.path.isfile(record) else None
+
+
+def _stat_digest(path: str) -> bytes:
+    """Return what ``os.stat`` says of a file that changes when it is written or replaced."""
+    info = os.stat(path)
+    return f"{info.st_size} {info.st_mtime_ns} {info.st_ctime_ns}".encode()
+
+
+def _key(files: Sequence[str], package: str = _PACKAGE) -> bytes | None:
+    """Return the BLAKE2 digest of what the compiled catalogue depends on (None if unreadable).
+
+    With the installer's RECORD beside ``package``, the files are known by RECORD's hashes
+    and their ``stat``; without it (a checkout), by their bytes.
+    """
     from xstate_check import __version__
 
     try:  # BLAKE2 is built in; hashlib would load OpenSSL first, a few ms on every start
@@ -88,37 +115,122 @@ def _key(files: Sequence[str]) -> bytes | None:
     except ImportError:  # pragma: no cover - an interpreter without it
         from hashlib import blake2b
     digest = blake2b(_FORMAT, digest_size=32)
-    digest.update(f"{sys.version}\n{__version__}\n".encode())
+    digest.update(f"{sys.version}\n{__version__}\n{package}\n".encode())
     try:
+        record = _record(package, __version__)
+        if record is not None:
+            digest.update(b"RECORD\0" + _read_bytes(record) + b"\0")
+        identify = _read_bytes if record is None else _stat_digest
         for name in _CODE:
-            digest.update(name.encode() + b"\0" + _read_bytes(os.path.join(_PACKAGE, name))
-                          + b"\0")
+            digest.update(name.encode() + b"\0" + identify(os.path.join(package, name)) + b"\0")
         for path in files:
-            digest.update(os.fsencode(path) + b"\0" + _read_bytes(path) + b"\0")
+            digest.update(os.fsencode(path) + b"\0" + identify(path) + b"\0")
     except OSError:
         return None
     return digest.digest()
 
 
-def _read(path: str, key: bytes) -> list[dict[str, object]] | None:
-    """Return the stored rules when ``path`` is a trustworthy cache of ``key``, else None."""
+class _Shelf:
+    """Every rule's pass and fail examples as the cache keeps them, unpickled on first use.
+
+    A run that only checks (a pre-boot check) never reads an example, so it neither unpickles
+    them nor imports their module. Should the stored bytes not unpickle to what the rules
+    need, the examples are read again from the rule files.
+    """
+
+    __slots__ = ("_data", "_files", "_items", "_rules")
+
+    def __init__(self, data: bytes, files: tuple[str, ...], rules: int) -> None:
+        self._data = data
+        self._files = files
+        self._rules = rules
+        self._items: list[tuple[Example, ...]] | None = None
+
+    def items(self) -> list[tuple[Example, ...]]:
+        """Return the pass and fail examples of rule ``i`` at ``2 i`` and ``2 i + 1``."""
+        if self._items is None:
+            try:
+                items = pickle.loads(self._data)
+                if not (isinstance(items, list) and len(items) == 2 * self._rules
+                        and all(isinstance(group, tuple) for group in items)):
+                    raise ValueError("not a list of example groups")
+            except Exception:  # damaged: the rule files have them
+                catalogue = _load_files(self._files)
+                items = [group for rule in catalogue.rules for group in (rule.passes, rule.fails)]
+            self._items = items
+        return self._items
+
+
+class StoredExamples(Sequence["Example"]):
+    """A rule's pass or fail examples, as loaded from the cache: read when first used."""
+
+    __slots__ = ("_index", "_shelf")
+
+    def __init__(self, shelf: _Shelf, index: int) -> None:
+        self._shelf = shelf
+        self._index = index
+
+    def _examples(self) -> tuple[Example, ...]:
+        return self._shelf.items()[self._index]
+
+    @overload
+    def __getitem__(self, index: int) -> Example: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Example, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Example | tuple[Example, ...]:
+        return self._examples()[index]
+
+    def __len__(self) -> int:
+        return len(self._examples())
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self._examples())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StoredExamples):
+            other = other._examples()
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return self._examples() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._examples())
+
+    def __reduce__(self) -> tuple[type[tuple[Example, ...]], tuple[tuple[Example, ...]]]:
+        return tuple, (self._examples(),)
+
+
+def _read(path: str, key: bytes) -> tuple[list[dict[str, object]], bytes] | None:
+    """Return the stored rules and examples when ``path`` is a trustworthy cache of ``key``."""
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
             if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o022:
                 return None  # another user could have written code for pickle to run
-            if handle.read(len(_FORMAT) + len(key)) != _FORMAT + key:
+            head = handle.read(len(_FORMAT) + len(key) + _SIZES.size)
+            if head[:-_SIZES.size] != _FORMAT + key:
                 return None
-            stored = pickle.load(handle)
+            rules_size, examples_size = _SIZES.unpack(head[-_SIZES.size:])
+            data = handle.read()
+            if len(data) != rules_size + examples_size:
+                return None  # cut short (or longer): not what was written
+            stored = pickle.loads(data[:rules_size])
     except Exception:  # a broken cache is no cache: rebuild it
         return None
-    return stored if isinstance(stored, list) else None
+    return (stored, data[rules_size:]) if isinstance(stored, list) else None
 
 
-def _write(key: bytes, records: list[dict[str, object]]) -> None:
-    """Keep ``records`` in the first cache folder that can be written; drop older caches."""
+def _write(key: bytes, records: list[dict[str, object]], examples: list[object]) -> None:
+    """Keep ``records`` and ``examples`` in the first cache folder that can be written; drop
+    older caches."""
     name = f"catalogue-{key.hex()[:32]}.pickle"
-    data = _FORMAT + key + pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+    rules = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+    stored = pickle.dumps(examples, protocol=pickle.HIGHEST_PROTOCOL)
+    data = _FORMAT + key + _SIZES.pack(len(rules), len(stored)) + rules + stored
     for folder in _cache_dirs():
         temporary = os.path.join(folder, f".{name}.{os.getpid()}")
         try:
@@ -138,34 +250,41 @@ def _write(key: bytes, records: list[dict[str, object]]) -> None:
         return
 
 
-def _records(catalogue: Catalogue) -> list[dict[str, object]]:
-    """Return the catalogue as plain data: every rule field, the compiled ones less closures."""
+def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object]]:
+    """Return the catalogue as plain data: every rule field, the compiled ones less closures,
+    and apart from them the examples (pass and fail of each rule in turn)."""
     import attrs
 
-    records = []
+    records: list[dict[str, object]] = []
+    examples: list[object] = []
     for rule in catalogue.rules:
         record = attrs.asdict(rule, recurse=False)
+        examples.extend((tuple(record.pop("passes")), tuple(record.pop("fails"))))
         compiled = attrs.asdict(rule.compiled, recurse=False)
         del compiled["test"], compiled["lets"]
         record["compiled"] = compiled
         records.append(record)
-    return records
+    return records, examples
 
 
-def _rebuild(records: list[dict[str, object]], paths: tuple[str, ...]) -> Catalogue:
+def _rebuild(records: list[dict[str, object]], examples: bytes,
+             paths: tuple[str, ...]) -> Catalogue:
     """Return the catalogue of stored records, compiling each rule's closures again."""
     from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
     from xstate_check.engine.compiler import Evaluator, compile_expression
 
+    shelf = _Shelf(examples, paths, len(records))
     rules = []
-    for record in records:
+    for index, record in enumerate(records):
         compiled = dict(record.pop("compiled"))  # type: ignore[call-overload]
         node, let_nodes = compiled["source"]
         lets: dict[str, Evaluator] = {}
         for name, let_node in let_nodes:
             lets[name] = compile_expression(let_node, lets)
         compiled_rule = CompiledRule(test=compile_expression(node, lets), lets=lets, **compiled)
-        rules.append(Rule(compiled=compiled_rule, **record))  # type: ignore[arg-type]
+        rules.append(Rule(compiled=compiled_rule, passes=StoredExamples(shelf, 2 * index),
+                          fails=StoredExamples(shelf, 2 * index + 1),
+                          **record))  # type: ignore[arg-type]
     return Catalogue(tuple(rules), paths)
 
 
@@ -200,14 +319,14 @@ def _default_catalogue() -> Catalogue:
             stored = _read(os.path.join(folder, name), key)
             if stored is not None:
                 try:
-                    return _rebuild(stored, tuple(files))
+                    return _rebuild(*stored, tuple(files))
                 except Exception:  # a cache of another shape: rebuild it
                     continue
     catalogue = _load_files(files)
     if key is not None:
         # The cache is an optimisation, never a failure.
         with contextlib.suppress(Exception):
-            _write(key, _records(catalogue))
+            _write(key, *_records(catalogue))
     return catalogue
 
 
