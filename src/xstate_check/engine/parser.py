@@ -20,9 +20,10 @@ membership.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
-from xstate_check.engine.tokenizer import RuleSyntaxError, Token, tokenize
+if TYPE_CHECKING:
+    from xstate_check.engine.tokenizer import Token
 
 __all__ = [
     "Binary",
@@ -125,6 +126,10 @@ MAX_NESTING = 32
 
 class _Parser:
     def __init__(self, source: str, resolve: Callable[[str], Resolved], names: Collection[str]):
+        # The tokenizer (and its patterns) loads when an expression is parsed: a catalogue
+        # read from its cache holds parse trees, which need the node types alone.
+        from xstate_check.engine.tokenizer import tokenize
+
         self.source = source
         self.resolve = resolve
         self.tokens = tokenize(source, names)
@@ -163,6 +168,8 @@ class _Parser:
         return self.read()
 
     def fail(self, message: str, where: Token | Span) -> NoReturn:
+        from xstate_check.engine.tokenizer import RuleSyntaxError, Token
+
         span = (where.start, max(where.end, where.start + 1)) if isinstance(where, Token) else where
         if isinstance(where, Token) and where.kind == "END":
             message += ", found the end of the expression"
