@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping
 from types import MappingProxyType
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 import attrs
 
@@ -20,6 +20,7 @@ __all__ = [
     "Registers",
     "Role",
     "SourceKind",
+    "copy_mapping",
     "recorded_source_kind",
 ]
 
@@ -110,12 +111,25 @@ FEATURES: dict[str, FeatureBit] = {
 }
 
 
+_T = TypeVar("_T")
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def copy_mapping(mapping: Mapping[_K, _V]) -> dict[_K, _V]:
+    """Return a dict copy of a mapping; a mapping proxy's dict is copied at once."""
+    if isinstance(mapping, MappingProxyType):
+        return mapping.copy()  # dict() would read a proxy key by key, ten times slower
+    return dict(mapping)
+
+
 def _freeze(entries: Mapping[tuple[int, int], Registers]) -> Mapping[tuple[int, int], Registers]:
     return MappingProxyType(dict(sorted(entries.items())))
 
 
 def _freeze_flags(flags: Mapping[tuple[int, int], int]) -> Mapping[tuple[int, int], int]:
     return MappingProxyType(dict(flags))
+
 
 
 BitKey = tuple[int, int, str, int]
@@ -166,6 +180,10 @@ class Provenance(Mapping[BitKey, Location]):
         """Return the (leaf, subleaf, register) keys that have pins."""
         return list(self._pins)
 
+    def pinned_keys(self) -> KeysView[RegisterKey]:
+        """Return the (leaf, subleaf, register) keys that have pins, as a view (no copy)."""
+        return self._pins.keys()
+
     def with_pin(
         self, leaf: int, subleaf: int, register: str, mask: int, where: Location
     ) -> Provenance:
@@ -202,6 +220,13 @@ def _freeze_provenance(provenance: Mapping[BitKey, Location]) -> Provenance:
     return Provenance.from_bits(provenance)
 
 
+def _leaf_subleaves(table: CpuidSet) -> Mapping[int, tuple[int, ...]]:
+    found: dict[int, list[int]] = {}
+    for leaf, subleaf in table.entries:
+        found.setdefault(leaf, []).append(subleaf)
+    return MappingProxyType({leaf: tuple(sorted(subs)) for leaf, subs in found.items()})
+
+
 def _freeze_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(meta))
 
@@ -229,6 +254,9 @@ class CpuidSet:
     role: Role = "cpu"
     source_kind: SourceKind = "memory"
     leaf_0xd_complete: bool = True
+    #: Values derived from the (immutable) entries, computed once (see ``derived``), and
+    #: the tables whose parts this one shares (see ``trusted``).
+    _derived: dict[str, object] = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     @classmethod
     def from_rows(
@@ -242,11 +270,15 @@ class CpuidSet:
     @classmethod
     def trusted(cls, entries: dict[tuple[int, int], Registers], source: str, *,
                 flags: dict[tuple[int, int], int], provenance: Provenance,
-                meta: dict[str, str], like: CpuidSet) -> CpuidSet:
+                meta: dict[str, str], like: CpuidSet,
+                shares: Mapping[str, CpuidSet] | None = None) -> CpuidSet:
         """Return a set of entries already sorted by (leaf, subleaf), without sorting again.
 
         The dicts are owned by the set from here on (the caller keeps no reference); role,
-        source kind and leaf 0xD completeness are those of ``like``.
+        source kind and leaf 0xD completeness are those of ``like``. ``shares`` names, for
+        a part of the table (``keys``: the (leaf, subleaf) keys; ``xsave_components``: the
+        leaf 0xD subleaves from 2 up), a table whose part is the same (``like`` changed
+        elsewhere): what is derived from that part alone is taken from it (``shared``).
         """
         made = cls.__new__(cls)
         setter = object.__setattr__
@@ -258,12 +290,42 @@ class CpuidSet:
         setter(made, "role", like.role)
         setter(made, "source_kind", like.source_kind)
         setter(made, "leaf_0xd_complete", like.leaf_0xd_complete)
+        setter(made, "_derived", {f"shares:{part}": table
+                                  for part, table in (shares or {}).items()})
         return made
+
+    def derived(self, name: str, compute: Callable[[CpuidSet], _T],
+                part: str | None = None) -> _T:
+        """Return ``compute(self)``, computed on first use: a value derived from the table.
+
+        ``compute`` must read nothing but the table (which is immutable), and ``name`` must
+        name it alone (one name, one function). With ``part`` (see ``trusted``) it reads
+        that part alone, so a table sharing the part with another takes the other's value.
+        """
+        if part is not None:
+            source = self.shared(part)
+            if source is not None:
+                return source.derived(name, compute, part)
+        cache = self._derived
+        try:
+            return cache[name]  # type: ignore[return-value]
+        except KeyError:
+            value = cache[name] = compute(self)
+            return value
+
+    def shared(self, part: str) -> CpuidSet | None:
+        """Return the table whose ``part`` this one has unchanged (see ``trusted``), or None."""
+        table = self._derived.get(f"shares:{part}")
+        return table if isinstance(table, CpuidSet) else None
+
+    def leaf_subleaves(self) -> Mapping[int, tuple[int, ...]]:
+        """Return each leaf's subleaves the table holds, ascending (computed once)."""
+        return self.derived("leaf_subleaves", _leaf_subleaves, "keys")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CpuidSet):
             return NotImplemented
-        return dict(self.entries) == dict(other.entries)
+        return copy_mapping(self.entries) == copy_mapping(other.entries)
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from xstate_check.cpuid import CpuidSet
+from xstate_check.cpuid import CpuidSet, copy_mapping
 from xstate_check.engine import evaluate
 from xstate_check.engine.runner import FindingsCache
 from xstate_check.errors import InputError, Location
@@ -59,7 +59,7 @@ from xstate_check.migration import MigrationGroup, group_reports, load_groups
 from xstate_check.report import BaselineState, Finding, Report, SkippedPair, SubjectReport
 from xstate_check.sources.load import load_cpuid
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
-from xstate_check.subject import Role, Subject
+from xstate_check.subject import MissingEntry, Role, Subject
 from xstate_check.template import (
     FoldedTemplate,
     Template,
@@ -608,8 +608,9 @@ def _pairs_for(template: Template, pool: Sequence[GateProfile], matrix: Matrix |
     return _Pairs(tuple(declared), tuple(inferred), tuple(passed_over))
 
 
-def _not_for_host(template: Template, profile: GateProfile, subject: Subject) -> SkippedPair:
-    entries = ", ".join(f"{m.leaf:#x}.{m.subleaf:#x}" for m in subject.missing_entries)
+def _not_for_host(template: Template, profile: GateProfile,
+                  missing: Sequence[MissingEntry]) -> SkippedPair:
+    entries = ", ".join(f"{m.leaf:#x}.{m.subleaf:#x}" for m in missing)
     return SkippedPair(
         str(template.path), profile.name,
         f"not for this host: the template modifies CPUID {entries} (leaf.subleaf), which "
@@ -753,7 +754,7 @@ def _same_guest(one: Subject, other: Subject) -> bool:
     """
     return (
         one.cpuid == other.cpuid
-        and dict(one.cpuid.flags) == dict(other.cpuid.flags)
+        and copy_mapping(one.cpuid.flags) == copy_mapping(other.cpuid.flags)
         and [(m.leaf, m.subleaf) for m in one.missing_entries]
         == [(m.leaf, m.subleaf) for m in other.missing_entries]
     )
@@ -809,10 +810,13 @@ def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None,
     not_for: list[SkippedPair] = []
     for profile, declared in [*((p, True) for p in pairs.declared),
                               *((p, False) for p in pairs.inferred)]:
+        if not declared:
+            # An inferred pair the template does not fit is listed, not checked.
+            missing = folded.missing(profile.cpuid)
+            if missing:
+                not_for.append(_not_for_host(template, profile, missing))
+                continue
         subject = _subject(template, profile, folded)
-        if not declared and subject.missing_entries:
-            not_for.append(_not_for_host(template, profile, subject))
-            continue
         details: dict[str, object] = {
             "profile": profile.name, "vendor": profile.vendor, "fail_on": policy,
         }

@@ -96,25 +96,8 @@ class XsaveLayout:
 
     @classmethod
     def from_cpuid(cls, cpuid: CpuidSet) -> XsaveLayout:
-        """Decode leaf 0xD of ``cpuid``."""
-        entries = cpuid.entries
-        sub0 = entries.get((XSAVE_LEAF, 0), _ZERO)
-        sub1 = entries.get((XSAVE_LEAF, 1), _ZERO)
-        xcr0 = sub0.edx << 32 | sub0.eax
-        xss = sub1.edx << 32 | sub1.ecx
-        # Entries are sorted by (leaf, subleaf), so the subleaves come in ascending order.
-        components: dict[int, Component] = {}
-        found = 0
-        for (leaf, number), regs in entries.items():
-            if leaf == XSAVE_LEAF and 2 <= number < 64 and regs != _ZERO:
-                components[number] = _new_component(Component, (number, *regs))
-                found |= 1 << number
-        absent = (xcr0 | xss) & _EXTENDED & ~found
-        if absent:  # enumerated without a subleaf: size 0, offset 0, no flags
-            components.update((n, Component(n, 0, 0, 0, 0)) for n in bits(absent))
-            components = dict(sorted(components.items()))
-        return cls(xcr0, xss, sub0.ebx, sub0.ecx, sub1.eax, sub1.ebx,
-                   MappingProxyType(components))
+        """Decode leaf 0xD of ``cpuid`` (once per table: the table is immutable)."""
+        return cpuid.derived("xsave_layout", _decode)
 
     def sized(self, mask: int) -> list[Component]:
         """Return the components of ``mask`` (n >= 2) whose subleaf enumerates a size, ascending."""
@@ -205,3 +188,35 @@ class XsaveLayout:
     def user_dynamic(self) -> int:
         """Return the XCR0 components whose subleaf says XFD is supported (dynamic)."""
         return sum(1 << c.number for c in self.components.values() if c.xfd and not c.supervisor)
+
+
+def _subleaf_components(cpuid: CpuidSet) -> tuple[Mapping[int, Component], int]:
+    """Return the components the subleaves 0xD.n (2 <= n < 64, not all zero) give, and
+    their mask; a table sharing them with another (a template left them) takes its."""
+    return cpuid.derived("xsave_components", _scan_components, "xsave_components")
+
+
+def _scan_components(cpuid: CpuidSet) -> tuple[Mapping[int, Component], int]:
+    # Entries are sorted by (leaf, subleaf), so the subleaves come in ascending order.
+    components: dict[int, Component] = {}
+    found = 0
+    for (leaf, number), regs in cpuid.entries.items():
+        if leaf == XSAVE_LEAF and 2 <= number < 64 and regs != _ZERO:
+            components[number] = _new_component(Component, (number, *regs))
+            found |= 1 << number
+    return MappingProxyType(components), found
+
+
+def _decode(cpuid: CpuidSet) -> XsaveLayout:
+    entries = cpuid.entries
+    sub0 = entries.get((XSAVE_LEAF, 0), _ZERO)
+    sub1 = entries.get((XSAVE_LEAF, 1), _ZERO)
+    xcr0 = sub0.edx << 32 | sub0.eax
+    xss = sub1.edx << 32 | sub1.ecx
+    components, found = _subleaf_components(cpuid)
+    absent = (xcr0 | xss) & _EXTENDED & ~found
+    if absent:  # enumerated without a subleaf: size 0, offset 0, no flags
+        every = dict(components)
+        every.update((n, Component(n, 0, 0, 0, 0)) for n in bits(absent))
+        components = MappingProxyType(dict(sorted(every.items())))
+    return XsaveLayout(xcr0, xss, sub0.ebx, sub0.ecx, sub1.eax, sub1.ebx, components)

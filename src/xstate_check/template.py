@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Literal
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import attrs
 
 from xstate_check import jsonpos
-from xstate_check.cpuid import CpuidSet, Provenance, Registers
+from xstate_check.cpuid import CpuidSet, Provenance, Registers, copy_mapping
 from xstate_check.errors import QUOTE_WIDTH, InputError, Location, check_argument, error_at
 from xstate_check.jsonpos import Node
-from xstate_check.limits import MAX_ENTRIES, MAX_MSR_MODIFIERS, MAX_REGISTER_MODIFIERS
+from xstate_check.limits import (
+    MAX_ENTRIES,
+    MAX_JSON_VALUES,
+    MAX_MSR_MODIFIERS,
+    MAX_REGISTER_MODIFIERS,
+)
 from xstate_check.subject import MissingEntry
 from xstate_check.textfile import read_text
 
@@ -138,6 +145,9 @@ class AppliedTemplate:
 
 def parse_template(text: str, path: str) -> Template:
     """Parse a template's JSON text; any deviation from Firecracker's rules is an InputError."""
+    plain = _plain_template(text, path)
+    if plain is not None:
+        return plain
     root = jsonpos.parse(text, path, allow_duplicates=True, lone_surrogates=True)
     return template_from_node(root, text, path)
 
@@ -151,6 +161,177 @@ def load_template(path: str | os.PathLike[str]) -> Template:
     name = os.fspath(path)
     check_argument("load_template", "path", name, str, "a text path (str or Path)")
     return parse_template(read_text(name, byte_order_mark=False), name)
+
+
+class _NotPlain(Exception):  # noqa: N818 - a signal: read the text the thorough way
+    """Raised by the plain reader's JSON hooks at anything but the plain case."""
+
+
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise _NotPlain  # a repeated key
+    return members
+
+
+def _natural(literal: str) -> int:
+    if literal.startswith("-"):
+        raise _NotPlain  # no field takes a negative number (and -0 reads as a float)
+    return int(literal)
+
+
+def _refuse(literal: str) -> object:
+    raise _NotPlain  # NaN, Infinity: not JSON
+
+
+_PLAIN_JSON = json.JSONDecoder(object_pairs_hook=_members_once, parse_int=_natural,
+                               parse_constant=_refuse).decode
+# With no backslash in the text every quote delimits a string, so a quote after { or , is
+# a key's: these are the "leaf" and "bitmap" keys of every object, each with its value's
+# offset.
+_LOCATED_KEY = re.compile(r'[{,][ \t\n\r]*"(leaf|bitmap)"[ \t\n\r]*:[ \t\n\r]*')
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _plain_template(text: str, path: str) -> Template | None:
+    """Read a template the common way in C, or return None to read it the thorough way.
+
+    The plain case: no backslash escape, no surrogate, no repeated or unknown key, every
+    value of the type and form Firecracker takes, within xstate-check's limits, and the
+    text no larger than its limit of JSON values (so that bounds hold as they are). Its
+    Template is the one ``template_from_node`` reads from the positioned tree (a test
+    compares them on generated texts); anything else (every error included) is left to
+    that reader, which says where and why.
+    """
+    if len(text) > MAX_JSON_VALUES or "\\" in text or _SURROGATES.search(text):
+        return None
+    try:
+        document = _PLAIN_JSON(text)
+    except (ValueError, RecursionError, _NotPlain):
+        return None
+    if type(document) is not dict or not document.keys() <= _TOP_LEVEL_KEYS:
+        return None
+    capabilities = _plain_capabilities(document.get("kvm_capabilities", []))
+    leaves = document.get("cpuid_modifiers", [])
+    msrs = document.get("msr_modifiers", [])
+    if (capabilities is None or type(leaves) is not list or type(msrs) is not list
+            or len(leaves) > MAX_ENTRIES or len(msrs) > MAX_MSR_MODIFIERS):
+        return None
+    # Where the values stand: each leaf modifier's "leaf", each register and MSR modifier's
+    # "bitmap", in document order; any other object with such a key makes the counts differ.
+    leaf_offsets: list[int] = []
+    bitmap_offsets: list[int] = []
+    for match in _LOCATED_KEY.finditer(text):
+        (leaf_offsets if match.group(1) == "leaf" else bitmap_offsets).append(match.end())
+    registers = 0
+    for leaf in leaves:
+        modifiers = leaf.get("modifiers") if type(leaf) is dict else None
+        if type(modifiers) is not list:
+            return None
+        registers += len(modifiers)
+    if (len(leaf_offsets) != len(leaves) or registers > MAX_REGISTER_MODIFIERS
+            or len(bitmap_offsets) != registers + len(msrs)):
+        return None
+    where = _positions(text, path, [*leaf_offsets, *bitmap_offsets])
+    cpuid_bitmaps = msr_bitmaps = bitmap_offsets
+    if msrs and leaves:
+        sections = list(document)
+        if sections.index("msr_modifiers") < sections.index("cpuid_modifiers"):
+            cpuid_bitmaps = bitmap_offsets[len(msrs):]
+        else:
+            msr_bitmaps = bitmap_offsets[registers:]
+    bitmaps = iter(where[offset] for offset in cpuid_bitmaps)
+    read: list[LeafModifier] = []
+    for leaf_modifier, offset in zip(leaves, leaf_offsets, strict=True):
+        made = _plain_leaf(leaf_modifier, where[offset], bitmaps)
+        if made is None:
+            return None
+        read.append(made)
+    msr_modifiers: list[MsrModifier] = []
+    for msr, offset in zip(msrs, msr_bitmaps, strict=False):
+        if type(msr) is not dict or msr.keys() != _MSR_KEYS:
+            return None
+        addr = _plain_number(msr["addr"])
+        bits = _plain_bitmap(msr["bitmap"], 64)
+        if addr is None or bits is None:
+            return None
+        msr_modifiers.append(MsrModifier(addr, bits[0], bits[1], where[offset]))
+    return Template(path, tuple(read), tuple(msr_modifiers), capabilities)
+
+
+def _plain_capabilities(items: object) -> tuple[str, ...] | None:
+    """Return kvm_capabilities normalized (``N``, ``!N``), or None where not plain."""
+    if type(items) is not list:
+        return None
+    kept: list[str] = []
+    for item in items:
+        if type(item) is not str:
+            return None
+        remove = item.startswith("!")
+        parsed = _rust_parse_u32(item[1:] if remove else item, 10)
+        if isinstance(parsed, str):
+            return None
+        kept.append(f"!{parsed}" if remove else str(parsed))
+    return tuple(kept)
+
+
+def _plain_leaf(node: object, location: Location,
+                bitmaps: Iterator[Location]) -> LeafModifier | None:
+    """Return one plain cpuid modifier (its bitmaps' locations taken in turn), or None."""
+    if type(node) is not dict or node.keys() != _LEAF_KEYS:
+        return None
+    leaf = _plain_number(node["leaf"])
+    subleaf = _plain_number(node["subleaf"])
+    flags = node["flags"]
+    if leaf is None or subleaf is None or type(flags) is not int or flags > _U32:
+        return None
+    changes: list[RegisterModifier] = []
+    for modifier in node["modifiers"]:
+        if type(modifier) is not dict or modifier.keys() != _REGISTER_KEYS:
+            return None
+        register = modifier["register"]
+        bits = _plain_bitmap(modifier["bitmap"], 32)
+        if register not in _REGISTERS or bits is None:
+            return None
+        changes.append(RegisterModifier(register, bits[0], bits[1], next(bitmaps)))
+    return LeafModifier(leaf, subleaf, flags, tuple(changes), location)
+
+
+_TOP_LEVEL_KEYS = frozenset(("kvm_capabilities", "cpuid_modifiers", "msr_modifiers"))
+_LEAF_KEYS = frozenset(("leaf", "subleaf", "flags", "modifiers"))
+_REGISTER_KEYS = frozenset(("register", "bitmap"))
+_MSR_KEYS = frozenset(("addr", "bitmap"))
+_REGISTERS: tuple[Register, ...] = ("eax", "ebx", "ecx", "edx")
+
+
+def _plain_bitmap(value: object, width: int) -> tuple[int, int] | None:
+    """Return a bitmap string's (filter, value), else None."""
+    if type(value) is not str:
+        return None
+    parsed = parse_bitmap(value, width)
+    return None if isinstance(parsed, str) else parsed
+
+
+def _plain_number(value: object) -> int | None:
+    """Return a leaf, subleaf or addr string's number (0x or 0b, u32), else None."""
+    if type(value) is not str or not value.startswith(("0x", "0b")):
+        return None
+    parsed = _rust_parse_u32(value[2:], 16 if value[1] == "x" else 2)
+    return None if isinstance(parsed, str) else parsed
+
+
+def _positions(text: str, path: str, offsets: list[int]) -> dict[int, Location]:
+    """Return the Location of each offset, the text's newlines counted once, in C."""
+    found: dict[int, Location] = {}
+    line, start, previous = 1, 0, 0
+    for offset in sorted(offsets):
+        newlines = text.count("\n", previous, offset)
+        if newlines:
+            line += newlines
+            start = text.rfind("\n", previous, offset) + 1
+        previous = offset
+        found[offset] = Location(path, line, offset - start + 1)
+    return found
 
 
 def template_from_node(node: Node, text: str, path: str) -> Template:
@@ -539,17 +720,30 @@ class FoldedTemplate:
     (``keep`` and ``set`` folded from every modifier of the entry) and the pins it adds.
     ``provenance``: the template lines' pins once every step applies to a base without
     pins of its own (a profile), the case of every pair of a gate where nothing is missing.
+    ``entries``: the (leaf, subleaf) keys it modifies, in first-use order, each with the
+    line of its first modifier; ``xsave_components``: whether one is a leaf 0xD subleaf
+    from 2 up (a component's size, offset and flags).
     """
 
-    __slots__ = ("provenance", "steps")
+    __slots__ = ("entries", "provenance", "steps", "xsave_components")
 
     def __init__(self, steps: tuple[Step, ...]) -> None:
         self.steps = steps
         pins: dict[tuple[int, int, str], list[tuple[int, Location]]] = {}
-        for *_, added, _location in steps:
+        entries: dict[tuple[int, int], Location] = {}
+        for key, *_, added, location in steps:
+            entries.setdefault(key, location)
             for register_key, register_pins in added:
                 pins.setdefault(register_key, []).extend(register_pins)
         self.provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
+        self.entries = tuple(entries.items())
+        self.xsave_components = any(leaf == 0xD and subleaf >= 2 for leaf, subleaf in entries)
+
+    def missing(self, base: CpuidSet) -> tuple[MissingEntry, ...]:
+        """Return the entries the template modifies that ``base`` lacks, in first-use order."""
+        have = base.entries
+        return tuple(MissingEntry(*key, location) for key, location in self.entries
+                     if key not in have)
 
 
 def fold_template(template: Template) -> FoldedTemplate:
@@ -582,6 +776,9 @@ def _steps(template: Template) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+_new_registers = tuple.__new__
+
+
 def apply_template(template: Template, base: CpuidSet,
                    folded: FoldedTemplate | None = None) -> AppliedTemplate:
     """Apply a template to a base CpuidSet as Firecracker does, remembering each bit's line.
@@ -591,27 +788,32 @@ def apply_template(template: Template, base: CpuidSet,
     (``fold_template(template)``) saves folding the modifiers again for each base.
     """
     folded = folded or fold_template(template)
-    entries = dict(base.entries)
-    flags = dict(base.flags)
+    entries = copy_mapping(base.entries)
+    flags = copy_mapping(base.flags)
+    missing = folded.missing(base)
+    for key, entry_flags, keep, put, _added, _location in folded.steps:
+        old = entries.get(key)
+        if old is not None:
+            flags[key] = entry_flags
+            entries[key] = _new_registers(Registers, (
+                (old[0] & keep[0]) | put[0], (old[1] & keep[1]) | put[1],
+                (old[2] & keep[2]) | put[2], (old[3] & keep[3]) | put[3]))
     provenance = base.provenance
     keys = provenance.register_keys()
-    pins = {key: list(provenance.pins(*key)) for key in keys}
-    missing: dict[tuple[int, int], MissingEntry] = {}
-    for key, entry_flags, keep, put, added, location in folded.steps:
-        old = entries.get(key)
-        if old is None:
-            missing.setdefault(key, MissingEntry(*key, location))
-            continue
-        flags[key] = entry_flags
-        entries[key] = Registers((old[0] & keep[0]) | put[0], (old[1] & keep[1]) | put[1],
-                                 (old[2] & keep[2]) | put[2], (old[3] & keep[3]) | put[3])
-        for register_key, register_pins in added:
-            pins.setdefault(register_key, []).extend(register_pins)
     if not keys and not missing:  # every pin is the template's: folded once
         provenance = folded.provenance
     else:
+        pins = {key: list(provenance.pins(*key)) for key in keys}
+        for key, *_, added, _location in folded.steps:
+            if key in base.entries:
+                for register_key, register_pins in added:
+                    pins.setdefault(register_key, []).extend(register_pins)
         provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
-    # The base's entries are sorted and a template adds none: the order stands as it is.
+    # The base's entries are sorted and a template adds none: the order stands as it is,
+    # and so does every part of the base the template does not modify.
+    shares = {"keys": base}
+    if not folded.xsave_components:
+        shares["xsave_components"] = base
     cpuid = CpuidSet.trusted(
         entries,
         base.source,
@@ -619,8 +821,9 @@ def apply_template(template: Template, base: CpuidSet,
         provenance=provenance,
         meta={**base.meta, "template": template.path},
         like=base,
+        shares=shares,
     )
-    return AppliedTemplate(cpuid, tuple(missing.values()))
+    return AppliedTemplate(cpuid, missing)
 
 
 def _owning_pins(pins: list[tuple[int, Location]]) -> tuple[tuple[int, Location], ...]:

@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 
+from xstate_check.cpuid import ZERO
 from xstate_check.engine.catalogue import Catalogue, Rule
 from xstate_check.engine.compiler import Evaluator
 from xstate_check.engine.shipped import load_catalogue
@@ -23,6 +24,7 @@ from xstate_check.facts import (
     available_of,
     format_value,
 )
+from xstate_check.facts.enumeration import feature_values
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
 
@@ -44,6 +46,8 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
     """
     catalogue = rules if isinstance(rules, Catalogue) else Catalogue(tuple(rules))
     facts = Facts(subject)
+    # The rules read nearly every feature bit: setting them at once saves a lookup each.
+    facts.update(feature_values(subject.cpuid))
     findings: list[Finding] = []
     if not planned:
         run_rules(facts, catalogue.rules, findings, record)
@@ -276,30 +280,52 @@ def _location(rule: Rule, facts: Facts, item: object,
 
 
 def _placed(subject: Subject, item: object, refs: Iterable[BitRef]) -> Location | None:
-    """Return a finding's location from its item and the CPUID bits it is about."""
+    """Return a finding's location from its item and the CPUID bits it is about.
+
+    The template line that set or cleared one of the bits, preferring bits the template
+    really changed (the earliest such line); else the file the table was read from. The
+    bits are gathered per register first: a register's pins are walked once.
+    """
     if isinstance(item, EntryItem) and item.location is not None:
         return item.location
-    provenance = subject.cpuid.provenance
+    cpuid = subject.cpuid
+    provenance = cpuid.provenance
     if provenance:
+        pinned_keys = provenance.pinned_keys()
+        masks: dict[tuple[int, int, str], int] = {}
+        for leaf, subleaf, register, mask in refs:
+            key = (leaf, subleaf, register)
+            if key in pinned_keys:
+                masks[key] = masks.get(key, 0) | mask
         changed: list[Location] = []
         pinned: list[Location] = []
-        for leaf, subleaf, register, mask in refs:
-            owners = provenance.pinned(leaf, subleaf, register, mask)
+        base = subject.base
+        for key, mask in masks.items():
+            owners = provenance.pinned(*key, mask)
             if not owners:
                 continue
-            new = subject.cpuid.register(leaf, subleaf, register)
-            old = subject.base.register(leaf, subleaf, register) if subject.base else new
+            leaf, subleaf, register = key
+            index = _REGISTER_INDEX.get(register)
+            if index is None:  # the entry's KVM flags: no register bit of its own
+                diff = 0
+            else:
+                new = cpuid.entries.get((leaf, subleaf), ZERO)[index]
+                old = base.entries.get((leaf, subleaf), ZERO)[index] if base else new
+                diff = old ^ new
             for owned, where in owners:
-                if owned & (old ^ new):
+                if owned & diff:
                     changed.append(where)
-                if owned & ~(old ^ new):
+                if owned & ~diff:
                     pinned.append(where)
         if changed or pinned:
             return min(changed or pinned, key=_location_key)
-    table = subject.base or subject.cpuid
+    table = subject.base or cpuid
     if table.is_file:
         return Location(table.source)
     return None
+
+
+_REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 
 
 def _location_key(location: Location) -> tuple[str, int, int]:

@@ -3,7 +3,7 @@ xfeatures they need (the xfeature table's ``feature`` column)."""
 
 from __future__ import annotations
 
-from xstate_check.cpuid import FEATURES
+from xstate_check.cpuid import FEATURES, CpuidSet
 from xstate_check.facts.registry import XCR0_REFS, XSS_REFS, BitRef, Facts, fact, function, reg
 from xstate_check.xfeatures import (
     AVX512_MASK,
@@ -17,7 +17,7 @@ from xstate_check.xfeatures import (
     format_mask,
 )
 
-__all__ = ["CONSTANTS", "valid_xcr0"]
+__all__ = ["CONSTANTS", "feature_values", "valid_xcr0"]
 
 FP_SSE_MASK = 0x3
 BIT63 = 1 << 63
@@ -165,11 +165,16 @@ def _xstate_without_feature(facts: Facts) -> object:
     return result
 
 
+#: (name, entry, register index, bit) of every feature-bit fact, for ``feature_values``.
+_FEATURE_BITS: list[tuple[str, tuple[int, int], int, int]] = []
+
+
 def _feature_fact(name: str) -> None:
     where = FEATURES[name]
     key = (where.leaf, where.subleaf)
     index = ("eax", "ebx", "ecx", "edx").index(where.register)
     shift = where.bit
+    _FEATURE_BITS.append((name, key, index, shift))
 
     def compute(facts: Facts) -> object:
         regs = facts.cpuid.entries.get(key)
@@ -183,6 +188,23 @@ def _feature_fact(name: str) -> None:
 
 for _name in FEATURES:
     _feature_fact(_name)
+
+
+def feature_values(cpuid: CpuidSet) -> dict[str, bool]:
+    """Return every feature-bit fact of a table at once, as each computes alone: what a
+    run that reads most of them sets first. Leaf 0xD's are left out of a source without its
+    subleaves (they are Missing there)."""
+    entries = cpuid.entries
+    complete = cpuid.leaf_0xd_complete
+    values: dict[str, bool] = {}
+    for name, key, index, shift in _FEATURE_BITS:
+        regs = entries.get(key)
+        if regs is None:
+            if complete or key[0] != 0xD:
+                values[name] = False
+        elif complete or key[0] != 0xD:
+            values[name] = bool(regs[index] >> shift & 1)
+    return values
 
 
 # --- the language's constants and pure functions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from xstate_check.cpuid import FEATURES, REGISTERS, CpuidSet, Registers
+from xstate_check.cpuid import FEATURES, REGISTERS, CpuidSet
 from xstate_check.errors import Location
 from xstate_check.facts.registry import XCR0_REFS, XSS_REFS, EntryItem, Facts, Missing, fact
 from xstate_check.xfeatures import XTILE_MASK
@@ -117,29 +117,40 @@ def _shadow_effect(cpuid: CpuidSet, leaf: int, subleaf: int, hidden: tuple[int, 
     return reads
 
 
+def _indexed_entries(cpuid: CpuidSet) -> tuple[tuple[int, int], ...]:
+    """Return the entries of leaves the table holds two or more subleaves of, sorted."""
+    subleaves = cpuid.leaf_subleaves()
+    return tuple(key for key in cpuid.entries if len(subleaves[key[0]]) >= 2)
+
+
+def _significant_entries(cpuid: CpuidSet) -> tuple[tuple[int, int], ...]:
+    """Return the keys whose recorded KVM flags have SIGNIFICANT_INDEX, sorted."""
+    return tuple(sorted(key for key, flags in cpuid.flags.items() if flags & 1))
+
+
 @fact("flags_shadowing", "items", "entries without SIGNIFICANT_INDEX that KVM returns for later "
       "subleaves of their leaf (cpuid_entry2_find() takes the first entry of the function "
       "lacking the flag), where those subleaves hold other values")
 def _flags_shadowing(facts: Facts) -> object:
     cpuid = facts.cpuid
+    entries = cpuid.entries
     items = []
     seen: set[int] = set()
-    # The table's subleaves by leaf, gathered once: a leaf of one entry hides nothing.
-    by_leaf: dict[int, list[tuple[int, Registers]]] = {}
-    for (each_leaf, each_subleaf), each_regs in cpuid.entries.items():
-        by_leaf.setdefault(each_leaf, []).append((each_subleaf, each_regs))
-    for (leaf, subleaf), flags in sorted(cpuid.flags.items()):
-        if flags & 1 or leaf in seen or len(by_leaf.get(leaf, ())) < 2 \
-                or (leaf, subleaf) not in cpuid.entries:
+    # The table's subleaves by leaf (gathered once per set of keys): a leaf of one entry
+    # hides nothing, and an entry with the flag hides nothing.
+    subleaves = cpuid.leaf_subleaves()
+    flags = cpuid.flags
+    for leaf, subleaf in cpuid.derived("indexed_entries", _indexed_entries, "keys"):
+        if flags.get((leaf, subleaf), 1) & 1 or leaf in seen:
             continue
         if _normalized_flags(facts, leaf, subleaf):
             continue
         # Entries reach KVM sorted by (leaf, subleaf): only the first entry of a leaf that
         # lacks the flag is ever returned for a subleaf that is not its own.
         seen.add(leaf)
-        regs = cpuid.entries[(leaf, subleaf)]
-        hidden = tuple(other for other, other_regs in by_leaf[leaf]
-                       if other > subleaf and other_regs != regs)
+        regs = entries[(leaf, subleaf)]
+        hidden = tuple(other for other in subleaves[leaf]
+                       if other > subleaf and entries[(leaf, other)] != regs)
         if hidden:
             items.append(EntryItem(leaf, subleaf, _entry_location(cpuid, leaf, subleaf),
                                    hidden=_subleaf_list(hidden),
@@ -155,13 +166,17 @@ def _flags_cleared(facts: Facts) -> object:
     if base is None:
         return ()
     cpuid = facts.cpuid
+    flags = cpuid.flags
+    cleared = [key for key in base.derived("significant_entries", _significant_entries)
+               if not flags.get(key, 1) & 1]
+    if not cleared:
+        return ()
     shadowing = facts["flags_shadowing"]
     assert isinstance(shadowing, tuple)
     reported = {item.leaf for item in shadowing}
     items = []
-    for (leaf, subleaf), flags in sorted(cpuid.flags.items()):
-        if (not flags & 1 and base.flags.get((leaf, subleaf), 0) & 1
-                and leaf not in reported):
+    for leaf, subleaf in cleared:
+        if leaf not in reported:
             effect = ("Firecracker's CPUID normalization sets the flag again"
                       if _normalized_flags(facts, leaf, subleaf) else
                       "the leaf has no later subleaf with other values")

@@ -1,0 +1,165 @@
+"""What the gate reuses between subjects, and that reuse never changes an answer.
+
+A guest table made by a template shares with its profile the parts the template left (its
+entry keys, its leaf 0xD component subleaves): what is derived from those parts is taken
+from the profile. Findings are reused only for equal guest tables, placed at each
+template's own lines.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from xstate_check.cpuid import CpuidSet
+from xstate_check.engine.runner import evaluate_rules
+from xstate_check.engine.shipped import load_catalogue
+from xstate_check.gate import GateRun
+from xstate_check.layout import XsaveLayout
+from xstate_check.sources.profiles import load_profile, profile_index
+from xstate_check.subject import Subject
+from xstate_check.template import apply_template, fold_template, load_template, parse_template
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted(str(path) for path in (REPO / "examples").rglob("*.json"))
+X86_TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
+                 "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
+
+
+def _template_text(*modifiers: tuple[str, str, str, str, int]) -> str:
+    """Return a template of (leaf, subleaf, register, bitmap, flags) modifiers."""
+    return json.dumps({"cpuid_modifiers": [
+        {"leaf": leaf, "subleaf": subleaf, "flags": flags,
+         "modifiers": [{"register": register, "bitmap": bitmap}]}
+        for leaf, subleaf, register, bitmap, flags in modifiers]}, indent=2)
+
+
+#: A template that resizes component 2 (YMM, 0xD.2 EAX = 0x200) and clears the flag of 0xD.2.
+RESIZES_YMM = _template_text(("0xd", "0x2", "eax", "0b" + "0" * 22 + "1" * 10, 0))
+#: A template that drops AVX-512 state from 0xD.0 EAX only.
+DROPS_AVX512 = _template_text(("0xd", "0x0", "eax", "0b" + "x" * 24 + "000" + "x" * 5, 1))
+
+
+def _fresh(table: CpuidSet) -> CpuidSet:
+    """Return an equal table built from scratch: it shares nothing with another."""
+    return CpuidSet(dict(table.entries), table.source, flags=dict(table.flags),
+                    provenance=table.provenance, meta=dict(table.meta), role=table.role,
+                    source_kind=table.source_kind, leaf_0xd_complete=table.leaf_0xd_complete)
+
+
+def _guest_profiles() -> list[CpuidSet]:
+    return [load_profile(info.name) for info in profile_index()
+            if load_profile(info.name).role == "guest"]
+
+
+def _templates(data_dir: Path | None) -> list[tuple[str, str]]:
+    found = [(path, Path(path).read_text(encoding="utf-8")) for path in EXAMPLES]
+    found += [("resizes-ymm.json", RESIZES_YMM), ("drops-avx512.json", DROPS_AVX512)]
+    if data_dir is not None and (data_dir / "firecracker").is_dir():
+        for name in X86_TEMPLATES:
+            path = data_dir / "firecracker" / f"{name}.json"
+            found.append((str(path), path.read_text(encoding="utf-8")))
+    return found
+
+
+@pytest.fixture
+def shared_data() -> Path | None:
+    """Return ../shared/data where it is there (the tests run on the bundled data without)."""
+    folder = REPO.parent / "shared" / "data"
+    return folder if folder.is_dir() else None
+
+
+def test_parts_shared_with_the_profile_give_what_a_fresh_table_gives(
+        shared_data: Path | None) -> None:
+    """Every template on every guest profile: the layout, the subleaves by leaf and every
+    finding are those of the same guest table built from scratch, sharing nothing."""
+    catalogue = load_catalogue()
+    checked = 0
+    for path, text in _templates(shared_data):
+        template = parse_template(text, path)
+        folded = fold_template(template)
+        for base in _guest_profiles():
+            applied = apply_template(template, base, folded)
+            guest, fresh = applied.cpuid, _fresh(applied.cpuid)
+            assert guest.shared("keys") is base
+            assert XsaveLayout.from_cpuid(guest) == XsaveLayout.from_cpuid(fresh)
+            assert guest.leaf_subleaves() == fresh.leaf_subleaves()
+            made = [Subject.of(base.source, base, template=path, guest=table,
+                               missing=applied.missing) for table in (guest, fresh)]
+            shared_findings, fresh_findings = (evaluate_rules(subject, catalogue)
+                                               for subject in made)
+            assert shared_findings == fresh_findings, (path, base.source)
+            checked += 1
+    assert checked >= 2 * len(_guest_profiles())
+
+
+def test_a_template_that_changes_a_component_subleaf_shares_no_layout() -> None:
+    """A modifier of 0xD.2 gives the guest its own components; one of 0xD.0 alone shares the
+    profile's and still reads its own XCR0."""
+    base = load_profile("fc-sapphire-rapids-6.1")
+    before = XsaveLayout.from_cpuid(base)
+    resized = apply_template(parse_template(RESIZES_YMM, "r.json"), base).cpuid
+    assert resized.shared("xsave_components") is None
+    assert XsaveLayout.from_cpuid(resized).components[2].size == 0x3FF
+    assert XsaveLayout.from_cpuid(base) is before and before.components[2].size == 0x100
+    assert resized.flags[(0xD, 2)] == 0 and base.flags[(0xD, 2)] == 1
+    dropped = apply_template(parse_template(DROPS_AVX512, "d.json"), base).cpuid
+    assert dropped.shared("xsave_components") is base
+    layout = XsaveLayout.from_cpuid(dropped)
+    assert layout.components is before.components
+    assert layout.xcr0_supported == before.xcr0_supported & ~0xE0 != before.xcr0_supported
+
+
+def test_a_derived_value_is_computed_once_per_table() -> None:
+    """``derived`` computes on first use; a table sharing a part asks the part's owner."""
+    base = load_profile("fc-ice-lake-6.1")
+    calls: list[CpuidSet] = []
+
+    def count(table: CpuidSet) -> int:
+        calls.append(table)
+        return len(table.entries)
+
+    guest = apply_template(parse_template(DROPS_AVX512, "d.json"), base).cpuid
+    assert guest.derived("test-count", count, "keys") == len(base.entries)
+    assert guest.derived("test-count", count, "keys") == len(base.entries)
+    assert base.derived("test-count", count, "keys") == len(base.entries)
+    assert calls == [base]
+    assert guest.derived("test-own", count) == len(guest.entries) and calls == [base, guest]
+
+
+def test_a_template_differing_in_one_bit_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    """One bit apart, two templates give other guest tables: no reuse, each its own
+    findings; a copy with the same modifiers on other lines is served, at its own lines."""
+    source = REPO / "examples" / "templates" / "no-avx512.json"
+    text = source.read_text(encoding="utf-8")
+    document = json.loads(text)
+    ebx = document["cpuid_modifiers"][0]["modifiers"][0]
+    assert ebx["register"] == "ebx" and ebx["bitmap"][-1] == "x"
+    ebx["bitmap"] = ebx["bitmap"][:-1] + "0"  # FSGSBASE cleared: no rule reads it
+    flipped = tmp_path / "flipped.json"
+    flipped.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    moved = tmp_path / "moved.json"
+    moved.write_text("\n\n\n" + text, encoding="utf-8")
+    profiles = ["profile:fc-sapphire-rapids-6.1", "profile:fc-ice-lake-6.1"]
+
+    run = GateRun([str(source), str(flipped)], profiles=profiles)
+    result = run.result(jobs=1)
+    assert run.cache.hits == 0 and len(result.subjects) == 4
+
+    run = GateRun([str(source), str(moved)], profiles=profiles)
+    result = run.result(jobs=1)
+    assert run.cache.hits == 2
+    catalogue = load_catalogue()
+    for subject in result.subjects:
+        assert subject.template is not None
+        base = load_profile(str(subject.details["profile"]))
+        applied = apply_template(load_template(subject.template), base)
+        fresh = Subject.of(subject.name, base, template=subject.template,
+                           guest=_fresh(applied.cpuid), missing=applied.missing)
+        assert subject.findings == tuple(sorted(evaluate_rules(fresh, catalogue),
+                                                key=lambda f: f.sort_key()))
+    lines = {subject.template: {f.location.line for f in subject.findings if f.location}
+             for subject in result.subjects}
+    assert lines[str(moved)] == {line + 3 for line in lines[str(source)]} != set()
