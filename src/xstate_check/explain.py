@@ -12,7 +12,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from xstate_check.engine.catalogue import FAMILIES, Catalogue, Rule
+from xstate_check.engine.catalogue import FAMILIES, Catalogue, FixGroup, Rule
 from xstate_check.engine.examples import Example, build_subject, describe
 from xstate_check.engine.runner import evaluate_rules
 from xstate_check.engine.shipped import load_catalogue
@@ -56,6 +56,7 @@ def rule_page(rule: Rule) -> dict[str, object]:
         "explanation": rule.explanation,
         "consequence": rule.consequence,
         "fix": rule.fix,
+        "autofix": [_autofix(group) for group in rule.autofix],
         "references": list(rule.references),
         "examples": {
             "fail": [{"example": describe(example), "finding": _example_finding(rule, example)}
@@ -64,6 +65,42 @@ def rule_page(rule: Rule) -> dict[str, object]:
         },
         "defined_at": f"rules/{Path(rule.location.path).name}:{rule.location.line}",
     }
+
+
+def _autofix(group: FixGroup) -> dict[str, object]:
+    """Return one ``[[rule.autofix]]`` group as plain data."""
+    out: dict[str, object] = {
+        "applicability": group.applicability,
+        "summary": group.summary,
+        group.action: list(group.specs),
+    }
+    if group.also_specs:
+        out["also"] = list(group.also_specs)
+    if group.anchor_specs:
+        out["anchor"] = list(group.anchor_specs)
+    return out
+
+
+def _autofix_lines(rule: Rule) -> list[str]:
+    lines: list[str] = []
+    for group in rule.autofix:
+        if group.applicability == "unsafe":
+            how = "unsafe (applied with --unsafe-fixes)"
+        elif group.action == "clear":
+            how = ("safe where the template already clears one of these bits, unsafe "
+                   "otherwise")
+        else:
+            how = "safe"
+        lines += ["", _paragraph(f"{group.summary}: {how}.")]
+        verb = "clears" if group.action == "clear" else "drops the template's pins on"
+        lines.append(_paragraph(f"{verb} {', '.join(group.specs)}", _INDENT * 2))
+        if group.also_specs:
+            lines.append(_paragraph(f"with {', '.join(group.also_specs)} where clearing "
+                                    "them too brings no new finding", _INDENT * 2))
+        if group.anchor_specs:
+            lines.append(_paragraph(f"where one of {', '.join(group.anchor_specs)} is clear",
+                                    _INDENT * 2))
+    return lines
 
 
 def _paragraph(text: str, indent: str = _INDENT) -> str:
@@ -99,6 +136,9 @@ def _rule_text(rule: Rule) -> str:
         lines += ["", "Example that passes", _paragraph(entry["example"])]
     lines += ["", "Why it matters", _paragraph(rule.consequence), "", "Fix",
               _paragraph(rule.fix)]
+    if rule.autofix:
+        lines += ["", "Automatic fix (check --template T --fix, gate --fix)"]
+        lines += _autofix_lines(rule)[1:]
     if rule.references:
         lines += ["", "References"]
         # URLs stay whole, so that a terminal can open them.

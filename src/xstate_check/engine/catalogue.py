@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
@@ -23,6 +23,7 @@ __all__ = [
     "FAMILIES",
     "Catalogue",
     "CompiledRule",
+    "FixGroup",
     "MessagePart",
     "Rule",
 ]
@@ -64,6 +65,32 @@ class CompiledRule:
     source: tuple[Node, tuple[tuple[str, Node], ...]] | None = None
 
 
+@attrs.frozen
+class FixGroup:
+    """One ``[[rule.autofix]]`` table: template bits a fix changes together.
+
+    ``action`` ``clear``: the template clears every bit of ``bits`` still set, with those of
+    ``also`` (the feature flags that go with them) unless clearing those too would bring a
+    new finding; on the profiles where one bit of ``anchor`` is clear or, without an anchor,
+    where the rule fails. ``restore``: the template's own pins on ``bits`` are dropped
+    (written ``x``) where they change the table, so that its values stand.
+    ``applicability`` ``safe`` for a clear is safe where the template already clears one
+    bit of ``bits``, ``also`` or ``anchor`` (the fix completes what the template started)
+    and unsafe otherwise; ``unsafe`` is always unsafe. The ``*specs`` are the bits as
+    written in the rule file.
+    """
+
+    action: Literal["clear", "restore"]
+    applicability: Literal["safe", "unsafe"]
+    bits: tuple[BitRef, ...]
+    also: tuple[BitRef, ...]
+    anchor: tuple[BitRef, ...]
+    summary: str
+    specs: tuple[str, ...]
+    also_specs: tuple[str, ...] = ()
+    anchor_specs: tuple[str, ...] = ()
+
+
 @attrs.frozen(eq=False)
 class Rule:
     """One rule of the catalogue, as written in its TOML file, and compiled."""
@@ -87,6 +114,9 @@ class Rule:
     fails: Sequence[Example]
     location: Location
     compiled: CompiledRule = attrs.field(repr=False)
+    #: The template changes that fix the rule's findings (``[[rule.autofix]]``), in the
+    #: order they are tried.
+    autofix: tuple[FixGroup, ...] = ()
 
 
 @attrs.frozen(eq=False)

@@ -6,14 +6,22 @@ caret under the bad span; positions come from the raw text, since ``tomllib`` ke
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from xstate_check.engine import examples
-from xstate_check.engine.catalogue import FAMILIES, Catalogue, CompiledRule, MessagePart, Rule
+from xstate_check.engine.catalogue import (
+    FAMILIES,
+    Catalogue,
+    CompiledRule,
+    FixGroup,
+    MessagePart,
+    Rule,
+)
 from xstate_check.engine.compiler import Evaluator, compile_expression, constant_value, names_read
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.shipped import default_rules_dir, load_catalogue
@@ -37,9 +45,10 @@ __all__ = [
 FILE_KEYS = ("family", "description", "rule")
 RULE_REQUIRED = ("id", "name", "severity", "summary", "check", "message", "consequence", "fix",
                  "references", "pass", "fail")
-RULE_OPTIONAL = ("applies", "each", "let", "cpuid_bits", "explanation")
+RULE_OPTIONAL = ("applies", "each", "let", "cpuid_bits", "explanation", "autofix")
 RULE_KEYS = RULE_REQUIRED + RULE_OPTIONAL
 EXAMPLE_KEYS = ("base", "role", "cpuid", "template", "flags", "missing", "host", "note", "dest")
+FIX_KEYS = ("applicability", "clear", "also", "anchor", "restore", "summary")
 MESSAGE_FORMATS: dict[str, Kind] = {
     "mask": "mask", "size": "size", "hex": "int", "dec": "str", "sizes": "sizes",
     "version": "version", "bool": "bool", "str": "str",
@@ -52,6 +61,14 @@ _NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _LET_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _BITS = re.compile(r"(0x[0-9a-fA-F]{1,8}|\d{1,10})\.(0x[0-9a-fA-F]{1,8}|\d{1,10})"
                    r"\.(eax|ebx|ecx|edx)(?::(\d{1,2})(?:-(\d{1,2}))?)?")
+#: A fix's bits: ``LEAF.SUBLEAF[-SUBLEAF].REGISTER[:BITS]``, BITS a comma-separated list of
+#: ``N`` or ``N-M``; or a CPUID feature by name (``AMX_TILE``).
+_FIX_BITS = re.compile(r"(0x[0-9a-fA-F]{1,8}|\d{1,10})\.(0x[0-9a-fA-F]{1,8}|\d{1,10})"
+                       r"(?:-(0x[0-9a-fA-F]{1,8}|\d{1,10}))?\.(eax|ebx|ecx|edx)"
+                       r"(?::(\d{1,2}(?:-\d{1,2})?(?:,\d{1,2}(?:-\d{1,2})?)*))?")
+_FEATURE_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+#: At most this many subleaves in one fix spec (0xd.2-19 is 18).
+_MAX_FIX_SUBLEAVES = 64
 _TYPE_KINDS: dict[str, Kind] = {"int": "mask", "bool": "bool", "str": "str",
                                 "version": "version", "list:int": "sizes"}
 
@@ -246,6 +263,7 @@ class _RuleReader:
             passes=self.read_examples("pass"),
             fails=self.read_examples("fail"),
             location=self.location(),
+            autofix=self.fix_groups(),
             compiled=CompiledRule(
                 test=compile_expression(node, lets),
                 each=each,
@@ -342,6 +360,80 @@ class _RuleReader:
             mask = ((1 << (high - low + 1)) - 1) << low
             refs.append((leaf, subleaf, match.group(3), mask))
         return tuple(refs)
+
+    def fix_groups(self) -> tuple[FixGroup, ...]:
+        value = self.table.get("autofix")
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+            self.fail_key("autofix", "[[rule.autofix]] tables (applicability, clear or restore, "
+                          "summary)")
+        groups: list[FixGroup] = []
+        after = self.span[0]
+        header = re.compile(r"(?m)^[ \t]*\[\[[ \t]*rule\.autofix[ \t]*\]\]")
+        for table in value:
+            match = header.search(self.source.text, after, self.span[1])
+            at = match.start() if match else self.span[0]
+            after = match.end() if match else after
+            groups.append(self.fix_group(table, at))
+        return tuple(groups)
+
+    def fix_group(self, table: Mapping[str, Any], at: int) -> FixGroup:
+        region = (at, self.span[1])
+
+        def fail(field: str, expected: str) -> NoReturn:
+            where = self.source.key(region, field)
+            self.source.fail(where if where is not None else at, expected,
+                             len(field) if where is not None else len("[[rule.autofix]]"))
+
+        def fail_value(field: str, text: str, expected: str) -> NoReturn:
+            key_at = self.source.key(region, field)
+            if key_at is not None:
+                found = self.source.text.find(f'"{text}"', key_at, region[1])
+                if found >= 0:
+                    self.source.fail(found + 1, expected, max(1, len(text)))
+            fail(field, expected)
+
+        for field in table:
+            if field not in FIX_KEYS:
+                fail(field, f"one of the autofix keys ({', '.join(FIX_KEYS)}), not "
+                     f"{clip_quote(field)}")
+        applicability = table.get("applicability")
+        if applicability not in ("safe", "unsafe"):
+            fail("applicability", 'applicability = "safe" (completes what the template '
+                 'started) or "unsafe" (removes a feature the template did not touch)')
+        summary = table.get("summary")
+        if not isinstance(summary, str) or not summary.strip():
+            fail("summary", 'summary = "a sentence saying what the fix changes"')
+        if ("clear" in table) == ("restore" in table):
+            fail("restore" if "restore" in table else "clear",
+                 'exactly one of clear = [bits cleared together] or restore = [bits whose '
+                 'template pins are dropped]')
+        action: Literal["clear", "restore"] = "clear" if "clear" in table else "restore"
+        for field in ("also", "anchor"):
+            if field in table and action != "clear":
+                fail(field, f"{field} only with clear")
+
+        def specs(field: str) -> tuple[tuple[str, ...], tuple[BitRef, ...]]:
+            items = table.get(field)
+            if (not isinstance(items, list) or not items
+                    or not all(isinstance(item, str) for item in items)):
+                fail(field, f'{field} = ["0xd.0.eax:17-18", "AMX_TILE", …] (a non-empty list '
+                     "of CPUID bits or feature names)")
+            refs: list[BitRef] = []
+            for item in items:
+                parsed = _fix_bits(item)
+                if isinstance(parsed, str):
+                    fail_value(field, item, parsed)
+                refs.extend(parsed)
+            return tuple(items), tuple(refs)
+
+        bit_specs, bits = specs(action)
+        also_specs, also = specs("also") if "also" in table else ((), ())
+        anchor_specs, anchor = specs("anchor") if "anchor" in table else ((), ())
+        return FixGroup(action=action, applicability=applicability, bits=bits, also=also,
+                        anchor=anchor, summary=" ".join(summary.split()), specs=bit_specs,
+                        also_specs=also_specs, anchor_specs=anchor_specs)
 
     def read_examples(self, key: str) -> tuple[examples.Example, ...]:
         value = self.table.get(key)
@@ -480,6 +572,40 @@ class _RuleReader:
             if not valid:
                 fail("flags", f"flags = {{ \"LEAF.SUBLEAF\" = \"FLAGS\" }}, not {clip_quote(key)}")
         return tuple(value.items())
+
+
+def _fix_bits(text: str) -> list[BitRef] | str:
+    """Return the bits of one fix spec, or what was expected instead."""
+    from xstate_check.cpuid import FEATURES
+
+    expected = ('CPUID bits such as "0xd.0.eax:17-18", "0x7.0.edx:22,24-25" or '
+                '"0xd.2-19.eax", or a CPUID feature name such as "AMX_TILE"')
+    if _FEATURE_NAME.fullmatch(text):
+        feature = FEATURES.get(text)
+        if feature is None:
+            close = difflib.get_close_matches(text, FEATURES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"a CPUID feature `xstate-check facts` names, not {clip_quote(text)}{hint}"
+        return [(feature.leaf, feature.subleaf, feature.register, 1 << feature.bit)]
+    match = _FIX_BITS.fullmatch(text)
+    if match is None:
+        return expected
+    leaf = examples.parse_cpuid_number(match.group(1))
+    first = examples.parse_cpuid_number(match.group(2))
+    last = examples.parse_cpuid_number(match.group(3)) if match.group(3) else first
+    if leaf is None or first is None or last is None:
+        return "a leaf and subleaves of at most 0xffffffff"
+    if last < first or last - first >= _MAX_FIX_SUBLEAVES:
+        return f"a subleaf range low-high of at most {_MAX_FIX_SUBLEAVES} subleaves"
+    mask = 0
+    for part in (match.group(5) or "0-31").split(","):
+        low_text, _, high_text = part.partition("-")
+        low = int(low_text)
+        high = int(high_text) if high_text else low
+        if high > 31 or low > high:
+            return "bit numbers 0 to 31, low-high"
+        mask |= ((1 << (high - low + 1)) - 1) << low
+    return [(leaf, subleaf, match.group(4), mask) for subleaf in range(first, last + 1)]
 
 
 def language_names() -> dict[str, Resolved]:
