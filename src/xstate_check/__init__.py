@@ -15,6 +15,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CpuidSet",
     "Finding",
+    "Fix",
     "HostState",
     "InputError",
     "PrebootError",
@@ -25,6 +26,7 @@ __all__ = [
     "XstateCheckError",
     "check",
     "check_host",
+    "fix",
     "load_cpuid",
     "load_template",
     "preboot",
@@ -34,6 +36,7 @@ __all__ = [
 _LAZY = {
     "CpuidSet": "xstate_check.cpuid",
     "Finding": "xstate_check.report",
+    "Fix": "xstate_check.fixes.model",
     "HostState": "xstate_check.hoststate",
     "InputError": "xstate_check.errors",
     "PrebootError": "xstate_check.preboot",
@@ -44,6 +47,7 @@ _LAZY = {
     "XstateCheckError": "xstate_check.errors",
     "check": "xstate_check.api",
     "check_host": "xstate_check.preboot",
+    "fix": "xstate_check.fixes.api",
     "load_cpuid": "xstate_check.sources.load",
     "load_template": "xstate_check.template",
     "preboot": "xstate_check.preboot",
@@ -56,6 +60,8 @@ if TYPE_CHECKING:
     from xstate_check.api import check
     from xstate_check.cpuid import CpuidSet
     from xstate_check.errors import InputError, ProbeError, XstateCheckError
+    from xstate_check.fixes.api import fix
+    from xstate_check.fixes.model import Fix
     from xstate_check.hoststate import HostState
     from xstate_check.layout import XsaveLayout
     from xstate_check.preboot import PrebootError, check_host, preboot

@@ -165,7 +165,7 @@ def _load_source(args: argparse.Namespace) -> CpuidSet:
     return read_cpuid_text(text, name, cpu=args.cpu).replace(source_kind="stdin")
 
 
-def _report_exit(args: argparse.Namespace, report: object) -> int:
+def _report_exit(args: argparse.Namespace, report: object, epilogue: str | None = None) -> int:
     from xstate_check.config import apply_settings
     from xstate_check.formats import render, render_statistics
     from xstate_check.report import Report
@@ -177,12 +177,43 @@ def _report_exit(args: argparse.Namespace, report: object) -> int:
     to_file = bool(args.output and args.output != "-")
     color = _use_color(None if to_file else sys.stdout, args.color)
     if args.statistics:
-        _emit(args, render_statistics(report))
+        text = render_statistics(report)
     else:
-        _emit(args, render(report, args.format, color=color, quiet=args.quiet,
-                           min_severity=settings.min_severity, strict=settings.strict))
+        text = render(report, args.format, color=color, quiet=args.quiet,
+                      min_severity=settings.min_severity, strict=settings.strict)
+    if epilogue and args.format == "text" and not args.statistics:
+        text = text.rstrip("\n") + "\n" + epilogue
+    elif epilogue and sys.stderr is not None:
+        sys.stderr.write(epilogue + "\n")
+    _emit(args, text)
     code = report.exit_code(strict=settings.strict)
     return 0 if args.exit_zero else code
+
+
+def _fixing(args: argparse.Namespace, paths: Sequence[str],
+            make: Callable[[str, bool], Any]) -> int | str:
+    """Run ``--diff`` (the exit code) or ``--fix`` (the summary line for the report)."""
+    from xstate_check.fixes.command import run_fixes
+
+    settings = _settings(args)
+    chunks: list[str] = []
+    summary = run_fixes(paths, make, diff=args.diff, unsafe=args.unsafe_fixes,
+                        strict=settings.strict, out=chunks.append)
+    if not args.diff:
+        return "" if args.quiet else str(summary.fixed_line())
+    with _output(args) as out:
+        out.write("".join(chunks))
+    if sys.stderr is not None:
+        sys.stderr.write(summary.diff_line() + "\n")
+    return 1 if summary.changed() and not args.exit_zero else 0
+
+
+def _fix_options(args: argparse.Namespace) -> Any:
+    """Return what a fix needs of the run's settings: strict, and the rule selection."""
+    from xstate_check.config import subject_filter
+
+    settings = _settings(args)
+    return {"strict": settings.strict, "keep": subject_filter(settings)}
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -190,8 +221,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from xstate_check.engine import evaluate
     from xstate_check.report import Report
 
-    subject = build_subject(_load_source(args), args.template)
-    return _report_exit(args, Report((evaluate(subject),)))
+    source = _load_source(args)
+    epilogue = None
+    if args.fix or args.diff:
+        from xstate_check.fixes.api import fix_on_source
+
+        if not args.template:
+            raise _UsageError("xstate-check check: --fix and --diff need --template T (the "
+                              "template to fix)")
+        done = _fixing(args, [args.template], lambda path, unsafe: fix_on_source(
+            path, source, unsafe=unsafe, **_fix_options(args)))
+        if isinstance(done, int):
+            return done
+        epilogue = done
+    subject = build_subject(source, args.template)
+    return _report_exit(args, Report((evaluate(subject),)), epilogue)
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
@@ -234,7 +278,16 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         changed_since=args.changed_since,
         fail_on=args.fail_on,
     )
-    return _stream_exit(args, "gate", run.chunks(args.jobs))
+    epilogue = None
+    if args.fix or args.diff:
+        from xstate_check.fixes.api import fix_for_gate
+
+        done = _fixing(args, run.paths, lambda path, unsafe: fix_for_gate(
+            run, path, unsafe=unsafe, **_fix_options(args)))
+        if isinstance(done, int):
+            return done
+        epilogue = done
+    return _stream_exit(args, "gate", run.chunks(args.jobs), epilogue)
 
 
 @contextlib.contextmanager
@@ -293,7 +346,8 @@ def _output(args: argparse.Namespace) -> Iterator[IO[str]]:
 
 
 def _stream_exit(args: argparse.Namespace, kind: str,
-                 chunks: Iterable[tuple[Sequence[Any], Sequence[Any]]]) -> int:
+                 chunks: Iterable[tuple[Sequence[Any], Sequence[Any]]],
+                 epilogue: str | None = None) -> int:
     """Write a report subject by subject as it is made; return the exit code."""
     from xstate_check.config import subject_filter
     from xstate_check.formats.stream import StatisticsWriter, Tally, Writer, make_writer
@@ -315,6 +369,10 @@ def _stream_exit(args: argparse.Namespace, kind: str,
                 tally.skip(pair)
                 writer.skipped(pair)
         writer.finish(tally)
+        if epilogue and args.format == "text" and not args.statistics:
+            out.write(epilogue + "\n")
+    if epilogue and not (args.format == "text" and not args.statistics) and sys.stderr:
+        sys.stderr.write(epilogue + "\n")
     code = tally.exit_code(strict=settings.strict)
     return 0 if args.exit_zero else code
 
@@ -568,7 +626,19 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
     kvm.add_argument("--no-kvm", dest="kvm", action="store_false",
                      help="do not open /dev/kvm: check the CPU and syscall masks only")
 
-    add("check", _cmd_check, "check a CPUID source, after an optional template", [source])
+    fixes = _Parser(add_help=False)
+    fixes.add_argument("--fix", action="store_true",
+                       help="rewrite the templates with the rules' safe fixes, then report "
+                       "what is left")
+    fixes.add_argument("--diff", action="store_true",
+                       help="print the fixes as unified diffs and write nothing (exit 1 when "
+                       "there is something to change)")
+    fixes.add_argument("--unsafe-fixes", action="store_true",
+                       help="with --fix or --diff: unsafe fixes too (they remove features "
+                       "the template did not touch)")
+
+    add("check", _cmd_check, "check a CPUID source, after an optional template",
+        [source, fixes])
 
     restore = add("restore", _cmd_restore, "can a guest that booted on SOURCE be snapshotted "
                   "and restored on each DEST", [source])
@@ -577,7 +647,8 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
         help="where the snapshot is restored: profile:NAME, a dump file, or 'kvm' (this host)",
     )
 
-    gate = add("gate", _cmd_gate, "check templates on every matching CPU profile (the CI gate)")
+    gate = add("gate", _cmd_gate, "check templates on every matching CPU profile (the CI gate)",
+               [fixes])
     gate.add_argument(
         "templates", nargs="*", metavar="TEMPLATE",
         help="template files (may be left out when --matrix names them)",

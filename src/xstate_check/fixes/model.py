@@ -71,6 +71,10 @@ class Fix:
     fixed: tuple[str, ...] = ()
     unfixed: tuple[Unfixed, ...] = ()
     profiles: tuple[str, ...] = ()
+    #: Findings that fail the run (errors; warnings too when strict), counted per table,
+    #: before the fix and after it.
+    found: int = 0
+    remaining: int = 0
 
     def changed(self) -> bool:
         """Return whether the fix changes the template's text."""
@@ -81,10 +85,15 @@ class Fix:
         if not self.changed():
             return ""
         import difflib
+        import os
 
-        path = self.path.replace("\\", "/").lstrip("/")
+        path = self.path
+        if os.path.isabs(path):
+            relative = os.path.relpath(path)
+            path = path if relative.startswith("..") else relative
+        path = path.replace("\\", "/").lstrip("/")
         lines = difflib.unified_diff(
-            self.original.splitlines(keepends=True), self.text.splitlines(keepends=True),
+            _lines(self.original), _lines(self.text),
             f"a/{path}", f"b/{path}",
         )
         out: list[str] = []
@@ -95,3 +104,9 @@ class Fix:
     def edits_for(self, rule: str) -> tuple[Edit, ...]:
         """Return the edits that fix findings of ``rule`` (a rule name)."""
         return tuple(edit for edit in self.edits if rule in edit.rules)
+
+
+def _lines(text: str) -> list[str]:
+    """Split text after each newline only (JSON strings may hold other line separators)."""
+    parts = text.split("\n")
+    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
