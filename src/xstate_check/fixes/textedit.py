@@ -352,18 +352,63 @@ def edit_text(
                              key=key)
         else:
             new_leaves.setdefault(leaf_key, []).append((key[2], clear))
+    reasons_of = {leaf_key: _leaf_why(why, leaf_key, registers)
+                  for leaf_key, registers in new_leaves.items()}
+    if new_leaves and (array is None or not array.array_items()):
+        # No cpuid modifier to insert beside: one insertion holds them all.
+        _insert_first(editor, root, array, new_leaves, flags=flags, bitmap_like=bitmap_like,
+                      register_like=register_like,
+                      why=_joined_why(list(reasons_of.values())))
+        new_leaves = {}
     for leaf_key, registers in new_leaves.items():
-        rules: dict[str, None] = {}
-        applicability: Applicability = "safe"
-        for register, clear in registers:
-            merged = _merge_why(why.get((*leaf_key, register), {}), clear)
-            rules.update(dict.fromkeys(merged.rules))
-            if merged.applicability == "unsafe":
-                applicability = "unsafe"
-        _insert_leaf(editor, root, array, leaves, leaf_key=leaf_key, registers=registers,
+        assert array is not None  # an absent or empty array took every new leaf above
+        _insert_leaf(editor, array, leaves, leaf_key=leaf_key, registers=registers,
                      flags=flags.get(leaf_key, 0), bitmap_like=bitmap_like,
-                     register_like=register_like, why=Why(tuple(rules), applicability))
+                     register_like=register_like, why=reasons_of[leaf_key])
     return sorted(editor.edits, key=lambda edit: (edit.start, edit.end))
+
+
+def _leaf_why(why: Mapping[RegisterKey, Mapping[int, Why]], leaf_key: tuple[int, int],
+              registers: list[tuple[str, int]]) -> Why:
+    return _joined_why([_merge_why(why.get((*leaf_key, register), {}), clear)
+                        for register, clear in registers])
+
+
+def _joined_why(whys: list[Why]) -> Why:
+    rules: dict[str, None] = {}
+    for item in whys:
+        rules.update(dict.fromkeys(item.rules))
+    unsafe = any(item.applicability == "unsafe" for item in whys)
+    return Why(tuple(rules), "unsafe" if unsafe else "safe")
+
+
+def _insert_first(editor: _Editor, root: Node, array: Node | None,
+                  new_leaves: Mapping[tuple[int, int], list[tuple[str, int]]], *,
+                  flags: Mapping[tuple[int, int], int], bitmap_like: str | None,
+                  register_like: Node | None, why: Why) -> None:
+    """Insert the first cpuid modifiers: into an empty array, or with the array itself."""
+    newline = editor.newline
+    pad = " " * editor.indent_unit()
+    elements = [editor.new_leaf(None, *leaf_key, flags=flags.get(leaf_key, 0),
+                                registers=registers, bitmap_like=bitmap_like,
+                                register_like=register_like)
+                for leaf_key, registers in new_leaves.items()]
+    inner = ("," + newline + pad * 2).join(elements)
+    first = next(iter(new_leaves))
+    key = (first[0], first[1],
+           ",".join(register for registers in new_leaves.values() for register, _ in registers))
+    if array is not None:
+        editor.add(array.offset + 1, array.end - 1, newline + pad * 2 + inner + newline + pad,
+                   key, why)
+        return
+    block = '"cpuid_modifiers": [' + newline + pad * 2 + inner + newline + pad + "]"
+    keys = list((root.keys or {}).values())
+    if keys:
+        first_key = min(keys, key=lambda key_node: key_node.offset)
+        lead = editor.text[root.offset + 1:first_key.offset]
+        editor.add(first_key.offset, first_key.offset, block + "," + lead, key, why)
+    else:
+        editor.add(root.offset + 1, root.end - 1, newline + pad + block + newline, key, why)
 
 
 def _insert_register(editor: _Editor, owner: _Leaf, register: str, clear: int, *,
@@ -393,38 +438,16 @@ def _insert_register(editor: _Editor, owner: _Leaf, register: str, clear: int, *
         editor.add(at, at, element + separator, key, why)
 
 
-def _insert_leaf(editor: _Editor, root: Node, array: Node | None, leaves: list[_Leaf], *,
+def _insert_leaf(editor: _Editor, array: Node, leaves: list[_Leaf], *,
                  leaf_key: tuple[int, int], registers: list[tuple[str, int]], flags: int,
                  bitmap_like: str | None, register_like: Node | None, why: Why) -> None:
+    """Insert a cpuid modifier beside the others, in (leaf, subleaf) order if they are."""
     text = editor.text
-    register_name = ",".join(register for register, _ in registers)
-    key = (leaf_key[0], leaf_key[1], register_name)
-    if array is None:
-        members = root.object_items()
-        body = editor.new_leaf(None, *leaf_key, flags=flags, registers=registers,
-                               bitmap_like=bitmap_like, register_like=register_like)
-        block = editor.indented(
-            '"cpuid_modifiers": [\n' + (" " * editor.indent_unit()) + body.replace(
-                editor.newline, "\n") + "\n]", 1)
-        if members:
-            first_key = min((key_node for key_node in (root.keys or {}).values()),
-                            key=lambda key_node: key_node.offset)
-            lead = text[root.offset + 1:first_key.offset]
-            editor.add(first_key.offset, first_key.offset, block + "," + lead, key, why)
-        else:
-            pad = " " * editor.indent_unit()
-            editor.add(root.offset + 1, root.end - 1,
-                       editor.newline + pad + block + editor.newline, key, why)
-        return
+    key = (leaf_key[0], leaf_key[1], ",".join(register for register, _ in registers))
     items = array.array_items()
     like = _model_leaf(leaves, leaf_key)
     element = editor.new_leaf(like, *leaf_key, flags=flags, registers=registers,
                               bitmap_like=bitmap_like, register_like=register_like)
-    if not items:
-        pad = " " * editor.indent_unit()
-        editor.add(array.offset + 1, array.end - 1,
-                   editor.newline + pad * 2 + element + editor.newline + pad, key, why)
-        return
     order = [(leaf.leaf, leaf.subleaf) for leaf in leaves]
     position = len(items)
     if order == sorted(order):
