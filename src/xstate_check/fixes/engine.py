@@ -404,26 +404,46 @@ def _units_for_new(run: _Run, name: str, group: FixGroup, state: _State,
         run.strict = strict
 
 
-def _minimize(run: _Run, units: list[_Unit], targets: Sequence[str],
+def _minimize(run: _Run, units: list[_Unit], goals: Sequence[str],
               known: set[str]) -> list[_Unit]:
-    """Drop every unit whose removal keeps the same rules fixed and brings nothing new."""
-    if len(units) < 2:
-        return units
-    split: list[_Unit] = []
-    for unit in units:
-        if any(change.unpin for _, change in unit.changes):
-            for key, change in unit.changes:
-                split.extend(_Unit(unit.rule, unit.applicability,
-                                   ((key, BitChange(unpin=1 << bit)),))
-                             for bit in range(32) if change.unpin >> bit & 1)
-        else:
-            split.append(unit)
-    state = run.state_of(split)
+    """Drop every change whose removal keeps the same rules fixed and brings nothing new:
+    whole clear groups; the restored pins of a register that set bits, or those that clear
+    bits, together; then each restored pin alone."""
+    pins = run.template.modified_bits()
+
+    def by_direction(unit: _Unit) -> list[_Unit]:
+        if not any(change.unpin for _, change in unit.changes):
+            return [unit]
+        parts: list[_Unit] = []
+        for key, change in unit.changes:
+            value = pins.get(key, (0, 0))[1]
+            for mask in (change.unpin & value, change.unpin & ~value):
+                if mask:
+                    parts.append(_Unit(unit.rule, unit.applicability,
+                                       ((key, BitChange(unpin=mask)),)))
+        return parts
+
+    def by_bit(unit: _Unit) -> list[_Unit]:
+        return [_Unit(unit.rule, unit.applicability, ((key, BitChange(unpin=1 << bit)),))
+                for key, change in unit.changes for bit in range(32)
+                if change.unpin >> bit & 1] or [unit]
+
+    for split in (by_direction, by_bit):
+        parts = [part for unit in units for part in split(unit)]
+        if len(parts) > 1:
+            units = _drop_unneeded(run, parts, goals, known)
+    return units
+
+
+def _drop_unneeded(run: _Run, units: list[_Unit], goals: Sequence[str],
+                   known: set[str]) -> list[_Unit]:
+    """Return ``units`` without each one whose removal changes nothing that matters."""
+    state = run.state_of(units)
     if state is None:
         return units
-    fixed = {name for name in targets if not run.failing_on(state, name)}
-    kept = list(split)
-    for unit in reversed(split):
+    fixed = {name for name in goals if not run.failing_on(state, name)}
+    kept = list(units)
+    for unit in reversed(units):
         trial = [other for other in kept if other is not unit]
         trial_state = run.state_of(trial) if trial else run.check(run.text)
         if trial_state is None:
