@@ -34,7 +34,7 @@ def _targets(path: str, text: str, pool: Sequence[GateProfile],
     for profile in pairs.inferred:
         subject = _subject(template, profile)
         if subject.missing_entries:
-            skipped.append(_not_for_host(template, profile, subject))
+            skipped.append(_not_for_host(template, profile, subject.missing_entries))
         else:
             targets.append(FixTarget(profile.name, profile.cpuid, False))
     if not targets:
