@@ -173,6 +173,8 @@ _APIC_ID_BITS = {(0x1, "ebx"): 0xFF00_0000, (0xB, "edx"): 0xFFFF_FFFF,
 
 def same_view(one: CpuidSet, other: CpuidSet) -> bool:
     """Return whether two KVM CPUID tables are the same but for the APIC IDs in them."""
+    if one is other:
+        return True  # the probe found nothing the permission changes: one table
     if one.entries.keys() != other.entries.keys() or dict(one.flags) != dict(other.flags):
         return False
     for (leaf, subleaf), registers in one.entries.items():

@@ -70,6 +70,8 @@ __all__ = [
     "req_xcomp_perm",
 ]
 
+_new_tuple = tuple.__new__
+
 _GUEST_OPTIONS = frozenset({ARCH_GET_XCOMP_GUEST_PERM, ARCH_REQ_XCOMP_GUEST_PERM})
 _REQ_OPTIONS = frozenset({ARCH_REQ_XCOMP_PERM, ARCH_REQ_XCOMP_GUEST_PERM})
 
@@ -173,10 +175,14 @@ class RealSystem:
     def __init__(self, kvm_device: str = KVM_DEVICE) -> None:
         self.kvm_device = kvm_device
         self._syscall: Any = None
+        #: cpuid_native.get_cpuid_count and the Registers type, bound by the first CPUID.
+        self._cpuid_count: Any = None
+        self._registers: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """Return the state a child gets: everything but the loaded libc function."""
-        return {**self.__dict__, "_syscall": None}
+        """Return the state a child gets: everything but the loaded libc and CPUID functions
+        (a child stays on the standard library)."""
+        return {**self.__dict__, "_syscall": None, "_cpuid_count": None, "_registers": None}
 
     def uname(self) -> Uname:
         """Return os.uname()'s kernel name, release and machine."""
@@ -195,10 +201,17 @@ class RealSystem:
 
     def cpuid(self, leaf: int, subleaf: int) -> Registers:
         """Execute CPUID through ``cpuid_native.get_cpuid_count``."""
-        from xstate_check.cpuid import Registers
+        count = self._cpuid_count
+        if count is None:
+            from xstate_check.cpuid import Registers
 
-        _, eax, ebx, ecx, edx = self._cpuid_native().get_cpuid_count(leaf, subleaf)
-        return Registers(eax & 0xFFFFFFFF, ebx & 0xFFFFFFFF, ecx & 0xFFFFFFFF, edx & 0xFFFFFFFF)
+            count = self._cpuid_count = self._cpuid_native().get_cpuid_count
+            self._registers = Registers
+        _, eax, ebx, ecx, edx = count(leaf, subleaf)
+        # tuple.__new__ is what Registers._make does, without a Python-level __new__ call.
+        registers: Registers = _new_tuple(self._registers, (eax & 0xFFFFFFFF, ebx & 0xFFFFFFFF,
+                                                            ecx & 0xFFFFFFFF, edx & 0xFFFFFFFF))
+        return registers
 
     def xgetbv(self, index: int) -> int:
         """Execute XGETBV(index) through ``cpuid_native.xgetbv`` (SIGILL without OSXSAVE)."""

@@ -214,16 +214,17 @@ def unpack_cpuid2(buffer: bytes | bytearray, source: str, **meta: str) -> CpuidS
     """Return the guest CpuidSet held by KVM's ``struct kvm_cpuid2`` (flags kept per entry)."""
     from xstate_check.cpuid import CpuidSet, Registers
 
+    header, size = abi.CPUID2_HEADER.size, abi.CPUID_ENTRY2.size
     (count, _padding) = abi.CPUID2_HEADER.unpack_from(buffer, 0)
-    count = min(count, (len(buffer) - abi.CPUID2_HEADER.size) // abi.CPUID_ENTRY2.size)
+    count = min(count, (len(buffer) - header) // size)
     entries: dict[tuple[int, int], Registers] = {}
     flags: dict[tuple[int, int], int] = {}
-    for index in range(count):
-        leaf, subleaf, flag, eax, ebx, ecx, edx = abi.CPUID_ENTRY2.unpack_from(
-            buffer, abi.CPUID2_HEADER.size + index * abi.CPUID_ENTRY2.size
-        )
-        entries[(leaf, subleaf)] = Registers(eax, ebx, ecx, edx)
-        flags[(leaf, subleaf)] = flag
+    new = tuple.__new__  # as Registers._make, without a Python-level call per entry
+    # Each row: function, index, flags, eax, ebx, ecx, edx.
+    for row in abi.CPUID_ENTRY2.iter_unpack(memoryview(buffer)[header:header + count * size]):
+        key = row[:2]
+        entries[key] = new(Registers, row[3:])
+        flags[key] = row[2]
     return CpuidSet(entries, source, flags=flags, meta=meta, role="guest", source_kind="kvm")
 
 
