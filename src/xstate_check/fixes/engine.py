@@ -356,7 +356,9 @@ def _fix_rule(run: _Run, name: str, units: list[_Unit], state: _State,
                 reason = "new-finding" if reason in (None, "not-template") else reason
                 continue
             trial, trial_state = settled
-            if not run.failing_on(trial_state, name):
+            # The rule is fixed, and no rule fails that did not fail before (one an earlier
+            # fix removed included).
+            if run.failing_rules(trial_state) <= run.failing_rules(state) - {name}:
                 return trial, trial_state
             reason = reason or "new-finding"
     return reason or "not-template"
