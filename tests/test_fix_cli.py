@@ -188,6 +188,7 @@ def test_fix_exits_1_when_findings_remain_and_hints_at_unsafe_fixes(tmp_path: Pa
     assert "Found 1 error (0 fixed, 1 remaining)." in done.stdout
     assert "No fixes available (1 hidden fix can be enabled with the `--unsafe-fixes` " \
            "option)." in done.stdout
+    assert f"{path}: amx-requires-xfd: not fixed, only an unsafe fix exists" in done.stdout
     diff = run("gate", *profile, path, "--diff")
     assert (diff.returncode, diff.stdout) == (0, "")
     assert "No errors would be fixed (1 fix available with `--unsafe-fixes`)." in diff.stderr

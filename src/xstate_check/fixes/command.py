@@ -15,7 +15,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Sequence
 
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import InputError, Location, printable
 from xstate_check.fixes.model import Fix
 
 __all__ = ["FixSummary", "run_fixes", "summarize", "write_fix"]
@@ -54,7 +54,12 @@ class FixSummary:
             fixes = _plural(self.hidden, "hidden fix").replace("fixs", "fixes")
             line += (f"\nNo fixes available ({fixes} can be enabled with the `--unsafe-fixes` "
                      "option).")
-        return line
+        return line + self.unfixed_lines()
+
+    def unfixed_lines(self) -> str:
+        """Return one line per template and rule left unfixed, saying why (or '')."""
+        return "".join(f"\n  {printable(fix.path)}: {item.message}"
+                       for fix in self.fixes for item in fix.unfixed)
 
     def diff_line(self) -> str:
         """Return ruff's ``Would fix N errors.`` line, with its hint."""
@@ -62,10 +67,10 @@ class FixSummary:
         if not self.fixed:
             hint = (f" ({self.hidden} {fixes} available with `--unsafe-fixes`)"
                     if self.hidden else "")
-            return f"No errors would be fixed{hint}."
+            return f"No errors would be fixed{hint}." + self.unfixed_lines()
         hint = (f" ({self.hidden} additional {fixes} available with `--unsafe-fixes`)"
                 if self.hidden else "")
-        return f"Would fix {self._noun(self.fixed)}{hint}."
+        return f"Would fix {self._noun(self.fixed)}{hint}." + self.unfixed_lines()
 
 
 def summarize(fixes: Sequence[Fix], rerun: Callable[[Fix], Fix] | None, *,
