@@ -268,3 +268,14 @@ def test_json_output_stays_json_with_fix(amx_half: Path) -> None:
     report = json.loads(done.stdout)
     assert report["summary"]["errors"] == 0
     assert "Found 4 errors (4 fixed, 0 remaining)." in done.stderr
+
+
+def test_fix_refuses_one_file_given_twice_before_writing(amx_half: Path) -> None:
+    """The same file under two names (itself and a link) is refused: exit 2, nothing
+    written."""
+    link = amx_half.with_name("link.json")
+    link.symlink_to(amx_half.name)
+    before = amx_half.read_bytes()
+    done = run("gate", amx_half, link, "--fix")
+    assert done.returncode == 2 and "expected each template once" in done.stderr
+    assert amx_half.read_bytes() == before

@@ -125,3 +125,35 @@ def test_a_fix_that_would_break_another_host_is_not_made(tmp_path: Path) -> None
     assert "avx512-triple" in fix.fixed
     assert {item.rule: item.reason for item in fix.unfixed} == {
         "linux-avx-state-missing": "new-finding"}
+
+
+def test_a_fault_of_the_table_itself_is_not_the_templates(tmp_path: Path) -> None:
+    """A table whose 0xD.0 lacks x87 (no template pin causes it): x87-required's fix only
+    drops template pins, so it stays, as not the template's; the text is left as it is."""
+    profile = load_profile("fc-skylake-6.1")
+    eax = profile.get(0xD, 0).eax
+    table = profile.with_registers(0xD, 0, eax=eax & ~1)
+    path = _template(tmp_path, [_leaf("0xd", "0x0", eax="0b" + "x" * 32)])
+    fix = xstate_check.fix(path, profiles=[table])
+    assert not fix.changed()
+    assert {item.rule: item.reason for item in fix.unfixed}["x87-required"] == "not-template"
+
+
+def test_a_fix_brings_no_warning_to_a_table_that_lacked_it(tmp_path: Path) -> None:
+    """A new warning counts per table: a fix is refused when it adds a warning to one
+    profile, even if another profile already had that warning."""
+    path = _template(tmp_path, [_leaf("0xd", "0x0", eax="0bxxxxxxxxxxxxx0xxxxxxxxxxxxxxxxxx")])
+    fix = xstate_check.fix(path, profiles=["profile:fc-sapphire-rapids-6.1",
+                                           "profile:fc-granite-rapids-6.18"])
+    from xstate_check.engine import evaluate
+    from xstate_check.gate import GateProfile, _subject
+    from xstate_check.template import parse_template
+
+    for name in ("fc-sapphire-rapids-6.1", "fc-granite-rapids-6.18"):
+        profile = GateProfile(name, load_profile(name))
+        before = {f.name for f in evaluate(_subject(load_template(path), profile)).findings
+                  if f.severity in ("error", "warning")}
+        after = {f.name for f in evaluate(_subject(parse_template(fix.text, str(path)),
+                                                   profile)).findings
+                 if f.severity in ("error", "warning")}
+        assert after <= before - {"amx-tile-pair"}, name

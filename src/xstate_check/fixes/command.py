@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from xstate_check.errors import InputError, Location, printable
 from xstate_check.fixes.model import Fix
 
-__all__ = ["FixSummary", "run_fixes", "summarize", "write_fix"]
+__all__ = ["FixSummary", "run_fixes", "summarize", "write_fixes"]
 
 
 def _plural(count: int, word: str) -> str:
@@ -86,15 +86,31 @@ def summarize(fixes: Sequence[Fix], rerun: Callable[[Fix], Fix] | None, *,
     return FixSummary(fixes, hidden, strict=strict)
 
 
-def write_fix(fix: Fix) -> None:
-    """Write a fixed template over its file, atomically; InputError where that is unsafe.
+def write_fixes(fixes: Sequence[Fix]) -> None:
+    """Write each changed template over its file, atomically; InputError where that is
+    unsafe, before anything is written.
 
     A link is followed to its file, which is replaced (the link keeps pointing at it); a
-    file that is not regular, has other hard links (replacing it would split them), or
-    changed since it was read is refused.
+    file that is not regular, has other hard links (replacing it would split them), changed
+    since it was read, or is given twice (under two names) is refused.
     """
-    if not fix.changed():
-        return
+    chosen: dict[str, Fix] = {}
+    modes: dict[str, int] = {}
+    for fix in fixes:
+        if not fix.changed():
+            continue
+        target, mode = _writable(fix)
+        if target in chosen:
+            raise InputError(Location(fix.path), f"expected each template once; this is the "
+                             f"file {printable(chosen[target].path)} names too")
+        chosen[target] = fix
+        modes[target] = mode
+    for target, fix in chosen.items():
+        _replace(fix, target, modes[target])
+
+
+def _writable(fix: Fix) -> tuple[str, int]:
+    """Return the file a fix replaces and its mode; InputError where it must not."""
     target = os.path.realpath(fix.path)
     try:
         info = os.stat(target)
@@ -117,6 +133,11 @@ def write_fix(fix: Fix) -> None:
     if current != fix.original.encode("utf-8"):
         raise InputError(Location(fix.path), "expected the template unchanged while it was "
                          "being fixed; it changed: run again")
+    return target, stat.S_IMODE(info.st_mode)
+
+
+def _replace(fix: Fix, target: str, mode: int) -> None:
+    """Write the fixed text to a temporary file beside ``target`` and rename it over it."""
     folder = os.path.dirname(target)
     try:
         handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed or removed below
@@ -129,7 +150,7 @@ def write_fix(fix: Fix) -> None:
             handle.write(fix.text.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(handle.name, stat.S_IMODE(info.st_mode))
+        os.chmod(handle.name, mode)
         os.replace(handle.name, target)
     except OSError as error:
         with contextlib.suppress(OSError):
@@ -149,10 +170,10 @@ def run_fixes(paths: Sequence[str], make: Callable[[str, bool], Fix], *, diff: b
     fixes = [make(path, unsafe) for path in paths]
     summary = summarize(fixes, None if unsafe else (lambda fix: make(fix.path, True)),
                         strict=strict)
-    for fix in fixes:
-        if diff:
+    if diff:
+        for fix in fixes:
             if fix.changed():
                 out(fix.diff())
-        else:
-            write_fix(fix)
+    else:
+        write_fixes(fixes)
     return summary

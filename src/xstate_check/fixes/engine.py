@@ -37,6 +37,8 @@ _REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 _SETTLE_ROUNDS = 4
 
 Keep = Callable[[SubjectReport], SubjectReport]
+#: (table index, rule name) pairs with an error or warning.
+Known = set[tuple[int, str]]
 
 
 @attrs.frozen
@@ -275,7 +277,8 @@ def _entry_flags(targets: Sequence[FixTarget]) -> dict[tuple[int, int], int]:
 _REASONS: dict[UnfixedReason, str] = {
     "no-fix": "its rule declares no template fix",
     "unsafe-only": "only an unsafe fix exists (--unsafe-fixes applies it)",
-    "new-finding": "every fix its rule declares would bring a new error or warning",
+    "new-finding": "every fix its rule declares would bring a new error or warning, or "
+                   "modify an entry one of the template's hosts lacks",
     "not-template": "the template does not cause it: no bit the template sets or clears "
                     "would change it",
 }
@@ -302,7 +305,8 @@ def compute_fix(text: str, path: str, targets: Sequence[FixTarget],
         return Fix(path, text, text, profiles=names)
     found = run.count(start)
     before = run.problems(start)
-    known = {rule for _, rule in before}
+    #: The (table, rule) pairs with an error or warning before the fix: any other is new.
+    known = set(before)
     units: list[_Unit] = []
     state = start
     reasons: dict[str, UnfixedReason] = {}
@@ -334,7 +338,7 @@ def compute_fix(text: str, path: str, targets: Sequence[FixTarget],
 
 
 def _fix_rule(run: _Run, name: str, units: list[_Unit], state: _State,
-              known: set[str]) -> tuple[list[_Unit], _State] | UnfixedReason:
+              known: Known) -> tuple[list[_Unit], _State] | UnfixedReason:
     """Return the units and state with ``name`` fixed, or why it cannot be."""
     rule = run.catalogue.get(name)
     if not rule.autofix:
@@ -364,14 +368,14 @@ def _fix_rule(run: _Run, name: str, units: list[_Unit], state: _State,
     return reason or "not-template"
 
 
-def _settle(run: _Run, units: list[_Unit], known: set[str]) -> tuple[list[_Unit], _State] | None:
+def _settle(run: _Run, units: list[_Unit], known: Known) -> tuple[list[_Unit], _State] | None:
     """Return the units, with fixes for the rules they make newly fail, and their state; None
     when a new error or warning stays (or the template no longer fits a table)."""
     for _ in range(_SETTLE_ROUNDS):
         state = run.state_of(units)
         if state is None:
             return None
-        new = sorted({rule for _, rule in run.problems(state)} - known,
+        new = sorted({rule for _, rule in set(run.problems(state)) - known},
                      key=lambda name: run.catalogue.get(name).id)
         if not new:
             return units, state
@@ -407,7 +411,7 @@ def _units_for_new(run: _Run, name: str, group: FixGroup, state: _State,
 
 
 def _minimize(run: _Run, units: list[_Unit], goals: Sequence[str],
-              known: set[str]) -> list[_Unit]:
+              known: Known) -> list[_Unit]:
     """Drop every change whose removal keeps the same rules fixed and brings nothing new:
     whole clear groups; the restored pins of a register that set bits, or those that clear
     bits, together; then each restored pin alone."""
@@ -438,7 +442,7 @@ def _minimize(run: _Run, units: list[_Unit], goals: Sequence[str],
 
 
 def _drop_unneeded(run: _Run, units: list[_Unit], goals: Sequence[str],
-                   known: set[str]) -> list[_Unit]:
+                   known: Known) -> list[_Unit]:
     """Return ``units`` without each one whose removal changes nothing that matters."""
     state = run.state_of(units)
     if state is None:
@@ -450,7 +454,7 @@ def _drop_unneeded(run: _Run, units: list[_Unit], goals: Sequence[str],
         trial_state = run.state_of(trial) if trial else run.check(run.text)
         if trial_state is None:
             continue
-        if {rule for _, rule in run.problems(trial_state)} - known:
+        if set(run.problems(trial_state)) - known:
             continue
         if all(not run.failing_on(trial_state, name) for name in fixed):
             kept = trial

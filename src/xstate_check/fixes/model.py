@@ -19,9 +19,9 @@ __all__ = ["Applicability", "Edit", "Fix", "Unfixed", "UnfixedReason"]
 Applicability = Literal["safe", "unsafe"]
 
 #: Why an error finding stays: ``no-fix`` (its rule declares none), ``unsafe-only`` (only an
-#: unsafe fix, not asked for), ``new-finding`` (the fix would bring a new error or warning
-#: on some profile), ``not-template`` (the finding does not come from a bitmap the template
-#: can change, such as a modified entry the profile lacks).
+#: unsafe fix, not asked for), ``new-finding`` (every fix would bring a new error or warning
+#: on some profile, or modify an entry one of them lacks), ``not-template`` (no bit the
+#: template sets or clears would change it: the table itself holds it).
 UnfixedReason = Literal["no-fix", "unsafe-only", "new-finding", "not-template"]
 
 
