@@ -135,6 +135,10 @@ def _freeze_flags(flags: Mapping[tuple[int, int], int]) -> Mapping[tuple[int, in
 BitKey = tuple[int, int, str, int]
 RegisterKey = tuple[int, int, str]
 Pin = tuple[int, Location]
+#: (leaf, subleaf, register, mask): bits of one register (a fact's CPUID sources).
+BitRef = tuple[int, int, str, int]
+#: (leaf, subleaf, register, the pins owning some of the bits asked about, with those bits).
+Owners = tuple[int, int, str, list[Pin]]
 
 
 class Provenance(Mapping[BitKey, Location]):
@@ -145,10 +149,12 @@ class Provenance(Mapping[BitKey, Location]):
     of one entry per bit.
     """
 
-    __slots__ = ("_pins",)
+    __slots__ = ("_any", "_owners", "_pins")
 
     def __init__(self, pins: Mapping[RegisterKey, tuple[Pin, ...]] | None = None) -> None:
         self._pins: dict[RegisterKey, tuple[Pin, ...]] = dict(pins or {})
+        self._any: bool | None = None  # whether a pin owns a bit: worked out when asked
+        self._owners: dict[tuple[BitRef, ...], tuple[Owners, ...]] = {}
 
     @classmethod
     def from_bits(cls, bits: Mapping[BitKey, Location]) -> Provenance:
@@ -175,6 +181,27 @@ class Provenance(Mapping[BitKey, Location]):
                 owners.append((owned, where))
                 remaining &= ~owned
         return owners
+
+    def owners(self, refs: tuple[BitRef, ...]) -> tuple[Owners, ...]:
+        """Return, per register of ``refs`` (``(leaf, subleaf, register, mask)`` bits) that
+        has pins, the pins owning those bits: ``(leaf, subleaf, register, pinned(...))``.
+
+        Worked out once per ``refs`` (the provenance is immutable): a template's findings ask
+        about the same bits on every profile it is applied to.
+        """
+        found = self._owners.get(refs)
+        if found is None:
+            masks: dict[RegisterKey, int] = {}
+            pins = self._pins
+            for leaf, subleaf, register, mask in refs:
+                key = (leaf, subleaf, register)
+                if key in pins:
+                    masks[key] = masks.get(key, 0) | mask
+            found = tuple(owned for owned in ((*key, self.pinned(*key, mask))
+                                              for key, mask in masks.items()) if owned[3])
+            if len(self._owners) < 4096:
+                self._owners[refs] = found
+        return found
 
     def register_keys(self) -> list[RegisterKey]:
         """Return the (leaf, subleaf, register) keys that have pins."""
@@ -213,11 +240,19 @@ class Provenance(Mapping[BitKey, Location]):
         return sum(1 for _ in self)
 
     def __bool__(self) -> bool:
-        return any(mask for pins in self._pins.values() for mask, _ in pins)
+        if self._any is None:
+            self._any = any(mask for pins in self._pins.values() for mask, _ in pins)
+        return self._any
 
 
 def _freeze_provenance(provenance: Mapping[BitKey, Location]) -> Provenance:
     return Provenance.from_bits(provenance)
+
+
+def _vendor(table: CpuidSet) -> str:
+    regs = table.get(0)
+    raw = struct.pack("<III", regs.ebx, regs.edx, regs.ecx)
+    return raw.decode("latin-1").rstrip("\0")
 
 
 def _leaf_subleaves(table: CpuidSet) -> Mapping[int, tuple[int, ...]]:
@@ -384,9 +419,7 @@ class CpuidSet:
     @property
     def vendor(self) -> str:
         """Return the vendor string of leaf 0 (``GenuineIntel``, ``AuthenticAMD``…)."""
-        regs = self.get(0)
-        raw = struct.pack("<III", regs.ebx, regs.edx, regs.ecx)
-        return raw.decode("latin-1").rstrip("\0")
+        return self.derived("vendor", _vendor)
 
     @property
     def signature(self) -> int:

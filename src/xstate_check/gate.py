@@ -780,8 +780,7 @@ def _table_key(profile: GateProfile, subject: Subject, folded: FoldedTemplate) -
     Profile names are unique within one gate run, whose own cache this key is for.
     """
     entries, flags = subject.cpuid.entries, subject.cpuid.flags
-    changed = tuple((key, entries[key], flags.get(key))
-                    for key in dict.fromkeys(step[0] for step in folded.steps)
+    changed = tuple((key, entries[key], flags.get(key)) for key, _ in folded.entries
                     if key in entries)
     return (profile.name, changed, tuple((m.leaf, m.subleaf) for m in subject.missing_entries))
 

@@ -7,6 +7,7 @@ AMX, the supervisor set) and the CPUID feature each xfeature needs derive from t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import attrs
@@ -151,6 +152,7 @@ def name_of(number: int) -> str:
     return feature.name if feature else f"bit{number}"
 
 
+@functools.lru_cache(maxsize=1024)
 def format_mask(mask: int) -> str:
     """Return ``0x602e7 (x87|sse|…)`` for an xfeature mask; ``0x0 (none)`` for zero."""
     names = "|".join(name_of(number) for number in bits(mask)) or "none"

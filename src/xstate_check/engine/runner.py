@@ -54,10 +54,11 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
         return findings
     # The plan's passes (see ``plan.Plan``): the groups (the last of other rules), ``each`` rules.
     plan = catalogue.plan
-    lacking = -1  # the NEEDS_* bits the subject lacks; worked out when first needed
+    lacking = ~available_of(subject)  # the NEEDS_* bits the subject lacks
     for name, zero_mask, small_mask, all_pass, steps in plan.groups:
         try:
-            value = None if name is None else facts[name]
+            # A fact that needs what the subject lacks is Missing: not computed to say so.
+            value = None if name is None or _needs(name) & lacking else facts[name]
         except Missing:
             value = None
         else:
@@ -67,23 +68,30 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
         for mask, values, needs, test, rule in steps:
             if value is not None and value & mask in values:
                 continue
-            if needs:
-                if lacking == -1:
-                    lacking = ~available_of(subject)
-                if needs & lacking:
-                    continue
+            if needs & lacking:
+                continue
             try:
                 if test(facts):
                     continue
             except Missing:
                 continue
             findings.append(finding_of(rule, facts, None, record))
-    if lacking == -1 and plan.walking:
-        lacking = ~available_of(subject)
     for needs, test, rule in plan.walking:
         if not needs & lacking:
             walk_items(facts, rule, test, findings, record)
     return findings
+
+
+_NEEDS: dict[str, int] = {}
+
+
+def _needs(name: str) -> int:
+    """Return the NEEDS bits a fact declares (what a subject must hold for it)."""
+    needs = _NEEDS.get(name)
+    if needs is None:
+        spec = FACTS.get(name)
+        needs = _NEEDS[name] = spec.needs if spec is not None else 0
+    return needs
 
 
 def run_rules(facts: Facts, rules: Iterable[Rule], findings: list[Finding],
@@ -283,28 +291,18 @@ def _placed(subject: Subject, item: object, refs: Iterable[BitRef]) -> Location 
     """Return a finding's location from its item and the CPUID bits it is about.
 
     The template line that set or cleared one of the bits, preferring bits the template
-    really changed (the earliest such line); else the file the table was read from. The
-    bits are gathered per register first: a register's pins are walked once.
+    really changed (the earliest such line); else the file the table was read from.
     """
     if isinstance(item, EntryItem) and item.location is not None:
         return item.location
     cpuid = subject.cpuid
     provenance = cpuid.provenance
     if provenance:
-        pinned_keys = provenance.pinned_keys()
-        masks: dict[tuple[int, int, str], int] = {}
-        for leaf, subleaf, register, mask in refs:
-            key = (leaf, subleaf, register)
-            if key in pinned_keys:
-                masks[key] = masks.get(key, 0) | mask
         changed: list[Location] = []
         pinned: list[Location] = []
         base = subject.base
-        for key, mask in masks.items():
-            owners = provenance.pinned(*key, mask)
-            if not owners:
-                continue
-            leaf, subleaf, register = key
+        for leaf, subleaf, register, owners in provenance.owners(
+                refs if isinstance(refs, tuple) else tuple(refs)):
             index = _REGISTER_INDEX.get(register)
             if index is None:  # the entry's KVM flags: no register bit of its own
                 diff = 0
