@@ -998,6 +998,8 @@ def run_gate(
     ``changed_since`` turns on regression mode (see the module docstring); ``fail_on``
     defaults to ``new`` there and is ``any`` otherwise. ``jobs``: worker processes (None:
     the usable cores, for large gates); the result is the same whatever their number.
+    Workers (forkserver) import the caller's ``__main__`` again: a script calling this with
+    more than one job must guard its work with ``if __name__ == "__main__":``.
     """
     return GateRun(templates, profiles=profiles, matrix=matrix, changed_since=changed_since,
                    fail_on=fail_on).result(jobs)
