@@ -41,7 +41,7 @@ def _fields(catalogue: Catalogue) -> list[dict[str, object]]:
     for rule in catalogue.rules:
         record = attrs.asdict(rule, recurse=False)
         compiled = attrs.asdict(record.pop("compiled"), recurse=False)
-        del compiled["test"], compiled["lets"]
+        del compiled["test"], compiled["lets"], compiled["offenders"]
         out.append({**record, **compiled})
     return out
 

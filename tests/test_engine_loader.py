@@ -98,7 +98,8 @@ def test_unknown_placeholder_is_drawn(tmp_path: Path) -> None:
     """A message placeholder that names no fact is drawn under the placeholder."""
     text = GOOD_RULE.replace('message = "XCR0 {xcr0}"', 'message = "XCR0 {xrc0}"')
     assert load_error(tmp_path, text) == (
-        "xcr0.toml:9:18: a fact, let or item field to show, not 'xrc0'\n"
+        "xcr0.toml:9:18: a fact, let, item field or variable of the check's 'all' to show, "
+        "not 'xrc0'\n"
         '    message = "XCR0 {xrc0}"\n'
         "                     ~~~^"
     )
@@ -269,3 +270,26 @@ def test_toml_syntax_error_on_a_long_line_is_cut(tmp_path: Path) -> None:
     assert first.startswith("xcr0.toml:6:100015: valid TOML (")
     assert snippet == "    …" + "e" * 117 + '" x'
     assert marker == "    " + " " * 120 + "^"
+
+
+@pytest.mark.parametrize(("defines", "check", "expected"), [
+    ('"valid_xcr1"', "(xcr0 & xtile) in [0, xtile]", "defines = one of 'valid_xcr0'"),
+    ('"valid_xcr0"', "XSAVE => x87 in xcr0", "a check that reads xcr0 alone"),
+    ('"valid_xcr0"', "(xss & xtile) == 0", "a check that reads xcr0 alone"),
+])
+def test_defines_names_a_defined_function_and_reads_its_argument_alone(
+        tmp_path: Path, defines: str, check: str, expected: str) -> None:
+    """A rule that defines valid_xcr0 must check xcr0 (its argument) and nothing else."""
+    text = GOOD_RULE.replace('check = "(xcr0 & xtile) in [0, xtile]"',
+                             f'check = "{check}"\ndefines = {defines}')
+    assert expected in load_error(tmp_path, text)
+
+
+def test_a_defining_rule_keeps_its_check_as_the_definition(tmp_path: Path) -> None:
+    """defines = "valid_xcr0" is read; the definition is the check, without applies."""
+    text = GOOD_RULE.replace('check = "(xcr0 & xtile) in [0, xtile]"',
+                             'applies = "XSAVE"\ncheck = "(xcr0 & xtile) in [0, xtile]"\n'
+                             'defines = "valid_xcr0"')
+    rule = load_catalogue([write(tmp_path, text)]).get("test-rule")
+    assert rule.defines == "valid_xcr0"
+    assert rule.compiled.definition is not None and rule.compiled.definition.type == "bool"

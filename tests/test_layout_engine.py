@@ -139,4 +139,7 @@ def test_unsized_aligned_component_aligns_the_compacted_format() -> None:
     sizes = json.loads(decode_json(table, layout, title="t"))["sizes"]
     assert sizes["computed_compacted"] == 896
     assert not findings(table, "XS0205")  # 0xD.1 EBX = 896 is within 576 .. 896
-    assert rule_value("unsized", Subject("t", table)) == 1 << 17
+    # The component is enumerated without a size: the guest-table rule names it.
+    report = evaluate(Subject("t", table, role="guest"), CATALOGUE.select(["XS0208"]))
+    assert [f.message for f in report.findings] == [
+        "the guest's table enumerates 0x20000 (tilecfg) but its 0xD subleaves give no size"]

@@ -23,6 +23,7 @@ import pytest
 from xstate_check import oracle
 from xstate_check.cpuid import CpuidSet
 from xstate_check.errors import InputError, ProbeError
+from xstate_check.facts import valid_xcr0
 from xstate_check.hoststate import HostState
 from xstate_check.oracle import OracleResult, run_many, run_oracle, run_subjects
 from xstate_check.report import Finding
@@ -244,6 +245,16 @@ def test_every_xcr0_subset_matches_the_sdm(host_cpuid: CpuidSet, host_xcr0: int)
     assert wrong == []
     assert all(r.xcr0_read_back == r.xcr0_tried for r in results if r.outcome == "accepted")
     assert {r.outcome for r in results} == {"#GP", "accepted"}
+
+
+def test_valid_xcr0_is_what_kvm_accepts(host_cpuid: CpuidSet, host_xcr0: int) -> None:
+    """valid_xcr0(mask), which the XSETBV rules of rules/xcr0.toml define, holds exactly for
+    the masks KVM lets a guest's XSETBV write, on a vCPU enumerating every bit this host's
+    KVM supports: every subset of them, and reserved bit 63."""
+    values = [*subsets(host_xcr0), X87 | SSE | 1 << 63]
+    wrong = [(hex(r.xcr0_tried), r.outcome) for r in run_many(host_cpuid, values)
+             if valid_xcr0(r.xcr0_tried) != (r.outcome == "accepted")]
+    assert wrong == []
 
 
 def test_every_enumeration_and_xcr0_matches_the_sdm(host_cpuid: CpuidSet, host_xcr0: int) -> None:

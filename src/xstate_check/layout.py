@@ -13,7 +13,7 @@ from typing import NamedTuple
 import attrs
 
 from xstate_check.cpuid import CpuidSet, Registers
-from xstate_check.xfeatures import EXCLUSIVE_PAIRS, bits
+from xstate_check.xfeatures import bits
 
 __all__ = ["LEGACY_AND_HEADER", "Component", "XsaveLayout", "align64"]
 
@@ -60,11 +60,6 @@ class Component(NamedTuple):
         """Return the first byte after the component in the standard format."""
         return self.offset + self.size
 
-    def same_place(self, other: Component) -> bool:
-        """Return whether ``other`` has this component's size, alignment and (user) offset."""
-        return (self.size == other.size and not (self.ecx ^ other.ecx) & 2
-                and (bool(self.ecx & 1) or self.offset == other.offset))
-
 
 _new_component = tuple.__new__
 
@@ -93,15 +88,14 @@ class XsaveLayout:
     xsave_features: int
     compacted_size_current: int
     components: Mapping[int, Component] = attrs.field(converter=_freeze_components)
+    #: overlaps and placed_above of each sized user component, worked out on first use
+    _relations: dict[int, tuple[int, int]] = attrs.field(factory=dict, init=False, eq=False,
+                                                         repr=False)
 
     @classmethod
     def from_cpuid(cls, cpuid: CpuidSet) -> XsaveLayout:
         """Decode leaf 0xD of ``cpuid`` (once per table: the table is immutable)."""
         return cpuid.derived("xsave_layout", _decode)
-
-    def sized(self, mask: int) -> list[Component]:
-        """Return the components of ``mask`` (n >= 2) whose subleaf enumerates a size, ascending."""
-        return [c for c in self.components.values() if mask >> c.number & 1 and c.size]
 
     def standard_size(self, mask: int) -> int:
         """Return the standard-format size for the XCR0 bits of ``mask``.
@@ -152,37 +146,50 @@ class XsaveLayout:
                 offset += length
         return offsets, offset
 
-    def overlapping(self, mask: int) -> int:
-        """Return the sized user components of ``mask`` whose standard-format regions overlap.
+    def overlaps(self, number: int) -> int:
+        """Return the sized user components whose standard-format region shares a byte with
+        component ``number``'s (0 for a component that is unsized or flagged supervisor).
 
-        A region overlaps when it starts inside the 576-byte legacy area and header or shares
-        a byte with another's; pairs XCR0 never holds together (``EXCLUSIVE_PAIRS``: APX over
-        the MPX area) are left out.
+        A user component (ECX[0] = 0) of size EAX at offset EBX occupies
+        [EBX, EBX + EAX) of the standard format (Intel SDM Vol. 1 §13.4.2).
         """
-        regions = [(c.number, c.offset, c.offset + c.size) for c in self.sized(mask)
-                   if not c.ecx & 1]
-        result = 0
-        for index, (number, start, end) in enumerate(regions):
-            if start < LEGACY_AND_HEADER:
-                result |= 1 << number
-            for other, other_start, other_end in regions[index + 1:]:
-                if start < other_end and other_start < end:
-                    pair = 1 << number | 1 << other
-                    if not any(pair & one and pair & two for one, two in EXCLUSIVE_PAIRS):
-                        result |= pair
-        return result
+        return self._relation(number)[0]
 
-    def misordered(self, mask: int) -> int:
-        """Return the sized user components of ``mask`` placed below a lower-numbered one."""
-        result = 0
-        highest = 0
-        for component in self.sized(mask):
-            if component.ecx & 1:
-                continue
-            if component.offset < highest:
-                result |= 1 << component.number
-            highest = max(highest, component.offset)
-        return result
+    def placed_above(self, number: int) -> int:
+        """Return the sized user components whose standard-format offset is above component
+        ``number``'s (0 for a component that is unsized or flagged supervisor)."""
+        return self._relation(number)[1]
+
+    def _relation(self, number: int) -> tuple[int, int]:
+        return self.relations().get(number, (0, 0))
+
+    def relations(self) -> Mapping[int, tuple[int, int]]:
+        """Return (overlaps, placed_above) of each sized user component, by number."""
+        relations = self._relations
+        if not relations:
+            # Sorted by offset, a region overlaps those after it that start before it ends,
+            # and lies below every region that starts further on.
+            regions = sorted([(c.offset, c.offset + c.size, c.number)
+                              for c in self.components.values() if c.size and not c.ecx & 1])
+            overlapping = dict.fromkeys([number for _, _, number in regions], 0)
+            count = len(regions)
+            for index in range(count):
+                _, end, one = regions[index]
+                later = index + 1
+                while later < count and regions[later][0] < end:
+                    other = regions[later][2]
+                    overlapping[one] |= 1 << other
+                    overlapping[other] |= 1 << one
+                    later += 1
+            above = pending = 0
+            last = -1
+            for start, _, one in reversed(regions):
+                if start != last:
+                    above, pending, last = above | pending, 0, start
+                relations[one] = (overlapping[one], above)
+                pending |= 1 << one
+            relations[-1] = (0, 0)  # worked out, even where no component is sized
+        return relations
 
     @property
     def user_dynamic(self) -> int:

@@ -16,7 +16,6 @@ __all__ = [
     "AVX512_MASK",
     "EXCLUSIVE_PAIRS",
     "EXTRA_FEATURE_NEEDS",
-    "FEATURE_XSTATE",
     "LINUX_GATES",
     "LINUX_SUPERVISOR_MASK",
     "MPX_MASK",
@@ -113,12 +112,6 @@ LINUX_GATES: dict[int, str] = {x.number: x.gate for x in _TABLE
 #: buffers, so it is not counted here.
 LINUX_SUPERVISOR_MASK = _BY_NAME["pasid"].mask | _BY_NAME["cet_u"].mask
 
-#: CPUID feature -> the xfeatures it needs enumerated in 0xD.0, from the ``feature`` column
-#: (Linux's xsave_cpuid_features[] pairs), in xfeature order.
-FEATURE_XSTATE: dict[str, int] = {}
-for _x in _TABLE:
-    if _x.feature is not None:
-        FEATURE_XSTATE[_x.feature] = FEATURE_XSTATE.get(_x.feature, 0) | _x.mask
 #: Features without an xfeature of their own that need others': AVX10, whose vectors are the
 #: AVX-512 registers, needs the AVX-512 state and YMM (QEMU's x86_ext_save_areas[]).
 EXTRA_FEATURE_NEEDS: dict[str, int] = {"AVX10": AVX512_MASK | _BY_NAME["ymm"].mask}

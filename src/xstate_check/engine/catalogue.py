@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
-from xstate_check.engine.compiler import Evaluator
+from xstate_check.engine.compiler import Evaluator, Offenders
 from xstate_check.engine.parser import Node
 from xstate_check.errors import Location
 from xstate_check.facts import BitRef, Kind
@@ -49,7 +49,10 @@ class CompiledRule:
 
     ``test`` folds ``applies`` in (a rule that does not apply passes); ``each`` names the
     list fact the rule walks, one finding per failing item; ``facts`` and ``functions`` are
-    the names the rule reads, from which a finding's location is derived.
+    the names the rule reads, from which a finding's location is derived; ``offenders``,
+    per variable a failing ``all`` of the check binds, lists the components it holds false,
+    which the message names and the location comes from; ``attributes`` are the component
+    attributes the rule reads.
     """
 
     test: Evaluator
@@ -60,6 +63,10 @@ class CompiledRule:
     facts: frozenset[str]
     functions: frozenset[str]
     needs: int = 0
+    offenders: Mapping[str, Offenders] = attrs.field(factory=dict)
+    attributes: frozenset[str] = frozenset()
+    #: The check alone (no ``applies``) of a rule that ``defines`` a function.
+    definition: Node | None = None
     #: The parsed check (``applies`` folded in) and lets, from which ``test`` and ``lets``
     #: are compiled: what a cached catalogue keeps, since closures cannot be stored.
     source: tuple[Node, tuple[tuple[str, Node], ...]] | None = None
@@ -117,6 +124,8 @@ class Rule:
     #: The template changes that fix the rule's findings (``[[rule.autofix]]``), in the
     #: order they are tried.
     autofix: tuple[FixGroup, ...] = ()
+    #: The function (``valid_xcr0``) whose meaning this rule's check is part of.
+    defines: str | None = None
 
 
 @attrs.frozen(eq=False)

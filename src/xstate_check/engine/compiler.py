@@ -10,58 +10,45 @@ rules are run in, and the shortcuts that skip some, are ``plan``'s.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from xstate_check.engine.parser import Binary, Call, Compare, ListExpr, Literal, Name, Node, Unary
-from xstate_check.facts import FUNCTIONS, Facts
+from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
+from xstate_check.engine.parser import (
+    Attribute,
+    Binary,
+    Call,
+    Compare,
+    ListExpr,
+    Literal,
+    Name,
+    Node,
+    Quantifier,
+    Unary,
+    walk,
+)
+from xstate_check.engine.quantify import bound_key, components_of, lower, reads_layout
+from xstate_check.facts import ATTRIBUTES, FUNCTIONS, Facts
+from xstate_check.facts.components import COMPONENT_BITS
+from xstate_check.layout import Component
 
 __all__ = [
     "MASK64",
     "Evaluator",
+    "Offenders",
+    "attributes_read",
     "compile_expression",
+    "compile_rule",
     "constant_value",
     "names_read",
+    "offending_quantifiers",
 ]
 
 #: A compiled expression: facts in, value out (may raise ``facts.Missing``).
 Evaluator = Callable[[Facts], Any]
 
-#: Masks are 64-bit.
-MASK64 = (1 << 64) - 1
-
-def _shift_left(value: int, count: int) -> int:
-    """Shift within 64 bits: masks are 64-bit, and a huge count must not build a huge int."""
-    return (value << count) & MASK64 if 0 <= count < 64 else 0
-
-
-def _shift_right(value: int, count: int) -> int:
-    return value >> count if 0 <= count < 64 else 0
-
-
-def _multiply(left: int, right: int) -> int:
-    return (left * right) & MASK64
-
-
-_INT_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "|": operator.or_,
-    "^": operator.xor,
-    "&": operator.and_,
-    "<<": _shift_left,
-    ">>": _shift_right,
-    "+": operator.add,
-    "-": operator.sub,
-    "*": _multiply,
-}
-_COMPARE_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
+#: What a failing rule's ``all c`` quantifiers hold false: the offending components.
+Offenders = Callable[[Facts], list[Component]]
 
 class _Const:
     """A value known when the rule is loaded."""
@@ -134,6 +121,10 @@ def _fold(node: Node, value: object) -> object:
 def _build(node: Node, lets: Mapping[str, Evaluator]) -> _Built:
     if isinstance(node, Literal):
         return _Const(node.value)
+    if isinstance(node, Attribute):
+        return _build_attribute(node)
+    if isinstance(node, Quantifier):
+        return _build_quantifier(node, lets)
     if isinstance(node, Name):
         return _build_name(node, lets)
     if isinstance(node, ListExpr):
@@ -154,6 +145,36 @@ def _build_name(node: Name, lets: Mapping[str, Evaluator]) -> _Built:
         field = operator.attrgetter(node.name.split(".", 1)[1])
         return lambda facts: field(facts["item"])
     return _Fact(node.name)
+
+
+def _build_attribute(node: Attribute) -> _Built:
+    return ATTRIBUTES[node.attribute].read(bound_key(node.var))
+
+
+def _domain(node: Quantifier, lets: Mapping[str, Evaluator]) -> Callable[[Facts], int]:
+    """Return the closure giving the components of ``node``'s domain, as a mask."""
+    domain = _build(node.domain, lets)
+    if isinstance(domain, _Const):
+        mask = domain.value & COMPONENT_BITS
+        return lambda facts: mask
+    run = _run(domain)
+    return lambda facts: run(facts) & COMPONENT_BITS
+
+
+def _mask_test(node: Quantifier, lets: Mapping[str, Evaluator]) -> Callable[[Facts, int], int]:
+    return lower(node.body, node.var, lambda part: _run(_build(part, lets)))
+
+
+def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built:
+    domain = _domain(node, lets)
+    holds = _mask_test(node, lets)
+    if node.kind == "all":
+        def every(facts: Facts) -> bool:
+            care = domain(facts)
+            return not care or holds(facts, care) == care
+
+        return every
+    return lambda facts: (care := domain(facts)) != 0 and holds(facts, care) != 0
 
 
 def _build_list(node: ListExpr, lets: Mapping[str, Evaluator]) -> _Built:
@@ -197,7 +218,7 @@ def _build_binary(node: Binary, lets: Mapping[str, Evaluator]) -> _Built:
     right = _build(node.right, lets)
     if node.op in ("and", "or", "=>"):
         return _build_logic(node.op, left, right)
-    function = _INT_OPS[node.op]
+    function = INT_OPS[node.op]
     if isinstance(left, _Const) and isinstance(right, _Const):
         return _Const(_fold(node, function(left.value, right.value)))
     if node.op == "&":
@@ -281,7 +302,7 @@ def _build_compare(node: Compare, lets: Mapping[str, Evaluator]) -> _Built:
         if isinstance(built, _Const):
             return _Const(not built.value)
         return _negate(built)
-    function = _COMPARE_OPS[op]
+    function = COMPARE_OPS[op]
     if isinstance(left, _Const) and isinstance(right, _Const):
         return _Const(function(left.value, right.value))
     if isinstance(right, _Const):
@@ -348,6 +369,50 @@ def compile_expression(node: Node, lets: Mapping[str, Evaluator] | None = None) 
     return _run(_build(node, lets or {}))
 
 
+def offending_quantifiers(node: Node) -> list[Quantifier]:
+    """Return the ``all`` quantifiers whose failure fails ``node``: those reached from its
+    root through ``and``, ``or`` and the right side of ``=>``. A message names what each
+    holds false (``{c}``)."""
+    if isinstance(node, Quantifier):
+        return [node] if node.kind == "all" else []
+    if isinstance(node, Binary) and node.op in ("and", "or"):
+        return offending_quantifiers(node.left) + offending_quantifiers(node.right)
+    if isinstance(node, Binary) and node.op == "=>":
+        return offending_quantifiers(node.right)
+    return []
+
+
+def _compile_offenders(quantifiers: Sequence[Quantifier],
+                       lets: Mapping[str, Evaluator]) -> Offenders:
+    tests = [(_domain(node, lets), _mask_test(node, lets), reads_layout(node.body, node.var))
+             for node in quantifiers]
+
+    def offenders(facts: Facts) -> list[Component]:
+        failing = 0
+        layout = False
+        for domain, holds, reads in tests:
+            care = domain(facts)
+            failing |= care & ~holds(facts, care)
+            layout = layout or reads
+        return components_of(facts, failing, layout)
+
+    return offenders
+
+
+def compile_rule(node: Node, let_nodes: Sequence[tuple[str, Node]]) -> tuple[
+        Evaluator, dict[str, Evaluator], dict[str, Offenders]]:
+    """Return a rule's test, its lets and, per variable a failing ``all`` binds, the
+    closure that lists the components it holds false (for the message)."""
+    lets: dict[str, Evaluator] = {}
+    for name, let_node in let_nodes:
+        lets[name] = compile_expression(let_node, lets)
+    by_var: dict[str, list[Quantifier]] = {}
+    for quantifier in offending_quantifiers(node):
+        by_var.setdefault(quantifier.var, []).append(quantifier)
+    offenders = {var: _compile_offenders(found, lets) for var, found in by_var.items()}
+    return compile_expression(node, lets), lets, offenders
+
+
 def constant_value(node: Node) -> tuple[bool, object]:
     """Return (True, value) when ``node`` needs no fact at all, else (False, None)."""
     built = _build(node, {name: _never for name in _let_names(node)})
@@ -359,19 +424,13 @@ def _never(facts: Facts) -> Any:
 
 
 def _let_names(node: Node) -> set[str]:
-    return {child.name for child in _walk(node) if isinstance(child, Name) and child.role == "let"}
+    return {child.name for child in walk(node) if isinstance(child, Name) and child.role == "let"}
 
 
-def _walk(node: Node) -> Iterator[Node]:
-    yield node
-    if isinstance(node, Unary):
-        yield from _walk(node.operand)
-    elif isinstance(node, Binary | Compare):
-        yield from _walk(node.left)
-        yield from _walk(node.right)
-    elif isinstance(node, Call | ListExpr):
-        for child in node.args if isinstance(node, Call) else node.items:
-            yield from _walk(child)
+def attributes_read(node: Node, var: str | None = None) -> set[str]:
+    """Return the component attributes ``node`` reads (of ``var`` only, where given)."""
+    return {child.attribute for child in walk(node)
+            if isinstance(child, Attribute) and (var is None or child.var == var)}
 
 
 def names_read(node: Node) -> tuple[set[str], set[str], set[str]]:
@@ -379,7 +438,7 @@ def names_read(node: Node) -> tuple[set[str], set[str], set[str]]:
     facts: set[str] = set()
     functions: set[str] = set()
     lets: set[str] = set()
-    for child in _walk(node):
+    for child in walk(node):
         if isinstance(child, Name):
             if child.role == "fact":
                 facts.add(child.name)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
+
+import attrs
 
 from xstate_check.engine import examples
 from xstate_check.engine.catalogue import (
@@ -22,12 +24,32 @@ from xstate_check.engine.catalogue import (
     MessagePart,
     Rule,
 )
-from xstate_check.engine.compiler import Evaluator, compile_expression, constant_value, names_read
+from xstate_check.engine.compiler import (
+    Evaluator,
+    attributes_read,
+    compile_expression,
+    compile_rule,
+    constant_value,
+    names_read,
+    offending_quantifiers,
+)
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
 from xstate_check.errors import InputError, Location, clip_quote, error_at, line_column
-from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS, ITEM_FIELDS, BitRef, Kind, needs_of
+from xstate_check.facts import (
+    ATTRIBUTES,
+    CONSTANTS,
+    FACTS,
+    FUNCTIONS,
+    ITEM_FIELDS,
+    BitRef,
+    Kind,
+    language_type,
+    needs_of,
+)
+from xstate_check.facts.components import attribute_needs
+from xstate_check.facts.enumeration import DEFINED
 from xstate_check.report import SEVERITIES
 from xstate_check.textfile import read_text
 from xstate_check.tomltext import parse_toml
@@ -45,7 +67,7 @@ __all__ = [
 FILE_KEYS = ("family", "description", "rule")
 RULE_REQUIRED = ("id", "name", "severity", "summary", "check", "message", "consequence", "fix",
                  "references", "pass", "fail")
-RULE_OPTIONAL = ("applies", "each", "let", "cpuid_bits", "explanation", "autofix")
+RULE_OPTIONAL = ("applies", "each", "let", "cpuid_bits", "explanation", "autofix", "defines")
 RULE_KEYS = RULE_REQUIRED + RULE_OPTIONAL
 EXAMPLE_KEYS = ("base", "role", "cpuid", "template", "flags", "missing", "host", "note", "dest")
 FIX_KEYS = ("applicability", "clear", "also", "anchor", "restore", "summary")
@@ -215,7 +237,7 @@ class _RuleReader:
             if not isinstance(each, str) or FACTS.get(each) is None or FACTS[each].kind != "items":
                 lists = ", ".join(n for n, spec in FACTS.items() if spec.kind == "items")
                 self.fail_key("each", f"each = the name of a list fact ({lists})")
-            names.update({f"item.{field}": Resolved("item", _language_type(kind))
+            names.update({f"item.{field}": Resolved("item", language_type(kind))
                           for field, kind in ITEM_FIELDS.items()})
         lets, let_nodes, let_kinds = self.lets(names)
         check_text = self.text("check")
@@ -237,13 +259,11 @@ class _RuleReader:
                        f"{'true' if value else 'false'})"
             if not (each is not None and value is False):
                 self.fail_in("check", check_text, (0, len(check_text)), expected)
-        facts, functions, _ = names_read(node)
-        for let_node in let_nodes:
-            more_facts, more_functions, _ = names_read(let_node)
-            facts |= more_facts
-            functions |= more_functions
+        defines = self.defines(check_text, check)
         message_text = self.text("message")
-        message = self.message(message_text, names, let_kinds)
+        _, compiled = self.compiled(node, tuple(zip(lets, let_nodes, strict=True)),
+                                    let_kinds=let_kinds, each=each, names=names,
+                                    message_text=message_text)
         return Rule(
             id=rule_id,
             name=name,
@@ -264,17 +284,51 @@ class _RuleReader:
             fails=self.read_examples("fail"),
             location=self.location(),
             autofix=self.fix_groups(),
-            compiled=CompiledRule(
-                test=compile_expression(node, lets),
-                each=each,
-                lets=lets,
-                let_kinds=let_kinds,
-                message=message,
-                facts=frozenset(facts),
-                functions=frozenset(functions),
-                needs=needs_of(facts, functions),
-                source=(node, tuple(zip(lets, let_nodes, strict=True))),
-            ),
+            compiled=attrs.evolve(compiled, definition=check if defines else None),
+            defines=defines,
+        )
+
+    def defines(self, check_text: str, check: Node) -> str | None:
+        """Return the function whose meaning this rule's check is part of (``defines``)."""
+        defines = self.table.get("defines")
+        if defines is None:
+            return None
+        if not isinstance(defines, str) or defines not in DEFINED:
+            self.fail_key("defines", f"defines = one of {', '.join(map(repr, DEFINED))}")
+        argument = DEFINED[defines]
+        facts, functions, lets = names_read(check)
+        if facts - {argument} or functions or lets or attributes_read(check):
+            self.fail_in("check", check_text, (0, len(check_text)),
+                         f"a check that reads {argument} alone, which {defines}'s argument "
+                         "stands for")
+        return defines
+
+    def compiled(self, node: Node, let_sources: tuple[tuple[str, Node], ...], *,
+                 let_kinds: dict[str, Kind], each: str | None, names: Mapping[str, Resolved],
+                 message_text: str) -> tuple[tuple[MessagePart, ...], CompiledRule]:
+        """Return the rule's message parts and its compiled form (``node``: the check with
+        ``applies`` folded in)."""
+        facts, functions, _ = names_read(node)
+        attributes = attributes_read(node)
+        for _, let_node in let_sources:
+            more_facts, more_functions, _ = names_read(let_node)
+            facts |= more_facts
+            functions |= more_functions
+        bound = {quantifier.var for quantifier in offending_quantifiers(node)}
+        message = self.message(message_text, names, let_kinds, bound)
+        test, lets, offenders = compile_rule(node, let_sources)
+        return message, CompiledRule(
+            test=test,
+            each=each,
+            lets=lets,
+            let_kinds=let_kinds,
+            message=message,
+            facts=frozenset(facts),
+            functions=frozenset(functions),
+            needs=needs_of(facts, functions) | attribute_needs(attributes),
+            source=(node, let_sources),
+            offenders=offenders,
+            attributes=frozenset(attributes),
         )
 
     def names(self) -> dict[str, Resolved]:
@@ -307,8 +361,10 @@ class _RuleReader:
             names[name] = Resolved("let", node.type)
         return lets, nodes, kinds
 
-    def message(self, text: str, names: Mapping[str, Resolved],
-                let_kinds: Mapping[str, Kind]) -> tuple[MessagePart, ...]:
+    def message(self, text: str, names: Mapping[str, Resolved], let_kinds: Mapping[str, Kind],
+                bound: Collection[str]) -> tuple[MessagePart, ...]:
+        """Return a message's parts; ``bound`` are the variables of the check's ``all``
+        quantifiers, whose offending components ``{c}`` and ``{c.name}`` show."""
         parts: list[MessagePart] = []
         position = 0
         for match in _PLACEHOLDER.finditer(text):
@@ -323,9 +379,18 @@ class _RuleReader:
                              "'{name}' or '{name:format}'; write '{{' or '}}' for a brace")
             name, _, fmt = match.group(1).strip().partition(":")
             meaning = names.get(name)
+            var, _, attribute = name.partition(".")
+            if var in bound and (not attribute or attribute in ATTRIBUTES):
+                if fmt and fmt not in MESSAGE_FORMATS:
+                    self.fail_in("message", text, (match.start() + 1, match.end() - 1),
+                                 f"a format among {', '.join(MESSAGE_FORMATS)}")
+                parts.append((name, MESSAGE_FORMATS[fmt] if fmt else
+                              ATTRIBUTES[attribute].kind if attribute else "mask"))
+                continue
             if meaning is None or meaning.role in ("constant", "function"):
                 self.fail_in("message", text, (match.start() + 1, match.end() - 1),
-                             f"a fact, let or item field to show, not {clip_quote(name)}")
+                             "a fact, let, item field or variable of the check's 'all' to "
+                             f"show, not {clip_quote(name)}")
             if fmt and fmt not in MESSAGE_FORMATS:
                 self.fail_in("message", text, (match.start() + 1, match.end() - 1),
                              f"a format among {', '.join(MESSAGE_FORMATS)}")
@@ -618,12 +683,12 @@ def _language_names() -> dict[str, Resolved]:
     names: dict[str, Resolved] = {}
     for name, spec in FACTS.items():
         if spec.kind != "items":
-            names[name] = Resolved("fact", _language_type(spec.kind))
+            names[name] = Resolved("fact", language_type(spec.kind))
     for name, value in CONSTANTS.items():
         names[name] = Resolved("constant", "int", value=value)
     for name, function in FUNCTIONS.items():
-        names[name] = Resolved("function", _language_type(function.kind),
-                               tuple(_language_type(kind) for kind in function.args))
+        names[name] = Resolved("function", language_type(function.kind),
+                               tuple(language_type(kind) for kind in function.args))
     return names
 
 
@@ -634,14 +699,6 @@ def _node_kind(node: Node) -> Kind:
     if isinstance(node, Name) and node.role == "fact":
         return FACTS[node.name].kind
     return _TYPE_KINDS.get(node.type, "str")
-
-
-def _language_type(kind: Kind) -> str:
-    if kind in ("mask", "size", "int"):
-        return "int"
-    if kind == "sizes":
-        return "list:int"
-    return kind
 
 
 def load_rule_text(text: str, path: str) -> list[Rule]:

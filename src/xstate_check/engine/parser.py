@@ -12,6 +12,10 @@ type error can be drawn with a caret. Precedence, lowest first::
     unary        ~ -
     primary      number, version (6.4), "string", true, false, name, call(...), [list], (...)
 
+A quantifier, ``all c in components(MASK): CONDITION`` or ``any …``, stands where ``not``
+does; its condition reaches as far right as it can (parentheses end it), and reads the
+component's attributes as ``c.size``, ``c.offset`` … (``facts.components``).
+
 Types: ``int`` (masks, sizes, numbers), ``bool``, ``str``, ``version`` and lists of them.
 ``a in b`` on two ints means "every bit of a is set in b"; with a list on the right it is
 membership.
@@ -19,13 +23,16 @@ membership.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
+
+from xstate_check.errors import clip_quote
 
 if TYPE_CHECKING:
     from xstate_check.engine.tokenizer import Token
 
 __all__ = [
+    "Attribute",
     "Binary",
     "Call",
     "Compare",
@@ -33,9 +40,11 @@ __all__ = [
     "Literal",
     "Name",
     "Node",
+    "Quantifier",
     "Resolved",
     "Unary",
     "parse_expression",
+    "walk",
 ]
 
 Span = tuple[int, int]
@@ -113,7 +122,27 @@ class ListExpr(NamedTuple):
     span: Span
 
 
-Node = Literal | Name | Call | Unary | Binary | Compare | ListExpr
+class Attribute(NamedTuple):
+    """``c.size``: an attribute of the component the quantifier of ``c`` binds."""
+
+    var: str
+    attribute: str
+    type: str
+    span: Span
+
+
+class Quantifier(NamedTuple):
+    """``all c in components(MASK): BODY`` (``kind`` "all") or ``any …``: a condition."""
+
+    kind: str
+    var: str
+    domain: Node
+    body: Node
+    span: Span
+    type: str = "bool"
+
+
+Node = Literal | Name | Call | Unary | Binary | Compare | ListExpr | Attribute | Quantifier
 
 _ORDERED = {"int", "version"}
 #: Operators C binds looser than comparisons: compared, they must be in parentheses.
@@ -125,13 +154,18 @@ MAX_NESTING = 32
 
 
 class _Parser:
-    def __init__(self, source: str, resolve: Callable[[str], Resolved], names: Collection[str]):
+    def __init__(self, source: str, resolve: Callable[[str], Resolved], names: Collection[str],
+                 attributes: Mapping[str, str]):
         # The tokenizer (and its patterns) loads when an expression is parsed: a catalogue
         # read from its cache holds parse trees, which need the node types alone.
         from xstate_check.engine.tokenizer import tokenize
 
         self.source = source
         self.resolve = resolve
+        self.names = names
+        self.attributes = attributes
+        #: The variables bound by the quantifiers around the token being read, innermost last.
+        self.scope: list[str] = []
         self.tokens = tokenize(source, names)
         self.index = 0
         self.depth = 0
@@ -224,7 +258,9 @@ class _Parser:
         return node
 
     def _parse_negation(self) -> Node:
-        """negation = "not" negation | comparison"""
+        """negation = "not" negation | quantifier | comparison"""
+        if self.check("KEYWORD", "all", "any"):
+            return self._parse_quantifier()
         if self.check("KEYWORD", "not"):
             start = self.read().start
             self.nest()
@@ -233,6 +269,32 @@ class _Parser:
             self.want(operand, "bool", "'not'")
             return Unary("not", operand, "bool", (start, operand.span[1]))
         return self._parse_comparison()
+
+    def _parse_quantifier(self) -> Node:
+        """quantifier = ("all" | "any") NAME "in" "components" "(" implication ")" ":"
+                        implication"""
+        start = self.read()
+        self.nest()
+        var = self.expect("NAME", None, f"a variable name after '{start.text}', such as c")
+        if ("." in var.text or var.text in self.names or var.text in self.scope
+                or any(name.startswith(var.text + ".") for name in self.names)
+                or var.text == "item"):
+            self.fail(f"a new variable name, not {clip_quote(var.text)}, which is taken", var)
+        self.expect("KEYWORD", "in", f"'in' after '{start.text} {var.text}'")
+        self.expect("KEYWORD", "components", "components(MASK): a quantifier walks the "
+                    "xfeatures of a mask")
+        self.expect("LPAREN", None, "'(' after components")
+        domain = self._parse_implication()
+        self.expect("RPAREN", None, "')' to close components(")
+        self.want(domain, "int", "components()")
+        self.expect("COLON", None, f"':' and the condition each component of {var.text} "
+                    "must meet")
+        self.scope.append(var.text)
+        body = self._parse_implication()
+        self.scope.pop()
+        self.want(body, "bool", f"'{start.text}'")
+        self.depth -= 1
+        return Quantifier(start.text, var.text, domain, body, (start.start, body.span[1]))
 
     def _parse_comparison(self) -> Node:
         """comparison = bit_or ( COMPARE_OP bit_or )?
@@ -366,8 +428,14 @@ class _Parser:
     def _parse_name(self) -> Node:
         """name = NAME ( "(" ( implication ( "," implication )* )? ")" )?"""
         token = self.read()
-        meaning = self.resolve(token.text)
         span = (token.start, token.end)
+        head, _, attribute = token.text.partition(".")
+        if head in self.scope:
+            return self._attribute(token, head, attribute)
+        if token.text not in self.names:
+            self._unknown(token, list(self.names)
+                          + [f"{var}.{name}" for var in self.scope for name in self.attributes])
+        meaning = self.resolve(token.text)
         if meaning.role == "function":
             self.expect("LPAREN", None, f"'(' after the function {token.text}")
             args: list[Node] = []
@@ -389,6 +457,24 @@ class _Parser:
         if meaning.role == "constant":
             return Literal(meaning.value, meaning.type, span)
         return Name(token.text, meaning.role, meaning.type, span)
+
+    def _attribute(self, token: Token, var: str, attribute: str) -> Node:
+        """attribute = VARIABLE "." ATTRIBUTE, of a variable a quantifier around binds"""
+        if not attribute:
+            self.fail(f"an attribute of the component {var} ({var}.size, {var}.offset, …)", token)
+        kind = self.attributes.get(attribute)
+        if kind is None:
+            self._unknown(token, [f"{var}.{name}" for name in self.attributes])
+        if self.check("LPAREN"):
+            self.fail(f"{token.text} is not a function", self.token)
+        return Attribute(var, attribute, kind, (token.start, token.end))
+
+    def _unknown(self, token: Token, known: list[str]) -> NoReturn:
+        import difflib
+
+        close = difflib.get_close_matches(token.text, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        self.fail(f"unknown name {clip_quote(token.text)}{hint}", token)
 
     def _parse_list(self) -> Node:
         """list = "[" ( bit_or ( "," bit_or )* )? "]" """
@@ -420,10 +506,32 @@ def _describe(type_name: str) -> str:
 
 
 def parse_expression(
-    source: str, resolve: Callable[[str], Resolved], names: Collection[str]
+    source: str, resolve: Callable[[str], Resolved], names: Collection[str],
+    attributes: Mapping[str, str] | None = None,
 ) -> Node:
-    """Parse and type-check ``source``; ``names`` lists every name ``resolve`` knows.
+    """Parse and type-check ``source``; ``names`` lists every name ``resolve`` knows and
+    ``attributes`` the type of each component attribute (by default the registry's).
 
     Raises ``RuleSyntaxError`` with the source and the span of the problem.
     """
-    return _Parser(source, resolve, names).parse()
+    if attributes is None:
+        from xstate_check.facts import ATTRIBUTES, language_type
+
+        attributes = {name: language_type(spec.kind) for name, spec in ATTRIBUTES.items()}
+    return _Parser(source, resolve, names, attributes).parse()
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """Yield ``node`` and every node below it, depth first."""
+    yield node
+    if isinstance(node, Quantifier):
+        yield from walk(node.domain)
+        yield from walk(node.body)
+    elif isinstance(node, Unary):
+        yield from walk(node.operand)
+    elif isinstance(node, Binary | Compare):
+        yield from walk(node.left)
+        yield from walk(node.right)
+    elif isinstance(node, Call | ListExpr):
+        for child in node.args if isinstance(node, Call) else node.items:
+            yield from walk(child)

@@ -10,20 +10,23 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 
 from xstate_check.cpuid import ZERO
-from xstate_check.engine.catalogue import Catalogue, Rule
+from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
 from xstate_check.engine.compiler import Evaluator
 from xstate_check.engine.shipped import load_catalogue
 from xstate_check.errors import Location
 from xstate_check.facts import (
+    ATTRIBUTES,
     FACTS,
     FUNCTIONS,
     BitRef,
     EntryItem,
     Facts,
+    Kind,
     Missing,
     available_of,
     format_value,
 )
+from xstate_check.facts.components import component_refs
 from xstate_check.facts.enumeration import feature_values
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
@@ -237,6 +240,10 @@ def _message(rule: Rule, facts: Facts) -> str:
             pieces.append(part)
             continue
         name, kind = part
+        var, _, attribute = name.partition(".")
+        if var in compiled.offenders:
+            pieces.append(_offenders_text(compiled, facts, var, attribute, kind))
+            continue
         try:
             if name in compiled.lets:
                 value = compiled.lets[name](facts)
@@ -249,6 +256,28 @@ def _message(rule: Rule, facts: Facts) -> str:
             continue
         pieces.append(format_value(value, kind))
     return "".join(pieces)
+
+
+def _offenders_text(compiled: CompiledRule, facts: Facts, var: str, attribute: str,
+                    kind: Kind) -> str:
+    """Return ``{c}`` (the offending components, as a mask) or ``{c.name}`` (each distinct
+    value of the attribute over them, in component order) of a failing rule."""
+    try:
+        found = compiled.offenders[var](facts)
+    except Missing:
+        return "(unknown)"
+    if not attribute:
+        return format_value(sum(1 << component.number for component in found), kind)
+    spec = ATTRIBUTES[attribute]
+    shown: list[str] = []
+    for component in found:
+        try:
+            text = format_value(spec.value(facts, component), kind)
+        except Missing:
+            text = "(unknown)"
+        if text and text not in shown:
+            shown.append(text)
+    return ", ".join(shown) or "none"
 
 
 def _rule_bits(rule: Rule, facts: Facts) -> list[BitRef]:
@@ -269,6 +298,12 @@ def _rule_bits(rule: Rule, facts: Facts) -> list[BitRef]:
                 refs.extend(sources(facts))
             except Missing:
                 continue
+    for offenders in rule.compiled.offenders.values():
+        try:
+            mask = sum(1 << component.number for component in offenders(facts))
+        except Missing:
+            continue
+        refs.extend(component_refs(facts, mask, rule.compiled.attributes))
     return refs
 
 

@@ -55,6 +55,7 @@ _CODE = ("engine/catalogue.py", "engine/compiler.py", "engine/examples.py",
          "engine/loader.py", "engine/parser.py", "engine/shipped.py", "engine/tokenizer.py",
          "facts/__init__.py", "facts/registry.py", "facts/enumeration.py", "facts/layout.py",
          "facts/linux.py", "facts/template.py", "facts/host.py", "facts/restore.py",
+         "facts/components.py",
          "xfeatures.py", "cpuid.py", "layout.py", "hoststate.py", "subject.py", "report.py",
          "errors.py", "tomltext.py", "textfile.py")
 
@@ -267,7 +268,7 @@ def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object
         record = attrs.asdict(rule, recurse=False)
         examples.extend((tuple(record.pop("passes")), tuple(record.pop("fails"))))
         compiled = attrs.asdict(rule.compiled, recurse=False)
-        del compiled["test"], compiled["lets"]
+        del compiled["test"], compiled["lets"], compiled["offenders"]
         record["compiled"] = compiled
         records.append(record)
     return records, examples
@@ -277,17 +278,15 @@ def _rebuild(records: list[dict[str, object]], examples: bytes,
              paths: tuple[str, ...]) -> Catalogue:
     """Return the catalogue of stored records, compiling each rule's closures again."""
     from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
-    from xstate_check.engine.compiler import Evaluator, compile_expression
+    from xstate_check.engine.compiler import compile_rule
 
     shelf = _Shelf(examples, paths, len(records))
     rules = []
     for index, record in enumerate(records):
         compiled = dict(record.pop("compiled"))  # type: ignore[call-overload]
         node, let_nodes = compiled["source"]
-        lets: dict[str, Evaluator] = {}
-        for name, let_node in let_nodes:
-            lets[name] = compile_expression(let_node, lets)
-        compiled_rule = CompiledRule(test=compile_expression(node, lets), lets=lets, **compiled)
+        test, lets, offenders = compile_rule(node, let_nodes)
+        compiled_rule = CompiledRule(test=test, lets=lets, offenders=offenders, **compiled)
         rules.append(Rule(compiled=compiled_rule, passes=StoredExamples(shelf, 2 * index),
                           fails=StoredExamples(shelf, 2 * index + 1),
                           **record))  # type: ignore[arg-type]

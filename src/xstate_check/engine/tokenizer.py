@@ -1,7 +1,8 @@
 """The rule language's tokens: a table of compiled regexes, tried in order.
 
-Names are checked against the known facts, xfeatures, CPUID features and functions while
-tokenizing, so a misspelt name is reported with a caret before anything is evaluated.
+Names are checked against the known facts, xfeatures, CPUID features, functions and the
+variables the expression's quantifiers bind while tokenizing, so a misspelt name is
+reported with a caret before anything is evaluated.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class RuleSyntaxError(Exception):
         return f"{self.message}\n    {self.source}\n    {marker}"
 
 
-KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false"})
+KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false", "all", "any", "components"})
 
 #: Token kinds in the order they are tried; the first that matches wins.
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -58,6 +59,7 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("LBRACKET", re.compile(r"\[")),
     ("RBRACKET", re.compile(r"\]")),
     ("COMMA", re.compile(r",")),
+    ("COLON", re.compile(r":")),
 )
 
 
@@ -76,10 +78,13 @@ def _next_match(source: str, position: int) -> tuple[str, re.Match[str]]:
 def tokenize(source: str, names: Collection[str]) -> list[Token]:
     """Split ``source`` into tokens (whitespace dropped, an ``END`` token last).
 
-    ``names`` are the identifiers the expression may use besides the keywords; any other
-    identifier is an error naming the closest known one.
+    ``names`` are the identifiers the expression may use besides the keywords and the
+    variables its quantifiers bind (``all c in …``: ``c`` and ``c.size`` …); any other
+    identifier is an error naming the closest known one. The parser checks that a variable
+    is used where it is bound, and what its attributes are.
     """
     tokens: list[Token] = []
+    variables: set[str] = set()
     position = 0
     length = len(source)
     while position < length:
@@ -88,7 +93,9 @@ def tokenize(source: str, names: Collection[str]) -> list[Token]:
         if kind == "NAME":
             if text in KEYWORDS:
                 kind = "KEYWORD"
-            elif text not in names:
+            elif tokens and tokens[-1].kind == "KEYWORD" and tokens[-1].text in ("all", "any"):
+                variables.add(text)
+            elif text not in names and text.partition(".")[0] not in variables:
                 import difflib
 
                 close = difflib.get_close_matches(text, list(names), n=1)

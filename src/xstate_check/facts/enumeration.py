@@ -1,26 +1,29 @@
-"""Enumeration facts: the subject, leaf 0xD as enumerated, CPUID feature bits against the
-xfeatures they need (the xfeature table's ``feature`` column)."""
+"""Enumeration facts: the subject, leaf 0xD as enumerated, the CPUID feature bits.
+
+Which xfeatures a feature needs is a component attribute (``c.feature``, ``c.needed``,
+from the xfeature table's ``feature`` column), read in a quantifier.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from xstate_check.cpuid import FEATURES, CpuidSet
-from xstate_check.facts.registry import XCR0_REFS, XSS_REFS, BitRef, Facts, fact, function, reg
+from xstate_check.facts.registry import XCR0_REFS, XSS_REFS, Facts, fact, function, reg
 from xstate_check.xfeatures import (
     AVX512_MASK,
-    EXTRA_FEATURE_NEEDS,
-    FEATURE_XSTATE,
     MPX_MASK,
     SUPERVISOR_MASK,
     USER_DYNAMIC_MASK,
     XFEATURES,
     XTILE_MASK,
-    format_mask,
 )
 
-__all__ = ["CONSTANTS", "feature_values", "valid_xcr0"]
+__all__ = ["CONSTANTS", "DEFINED", "feature_values", "valid_xcr0"]
 
 FP_SSE_MASK = 0x3
-BIT63 = 1 << 63
 KNOWN_MASK = sum(x.mask for x in XFEATURES.values())
 
 # --- the subject
@@ -117,52 +120,7 @@ def _amx_max_names(facts: Facts) -> object:
     return facts.cpuid.get(0x1D, 1).ebx >> 16
 
 
-# --- CPUID feature bits against the xfeatures they need ----------------------------------
-
-#: Feature -> the xfeatures it needs in 0xD.0: the xfeature table's ``feature`` column and
-#: the features that need another's state (AVX10).
-_FEATURE_XSTATE: dict[str, int] = {**FEATURE_XSTATE, **EXTRA_FEATURE_NEEDS}
-
-
-def _feature_refs(facts: Facts, value: object) -> list[BitRef]:
-    refs = list(XCR0_REFS)
-    for name in _FEATURE_XSTATE:
-        where = FEATURES[name]
-        refs.append((where.leaf, where.subleaf, where.register, 1 << where.bit))
-    return refs
-
-
-def _features_lacking_xstate(facts: Facts) -> list[tuple[str, int]]:
-    xcr0 = facts["xcr0"]
-    assert isinstance(xcr0, int)
-    return [(name, need & ~xcr0) for name, need in _FEATURE_XSTATE.items()
-            if facts[name] and need & ~xcr0]
-
-
-@fact("feature_without_xstate", "mask", "xfeatures a set CPUID feature needs (AVX: ymm, MPX, "
-      "AVX512F, PKU: pkru, AMX_TILE: TILECFG|TILEDATA, APX, AVX10: ymm and AVX-512) that 0xD.0 "
-      "lacks", _feature_refs)
-def _feature_without_xstate(facts: Facts) -> object:
-    return sum(missing for _, missing in _features_lacking_xstate(facts))
-
-
-@fact("feature_without_xstate_names", "str", "the CPUID features of feature_without_xstate, "
-      "each with the xfeatures it lacks", _feature_refs)
-def _feature_without_xstate_names(facts: Facts) -> object:
-    return ", ".join(f"{name} (lacks {format_mask(missing)})"
-                     for name, missing in _features_lacking_xstate(facts)) or "none"
-
-
-@fact("xstate_without_feature", "mask", "xfeatures enumerated in 0xD.0 whose CPUID feature "
-      "(AVX, MPX, AVX512F, PKU, AMX_TILE, APX) is clear", _feature_refs)
-def _xstate_without_feature(facts: Facts) -> object:
-    xcr0 = facts["xcr0"]
-    assert isinstance(xcr0, int)
-    result = 0
-    for name, need in _FEATURE_XSTATE.items():
-        if name in FEATURE_XSTATE and not facts[name]:  # AVX-512 state is gated on AVX512F
-            result |= need & xcr0
-    return result
+# --- CPUID feature bits ------------------------------------------------------------------
 
 
 #: (name, entry, register index, bit) of every feature-bit fact, for ``feature_values``.
@@ -224,23 +182,34 @@ CONSTANTS: dict[str, int] = {
 }
 
 
+#: Functions whose meaning the rules define: their argument stands for this fact in the check
+#: of each rule whose ``defines`` names the function, and the function holds when all of
+#: those checks do.
+DEFINED: dict[str, str] = {"valid_xcr0": "xcr0"}
+
+
+@functools.cache
+def _xsetbv_checks() -> tuple[Callable[[Any], object], ...]:
+    # The shipped catalogue (compiled once, from its cache) holds the definition; the engine
+    # sits above the facts, hence the late import.
+    from xstate_check.engine.compiler import compile_expression
+    from xstate_check.engine.shipped import load_catalogue
+
+    return tuple(compile_expression(rule.compiled.definition)
+                 for rule in load_catalogue()
+                 if rule.defines == "valid_xcr0" and rule.compiled.definition is not None)
+
+
 def valid_xcr0(mask: int) -> bool:
-    """Return whether XSETBV accepts ``mask`` (SDM Vol. 1 §13.3, KVM's __kvm_set_xcr())."""
-    if not mask & 1 or mask & (SUPERVISOR_MASK | BIT63):
-        return False
-    if mask & 0x4 and not mask & 0x2:
-        return False
-    if mask & MPX_MASK not in (0, MPX_MASK):
-        return False
-    if mask & AVX512_MASK and mask & (AVX512_MASK | 0x4) != AVX512_MASK | 0x4:
-        return False
-    if mask & XTILE_MASK not in (0, XTILE_MASK):
-        return False
-    return not (mask >> 19 & 1 and mask & MPX_MASK)
+    """Return whether XSETBV accepts ``mask``: every check of rules/xcr0.toml that says
+    ``defines = "valid_xcr0"`` holds with ``xcr0`` standing for ``mask``."""
+    view = {"xcr0": mask}
+    return all(check(view) for check in _xsetbv_checks())
 
 
-function("valid_xcr0", ("mask",), "bool", "whether XSETBV accepts the mask (x87, YMM needs SSE, "
-         "MPX pair, AVX-512 triple with YMM, AMX pair, no supervisor bits, no APX with MPX)")(
+function("valid_xcr0", ("mask",), "bool", "whether XSETBV accepts the mask: the checks of the "
+         "rules that say defines = \"valid_xcr0\" (x87, YMM needs SSE, MPX pair, AVX-512 "
+         "triple with YMM, AMX pair, no supervisor bits, no APX with MPX) hold for it")(
     lambda facts, mask: valid_xcr0(mask))
 function("popcount", ("int",), "int", "the number of bits set")(
     lambda facts, value: bin(value).count("1"))

@@ -37,6 +37,7 @@ __all__ = [
     "available_of",
     "fact",
     "function",
+    "language_type",
     "needs_of",
 ]
 
@@ -249,3 +250,12 @@ def available_of(subject: Subject) -> int:
     if subject.destination is not None:
         available |= NEEDS["destination"]
     return available
+
+
+def language_type(kind: Kind) -> str:
+    """Return the rule language's type of a kind: ``int`` for masks, sizes and numbers."""
+    if kind in ("mask", "size", "int"):
+        return "int"
+    if kind == "sizes":
+        return "list:int"
+    return kind

@@ -17,12 +17,13 @@ from collections.abc import Iterable
 from xstate_check.cpuid import FEATURES, CpuidSet, Registers
 from xstate_check.errors import Location
 from xstate_check.facts.linux import linux_supervisor
-from xstate_check.facts.registry import BitRef, EntryItem, Facts, Missing, fact
+from xstate_check.facts.registry import EntryItem, Facts, Missing, fact
 from xstate_check.layout import XsaveLayout
 from xstate_check.subject import Destination
 from xstate_check.xfeatures import bits
 
-__all__ = ["VIEW_FEATURES", "VIEW_LEAVES", "linux_xss", "view_differences"]
+__all__ = ["VIEW_FEATURES", "VIEW_LEAVES", "dest_layout", "linux_xss", "permitted_table",
+           "view_differences"]
 
 #: The feature bits of leaves 1 and 7 that enable or need an xfeature (the runtime bits
 #: OSXSAVE and OSPKE left out: KVM rewrites them from the guest's CR4).
@@ -95,7 +96,7 @@ def _dest_name(facts: Facts) -> object:
     return _destination(facts).name
 
 
-def _permitted_table(destination: Destination) -> CpuidSet:
+def permitted_table(destination: Destination) -> CpuidSet:
     """Return the table the destination's VMM reads from KVM after its permission request."""
     host = destination.host
     if host is not None and host.kvm_cpuid_permitted is not None:
@@ -111,7 +112,7 @@ def _dest_xcr0(facts: Facts) -> object:
     destination = _destination(facts)
     if destination.host is not None and destination.host.kvm_guest_supported is not None:
         return destination.host.kvm_guest_supported
-    return _permitted_table(destination).xcr0_supported
+    return permitted_table(destination).xcr0_supported
 
 
 @fact("dest.permitted_xcr0", "mask", "0xD.0 EDX:EAX of the destination's KVM_GET_SUPPORTED_"
@@ -119,7 +120,7 @@ def _dest_xcr0(facts: Facts) -> object:
       "lets the vCPU enable",
       reads=("destination",))
 def _dest_permitted_xcr0(facts: Facts) -> object:
-    return _permitted_table(_destination(facts)).xcr0_supported
+    return permitted_table(_destination(facts)).xcr0_supported
 
 
 @fact("dest.xss", "mask", "0xD.1 EDX:ECX of the destination's table: the IA32_XSS bits its "
@@ -129,39 +130,26 @@ def _dest_xss(facts: Facts) -> object:
     destination = _destination(facts)
     if not destination.cpuid.leaf_0xd_complete:
         raise Missing("the destination's source holds no leaf 0xD subleaves")
-    return _permitted_table(destination).xss_supported
+    return permitted_table(destination).xss_supported
 
 
-def _dest_layout(facts: Facts) -> XsaveLayout:
-    destination = _destination(facts)
-    if not destination.cpuid.leaf_0xd_complete:
-        raise Missing("the destination's source holds no leaf 0xD subleaves")
-    return XsaveLayout.from_cpuid(_permitted_table(destination))
+_DEST_LAYOUT = " dest layout"  # where dest_layout keeps it in the Facts (no fact's name)
+
+
+def dest_layout(facts: Facts) -> XsaveLayout:
+    """Return the leaf 0xD layout of the destination's table as its VMM reads it from KVM."""
+    layout = facts.get(_DEST_LAYOUT)
+    if layout is None:
+        destination = _destination(facts)
+        if not destination.cpuid.leaf_0xd_complete:
+            raise Missing("the destination's source holds no leaf 0xD subleaves")
+        layout = facts[_DEST_LAYOUT] = XsaveLayout.from_cpuid(permitted_table(destination))
+    assert isinstance(layout, XsaveLayout)
+    return layout
 
 
 def _state_mask(facts: Facts) -> int:
     return _mask(facts, "linux_xcr0") | _mask(facts, "linux_xss")
-
-
-def _layout_refs(facts: Facts, value: object) -> list[BitRef]:
-    refs: list[BitRef] = []
-    for number in bits(value if isinstance(value, int) else 0):
-        refs.extend((0xD, number, register, _ALL) for register in ("eax", "ebx", "ecx"))
-    return refs
-
-
-@fact("dest.layout_mismatch", "mask", "xfeatures of the guest's XCR0 | IA32_XSS (as a Linux "
-      "guest sets them) that both sides enumerate with a different size, standard-format "
-      "offset (user xfeatures) or 64-byte alignment (0xD.n EAX, EBX, ECX[1])", _layout_refs,
-      reads=("destination",))
-def _layout_mismatch(facts: Facts) -> object:
-    theirs = _dest_layout(facts).components
-    result = 0
-    for mine in facts.layout.sized(_state_mask(facts)):
-        other = theirs.get(mine.number)
-        if other is not None and other.size and not mine.same_place(other):
-            result |= 1 << mine.number
-    return result
 
 
 @fact("dest.std_size", "size", "the standard-format size of the guest's XCR0 (as a Linux "
@@ -169,7 +157,7 @@ def _layout_mismatch(facts: Facts) -> object:
       "reads as the uABI XSAVE buffer",
       reads=("destination",))
 def _dest_std_size(facts: Facts) -> object:
-    return _dest_layout(facts).standard_size(_mask(facts, "linux_xcr0"))
+    return dest_layout(facts).standard_size(_mask(facts, "linux_xcr0"))
 
 
 # --- the guest views of a migration group ----------------------------------------------------

@@ -10,7 +10,7 @@ import json
 
 from xstate_check.cpuid import FEATURES
 from xstate_check.errors import InputError, Location
-from xstate_check.facts import CONSTANTS, FACTS, FUNCTIONS
+from xstate_check.facts import ATTRIBUTES, CONSTANTS, FACTS, FUNCTIONS
 from xstate_check.xfeatures import format_mask
 
 __all__ = ["render_vocabulary", "vocabulary"]
@@ -19,7 +19,8 @@ SCHEMA = "xstate-check-facts/1"
 
 
 def vocabulary() -> list[dict[str, object]]:
-    """Return every name a rule can read: facts, functions and constants, in registry order."""
+    """Return every name a rule can read: facts, functions, component attributes (as
+    ``c.size``) and constants, in registry order."""
     entries: list[dict[str, object]] = []
     for spec in FACTS.values():
         entries.append({"name": spec.name, "what": "fact", "kind": spec.kind,
@@ -27,6 +28,10 @@ def vocabulary() -> list[dict[str, object]]:
     for call in FUNCTIONS.values():
         entries.append({"name": f"{call.name}({', '.join(call.args)})", "what": "function",
                         "kind": call.kind, "reads": list(call.reads), "doc": call.doc})
+    for attribute in ATTRIBUTES.values():
+        entries.append({"name": f"c.{attribute.name}", "what": "attribute",
+                        "kind": attribute.kind, "reads": list(attribute.reads),
+                        "doc": attribute.doc})
     for name, value in CONSTANTS.items():
         entries.append({"name": name, "what": "constant", "kind": "mask", "reads": [],
                         "doc": format_mask(value)})
