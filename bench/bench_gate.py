@@ -26,13 +26,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, installed_python, run_timed
+
 TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
              "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
 SIZES = (20, 200, 600)
@@ -58,15 +56,6 @@ def make_templates(source: Path, folder: Path, count: int) -> list[str]:
     return paths
 
 
-def installed_python(folder: Path) -> Path:
-    """Make a virtual environment in ``folder`` with the project installed; return its python."""
-    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-    python = folder / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return python
-
-
 #: GNU time reports the peak resident set of the process it starts. A process started from
 #: this one would report this one's as its own: Linux carries the high-water mark of the
 #: address space it replaces at exec (vfork shares it) into the new program's.
@@ -80,19 +69,13 @@ class Run:
     def __init__(self, args: list[str]) -> None:
         if TIME is not None:
             args = [TIME, "-f", f"{PEAK} %M", *args]
-        start = time.perf_counter()
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        assert process.stderr is not None
-        error = process.stderr.read().decode(errors="replace")
-        _, status, usage = os.wait4(process.pid, 0)
-        self.wall = time.perf_counter() - start
-        process.stderr.close()
-        code = os.waitstatus_to_exitcode(status)
-        if code not in (0, 1):
-            raise SystemExit(f"{' '.join(args[:5])} … exited {code}: {error[-500:]}")
-        self.cpu = usage.ru_utime + usage.ru_stime
-        peaks = [line.split()[-1] for line in error.splitlines() if line.startswith(PEAK)]
-        self.peak_kib = int(peaks[-1]) if peaks else usage.ru_maxrss
+        timed = run_timed(args, keep_stderr=True)
+        if timed.code not in (0, 1):
+            raise SystemExit(f"{' '.join(args[:5])} … exited {timed.code}: "
+                             f"{timed.stderr[-500:]}")
+        self.wall, self.cpu = timed.wall, timed.cpu
+        peaks = [line.split()[-1] for line in timed.stderr.splitlines() if line.startswith(PEAK)]
+        self.peak_kib = int(peaks[-1]) if peaks else timed.maxrss_kib
 
 
 def main() -> int:

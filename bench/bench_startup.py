@@ -29,12 +29,10 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import installed_python, run_timed
 
 FIRST_PREBOOT = """
 import time
@@ -178,22 +176,10 @@ def _c_bytes(data: bytes) -> str:
     return "".join(f"\\x{byte:02x}" for byte in data)
 
 
-def installed_python(folder: Path) -> Path:
-    """Make a virtual environment in ``folder`` with the project installed; return its python."""
-    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-    python = folder / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return python
-
-
-def run_timed(args: list[str]) -> tuple[float, float]:
+def wall_and_cpu(args: list[str]) -> tuple[float, float]:
     """Run ``args`` as a process; return its wall and CPU (user + system) seconds."""
-    start = time.perf_counter()
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, _, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    return wall, usage.ru_utime + usage.ru_stime
+    timed = run_timed(args)
+    return timed.wall, timed.cpu
 
 
 def main() -> int:
@@ -215,8 +201,8 @@ def main() -> int:
         # 1. The host command against a bare interpreter, runs interleaved.
         bare_runs, host_runs = [], []
         for _ in range(options.repeat):
-            bare_runs.append(run_timed([str(python), "-c", "pass"]))
-            host_runs.append(run_timed(host))
+            bare_runs.append(wall_and_cpu([str(python), "-c", "pass"]))
+            host_runs.append(wall_and_cpu(host))
         bare_wall = statistics.median(w for w, _ in bare_runs)
         host_wall = statistics.median(w for w, _ in host_runs)
         bare_cpu = statistics.median(c for _, c in bare_runs)

@@ -166,7 +166,7 @@ def _line_of_key(text: str, key: str, after: int = 0) -> int:
 def load_config(path: str | os.PathLike[str]) -> Settings:
     """Read the settings of a configuration file (``pyproject.toml`` or ``.xstate-check.toml``)."""
     from xstate_check.textfile import read_text
-    from xstate_check.tomltext import parse_toml
+    from xstate_check.tomltext import checked_table, parse_toml
 
     name = os.fspath(path)
     text = read_text(name)
@@ -179,17 +179,13 @@ def load_config(path: str | os.PathLike[str]) -> Settings:
             raise InputError(Location(name), "expected a [tool.xstate-check] table")
         header = re.search(r'^\s*\[\s*tool\s*\.\s*"?xstate-check"?\s*\]', text, re.M)
         start = header.start() if header else 0
-    if not isinstance(table, dict):
-        raise InputError(Location(name), "expected [tool.xstate-check] to be a table")
 
     def where(key: str) -> Location:
         return Location(name, _line_of_key(text, key, start))
 
-    for key in table:
-        if key not in _KEYS:
-            raise InputError(
-                where(key), f"expected one of the keys {', '.join(_KEYS)}, found {key!r}"
-            )
+    table = checked_table(table, Location(name), _KEYS, key_at=where,
+                          not_a_table="expected [tool.xstate-check] to be a table",
+                          unknown=f"expected one of the keys {', '.join(_KEYS)}, found {{key}}")
 
     def selectors(key: str, value: object) -> tuple[Selector, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

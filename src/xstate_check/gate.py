@@ -69,7 +69,7 @@ from xstate_check.template import (
     parse_template,
 )
 from xstate_check.textfile import read_text
-from xstate_check.tomltext import parse_toml
+from xstate_check.tomltext import checked_table, parse_toml
 
 __all__ = [
     "AMD",
@@ -505,14 +505,10 @@ def matrix_of_table(document: Mapping[str, Any], name: str, text: str | None = N
     return Matrix(name, folder, tuple(entries), templates_dir, groups)
 
 
-def _matrix_entry(table: object, where: Location) -> MatrixEntry:
-    if not isinstance(table, dict):
-        raise InputError(where, "expected [[template]] as a table")
-    for key in table:
-        if key not in _ENTRY_KEYS:
-            raise InputError(
-                where, f"expected only path, profiles and vendor in [[template]], found {key!r}"
-            )
+def _matrix_entry(value: object, where: Location) -> MatrixEntry:
+    table = checked_table(value, where, _ENTRY_KEYS, not_a_table="expected [[template]] as a "
+                          "table", unknown="expected only path, profiles and vendor in "
+                          "[[template]], found {key}")
     pattern = table.get("path")
     if not isinstance(pattern, str) or not pattern:
         raise InputError(where, 'expected path = "a template file name or pattern"')

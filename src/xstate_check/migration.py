@@ -36,6 +36,7 @@ from xstate_check.report import BaselineState, SubjectReport
 from xstate_check.restore import restore_rules, restore_subject
 from xstate_check.subject import Destination, Subject
 from xstate_check.template import Template, load_template
+from xstate_check.tomltext import checked_table
 
 __all__ = ["GroupMember", "MigrationGroup", "group_reports", "load_groups"]
 
@@ -128,14 +129,10 @@ def _group(table: object, where: Location, root: Path) -> MigrationGroup:
     return MigrationGroup(name.strip(), tuple(_member(m, where, root) for m in members), where)
 
 
-def _member(table: object, where: Location, root: Path) -> GroupMember:
-    if not isinstance(table, dict):
-        raise InputError(where, "expected each member as a table { template, profiles }")
-    for key in table:
-        if key not in _MEMBER_KEYS:
-            raise InputError(
-                where, f"expected only template and profiles in a group member, found {key!r}"
-            )
+def _member(value: object, where: Location, root: Path) -> GroupMember:
+    table = checked_table(value, where, _MEMBER_KEYS, not_a_table="expected each member as a "
+                          "table { template, profiles }", unknown="expected only template and "
+                          "profiles in a group member, found {key}")
     template = table.get("template")
     if template is not None:
         if not isinstance(template, str) or not template:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Collection
 from typing import Any
 
 from xstate_check.errors import InputError, Location, clip_snippet, error_at
 from xstate_check.limits import MAX_TOML_BYTES
 
-__all__ = ["parse_toml"]
+__all__ = ["checked_table", "parse_toml"]
 
 # A decimal integer longer than Python converts (sys.get_int_max_str_digits(), 4300 by
 # default); TOML allows "_" between digits.
@@ -69,3 +70,20 @@ def parse_toml(text: str, path: str) -> dict[str, Any]:
             path, text, long_number.start(), "valid TOML (an integer of at most 4300 digits)",
             end=long_number.end(),
         ) from None
+
+
+def checked_table(value: object, where: Location, keys: Collection[str], *, not_a_table: str,
+                  unknown: str, key_at: Callable[[str], Location] | None = None
+                  ) -> dict[str, Any]:
+    """Return ``value`` as a TOML table holding none but ``keys``, else an InputError.
+
+    ``not_a_table`` is the message where ``value`` is no table, at ``where``; ``unknown``
+    the one for a key outside ``keys``, with ``{key}`` standing for the key's repr, at
+    ``key_at(key)`` where given (the key's own line), else at ``where``.
+    """
+    if not isinstance(value, dict):
+        raise InputError(where, not_a_table)
+    for key in value:
+        if key not in keys:
+            raise InputError(key_at(key) if key_at else where, unknown.format(key=repr(key)))
+    return value

@@ -2,7 +2,8 @@
 
 ``rules/*.toml`` hold the rules (data); this package reads them (``loader``), parses their
 expressions without ``eval`` (``tokenizer``, ``parser``), compiles them to closures
-(``compiler``), orders them and finds shortcuts (``plan``, which changes no verdict) and
+(``compiler``, with ``operators``; quantifiers over components to mask operations in
+``quantify``), orders them and finds shortcuts (``plan``, which changes no verdict) and
 runs them on subjects (``runner``).
 """
 

@@ -137,6 +137,8 @@ class Catalogue:
     _index: Mapping[str, Rule] = attrs.field(init=False, repr=False)
     #: What evaluation walks; see ``plan.Plan``.
     plan: Plan = attrs.field(init=False, repr=False)
+    #: Whether the rules read most CPUID feature bits (then evaluation sets them all at once).
+    reads_features: bool = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         index = {rule.id.upper(): rule for rule in self.rules}
@@ -145,6 +147,10 @@ class Catalogue:
         from xstate_check.engine.plan import Plan
 
         object.__setattr__(self, "plan", Plan.of(self.rules))
+        from xstate_check.cpuid import FEATURES
+
+        read = {name for rule in self.rules for name in rule.compiled.facts if name in FEATURES}
+        object.__setattr__(self, "reads_features", 2 * len(read) >= len(FEATURES))
 
     def get(self, id_or_name: str) -> Rule:
         """Return the rule with this id (``XS0108``, any case) or name; KeyError otherwise."""

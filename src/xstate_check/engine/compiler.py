@@ -119,23 +119,8 @@ def _fold(node: Node, value: object) -> object:
 
 
 def _build(node: Node, lets: Mapping[str, Evaluator]) -> _Built:
-    if isinstance(node, Literal):
-        return _Const(node.value)
-    if isinstance(node, Attribute):
-        return _build_attribute(node)
-    if isinstance(node, Quantifier):
-        return _build_quantifier(node, lets)
-    if isinstance(node, Name):
-        return _build_name(node, lets)
-    if isinstance(node, ListExpr):
-        return _build_list(node, lets)
-    if isinstance(node, Call):
-        return _build_call(node, lets)
-    if isinstance(node, Unary):
-        return _build_unary(node, lets)
-    if isinstance(node, Compare):
-        return _build_compare(node, lets)
-    return _build_binary(node, lets)
+    builder: Callable[[Any, Mapping[str, Evaluator]], _Built] = _BUILDERS[type(node)]
+    return builder(node, lets)
 
 
 def _build_name(node: Name, lets: Mapping[str, Evaluator]) -> _Built:
@@ -362,6 +347,20 @@ def _build_membership(node: Compare, left: _Built, right: _Built) -> _Built:
         return lambda facts: run(facts) in members
     run_left, run_right = _run(left), _run(right)
     return lambda facts: run_left(facts) in run_right(facts)
+
+
+#: The builder of each node type.
+_BUILDERS: dict[type, Callable[[Any, Mapping[str, Evaluator]], _Built]] = {
+    Literal: lambda node, lets: _Const(node.value),
+    Attribute: lambda node, lets: _build_attribute(node),
+    Quantifier: _build_quantifier,
+    Name: _build_name,
+    ListExpr: _build_list,
+    Call: _build_call,
+    Unary: _build_unary,
+    Compare: _build_compare,
+    Binary: _build_binary,
+}
 
 
 def compile_expression(node: Node, lets: Mapping[str, Evaluator] | None = None) -> Evaluator:

@@ -49,8 +49,9 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
     """
     catalogue = rules if isinstance(rules, Catalogue) else Catalogue(tuple(rules))
     facts = Facts(subject)
-    # The rules read nearly every feature bit: setting them at once saves a lookup each.
-    facts.update(feature_values(subject.cpuid))
+    if catalogue.reads_features:
+        # The rules read most feature bits: setting them at once saves a lookup each.
+        facts.update(feature_values(subject.cpuid))
     findings: list[Finding] = []
     if not planned:
         run_rules(facts, catalogue.rules, findings, record)

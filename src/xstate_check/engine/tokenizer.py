@@ -13,7 +13,7 @@ from typing import NamedTuple, NoReturn
 
 from xstate_check.errors import clip_quote
 
-__all__ = ["KEYWORDS", "RULES", "RuleSyntaxError", "Token", "tokenize"]
+__all__ = ["KEYWORDS", "PUNCTUATION", "RULES", "RuleSyntaxError", "Token", "tokenize"]
 
 
 class Token(NamedTuple):
@@ -54,13 +54,11 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("STRING", re.compile(r'"[^"\\\n]*"|\'[^\'\\\n]*\'')),
     ("NAME", re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")),
     ("OP", re.compile(r"=>|==|!=|<=|>=|<<|>>|[<>&|^~+\-*]")),
-    ("LPAREN", re.compile(r"\(")),
-    ("RPAREN", re.compile(r"\)")),
-    ("LBRACKET", re.compile(r"\[")),
-    ("RBRACKET", re.compile(r"\]")),
-    ("COMMA", re.compile(r",")),
-    ("COLON", re.compile(r":")),
+    ("PUNCTUATION", re.compile(r"[()\[\],:]")),
 )
+#: The kind of each punctuation character.
+PUNCTUATION = {"(": "LPAREN", ")": "RPAREN", "[": "LBRACKET", "]": "RBRACKET", ",": "COMMA",
+               ":": "COLON"}
 
 
 def _fail(message: str, source: str, start: int, end: int) -> NoReturn:
@@ -90,7 +88,9 @@ def tokenize(source: str, names: Collection[str]) -> list[Token]:
     while position < length:
         kind, match = _next_match(source, position)
         text = match.group()
-        if kind == "NAME":
+        if kind == "PUNCTUATION":
+            kind = PUNCTUATION[text]
+        elif kind == "NAME":
             if text in KEYWORDS:
                 kind = "KEYWORD"
             elif tokens and tokens[-1].kind == "KEYWORD" and tokens[-1].text in ("all", "any"):

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from xstate_check.cpuid import CpuidSet
 from xstate_check.facts.registry import Facts, Missing, fact
+from xstate_check.hoststate import HostState
 
-__all__: list[str] = []
+__all__ = ["kvm_supported_xcr0"]
+
+
+def kvm_supported_xcr0(host: HostState | None, table: Callable[[], CpuidSet]) -> int:
+    """Return the XCR0 bits a host's KVM supports for a guest whose VMM holds the guest
+    permission: KVM_X86_XCOMP_GUEST_SUPP where the probe read it, else 0xD.0 EDX:EAX of
+    ``table()`` (KVM_GET_SUPPORTED_CPUID as that VMM reads it)."""
+    if host is not None and host.kvm_guest_supported is not None:
+        return host.kvm_guest_supported
+    return table().xcr0_supported
 
 
 def _host_field(facts: Facts, field: str) -> object:
@@ -70,10 +82,7 @@ def _kvm_cpuid_xcr0(facts: Facts) -> object:
       "permission request where it was made)",
       reads=("host",))
 def _kvm_xcr0(facts: Facts) -> object:
-    host = facts.subject.host
-    if host is not None and host.kvm_guest_supported is not None:
-        return host.kvm_guest_supported
-    return _kvm_table(facts).xcr0_supported
+    return kvm_supported_xcr0(facts.subject.host, lambda: _kvm_table(facts))
 
 
 @fact("kvm.xss", "mask", "0xD.1 EDX:ECX of KVM_GET_SUPPORTED_CPUID: the IA32_XSS bits KVM "

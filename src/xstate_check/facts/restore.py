@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from xstate_check.cpuid import FEATURES, CpuidSet, Registers
 from xstate_check.errors import Location
+from xstate_check.facts.host import kvm_supported_xcr0
 from xstate_check.facts.linux import linux_supervisor
 from xstate_check.facts.registry import EntryItem, Facts, Missing, fact
 from xstate_check.layout import XsaveLayout
@@ -110,9 +111,7 @@ def permitted_table(destination: Destination) -> CpuidSet:
       reads=("destination",))
 def _dest_xcr0(facts: Facts) -> object:
     destination = _destination(facts)
-    if destination.host is not None and destination.host.kvm_guest_supported is not None:
-        return destination.host.kvm_guest_supported
-    return permitted_table(destination).xcr0_supported
+    return kvm_supported_xcr0(destination.host, lambda: permitted_table(destination))
 
 
 @fact("dest.permitted_xcr0", "mask", "0xD.0 EDX:EAX of the destination's KVM_GET_SUPPORTED_"
