@@ -329,6 +329,18 @@ def _compare_table(node: Compare, var: str, build: Build) -> Table | None:
     left, right = _operand(node.left, var, build), _operand(node.right, var, build)
     if left is None or right is None:
         return None
+    if node.op in ("==", "!="):
+        equal = node.op == "=="
+
+        def same(facts: Facts, components: list[Component]) -> int:
+            held = 0
+            for component, a, b in zip(components, left(facts, components),
+                                       right(facts, components), strict=True):
+                if (a == b) is equal:
+                    held |= 1 << component[0]
+            return held
+
+        return same
 
     def table(facts: Facts, components: list[Component]) -> int:
         held = 0

@@ -122,18 +122,20 @@ _NEEDED_BY = tuple(
           + tuple(extra for extra, needs in EXTRA_FEATURE_NEEDS.items() if needs >> n & 1)
           if name)
     for n in range(64))
-_FEATURED = tuple(n for n in range(64) if _NEEDED_BY[n])
+#: Each CPUID feature that needs state: the xfeatures it needs, and those it announces.
+_NEEDS_OF = tuple(
+    (name, sum(1 << n for n in range(64) if name in _NEEDED_BY[n]),
+     sum(1 << n for n in range(64) if _FEATURE_NAMES[n] == name))
+    for name in dict.fromkeys(name for names in _NEEDED_BY for name in names))
 
 
 def _feature_masks(facts: Facts) -> object:
     """Return (the xfeatures whose own feature is set, those some set feature needs)."""
     own = needed = 0
-    for number in _FEATURED:
-        for name in _NEEDED_BY[number]:
-            if facts[name]:
-                needed |= 1 << number
-                if name == _FEATURE_NAMES[number]:
-                    own |= 1 << number
+    for name, needs, announces in _NEEDS_OF:
+        if facts[name]:
+            needed |= needs
+            own |= announces
     return own, needed
 
 
