@@ -180,7 +180,8 @@ def _report_exit(args: argparse.Namespace, report: object, epilogue: str | None 
         text = render_statistics(report)
     else:
         text = render(report, args.format, color=color, quiet=args.quiet,
-                      min_severity=settings.min_severity, strict=settings.strict)
+                      min_severity=settings.min_severity, strict=settings.strict,
+                      fix_hint=not getattr(args, "fix", False))
     if epilogue and args.format == "text" and not args.statistics:
         text = text.rstrip("\n") + "\n" + epilogue
     elif epilogue and sys.stderr is not None:
@@ -235,7 +236,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
             return done
         epilogue = done
     subject = build_subject(source, args.template)
-    return _report_exit(args, Report((evaluate(subject),)), epilogue)
+    report = Report((evaluate(subject),))
+    if args.template and _shows_fixes(args):
+        report = _with_fixes(args, report, args.template, source)
+    return _report_exit(args, report, epilogue)
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
@@ -277,6 +281,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         matrix=matrix,
         changed_since=args.changed_since,
         fail_on=args.fail_on,
+        fixes=_shows_fixes(args) and settings,
     )
     epilogue = None
     if args.fix or args.diff:
@@ -288,6 +293,25 @@ def _cmd_gate(args: argparse.Namespace) -> int:
             return done
         epilogue = done
     return _stream_exit(args, "gate", run.chunks(args.jobs), epilogue)
+
+
+def _shows_fixes(args: argparse.Namespace) -> bool:
+    """Return whether the output shows fixes (every format but JUnit and --statistics)."""
+    return not args.statistics and args.format != "junit"
+
+
+def _with_fixes(args: argparse.Namespace, report: Any, template: str, source: CpuidSet) -> Any:
+    """Return a check's report with each finding carrying the edits of the template's fix
+    (safe and unsafe, under the run's rule selection, as ``--fix`` computes it)."""
+    from xstate_check.gate import needs_fix
+    from xstate_check.report import Report, with_edits
+
+    if not needs_fix(report.subjects, _settings(args)):
+        return report
+    from xstate_check.fixes.api import fix_on_source
+
+    fix = fix_on_source(template, source, unsafe=True, **_fix_options(args))
+    return Report(with_edits(report.subjects, fix.original, fix.edits))
 
 
 @contextlib.contextmanager
@@ -359,7 +383,8 @@ def _stream_exit(args: argparse.Namespace, kind: str,
     with _output(args) as out:
         writer: Writer = StatisticsWriter(out) if args.statistics else make_writer(
             args.format, out, kind=kind, color=color, quiet=args.quiet,
-            min_severity=settings.min_severity, strict=settings.strict)
+            min_severity=settings.min_severity, strict=settings.strict,
+            fix_hint=not getattr(args, "fix", False))
         for subjects, skipped in chunks:
             for made in subjects:
                 subject = made if keep is None else keep(made)

@@ -46,7 +46,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 
@@ -71,6 +71,9 @@ from xstate_check.template import (
 from xstate_check.textfile import read_text
 from xstate_check.tomltext import checked_table, parse_toml
 
+if TYPE_CHECKING:
+    from xstate_check.config import Settings
+
 __all__ = [
     "AMD",
     "INTEL",
@@ -84,10 +87,12 @@ __all__ = [
     "SkippedPair",
     "load_matrix",
     "matrix_of_table",
+    "needs_fix",
     "resolve_matrix_patterns",
     "resolve_profiles",
     "run_gate",
     "template_vendor",
+    "with_fixes",
 ]
 
 FailOn = Literal["new", "any"]
@@ -868,6 +873,7 @@ class GateRun:
         matrix: str | os.PathLike[str] | Matrix | None = None,
         changed_since: str | None = None,
         fail_on: FailOn | None = None,
+        fixes: bool | Settings = False,
     ) -> None:
         grid = matrix if isinstance(matrix, Matrix) or matrix is None else load_matrix(matrix)
         paths = [os.fspath(path) for path in templates]
@@ -885,12 +891,18 @@ class GateRun:
         self.baselines = _baselines(self.paths, changed_since) if changed_since else {}
         #: The findings of the guest tables this run has seen (see FindingsCache).
         self.cache = FindingsCache()
+        #: The settings each template's fix is computed under (rule selection, severities,
+        #: strict: as ``--fix`` computes it); None: findings carry no edits (``with_fixes``).
+        self.fixes = _fix_settings(fixes)
 
     def check(self, path: str) -> GateChunk:
         """Check one template (in this process)."""
-        return _check_template(path, self.pool, self.grid, policy=self.policy,
-                               changed_since=self.changed_since,
-                               baseline=self.baselines.get(path), cache=self.cache)
+        chunk = _check_template(path, self.pool, self.grid, policy=self.policy,
+                                changed_since=self.changed_since,
+                                baseline=self.baselines.get(path), cache=self.cache)
+        if self.fixes is None:
+            return chunk
+        return with_fixes(chunk, self.pool, self.grid, self.fixes)
 
     def chunks(self, jobs: int | None = 1) -> Iterator[GateChunk]:
         """Yield each template's chunk, in order, then the migration groups' (see class)."""
@@ -924,14 +936,15 @@ class GateRun:
             pending: deque[tuple[list[str], Future[list[GateChunk | None]]]] = deque()
             queue = iter(batches)
             for batch in queue:
-                pending.append((batch, executor.submit(_worker_check, batch)))
+                pending.append((batch, executor.submit(_worker_check, batch, self.fixes)))
                 if len(pending) >= workers * _AHEAD:
                     break
             while pending:
                 batch, future = pending.popleft()
                 following = next(queue, None)
                 if following is not None:
-                    pending.append((following, executor.submit(_worker_check, following)))
+                    pending.append((following, executor.submit(_worker_check, following,
+                                                               self.fixes)))
                 for path, chunk in zip(batch, future.result(), strict=True):
                     # A template a worker could not check is checked here again, so that
                     # its error is raised as with one process, in its turn.
@@ -961,21 +974,81 @@ def _worker_setup(specs: list[str], grid: Matrix | None, policy: FailOn,
                    changed_since=changed_since, baselines=baselines, cache=FindingsCache())
 
 
-def _worker_check(paths: list[str]) -> list[GateChunk | None]:
-    """Check templates in a worker; None for one whose input is bad (the parent reports it)."""
+def _worker_check(paths: list[str], fixes: Settings | None = None) -> list[GateChunk | None]:
+    """Check templates in a worker; None for one whose input is bad (the parent reports it).
+
+    ``fixes``: attach each template's fix to its findings (``with_fixes``).
+    """
     from xstate_check.errors import XstateCheckError
 
     out: list[GateChunk | None] = []
     for path in paths:
         try:
-            out.append(_check_template(path, _WORKER["pool"], _WORKER["grid"],
-                                       policy=_WORKER["policy"],
-                                       changed_since=_WORKER["changed_since"],
-                                       baseline=_WORKER["baselines"].get(path),
-                                       cache=_WORKER["cache"]))
+            chunk = _check_template(path, _WORKER["pool"], _WORKER["grid"],
+                                    policy=_WORKER["policy"],
+                                    changed_since=_WORKER["changed_since"],
+                                    baseline=_WORKER["baselines"].get(path),
+                                    cache=_WORKER["cache"])
+            if fixes is not None:
+                chunk = with_fixes(chunk, _WORKER["pool"], _WORKER["grid"], fixes)
+            out.append(chunk)
         except XstateCheckError:
             out.append(None)
     return out
+
+
+def _fix_settings(fixes: bool | Settings) -> Settings | None:
+    """Return the settings fixes are computed under: None for no fixes, defaults for True."""
+    if fixes is True:
+        from xstate_check.config import Settings
+
+        return Settings()
+    return fixes or None
+
+
+def with_fixes(chunk: GateChunk, pool: Sequence[GateProfile], grid: Matrix | None,
+               settings: Settings) -> GateChunk:
+    """Return one template's chunk with each finding carrying the edits that fix it.
+
+    The template's fix (safe and unsafe edits) is computed once, on the profiles the gate
+    checks it on, under ``settings`` (as ``--fix`` computes it), and only where a finding
+    fails and its rule declares a fix: a clean template costs nothing.
+    """
+    subjects, skipped = chunk
+    path = subjects[0].template if subjects else None
+    if path is None or not needs_fix(subjects, settings):
+        return chunk
+    from xstate_check.config import subject_filter
+    from xstate_check.fixes.engine import FixTarget, compute_fix
+    from xstate_check.report import with_edits
+
+    text = read_text(path, byte_order_mark=False)
+    declared = {profile.name for profile in _pairs_for(parse_template(text, path), pool,
+                                                          grid).declared}
+    by_name = {profile.name: profile for profile in pool}
+    # The tables the template was checked on, in the gate's order (declared pairs first).
+    names = dict.fromkeys(str(subject.details.get("profile")) for subject in subjects)
+    targets = [FixTarget(name, by_name[name].cpuid, name in declared) for name in names]
+    fix = compute_fix(text, path, targets, keep=subject_filter(settings),
+                      strict=settings.strict, unsafe=True)
+    return with_edits(subjects, fix.original, fix.edits), skipped
+
+
+def needs_fix(subjects: Iterable[SubjectReport], settings: Settings) -> bool:
+    """Return whether a finding of ``subjects`` fails (an error; a warning too when strict),
+    under ``settings``' rule selection and severities, and its rule declares a fix."""
+    from xstate_check.config import subject_filter
+    from xstate_check.engine import load_catalogue
+
+    keep = subject_filter(settings)
+    failing = ("error", "warning") if settings.strict else ("error",)
+    fixable = {rule.name for rule in load_catalogue().rules if rule.autofix}
+    for subject in subjects:
+        kept = keep(subject) if keep is not None else subject
+        if any(finding.severity in failing and finding.name in fixable
+               for finding in kept.findings):
+            return True
+    return False
 
 
 def run_gate(
@@ -986,6 +1059,7 @@ def run_gate(
     changed_since: str | None = None,
     fail_on: FailOn | None = None,
     jobs: int | None = 1,
+    fixes: bool | Settings = False,
 ) -> GateResult:
     """Check each template on each of its profiles; one subject per template x profile pair.
 
@@ -996,6 +1070,8 @@ def run_gate(
     the usable cores, for large gates); the result is the same whatever their number.
     Workers (forkserver) import the caller's ``__main__`` again: a script calling this with
     more than one job must guard its work with ``if __name__ == "__main__":``.
+    ``fixes``: each finding carries the edits of its template's fix (``Finding.edits``),
+    computed under the given Settings' rule selection and severities (True: the defaults).
     """
     return GateRun(templates, profiles=profiles, matrix=matrix, changed_since=changed_since,
-                   fail_on=fail_on).result(jobs)
+                   fail_on=fail_on, fixes=fixes).result(jobs)

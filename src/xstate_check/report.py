@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 
 from xstate_check.errors import Location
 
+if TYPE_CHECKING:
+    from xstate_check.fixes import Edit
+
 __all__ = [
     "SCHEMA",
     "SEVERITIES",
     "BaselineState",
+    "BitmapChange",
     "Finding",
     "Report",
     "Severity",
     "SkippedPair",
     "SubjectReport",
+    "bitmap_changes",
+    "edit_to_json",
+    "with_edits",
 ]
 
 SCHEMA = "xstate-check/1"
@@ -42,6 +49,13 @@ class Finding:
     #: In a regression gate: whether the change introduced the finding (``new``) or REV
     #: already had it (``unchanged``); None outside one.
     baseline_state: BaselineState = None
+    #: The template edits that fix this finding: those of its template's fix (over the
+    #: profiles the template was checked on) whose rules include this one, safe and unsafe.
+    #: Empty where none is known or none was asked for. A suggestion, not the verdict: two
+    #: findings that differ only here are equal.
+    edits: tuple[Edit, ...] = attrs.field(default=(), eq=False)
+    #: The same edits as a reviewer reads them: one per register modifier they change.
+    bitmaps: tuple[BitmapChange, ...] = attrs.field(default=(), eq=False)
 
     def sort_key(self) -> tuple[Any, ...]:
         """Return the key findings are sorted by: location, severity, rule id, message."""
@@ -61,11 +75,144 @@ class Finding:
             "fix": self.fix,
             "location": self.location.to_json() if self.location else None,
             **({"baseline_state": self.baseline_state} if self.baseline_state else {}),
+            **({"edits": [edit_to_json(edit) for edit in self.edits]} if self.edits else {}),
         }
+
+
+def edit_to_json(edit: Edit) -> dict[str, object]:
+    """Return a template edit as a JSON object: where (1-based line and column, exclusive
+    end column, and character offsets into the original text), which modifier, the text
+    replaced and its replacement, the rules it fixes and whether it is safe."""
+    return {
+        "path": edit.path,
+        "line": edit.line,
+        "column": edit.column,
+        "end_line": edit.end_line,
+        "end_column": edit.end_column,
+        "start": edit.start,
+        "end": edit.end,
+        "leaf": f"{edit.leaf:#x}",
+        "subleaf": f"{edit.subleaf:#x}",
+        "register": edit.register,
+        "original": edit.original,
+        "replacement": edit.replacement,
+        "rules": list(edit.rules),
+        "applicability": edit.applicability,
+    }
 
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+@attrs.frozen
+class BitmapChange:
+    """One register modifier a template's fix changes, as a reviewer reads it: where, its
+    whole bitmap before (None: a modifier the fix inserts) and after every edit, and whether
+    one of its edits is unsafe."""
+
+    leaf: int
+    subleaf: int
+    register: str
+    line: int
+    old: str | None
+    new: str
+    unsafe: bool
+
+    def text(self, arrow: str = "->") -> str:
+        """Return the change as ``leaf 0xd subleaf 0x0 eax, line 10: OLD -> NEW``."""
+        where = f"leaf {self.leaf:#x} subleaf {self.subleaf:#x} {self.register}, line {self.line}"
+        if self.old is None:
+            return f"{where}: new modifier {self.new}"
+        return f"{where}: {self.old} {arrow} {self.new}"
+
+
+def _json_string(raw: str) -> str:
+    """Return the value of a JSON string's raw characters (as written, if they do not parse)."""
+    import json
+
+    try:
+        value = json.loads(f'"{raw}"')
+    except ValueError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
+def _inserted_bitmap(edit: Edit) -> str:
+    """Return the bitmap of ``edit.register`` in an inserted register or cpuid modifier."""
+    import json
+
+    text = edit.replacement
+    try:
+        value = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    except ValueError:
+        return ""
+    entries = value.get("modifiers", [value]) if isinstance(value, dict) else []
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("register") == edit.register:
+            return str(entry.get("bitmap", ""))
+    return ""
+
+
+def bitmap_changes(original: str, edits: Sequence[Edit]) -> dict[Edit, BitmapChange]:
+    """Return, for each of a fix's ``edits`` to ``original``, the modifier change it is part
+    of: the edits of one bitmap string (runs of its characters) share one BitmapChange; an
+    inserted modifier is one of its own."""
+    strings: dict[int, list[Edit]] = {}
+    out: dict[Edit, BitmapChange] = {}
+    for edit in sorted(edits, key=lambda edit: edit.start):
+        if "{" in edit.replacement:
+            out[edit] = BitmapChange(edit.leaf, edit.subleaf, edit.register, edit.line, None,
+                                     _inserted_bitmap(edit), edit.applicability == "unsafe")
+        else:  # characters of a bitmap string: keyed by its opening quote
+            strings.setdefault(original.rindex('"', 0, edit.start), []).append(edit)
+    for quote, group in strings.items():
+        closing = original.index('"', group[-1].end)
+        raw = original[quote + 1:closing]
+        pieces, position = [], quote + 1
+        for edit in group:
+            pieces.append(original[position:edit.start] + edit.replacement)
+            position = edit.end
+        new = "".join(pieces) + original[position:closing]
+        first = group[0]
+        change = BitmapChange(first.leaf, first.subleaf, first.register, first.line,
+                              _json_string(raw), _json_string(new),
+                              any(edit.applicability == "unsafe" for edit in group))
+        for edit in group:
+            out[edit] = change
+    return out
+
+
+def with_edits(subjects: Iterable[SubjectReport], original: str,
+               edits: Sequence[Edit]) -> tuple[SubjectReport, ...]:
+    """Return ``subjects`` with each finding carrying the ``edits`` (of a fix to the template
+    text ``original``) whose rules name it, and the modifier changes they make.
+
+    A rule's edits are one tuple shared by all its findings (a template failing on many
+    profiles holds its fix once).
+    """
+    changes = bitmap_changes(original, edits)
+    by_rule: dict[tuple[str, str], tuple[tuple[Edit, ...], tuple[BitmapChange, ...]]] = {}
+
+    def fix_of(finding: Finding) -> tuple[tuple[Edit, ...], tuple[BitmapChange, ...]]:
+        key = (finding.rule, finding.name)
+        found = by_rule.get(key)
+        if found is None:
+            own = tuple(edit for edit in edits
+                        if finding.name in edit.rules or finding.rule in edit.rules)
+            found = by_rule[key] = (own, tuple(dict.fromkeys(changes[edit] for edit in own)))
+        return found
+
+    out = []
+    for subject in subjects:
+        findings = []
+        for finding in subject.findings:
+            own, bitmaps = fix_of(finding)
+            findings.append(attrs.evolve(finding, edits=own, bitmaps=bitmaps) if own
+                            else finding)
+        out.append(attrs.evolve(subject, findings=findings)
+                   if any(f.edits for f in findings) else subject)
+    return tuple(out)
 
 
 def _sorted_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:

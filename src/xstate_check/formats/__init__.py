@@ -13,12 +13,15 @@ FORMATS = ("text", "json", "sarif", "junit", "github", "markdown")
 
 
 def render(report: Report, fmt: str, *, color: bool = False, quiet: bool = False,
-           min_severity: str | None = None, strict: bool = False) -> str:
+           min_severity: str | None = None, strict: bool = False,
+           fix_hint: bool = True) -> str:
     """Return ``report`` rendered in format ``fmt`` (one of FORMATS).
 
     ``min_severity``: the least severity shown (None: info in text, JSON, JUnit and
     Markdown; warning in SARIF and GitHub, where infos would flood code scanning).
     ``strict``: warnings fail too (JUnit's failures follow the exit code).
+    ``fix_hint``: the text format ends with the number of findings ``--fix`` removes (not
+    after ``--fix``, whose own summary says what it did).
     """
     if fmt == "junit":
         from xstate_check.formats.junit import render_junit
@@ -26,7 +29,8 @@ def render(report: Report, fmt: str, *, color: bool = False, quiet: bool = False
         return render_junit(report, strict=strict)
     out = io.StringIO()
     write_report(report, make_writer(fmt, out, kind=report.kind, color=color, quiet=quiet,
-                                     min_severity=min_severity, strict=strict))
+                                     min_severity=min_severity, strict=strict,
+                                     fix_hint=fix_hint))
     return out.getvalue()
 
 

@@ -4,7 +4,8 @@
 reference asks: ``%``, CR and LF in the message; the same plus ``:`` and ``,`` in property
 values. Errors are ``error``, warnings ``warning``, infos ``notice``; in a regression gate
 with ``--fail-on new``, findings the change did not introduce are shown as ``notice``. A
-problem seen on several profiles is one annotation naming them; file paths are relative to
+problem seen on several profiles is one annotation naming them, with the suggested bitmaps
+of its template's fix where it has one; file paths are relative to
 the repository root; infos are left out unless asked. A ``::notice`` with the summary ends
 the output: every line is a workflow command. Other control characters from input are
 escaped as text (``\\x1b``), so nothing from a template or a file name can start a workflow
@@ -17,7 +18,11 @@ import io
 from typing import IO
 
 from xstate_check.errors import InputError, printable
-from xstate_check.formats._findings import ProblemCollector, repo_path, repo_root
+from xstate_check.formats._findings import (
+    ProblemCollector,
+    repo_path,
+    repo_root,
+)
 from xstate_check.formats.stream import Tally, write_report
 from xstate_check.report import Report, Severity, SkippedPair, SubjectReport
 
@@ -80,7 +85,9 @@ class GithubWriter:
                 title += f" present at {problem.baseline}"
             properties.append(f"title={_property(title)}")
             message = _data(finding.message, f"Consequence: {finding.consequence}",
-                            f"Fix: {finding.fix}")
+                            f"Fix: {finding.fix}",
+                            *(f"Suggested ({'unsafe' if change.unsafe else 'safe'}): "
+                              f"{change.text()}" for change in finding.bitmaps))
             lines.append(f"::{level} {','.join(properties)}::{message}")
         lines.append(f"::notice title=xstate-check::{escape_data(tally.summary_text())}")
         self.out.write("\n".join(lines) + "\n")

@@ -2,7 +2,9 @@
 
 First the template x profile matrix with the worst severity per cell (``not for host`` for
 the pairs the gate did not check), then the problems grouped by rule, each with its
-template line, the profiles it was seen on, and the fix.
+template line, the profiles it was seen on, and the fix; where the template's fix has edits
+for it, the suggested bitmap of each modifier (leaf, subleaf, register, line, old and new
+bitmap), unsafe ones marked so.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import sys
 from typing import IO
 
 from xstate_check.errors import printable
-from xstate_check.formats._findings import ProblemCollector, repo_path, repo_root, shown
+from xstate_check.formats._findings import (
+    ProblemCollector,
+    repo_path,
+    repo_root,
+    shown,
+)
 from xstate_check.formats.stream import Tally, write_report
-from xstate_check.report import Report, SkippedPair, SubjectReport
+from xstate_check.report import BitmapChange, Report, SkippedPair, SubjectReport
 
 __all__ = ["MarkdownWriter", "render_markdown"]
 
@@ -33,6 +40,18 @@ def _cell(text: str) -> str:
 def _code(path: str) -> str:
     """Return a path for a code span: control characters escaped, no backtick to end it."""
     return "`" + printable(path).replace("`", "'") + "`"
+
+
+def _suggestions(changes: tuple[BitmapChange, ...]) -> list[str]:
+    """Return one list item per modifier the fix changes: where, old -> new, applicability."""
+    items: list[str] = []
+    for change in changes:
+        bitmaps = f"new modifier {_code(change.new)}" if change.old is None else \
+            f"{_code(change.old)} &rarr; {_code(change.new)}"
+        how = "**unsafe**, `--fix --unsafe-fixes`" if change.unsafe else "safe, `--fix`"
+        items.append(f"  - suggested: leaf {change.leaf:#x} subleaf {change.subleaf:#x} "
+                     f"{_cell(change.register)}, line {change.line}: {bitmaps} ({how})")
+    return items
 
 
 class MarkdownWriter:
@@ -96,10 +115,11 @@ class MarkdownWriter:
             failing = problem.counts and (problem.severity == "error" or
                                           (self.strict and problem.severity == "warning"))
             mark = _MARK[problem.severity] + (" (fails)" if failing else "")
-            by_rule.setdefault(f"{finding.rule} {finding.name}", []).append(
-                f"- {mark}{state} {place} on {_cell(problem.where)}: {_cell(finding.message)}\n"
-                f"  - fix: {_cell(finding.fix)}"
-            )
+            item = (f"- {mark}{state} {place} on {_cell(problem.where)}: "
+                    f"{_cell(finding.message)}\n  - fix: {_cell(finding.fix)}")
+            if finding.bitmaps:
+                item += "\n" + "\n".join(_suggestions(finding.bitmaps))
+            by_rule.setdefault(f"{finding.rule} {finding.name}", []).append(item)
         if by_rule:
             lines.append("## Problems by rule")
             lines.append("")

@@ -6,6 +6,12 @@ that file and line, relative to the repository root (``%SRCROOT%``), naming the 
 its message and properties, with a fingerprint of rule, file and the line's content that
 survives line moves, and, in a regression gate, a ``baselineState`` of ``new`` or
 ``unchanged``. Infos are left out unless ``min_severity="info"``.
+
+A result whose finding carries template edits has ``fixes``: one fix per applicability,
+each whole (the safe one is what ``--fix`` applies; the unsafe one, every edit, what
+``--fix --unsafe-fixes`` applies), whose replacements delete exactly the bitmap characters
+they change (line and column, exclusive end column, and character offset and length, all in
+code points as the run's ``columnKind`` says; each region in the unmodified file, in order).
 """
 
 from __future__ import annotations
@@ -16,15 +22,24 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import quote
 
 from xstate_check import __version__
 from xstate_check.engine import Rule, load_catalogue
 from xstate_check.errors import Location, printable_json
-from xstate_check.formats._findings import Problem, ProblemCollector, repo_path, repo_root
+from xstate_check.formats._findings import (
+    Problem,
+    ProblemCollector,
+    fix_groups,
+    repo_path,
+    repo_root,
+)
 from xstate_check.formats.stream import Tally, write_report
 from xstate_check.report import Finding, Report, Severity, SkippedPair, SubjectReport
+
+if TYPE_CHECKING:
+    from xstate_check.fixes import Edit
 
 __all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "SarifWriter", "help_uri", "render_sarif"]
 
@@ -233,6 +248,8 @@ def _result(problem: Problem, index: dict[str, int], base: Path | None,
     result["partialFingerprints"] = {_FINGERPRINT_KEY: _fingerprint(problem, uri, cache)}
     if problem.state is not None:
         result["baselineState"] = problem.state
+    if finding.edits:
+        result["fixes"] = _fixes(finding, base)
     result["properties"] = {
         "profiles": list(problem.subjects),
         "ruleName": finding.name,
@@ -240,3 +257,39 @@ def _result(problem: Problem, index: dict[str, int], base: Path | None,
         "fix": finding.fix,
     }
     return result
+
+
+def _replacement(edit: Edit) -> dict[str, object]:
+    """Return one edit as a replacement: the characters it deletes, in the unmodified file."""
+    region = {
+        "startLine": edit.line,
+        "startColumn": edit.column,
+        "endLine": edit.end_line,
+        "endColumn": edit.end_column,
+        "charOffset": edit.start,
+        "charLength": edit.end - edit.start,
+    }
+    return {"deletedRegion": region, "insertedContent": {"text": edit.replacement}}
+
+
+def _fixes(finding: Finding, base: Path | None) -> list[dict[str, object]]:
+    """Return a finding's SARIF fixes: one per applicability, each a whole change."""
+    fixes: list[dict[str, object]] = []
+    for applicability, edits in fix_groups(finding.edits):
+        how = "--fix" if applicability == "safe" else "--fix --unsafe-fixes"
+        shown = [change for change in finding.bitmaps
+                 if applicability == "unsafe" or not change.unsafe] or finding.bitmaps
+        lines = "; ".join(change.text() for change in shown)
+        description = (f"{applicability.capitalize()} fix of {finding.name} "
+                       f"(xstate-check {how}): {lines}")
+        by_path: dict[str, list[Edit]] = {}
+        for edit in edits:
+            by_path.setdefault(edit.path, []).append(edit)
+        changes = [
+            {"artifactLocation": _artifact(path, base),
+             "replacements": [_replacement(edit)
+                              for edit in sorted(group, key=lambda edit: edit.start)]}
+            for path, group in by_path.items()
+        ]
+        fixes.append({"description": {"text": description}, "artifactChanges": changes})
+    return fixes

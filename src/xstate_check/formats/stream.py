@@ -35,12 +35,19 @@ class Tally:
     def __init__(self, kind: str = "check") -> None:
         self.kind = kind
         self.subjects = self.errors = self.warnings = self.infos = self.not_for_host = 0
+        #: Findings with a safe fix (``--fix`` removes them), and with only an unsafe one.
+        self.fixable = self.unsafe_fixable = 0
         self._fails = self._fails_strict = False
 
     def add(self, subject: SubjectReport) -> None:
         """Count one subject and its findings."""
         self.subjects += 1
         for finding in subject.findings:
+            if finding.edits:
+                if any(edit.applicability == "safe" for edit in finding.edits):
+                    self.fixable += 1
+                else:
+                    self.unsafe_fixable += 1
             severity = finding.severity
             if severity == "error":
                 self.errors += 1
@@ -75,6 +82,16 @@ class Tally:
             text += f"; {count} template/profile pair{'' if count == 1 else 's'} not for " \
                     "their host"
         return text
+
+    def fix_text(self) -> str:
+        """Return ruff's line on the findings ``--fix`` would remove ("" for none)."""
+        unsafe = self.unsafe_fixable
+        hidden = (f"{unsafe} hidden fix{'' if unsafe == 1 else 'es'} can be enabled with the "
+                  "`--unsafe-fixes` option")
+        if not self.fixable:
+            return f"No fixes available ({hidden})." if unsafe else ""
+        more = f" ({hidden})" if unsafe else ""
+        return f"[*] {self.fixable} fixable with the `--fix` option{more}."
 
     def exit_code(self, strict: bool = False) -> int:
         """Return 1 when a finding fails the run (errors; warnings too when ``strict``)."""
@@ -176,14 +193,15 @@ class StatisticsWriter:
 
 def make_writer(fmt: str, out: IO[str], *, kind: str = "check", color: bool = False,
                 quiet: bool = False, min_severity: str | None = None,
-                strict: bool = False) -> Writer:
+                strict: bool = False, fix_hint: bool = True) -> Writer:
     """Return the writer of format ``fmt`` writing to ``out`` (options as ``render``)."""
     if fmt == "json":
         return JsonWriter(out, kind)
     if fmt == "text":
         from xstate_check.formats.text import TextWriter
 
-        return TextWriter(out, kind=kind, color=color, quiet=quiet, min_severity=min_severity)
+        return TextWriter(out, kind=kind, color=color, quiet=quiet, min_severity=min_severity,
+                          fix_hint=fix_hint)
     if fmt == "sarif":
         from xstate_check.formats.sarif import SarifWriter
 

@@ -40,14 +40,28 @@ def _paint(text: str, style: str, color: bool) -> str:
     return f"{style}{text}{_RESET}" if color else text
 
 
+def _mark(finding: Finding) -> str:
+    """Return `` [*]`` for a finding ``--fix`` removes (a safe fix), as ruff marks them."""
+    return " [*]" if any(edit.applicability == "safe" for edit in finding.edits) else ""
+
+
+def _suggested(finding: Finding, indent: str, color: bool) -> list[str]:
+    """Return one line per modifier a finding's fix changes, with its applicability."""
+    return [_paint(f"{indent}suggested ({'unsafe' if change.unsafe else 'safe'}): "
+                   f"{printable(change.text())}", _DIM, color)
+            for change in finding.bitmaps]
+
+
 def _finding(finding: Finding, color: bool) -> list[str]:
     label = _paint(finding.severity, _COLORS[finding.severity], color)
     state = f" ({finding.baseline_state})" if finding.baseline_state else ""
-    lines = [f"  {label} {finding.rule} {finding.name}{state}: {printable(finding.message)}"]
+    lines = [f"  {label} {finding.rule} {finding.name}{_mark(finding)}{state}: "
+             f"{printable(finding.message)}"]
     if finding.location is not None:
         lines.append(f"    at {printable(str(finding.location))}")
     lines.append(_paint(f"    consequence: {printable(finding.consequence)}", _DIM, color))
     lines.append(_paint(f"    fix: {printable(finding.fix)}", _DIM, color))
+    lines.extend(_suggested(finding, "    ", color))
     return lines
 
 
@@ -85,10 +99,12 @@ def _problem(problem: Problem, color: bool, root: Path | None) -> list[str]:
         place += ": "
     state = f" ({problem.state})" if problem.state else ""
     return [
-        f"{place}{label} {finding.rule} {finding.name}{state}: {printable(finding.message)}",
+        f"{place}{label} {finding.rule} {finding.name}{_mark(finding)}{state}: "
+        f"{printable(finding.message)}",
         f"  on {printable(problem.where)}",
         _paint(f"  consequence: {printable(finding.consequence)}", _DIM, color),
         _paint(f"  fix: {printable(finding.fix)}", _DIM, color),
+        *_suggested(finding, "  ", color),
     ]
 
 
@@ -96,8 +112,10 @@ class TextWriter:
     """Writes the text format subject by subject (a gate's problems at the end)."""
 
     def __init__(self, out: IO[str], *, kind: str = "check", color: bool = False,
-                 quiet: bool = False, min_severity: str | None = None) -> None:
+                 quiet: bool = False, min_severity: str | None = None,
+                 fix_hint: bool = True) -> None:
         self.out = out
+        self.fix_hint = fix_hint
         self.color = color
         self.quiet = quiet
         self.min_severity = min_severity
@@ -162,6 +180,9 @@ class TextWriter:
             copy_spool(self._notes, out)
             out.write("\n")
         out.write(tally.summary_text() + "\n")
+        hint = tally.fix_text() if self.fix_hint else ""
+        if hint:
+            out.write(hint + "\n")
 
 
 def render_text(report: Report, *, color: bool = False, quiet: bool = False,

