@@ -36,12 +36,12 @@ from xstate_check.engine import evaluate
 from xstate_check.errors import InputError, Location, ProbeError, XstateCheckError
 from xstate_check.hoststate import HostState
 from xstate_check.report import Finding, Report, SubjectReport
-from xstate_check.sources.host import probe
 from xstate_check.subject import Subject
 from xstate_check.system.abi import ARCH_XCOMP_TILEDATA
-from xstate_check.system.protocol import System
+from xstate_check.system.probe import probe
 
 if TYPE_CHECKING:
+    from xstate_check.system.protocol import System
     from xstate_check.template import Template
 
 __all__ = [

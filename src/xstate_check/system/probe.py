@@ -39,8 +39,11 @@ from xstate_check.system.calls import (
     errno_name,
     req_xcomp_guest_perm,
 )
-from xstate_check.system.protocol import System
 from xstate_check.xfeatures import bits
+
+TYPE_CHECKING = False  # the protocol (a typing.Protocol class) is for the type checker only
+if TYPE_CHECKING:
+    from xstate_check.system.protocol import System
 
 __all__ = [
     "PERMITTED_VIEW_TIMEOUT",
