@@ -131,7 +131,9 @@ def _installed_copy(site: Path, *, record: bool = True) -> Path:
 
         info = site / f"xstate_check-{__version__}.dist-info"
         info.mkdir()
-        (info / "RECORD").write_text("xstate_check/__init__.py,sha256=stand-in,1\n")
+        lines = [f"{path.relative_to(site).as_posix()},sha256=stand-in,{path.stat().st_size}"
+                 for path in sorted(package.rglob("*")) if path.is_file()]
+        (info / "RECORD").write_text("\n".join(lines) + "\n")
     return package
 
 
@@ -157,6 +159,27 @@ def test_an_edit_keeping_size_and_mtime_is_another_key(tmp_path: Path, record: b
     assert key is not None and shipped._key(files, str(package)) == key
     _same_size_edit(package / "rules" / "xcr0.toml")
     assert shipped._key(files, str(package)) not in (key, None)
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["installed", "checkout"])
+@pytest.mark.parametrize("module", ["engine/quantify.py", "formats/text.py", "new.py"])
+def test_every_module_of_the_package_is_in_the_key(tmp_path: Path, record: bool,
+                                                    module: str) -> None:
+    """Any Python file of the package, not only those the loader uses today, is in the key:
+    an edited engine module or format, installed or not, and a module added to a checkout."""
+    package = _installed_copy(tmp_path, record=record)
+    files = shipped._rule_files([str(package / "rules")])
+    key = shipped._key(files, str(package))
+    path = package / module
+    if path.exists():
+        before = path.stat()
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r", 1))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert path.stat().st_size == before.st_size
+        assert shipped._key(files, str(package)) not in (key, None)
+    else:  # a file RECORD does not list is no module of the wheel's; on disk it is
+        path.write_text("VALUE = 1\n")
+        assert (shipped._key(files, str(package)) == key) == record
 
 
 def test_an_installed_key_reads_no_source_file(

@@ -4,14 +4,16 @@ Reading ``rules/*.toml`` means parsing TOML, checking every key and example, par
 expression: tens of milliseconds on a path that sits before a VM boots. The result, less
 its closures (which are rebuilt from the stored parse trees in about a millisecond), is
 kept in a pickle whose name is a BLAKE2 digest of everything that decides it: the rule files
-and their folder, the engine's and facts' source code, the package version and the Python
-version. A changed rule or engine gives another key, so a cache is never stale, only absent.
+and their folder, the package's source code, the package version and the Python version. A
+changed rule or engine gives another key, so a cache is never stale, only absent.
 
 How the files enter the key depends on where the package lives. Installed from a wheel, the
 installer's RECORD (a SHA-256 of every file it wrote) stands for their content, and each
 file's size and modification and change times (``os.stat``; the change time cannot be set
-back) catch a later edit in place: one small read and thirty ``stat`` calls. In a checkout,
+back) catch a later edit in place: one small read and a ``stat`` per file. In a checkout,
 which has no RECORD, every file's bytes are read and hashed, as edits there are the rule.
+The files are the rule files and every Python file of the package, not a list of those
+thought to matter, which a new module of the engine would outgrow.
 
 Where: ``$XSTATE_CHECK_CACHE_DIR`` when set (empty: no cache), else the package's own
 ``__pycache__`` (beside its bytecode), else ``$XDG_CACHE_HOME/xstate-check`` (``~/.cache``).
@@ -46,18 +48,9 @@ __all__ = ["StoredExamples", "cache_dirs", "default_rules_dir", "load_catalogue"
 # Plain strings, not pathlib: pathlib (with urllib.parse and ipaddress) costs several ms of a
 # pre-boot check's start, and this module is on that path.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-_FORMAT = b"xstate-check catalogue cache 2\n"
+_FORMAT = b"xstate-check catalogue cache 3\n"
 #: After the key: the sizes of the rules' pickle and of the examples' pickle that follow.
 _SIZES = struct.Struct("<QQ")
-#: The source files whose code decides what a compiled catalogue holds: the engine, the
-#: facts (kinds, needs, constants) and the package modules whose definitions they use.
-_CODE = ("engine/catalogue.py", "engine/compiler.py", "engine/examples.py",
-         "engine/loader.py", "engine/parser.py", "engine/shipped.py", "engine/tokenizer.py",
-         "facts/__init__.py", "facts/registry.py", "facts/enumeration.py", "facts/layout.py",
-         "facts/linux.py", "facts/template.py", "facts/host.py", "facts/restore.py",
-         "facts/components.py",
-         "xfeatures.py", "cpuid.py", "layout.py", "hoststate.py", "subject.py", "report.py",
-         "errors.py", "tomltext.py", "textfile.py")
 
 
 def _rules_dir() -> str:
@@ -107,11 +100,28 @@ def _stat_digest(path: str) -> bytes:
     return f"{info.st_size} {info.st_mtime_ns} {info.st_ctime_ns}".encode()
 
 
+def _sources(package: str, record: bytes | None) -> list[str]:
+    """Return every Python file of the package: those RECORD lists when installed, else those
+    found on disk. All of them, not those thought to matter: a module the loader comes to use
+    could not then be left out of the key."""
+    if record is not None:
+        root, name = os.path.split(package)
+        listed = (line.split(",", 1)[0] for line in record.decode("utf-8", "replace").splitlines())
+        return sorted(os.path.join(root, path) for path in listed
+                      if path.startswith(f"{name}/") and path.endswith(".py"))
+    found: list[str] = []
+    for folder, subfolders, names in os.walk(package):
+        subfolders[:] = sorted(sub for sub in subfolders if sub != "__pycache__")
+        found.extend(os.path.join(folder, name) for name in sorted(names) if name.endswith(".py"))
+    return found
+
+
 def _key(files: Sequence[str], package: str = _PACKAGE) -> bytes | None:
     """Return the BLAKE2 digest of what the compiled catalogue depends on (None if unreadable).
 
-    With the installer's RECORD beside ``package``, the files are known by RECORD's hashes
-    and their ``stat``; without it (a checkout), by their bytes.
+    That is the rule ``files`` and every Python file of ``package``: with the installer's
+    RECORD beside it, known by RECORD's hashes and their ``stat``; without it (a checkout),
+    by their bytes.
     """
     from xstate_check import __version__
 
@@ -122,13 +132,12 @@ def _key(files: Sequence[str], package: str = _PACKAGE) -> bytes | None:
     digest = blake2b(_FORMAT, digest_size=32)
     digest.update(f"{sys.version}\n{__version__}\n{package}\n".encode())
     try:
-        record = _record(package, __version__)
+        record_path = _record(package, __version__)
+        record = None if record_path is None else _read_bytes(record_path)
         if record is not None:
-            digest.update(b"RECORD\0" + _read_bytes(record) + b"\0")
+            digest.update(b"RECORD\0" + record + b"\0")
         identify = _read_bytes if record is None else _stat_digest
-        for name in _CODE:
-            digest.update(name.encode() + b"\0" + identify(os.path.join(package, name)) + b"\0")
-        for path in files:
+        for path in (*_sources(package, record), *files):
             digest.update(os.fsencode(path) + b"\0" + identify(path) + b"\0")
     except OSError:
         return None
