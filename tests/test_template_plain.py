@@ -109,13 +109,20 @@ def test_every_real_template_is_read_plainly_and_alike() -> None:
     '{"cpuid_modifiers": [{"leaf": "0x100000000", "subleaf": "0x0", "flags": 0, '
     '"modifiers": []}]}',
     '{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 1.0, "modifiers": []}]}',
+    '{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": '
+    '[{"register": "eax", "register": "ebx", "bitmap": "0b1"}]}]}',
+    '{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": '
+    '[{"register": "eax", "bitmap": "0b1"}]}], "cpuid_modifiers": []}',
+    '{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": '
+    '[{"register": "eax", "bitmap": "0b1:"}]}]}',
     '{"cpuid_modifiers": [], "vcpu_features": []}',
     '{"kvm_capabilities": ["!x"]}',
     '{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": '
     '[{"register": "Eax", "bitmap": "0b1"}]}]}',
 ])
 def test_what_is_not_plain_is_left_to_the_thorough_reader(text: str) -> None:
-    """A repeat, -0, an escape, an unknown key, a value out of range or of the wrong type:
+    """A repeated key, -0, an escape, an unknown key, a value out of range, of the wrong
+    type or form:
     the plain reader leaves the text, and what is read (or refused) is the thorough way's."""
     assert _plain_template(text, "t.json") is None
     expected = _thorough(text)

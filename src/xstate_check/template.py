@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
@@ -163,33 +163,10 @@ def load_template(path: str | os.PathLike[str]) -> Template:
     return parse_template(read_text(name, byte_order_mark=False), name)
 
 
-class _NotPlain(Exception):  # noqa: N818 - a signal: read the text the thorough way
-    """Raised by the plain reader's JSON hooks at anything but the plain case."""
-
-
-def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise _NotPlain  # a repeated key
-    return members
-
-
-def _natural(literal: str) -> int:
-    if literal.startswith("-"):
-        raise _NotPlain  # no field takes a negative number (and -0 reads as a float)
-    return int(literal)
-
-
-def _refuse(literal: str) -> object:
-    raise _NotPlain  # NaN, Infinity: not JSON
-
-
-_PLAIN_JSON = json.JSONDecoder(object_pairs_hook=_members_once, parse_int=_natural,
-                               parse_constant=_refuse).decode
-# With no backslash in the text every quote delimits a string, so a quote after { or , is
-# a key's: these are the "leaf" and "bitmap" keys of every object, each with its value's
-# offset.
-_LOCATED_KEY = re.compile(r'[{,][ \t\n\r]*"(leaf|bitmap)"[ \t\n\r]*:[ \t\n\r]*')
+# With no backslash in the text every quote delimits a string, and a string followed by a
+# colon is a key: these are the "leaf" and "bitmap" keys of every object, each with its
+# value's offset.
+_LOCATED_KEY = re.compile(r'"(leaf|bitmap)"[ \t\n\r]*:[ \t\n\r]*')
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -203,11 +180,13 @@ def _plain_template(text: str, path: str) -> Template | None:
     compares them on generated texts); anything else (every error included) is left to
     that reader, which says where and why.
     """
-    if len(text) > MAX_JSON_VALUES or "\\" in text or _SURROGATES.search(text):
+    # No minus sign: no field takes a negative number, and -0 reads as a float (serde_json).
+    if (len(text) > MAX_JSON_VALUES or "\\" in text or "-" in text
+            or _SURROGATES.search(text)):
         return None
     try:
-        document = _PLAIN_JSON(text)
-    except (ValueError, RecursionError, _NotPlain):
+        document = json.loads(text)
+    except (ValueError, RecursionError):
         return None
     if type(document) is not dict or not document.keys() <= _TOP_LEVEL_KEYS:
         return None
@@ -229,8 +208,13 @@ def _plain_template(text: str, path: str) -> Template | None:
         if type(modifiers) is not list:
             return None
         registers += len(modifiers)
+    # Every object of a plain template has its exact keys and no string value holds a colon
+    # (both checked below), so each colon of the text follows a key: there are as many as
+    # the objects' keys only where no object repeats one.
+    keys = (len(document) + len(leaves) * len(_LEAF_KEYS) + registers * len(_REGISTER_KEYS)
+            + len(msrs) * len(_MSR_KEYS))
     if (len(leaf_offsets) != len(leaves) or registers > MAX_REGISTER_MODIFIERS
-            or len(bitmap_offsets) != registers + len(msrs)):
+            or len(bitmap_offsets) != registers + len(msrs) or text.count(":") != keys):
         return None
     where = _positions(text, path, [*leaf_offsets, *bitmap_offsets])
     cpuid_bitmaps = msr_bitmaps = bitmap_offsets
