@@ -6,9 +6,9 @@ every size a finding or a view reports comes from the formulas here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import attrs
 
@@ -70,6 +70,9 @@ def _freeze_components(components: Mapping[int, Component]) -> Mapping[int, Comp
     return MappingProxyType(dict(sorted(components.items())))
 
 
+_T = TypeVar("_T")
+
+
 @attrs.frozen
 class XsaveLayout:
     """Leaf 0xD of one CpuidSet, decoded (Intel SDM Vol. 1 §13.2, §13.4.3 compacted format).
@@ -88,9 +91,8 @@ class XsaveLayout:
     xsave_features: int
     compacted_size_current: int
     components: Mapping[int, Component] = attrs.field(converter=_freeze_components)
-    #: overlaps and placed_above of each sized user component, worked out on first use
-    _relations: dict[int, tuple[int, int]] = attrs.field(factory=dict, init=False, eq=False,
-                                                         repr=False)
+    #: What ``derived`` has computed from the layout.
+    _memo: dict[object, object] = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     @classmethod
     def from_cpuid(cls, cpuid: CpuidSet) -> XsaveLayout:
@@ -165,31 +167,18 @@ class XsaveLayout:
 
     def relations(self) -> Mapping[int, tuple[int, int]]:
         """Return (overlaps, placed_above) of each sized user component, by number."""
-        relations = self._relations
-        if not relations:
-            # Sorted by offset, a region overlaps those after it that start before it ends,
-            # and lies below every region that starts further on.
-            regions = sorted([(c.offset, c.offset + c.size, c.number)
-                              for c in self.components.values() if c.size and not c.ecx & 1])
-            overlapping = dict.fromkeys([number for _, _, number in regions], 0)
-            count = len(regions)
-            for index in range(count):
-                _, end, one = regions[index]
-                later = index + 1
-                while later < count and regions[later][0] < end:
-                    other = regions[later][2]
-                    overlapping[one] |= 1 << other
-                    overlapping[other] |= 1 << one
-                    later += 1
-            above = pending = 0
-            last = -1
-            for start, _, one in reversed(regions):
-                if start != last:
-                    above, pending, last = above | pending, 0, start
-                relations[one] = (overlapping[one], above)
-                pending |= 1 << one
-            relations[-1] = (0, 0)  # worked out, even where no component is sized
-        return relations
+        return self.derived("relations", _relations)
+
+    def derived(self, key: object, compute: Callable[[XsaveLayout], _T]) -> _T:
+        """Return ``compute(self)``, computed on first use: a value that depends on the
+        layout alone (``key`` names it alone), kept with the layout, which is immutable and
+        shared by every subject of its table."""
+        memo = self._memo
+        try:
+            return memo[key]  # type: ignore[return-value]
+        except KeyError:
+            value = memo[key] = compute(self)
+            return value
 
     @property
     def user_dynamic(self) -> int:
@@ -227,3 +216,32 @@ def _decode(cpuid: CpuidSet) -> XsaveLayout:
         every.update((n, Component(n, 0, 0, 0, 0)) for n in bits(absent))
         components = MappingProxyType(dict(sorted(every.items())))
     return XsaveLayout(xcr0, xss, sub0.ebx, sub0.ecx, sub1.eax, sub1.ebx, components)
+
+
+def _relations(layout: XsaveLayout) -> dict[int, tuple[int, int]]:
+    """Return (overlaps, placed_above) of each sized user component of ``layout``.
+
+    Sorted by offset, a region overlaps those after it that start before it ends, and lies
+    below every region that starts further on.
+    """
+    regions = sorted([(c.offset, c.offset + c.size, c.number)
+                      for c in layout.components.values() if c.size and not c.ecx & 1])
+    overlapping = dict.fromkeys([number for _, _, number in regions], 0)
+    count = len(regions)
+    for index in range(count):
+        _, end, one = regions[index]
+        later = index + 1
+        while later < count and regions[later][0] < end:
+            other = regions[later][2]
+            overlapping[one] |= 1 << other
+            overlapping[other] |= 1 << one
+            later += 1
+    relations: dict[int, tuple[int, int]] = {}
+    above = pending = 0
+    last = -1
+    for start, _, one in reversed(regions):
+        if start != last:
+            above, pending, last = above | pending, 0, start
+        relations[one] = (overlapping[one], above)
+        pending |= 1 << one
+    return relations

@@ -13,8 +13,9 @@ called once per component, a dozen calls each; here it becomes a function from t
 - a condition on the xfeature's number alone (``c.feature == ''``, ``c.arch_size == 0``)
   is a mask fixed when the rule is compiled;
 - a condition on the component's subleaf alone (``c.size == 0``, ``c.supervisor``) is
-  computed once per subject for the components the table describes and once for all the
-  others (which read as all zero), and shared by every rule that asks it;
+  computed once per table, for the components it describes and once for all the others
+  (which read as all zero), kept with the table's layout and shared by every rule and
+  subject that asks it;
 - a condition attribute with a mask of its own (``c.needed``) reads that mask;
 - a comparison of the component's attributes (``(c.overlaps & xcr0) == 0``,
   ``c.size == c.host.size``) is computed a column at a time: each operand's values for
@@ -45,7 +46,7 @@ from xstate_check.engine.parser import (
 )
 from xstate_check.facts import ATTRIBUTES, Facts
 from xstate_check.facts.components import COMPONENT_BITS, NOWHERE, bare
-from xstate_check.layout import Component
+from xstate_check.layout import Component, XsaveLayout
 
 __all__ = ["MaskTest", "bound_key", "components_of", "lower", "numbers", "reads_layout"]
 
@@ -363,7 +364,6 @@ FieldTest = tuple[int, int, str, int]
 #: The components of a list (described subleaves) that pass a register test, by comparison.
 _SELECT: dict[str, Callable[[list[Component], int, int, int], int]] = {
     "==": lambda cs, i, m, k: sum([1 << c[0] for c in cs if c[i] & m == k]),
-    "!=": lambda cs, i, m, k: sum([1 << c[0] for c in cs if c[i] & m != k]),
     "<": lambda cs, i, m, k: sum([1 << c[0] for c in cs if c[i] & m < k]),
     "<=": lambda cs, i, m, k: sum([1 << c[0] for c in cs if c[i] & m <= k]),
     ">": lambda cs, i, m, k: sum([1 << c[0] for c in cs if c[i] & m > k]),
@@ -400,38 +400,35 @@ def _field_test(node: Node, var: str, build: Build) -> FieldTest | None:
     return None
 
 
-def _described(facts: Facts) -> tuple[list[Component], int]:
-    """Return the subleaves 2 to 62 the table describes, and their mask (kept in the Facts)."""
-    found = facts.get(_DESCRIBED)
-    if found is None:
-        listed = [c for number, c in facts.layout.components.items() if 2 <= number < 63]
-        found = facts[_DESCRIBED] = (listed, sum([1 << c.number for c in listed]))
-    assert isinstance(found, tuple)
-    return found
+def _described(layout: XsaveLayout) -> tuple[list[Component], int]:
+    """Return the subleaves 2 to 62 the table describes, and their mask."""
+    listed = [c for number, c in layout.components.items() if 2 <= number < 63]
+    return listed, sum([1 << c.number for c in listed])
 
 
 def _field_shared(test: FieldTest) -> MaskTest:
     """Return the mask form of a register test: one pass over the described subleaves per
-    subject (kept in the Facts), for every rule that asks it."""
+    table (kept with its layout), for every rule and subject that asks it. ``!=`` is the
+    complement of ``==``, so the two share their pass."""
+    index, mask, op, value = test
+    if op == "!=":
+        equal = _field_shared((index, mask, "==", value))
+        return lambda facts, care: care & ~equal(facts, care)
     slot = _SHARED.get(test)
     if slot is None:
         slot = _SHARED[test] = f"$atom{next(_atoms)}"
-    index, mask, op, value = test
     select = _SELECT[op]
     bare_holds = COMPARE_OPS[op](0, value)  # what a component without a subleaf reads
 
-    def whole(facts: Facts) -> int:
-        held = facts.get(slot)
-        if held is None:
-            listed, described = _described(facts)
-            held = select(listed, index, mask, value)
-            if bare_holds:
-                held |= COMPONENT_BITS & ~described
-            facts[slot] = held
-        assert isinstance(held, int)
-        return held
+    def compute(layout: XsaveLayout) -> int:
+        listed, described = layout.derived(_DESCRIBED, _described)
+        found = select(listed, index, mask, value)
+        return found | (COMPONENT_BITS & ~described) if bare_holds else found
 
-    return lambda facts, care: whole(facts) & care if care else 0
+    def held(facts: Facts, care: int) -> int:
+        return facts.layout.derived(slot, compute) & care if care else 0
+
+    return held
 
 
 def _one_by_one(test: Callable[[Facts], object], key: str) -> Table:
@@ -449,7 +446,7 @@ def _one_by_one(test: Callable[[Facts], object], key: str) -> Table:
 
 def _shared(node: Node, var: str, table: Table) -> MaskTest:
     """Return the mask form of a condition on the component's subleaf alone: worked out
-    once per subject (kept in the Facts), for every rule that asks it."""
+    once per table (kept with its layout), for every rule and subject that asks it."""
     shape = _shape(node, var)
     slot = _SHARED.get(shape)
     if slot is None:
@@ -457,14 +454,13 @@ def _shared(node: Node, var: str, table: Table) -> MaskTest:
     nowhere = [NOWHERE]
 
     def whole(facts: Facts) -> int:
-        held = facts.get(slot)
-        if held is None:
-            listed, described = _described(facts)
+        def compute(layout: XsaveLayout) -> int:
+            listed, described = layout.derived(_DESCRIBED, _described)
             held = table(facts, listed)
             if table(facts, nowhere):  # every xfeature without a subleaf reads as all zero
                 held |= COMPONENT_BITS & ~described
-            facts[slot] = held
-        assert isinstance(held, int)
-        return held
+            return held
+
+        return facts.layout.derived(slot, compute)
 
     return lambda facts, care: whole(facts) & care if care else 0

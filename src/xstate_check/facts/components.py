@@ -99,14 +99,6 @@ def _layout_attribute(name: str, kind: Kind, doc: str, read: Reader, values: Val
                values=values)
 
 
-def _cached(facts: Facts, key: str, compute: Callable[[Facts], object]) -> object:
-    """Return ``compute(facts)``, kept in the Facts under ``key`` (no fact's name)."""
-    value = facts.get(key)
-    if value is None:
-        value = facts[key] = compute(facts)
-    return value
-
-
 # --- the xfeature table -----------------------------------------------------------------
 
 _NAMES = tuple(name_of(number) for number in range(64))
@@ -129,23 +121,18 @@ _NEEDS_OF = tuple(
     for name in dict.fromkeys(name for names in _NEEDED_BY for name in names))
 
 
-def _feature_masks(facts: Facts) -> object:
+def _feature_masks(cpuid: CpuidSet) -> tuple[int, int]:
     """Return (the xfeatures whose own feature is set, those some set feature needs)."""
     own = needed = 0
     for name, needs, announces in _NEEDS_OF:
-        if facts[name]:
+        if cpuid.feature(name):
             needed |= needs
             own |= announces
     return own, needed
 
 
-_FEATURES_KEY = "$ features"
-
-
 def _features(facts: Facts) -> tuple[int, int]:
-    value = _cached(facts, _FEATURES_KEY, _feature_masks)
-    assert isinstance(value, tuple)
-    return value
+    return facts.cpuid.derived("component feature masks", _feature_masks)
 
 
 _attribute("bit", "int", "the xfeature's number n (its bit in XCR0 or IA32_XSS)",
@@ -269,7 +256,7 @@ def _elsewhere(prefix: str, where: str, layout_of: Callable[[Facts], XsaveLayout
 
 
 _elsewhere("host", "the host's table (KVM's, else the host CPUID, else the table before the "
-           "template)", _host_layout, ())
+           "template)", _host_layout, ("reference",))
 def _dest_layout(facts: Facts) -> XsaveLayout:
     from xstate_check.facts.restore import dest_layout  # a later stage
 

@@ -48,12 +48,14 @@ Kind = Literal["mask", "size", "int", "bool", "str", "version", "sizes", "items"
 
 #: What a fact reads beyond the subject's CPUID table: the leaf 0xD subleaves (a libcpuid
 #: native dump has none), the table before a template, the host's probe, a restore's
-#: destination. A subject without one of them makes every rule reading the fact not
-#: applicable.
-Read = Literal["subleaves", "base", "host", "destination"]
+#: destination, or a reference table to compare with (the host's probe or the table before
+#: the template, either). A subject without one of them makes every rule reading the fact
+#: not applicable.
+Read = Literal["subleaves", "base", "host", "destination", "reference"]
 
 #: Each Read as a bit, so a rule's needs are one integer.
-NEEDS: dict[str, int] = {"host": 1, "base": 2, "subleaves": 4, "destination": 8}
+NEEDS: dict[str, int] = {"host": 1, "base": 2, "subleaves": 4, "destination": 8,
+                         "reference": 16}
 
 #: (leaf, subleaf, register, bits): CPUID register bits a fact is computed from.
 BitRef = tuple[int, int, str, int]
@@ -242,9 +244,9 @@ def available_of(subject: Subject) -> int:
     """Return the NEEDS bits a subject can satisfy."""
     available = 0
     if subject.host is not None:
-        available |= NEEDS["host"]
+        available |= NEEDS["host"] | NEEDS["reference"]
     if subject.base is not None:
-        available |= NEEDS["base"]
+        available |= NEEDS["base"] | NEEDS["reference"]
     if subject.cpuid.leaf_0xd_complete:
         available |= NEEDS["subleaves"]
     if subject.destination is not None:
