@@ -3,7 +3,8 @@
 Prints, from one run:
 - the median time to evaluate the whole catalogue on one subject (target: at most 100 µs);
 - the median time of the xcr0 family through the engine and of the same eight checks
-  written by hand in Python, and their ratio (target: the engine within 2x).
+  written by hand in Python, and their ratio (target: the engine within 2x);
+- beside each, the fastest round, which a loaded machine disturbs least.
 
 The subject is the Sapphire Rapids 6.1 Firecracker fingerprint from ../shared/data when it
 is there (else the built-in copy of its leaves); the hand-written checks build the same
@@ -139,13 +140,19 @@ def main() -> None:
     engine = statistics.median(engine_xcr0)
     by_hand = statistics.median(hand_xcr0)
     ratio = engine / by_hand
+    # The fastest round is the one the rest of the machine disturbed least: on a loaded
+    # machine it is the figure to compare across runs.
+    best_ratio = min(engine_xcr0) / min(hand_xcr0)
     print(f"subject: {origin}")
     print(f"catalogue: {len(catalogue)} rules, first load {load_ms:.1f} ms")
-    print(f"whole catalogue, one subject: median {full:.1f} µs  "
-          f"(target <= 100 µs: {'met' if full <= 100 else 'MISSED'})")
-    print(f"xcr0 family ({len(family)} rules) through the engine: median {engine:.2f} µs")
-    print(f"xcr0 family written by hand in Python:       median {by_hand:.2f} µs")
+    print(f"whole catalogue, one subject: median {full:.1f} µs, fastest round "
+          f"{min(whole):.1f} µs  (target <= 100 µs: {'met' if full <= 100 else 'MISSED'})")
+    print(f"xcr0 family ({len(family)} rules) through the engine: median {engine:.2f} µs, "
+          f"fastest {min(engine_xcr0):.2f}")
+    print(f"xcr0 family written by hand in Python:       median {by_hand:.2f} µs, "
+          f"fastest {min(hand_xcr0):.2f}")
     print(f"engine / hand: {ratio:.2f}x  (target <= 2x: {'met' if ratio <= 2 else 'MISSED'})")
+    print(f"engine / hand, fastest rounds: {best_ratio:.2f}x")
 
 
 if __name__ == "__main__":

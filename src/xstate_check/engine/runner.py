@@ -62,7 +62,10 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
     for name, zero_mask, small_mask, all_pass, steps in plan.groups:
         try:
             # A fact that needs what the subject lacks is Missing: not computed to say so.
-            value = None if name is None or _needs(name) & lacking else facts[name]
+            needs = _NEEDS.get(name) if name is not None else 0
+            if needs is None:
+                needs = _needs(name)  # type: ignore[arg-type]
+            value = None if name is None or needs & lacking else facts[name]
         except Missing:
             value = None
         else:
