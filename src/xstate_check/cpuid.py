@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping
 from types import MappingProxyType
-from typing import Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import attrs
 
@@ -21,6 +21,7 @@ __all__ = [
     "Role",
     "SourceKind",
     "copy_mapping",
+    "memoized",
     "recorded_source_kind",
 ]
 
@@ -113,6 +114,16 @@ FEATURES: dict[str, FeatureBit] = {
 
 _T = TypeVar("_T")
 _K = TypeVar("_K")
+_O = TypeVar("_O")
+
+
+def memoized(cache: dict[Any, Any], key: object, compute: Callable[[_O], _T], owner: _O) -> _T:
+    """Return ``compute(owner)``, kept in ``cache`` under ``key`` from its first use."""
+    try:
+        return cache[key]  # type: ignore[no-any-return]
+    except KeyError:
+        value = cache[key] = compute(owner)
+        return value
 _V = TypeVar("_V")
 
 
@@ -341,12 +352,7 @@ class CpuidSet:
             source = self.shared(part)
             if source is not None:
                 return source.derived(name, compute, part)
-        cache = self._derived
-        try:
-            return cache[name]  # type: ignore[return-value]
-        except KeyError:
-            value = cache[name] = compute(self)
-            return value
+        return memoized(self._derived, name, compute, self)
 
     def shared(self, part: str) -> CpuidSet | None:
         """Return the table whose ``part`` this one has unchanged (see ``trusted``), or None."""

@@ -12,7 +12,7 @@ from typing import NamedTuple, TypeVar
 
 import attrs
 
-from xstate_check.cpuid import CpuidSet, Registers
+from xstate_check.cpuid import CpuidSet, Registers, memoized
 from xstate_check.xfeatures import bits
 
 __all__ = ["LEGACY_AND_HEADER", "Component", "XsaveLayout", "align64"]
@@ -173,12 +173,7 @@ class XsaveLayout:
         """Return ``compute(self)``, computed on first use: a value that depends on the
         layout alone (``key`` names it alone), kept with the layout, which is immutable and
         shared by every subject of its table."""
-        memo = self._memo
-        try:
-            return memo[key]  # type: ignore[return-value]
-        except KeyError:
-            value = memo[key] = compute(self)
-            return value
+        return memoized(self._memo, key, compute, self)
 
     @property
     def user_dynamic(self) -> int:
