@@ -60,6 +60,9 @@ YMM_ONLY = _LEAF_D.format(bitmap=_bitmap((2,)))
 #: BNDCSR (4) masked, BNDREGS (3) left: mpx-pair, whose fix clears MPX in leaf 7, which the
 #: template has no modifier for (one is inserted).
 MPX_HALF = _LEAF_D.format(bitmap=_bitmap((4,)))
+#: YMM (2) and BNDREGS (3) masked: mpx-pair has a safe fix, avx512-triple an unsafe one
+#: only, and the unsafe fix changes bits 4 to 7 in one run of characters.
+MIXED = _LEAF_D.format(bitmap=_bitmap((2, 3)))
 
 
 @pytest.fixture
@@ -73,6 +76,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     clean = (REPO / "examples" / "templates" / "no-avx512.json").read_text(encoding="utf-8")
     for name, text in (("amx-half.json", AMX_HALF), ("avx512-two.json", AVX512_TWO),
                        ("ymm.json", YMM_ONLY), ("mpx-half.json", MPX_HALF),
+                       ("mixed.json", MIXED),
                        ("clean.json", clean)):
         (folder / name).write_text(text, encoding="utf-8")
     return tmp_path
@@ -83,6 +87,7 @@ AVX = "cpu-templates/avx512-two.json"
 CLEAN = "cpu-templates/clean.json"
 YMM = "cpu-templates/ymm.json"
 MPX = "cpu-templates/mpx-half.json"
+MIX = "cpu-templates/mixed.json"
 
 
 def _fix(path: str, unsafe: bool = True) -> Fix:
@@ -211,6 +216,30 @@ def test_sarif_unsafe_fix_and_inserted_modifier(repo: Path) -> None:
     assert _apply(original, change["replacements"], by="char") == engine.text
 
 
+def test_sarif_safe_fix_is_what_fix_applies_beside_an_unsafe_one(repo: Path) -> None:
+    """Where one rule of a template has a safe fix and another only an unsafe one (whose
+    run of characters also covers the first rule's bit), the first rule's result has the
+    safe fix alone, equal to what ``--fix`` writes, and the second the unsafe fix, made of
+    the edits ``--fix --unsafe-fixes`` writes."""
+    document = json.loads(render(run_gate([MIX], fixes=True), "sarif"))
+    _validate_sarif(document)
+    fixes = {result["properties"]["ruleName"]: result["fixes"]
+             for result in document["runs"][0]["results"] if result.get("fixes")}
+    original = (repo / MIX).read_text(encoding="utf-8")
+    (safe,) = fixes["mpx-pair"]
+    assert safe["description"]["text"].startswith("Safe fix of mpx-pair")
+    (change,) = safe["artifactChanges"]
+    assert _apply(original, change["replacements"], by="char") == _fix(MIX, unsafe=False).text
+    (unsafe,) = fixes["avx512-triple"]
+    assert unsafe["description"]["text"].startswith("Unsafe fix of avx512-triple")
+    engine = {(edit.start, edit.end - edit.start, edit.replacement)
+              for edit in _fix(MIX).edits if "avx512-triple" in edit.rules}
+    (change,) = unsafe["artifactChanges"]
+    shown = {(r["deletedRegion"]["charOffset"], r["deletedRegion"]["charLength"],
+              r["insertedContent"]["text"]) for r in change["replacements"]}
+    assert shown == engine
+
+
 def test_sarif_clean_template_has_no_fixes(repo: Path) -> None:
     """A template without an error gets no result with fixes."""
     document = json.loads(render(run_gate([CLEAN], fixes=True), "sarif",
@@ -264,25 +293,26 @@ def test_markdown_clean_template_has_no_suggestion(repo: Path) -> None:
 
 
 def test_json_findings_carry_the_edits_of_their_rule(repo: Path) -> None:
-    """In JSON, each finding of a fixed rule carries its edits; applied by character
-    offset they give the fix engine's text; findings of other rules carry none."""
+    """In JSON, each finding of a fixed rule carries its safe fix's edits; applied by
+    character offset they give the fix engine's text; findings of other rules carry none."""
     report = json.loads(render(run_gate([AMX], fixes=True), "json"))
-    engine = _fix(AMX)
+    engine = _fix(AMX, unsafe=False)
     fixed_rules = {rule for edit in engine.edits for rule in edit.rules}
     original = (repo / AMX).read_text(encoding="utf-8")
     seen = 0
     union: dict[int, dict[str, Any]] = {}
     for subject in report["subjects"]:
         for finding in subject["findings"]:
-            edits = finding.get("edits", [])
+            fixes = finding.get("fixes", [])
             if finding["name"] not in fixed_rules:
-                assert not edits
+                assert not fixes
                 continue
             seen += 1
-            assert edits
-            for edit in edits:
+            (fix,) = fixes
+            assert fix["applicability"] == "safe" and fix["edits"]
+            for edit in fix["edits"]:
                 assert original[edit["start"]:edit["end"]] == edit["original"]
-                assert edit["applicability"] in {"safe", "unsafe"}
+                assert edit["applicability"] == "safe"
                 assert finding["name"] in edit["rules"]
                 assert (edit["leaf"], edit["subleaf"], edit["register"]) == ("0xd", "0x0", "eax")
                 union[edit["start"]] = edit
@@ -297,8 +327,8 @@ def test_json_findings_carry_the_edits_of_their_rule(repo: Path) -> None:
 def test_json_without_fixes_asked_is_unchanged(repo: Path) -> None:
     """The API's gate attaches no edits unless asked: JSON keeps its former bytes."""
     plain = render(run_gate([AMX]), "json")
-    assert '"edits"' not in plain
-    assert '"edits"' in render(run_gate([AMX], fixes=True), "json")
+    assert '"fixes"' not in plain
+    assert '"fixes"' in render(run_gate([AMX], fixes=True), "json")
 
 
 # --------------------------------------------------------------------------- text
@@ -360,7 +390,8 @@ def test_jobs_give_the_same_bytes_with_fixes(repo: Path) -> None:
             assert done.returncode == 1, done.stderr
             outputs.append(done.stdout)
         assert outputs[0] == outputs[1], fmt
-        assert ("edits" if fmt == "json" else "fix") in outputs[0]
+        assert {"json": '"fixes"', "sarif": '"fixes"', "markdown": "suggested",
+                "text": "suggested"}[fmt] in outputs[0]
 
 
 # --------------------------------------------------------------------------- check
@@ -373,5 +404,12 @@ def test_check_with_a_template_carries_the_fix(
                      "--format", "json")
     assert code == 1
     (subject,) = json.loads(out)["subjects"]
-    amx = [f for f in subject["findings"] if f["name"] == "amx-tile-pair"]
-    assert amx and all(f.get("edits") for f in amx)
+    (amx,) = [f for f in subject["findings"] if f["name"] == "amx-tile-pair"]
+    (fix,) = amx["fixes"]
+    text = (repo / AMX).read_text(encoding="utf-8")
+    for edit in sorted(fix["edits"], key=lambda edit: -edit["start"]):
+        text = text[:edit["start"]] + edit["replacement"] + text[edit["end"]:]
+    assert text == xstate_check.fix(AMX, ["profile:fc-sapphire-rapids-6.1"]).text
+    code, out = _cli(capsys, "check", "profile:fc-skylake-6.1", "--template", AMX,
+                     "--format", "json")
+    assert code == 0 and '"fixes"' not in out  # no AMX there: nothing to fix

@@ -301,17 +301,20 @@ def _shows_fixes(args: argparse.Namespace) -> bool:
 
 
 def _with_fixes(args: argparse.Namespace, report: Any, template: str, source: CpuidSet) -> Any:
-    """Return a check's report with each finding carrying the edits of the template's fix
-    (safe and unsafe, under the run's rule selection, as ``--fix`` computes it)."""
+    """Return a check's report with each finding carrying the ways the template's fix
+    removes it (as ``--fix`` computes it, and ``--fix --unsafe-fixes`` where needed)."""
     from xstate_check.gate import needs_fix
-    from xstate_check.report import Report, with_edits
+    from xstate_check.report import Report, attach_fixes
 
     if not needs_fix(report.subjects, _settings(args)):
         return report
     from xstate_check.fixes.api import fix_on_source
 
-    fix = fix_on_source(template, source, unsafe=True, **_fix_options(args))
-    return Report(with_edits(report.subjects, fix.original, fix.edits))
+    safe = fix_on_source(template, source, **_fix_options(args))
+    unsafe = None
+    if any(item.reason == "unsafe-only" for item in safe.unfixed):
+        unsafe = fix_on_source(template, source, unsafe=True, **_fix_options(args))
+    return Report(attach_fixes(report.subjects, safe, unsafe))
 
 
 @contextlib.contextmanager

@@ -1010,9 +1010,10 @@ def with_fixes(chunk: GateChunk, pool: Sequence[GateProfile], grid: Matrix | Non
                settings: Settings) -> GateChunk:
     """Return one template's chunk with each finding carrying the edits that fix it.
 
-    The template's fix (safe and unsafe edits) is computed once, on the profiles the gate
-    checks it on, under ``settings`` (as ``--fix`` computes it), and only where a finding
-    fails and its rule declares a fix: a clean template costs nothing.
+    The template's fix is computed on the profiles the gate checks it on, under
+    ``settings``, as ``--fix`` computes it (and again with unsafe fixes where only those
+    fix a rule, as ``--fix --unsafe-fixes`` does), and only where a finding fails and its
+    rule declares a fix: a clean template costs nothing.
     """
     subjects, skipped = chunk
     path = subjects[0].template if subjects else None
@@ -1020,7 +1021,7 @@ def with_fixes(chunk: GateChunk, pool: Sequence[GateProfile], grid: Matrix | Non
         return chunk
     from xstate_check.config import subject_filter
     from xstate_check.fixes.engine import FixTarget, compute_fix
-    from xstate_check.report import with_edits
+    from xstate_check.report import attach_fixes
 
     text = read_text(path, byte_order_mark=False)
     declared = {profile.name for profile in _pairs_for(parse_template(text, path), pool,
@@ -1029,9 +1030,13 @@ def with_fixes(chunk: GateChunk, pool: Sequence[GateProfile], grid: Matrix | Non
     # The tables the template was checked on, in the gate's order (declared pairs first).
     names = dict.fromkeys(str(subject.details.get("profile")) for subject in subjects)
     targets = [FixTarget(name, by_name[name].cpuid, name in declared) for name in names]
-    fix = compute_fix(text, path, targets, keep=subject_filter(settings),
-                      strict=settings.strict, unsafe=True)
-    return with_edits(subjects, fix.original, fix.edits), skipped
+    keep = subject_filter(settings)
+    safe = compute_fix(text, path, targets, keep=keep, strict=settings.strict)
+    unsafe = None
+    if any(item.reason == "unsafe-only" for item in safe.unfixed):
+        unsafe = compute_fix(text, path, targets, keep=keep, strict=settings.strict,
+                             unsafe=True)
+    return attach_fixes(subjects, safe, unsafe), skipped
 
 
 def needs_fix(subjects: Iterable[SubjectReport], settings: Settings) -> bool:

@@ -10,7 +10,7 @@ import attrs
 from xstate_check.errors import Location
 
 if TYPE_CHECKING:
-    from xstate_check.fixes import Edit
+    from xstate_check.fixes import Applicability, Edit, Fix
 
 __all__ = [
     "SCHEMA",
@@ -22,9 +22,10 @@ __all__ = [
     "Severity",
     "SkippedPair",
     "SubjectReport",
+    "SuggestedFix",
+    "attach_fixes",
     "bitmap_changes",
     "edit_to_json",
-    "with_edits",
 ]
 
 SCHEMA = "xstate-check/1"
@@ -49,13 +50,12 @@ class Finding:
     #: In a regression gate: whether the change introduced the finding (``new``) or REV
     #: already had it (``unchanged``); None outside one.
     baseline_state: BaselineState = None
-    #: The template edits that fix this finding: those of its template's fix (over the
-    #: profiles the template was checked on) whose rules include this one, safe and unsafe.
-    #: Empty where none is known or none was asked for. A suggestion, not the verdict: two
+    #: How its template's fix (over the profiles the template was checked on) removes this
+    #: finding: the safe fix (what ``--fix`` applies) or, where only an unsafe one does, that
+    #: (what ``--fix --unsafe-fixes`` applies); one at most. Empty where none is known or
+    #: none was asked for. A suggestion, not the verdict: two
     #: findings that differ only here are equal.
-    edits: tuple[Edit, ...] = attrs.field(default=(), eq=False)
-    #: The same edits as a reviewer reads them: one per register modifier they change.
-    bitmaps: tuple[BitmapChange, ...] = attrs.field(default=(), eq=False)
+    fixes: tuple[SuggestedFix, ...] = attrs.field(default=(), eq=False)
 
     def sort_key(self) -> tuple[Any, ...]:
         """Return the key findings are sorted by: location, severity, rule id, message."""
@@ -75,7 +75,7 @@ class Finding:
             "fix": self.fix,
             "location": self.location.to_json() if self.location else None,
             **({"baseline_state": self.baseline_state} if self.baseline_state else {}),
-            **({"edits": [edit_to_json(edit) for edit in self.edits]} if self.edits else {}),
+            **({"fixes": [fix.to_json() for fix in self.fixes]} if self.fixes else {}),
         }
 
 
@@ -107,9 +107,8 @@ def _plural(count: int, word: str) -> str:
 
 @attrs.frozen
 class BitmapChange:
-    """One register modifier a template's fix changes, as a reviewer reads it: where, its
-    whole bitmap before (None: a modifier the fix inserts) and after every edit, and whether
-    one of its edits is unsafe."""
+    """One register modifier a template's fix changes, as a reviewer reads it: where, and
+    its whole bitmap before (None: a modifier the fix inserts) and after every edit."""
 
     leaf: int
     subleaf: int
@@ -117,7 +116,6 @@ class BitmapChange:
     line: int
     old: str | None
     new: str
-    unsafe: bool
 
     def text(self, arrow: str = "->") -> str:
         """Return the change as ``leaf 0xd subleaf 0x0 eax, line 10: OLD -> NEW``."""
@@ -163,7 +161,7 @@ def bitmap_changes(original: str, edits: Sequence[Edit]) -> dict[Edit, BitmapCha
     for edit in sorted(edits, key=lambda edit: edit.start):
         if "{" in edit.replacement:
             out[edit] = BitmapChange(edit.leaf, edit.subleaf, edit.register, edit.line, None,
-                                     _inserted_bitmap(edit), edit.applicability == "unsafe")
+                                     _inserted_bitmap(edit))
         else:  # characters of a bitmap string: keyed by its opening quote
             strings.setdefault(original.rindex('"', 0, edit.start), []).append(edit)
     for quote, group in strings.items():
@@ -176,42 +174,66 @@ def bitmap_changes(original: str, edits: Sequence[Edit]) -> dict[Edit, BitmapCha
         new = "".join(pieces) + original[position:closing]
         first = group[0]
         change = BitmapChange(first.leaf, first.subleaf, first.register, first.line,
-                              _json_string(raw), _json_string(new),
-                              any(edit.applicability == "unsafe" for edit in group))
+                              _json_string(raw), _json_string(new))
         for edit in group:
             out[edit] = change
     return out
 
 
-def with_edits(subjects: Iterable[SubjectReport], original: str,
-               edits: Sequence[Edit]) -> tuple[SubjectReport, ...]:
-    """Return ``subjects`` with each finding carrying the ``edits`` (of a fix to the template
-    text ``original``) whose rules name it, and the modifier changes they make.
+@attrs.frozen
+class SuggestedFix:
+    """One way a template's fix removes a finding: ``safe`` (the edits ``--fix`` applies) or
+    ``unsafe`` (those ``--fix --unsafe-fixes`` applies, one of them unsafe at least); its
+    edits of the template's text and, as a reviewer reads them, the modifiers they change."""
 
-    A rule's edits are one tuple shared by all its findings (a template failing on many
-    profiles holds its fix once).
+    applicability: Applicability
+    edits: tuple[Edit, ...]
+    bitmaps: tuple[BitmapChange, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """Return the fix as a JSON object: its applicability and its edits."""
+        return {"applicability": self.applicability,
+                "edits": [edit_to_json(edit) for edit in self.edits]}
+
+
+def attach_fixes(subjects: Iterable[SubjectReport], safe: Fix,
+                 unsafe: Fix | None = None) -> tuple[SubjectReport, ...]:
+    """Return one template's ``subjects`` with each finding carrying how its template's fix
+    removes it: the edits of ``safe`` (computed without unsafe fixes) whose rules name it
+    or, where it has none, those of ``unsafe`` (computed with them).
+
+    Equal suggestions are one object shared by all the findings of a rule (a template
+    failing on many profiles holds its fix once).
     """
-    changes = bitmap_changes(original, edits)
-    by_rule: dict[tuple[str, str], tuple[tuple[Edit, ...], tuple[BitmapChange, ...]]] = {}
+    kinds: list[tuple[Applicability, Fix, dict[Edit, BitmapChange]]] = [
+        ("safe", safe, bitmap_changes(safe.original, safe.edits))]
+    if unsafe is not None:
+        kinds.append(("unsafe", unsafe, bitmap_changes(unsafe.original, unsafe.edits)))
+    by_rule: dict[tuple[str, str], tuple[SuggestedFix, ...]] = {}
 
-    def fix_of(finding: Finding) -> tuple[tuple[Edit, ...], tuple[BitmapChange, ...]]:
+    def suggested(finding: Finding) -> tuple[SuggestedFix, ...]:
         key = (finding.rule, finding.name)
         found = by_rule.get(key)
         if found is None:
-            own = tuple(edit for edit in edits
-                        if finding.name in edit.rules or finding.rule in edit.rules)
-            found = by_rule[key] = (own, tuple(dict.fromkeys(changes[edit] for edit in own)))
+            ways: list[SuggestedFix] = []
+            for applicability, fix, changes in kinds:
+                own = tuple(edit for edit in fix.edits
+                            if finding.name in edit.rules or finding.rule in edit.rules)
+                if own:  # the safe fix where there is one, else the unsafe one
+                    ways.append(SuggestedFix(applicability, own,
+                                             tuple(dict.fromkeys(changes[e] for e in own))))
+                    break
+            found = by_rule[key] = tuple(ways)
         return found
 
     out = []
     for subject in subjects:
         findings = []
         for finding in subject.findings:
-            own, bitmaps = fix_of(finding)
-            findings.append(attrs.evolve(finding, edits=own, bitmaps=bitmaps) if own
-                            else finding)
+            ways = suggested(finding)
+            findings.append(attrs.evolve(finding, fixes=ways) if ways else finding)
         out.append(attrs.evolve(subject, findings=findings)
-                   if any(f.edits for f in findings) else subject)
+                   if any(f.fixes for f in findings) else subject)
     return tuple(out)
 
 

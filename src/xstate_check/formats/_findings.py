@@ -9,17 +9,13 @@ finding counts".
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 
 from xstate_check.errors import Location
 from xstate_check.report import BaselineState, Finding, Report, Severity, SubjectReport
-
-if TYPE_CHECKING:
-    from xstate_check.fixes import Edit
 
 __all__ = [
     "BaselineState",
@@ -27,7 +23,6 @@ __all__ = [
     "ProblemCollector",
     "finding_location",
     "findings_with_state",
-    "fix_groups",
     "problems",
     "repo_path",
     "repo_root",
@@ -181,18 +176,3 @@ def repo_path(path: str, root: Path | None) -> str:
             pass
     return absolute.as_posix()
 
-
-# --------------------------------------------------------------------------- fixes
-
-
-def fix_groups(edits: Sequence[Edit]) -> list[tuple[str, tuple[Edit, ...]]]:
-    """Return a finding's fixes, each whole: ``safe`` (its safe edits: what ``--fix``
-    applies) then ``unsafe`` (every edit: what ``--fix --unsafe-fixes`` applies), each
-    only where it has an edit of its own kind."""
-    safe = tuple(edit for edit in edits if edit.applicability == "safe")
-    groups: list[tuple[str, tuple[Edit, ...]]] = []
-    if safe:
-        groups.append(("safe", safe))
-    if len(safe) < len(edits):
-        groups.append(("unsafe", tuple(edits)))
-    return groups

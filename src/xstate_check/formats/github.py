@@ -86,8 +86,8 @@ class GithubWriter:
             properties.append(f"title={_property(title)}")
             message = _data(finding.message, f"Consequence: {finding.consequence}",
                             f"Fix: {finding.fix}",
-                            *(f"Suggested ({'unsafe' if change.unsafe else 'safe'}): "
-                              f"{change.text()}" for change in finding.bitmaps))
+                            *(f"Suggested ({fix.applicability}): {change.text()}"
+                              for fix in finding.fixes for change in fix.bitmaps))
             lines.append(f"::{level} {','.join(properties)}::{message}")
         lines.append(f"::notice title=xstate-check::{escape_data(tally.summary_text())}")
         self.out.write("\n".join(lines) + "\n")

@@ -21,7 +21,7 @@ from xstate_check.formats._findings import (
     shown,
 )
 from xstate_check.formats.stream import Tally, write_report
-from xstate_check.report import BitmapChange, Report, SkippedPair, SubjectReport
+from xstate_check.report import Report, SkippedPair, SubjectReport, SuggestedFix
 
 __all__ = ["MarkdownWriter", "render_markdown"]
 
@@ -42,15 +42,17 @@ def _code(path: str) -> str:
     return "`" + printable(path).replace("`", "'") + "`"
 
 
-def _suggestions(changes: tuple[BitmapChange, ...]) -> list[str]:
-    """Return one list item per modifier the fix changes: where, old -> new, applicability."""
+def _suggestions(fixes: tuple[SuggestedFix, ...]) -> list[str]:
+    """Return one list item per modifier each fix changes: where, old -> new, how applied."""
     items: list[str] = []
-    for change in changes:
-        bitmaps = f"new modifier {_code(change.new)}" if change.old is None else \
-            f"{_code(change.old)} &rarr; {_code(change.new)}"
-        how = "**unsafe**, `--fix --unsafe-fixes`" if change.unsafe else "safe, `--fix`"
-        items.append(f"  - suggested: leaf {change.leaf:#x} subleaf {change.subleaf:#x} "
-                     f"{_cell(change.register)}, line {change.line}: {bitmaps} ({how})")
+    for fix in fixes:
+        how = "safe, `--fix`" if fix.applicability == "safe" else \
+            "**unsafe**, `--fix --unsafe-fixes`"
+        for change in fix.bitmaps:
+            bitmaps = f"new modifier {_code(change.new)}" if change.old is None else \
+                f"{_code(change.old)} &rarr; {_code(change.new)}"
+            items.append(f"  - suggested: leaf {change.leaf:#x} subleaf {change.subleaf:#x} "
+                         f"{_cell(change.register)}, line {change.line}: {bitmaps} ({how})")
     return items
 
 
@@ -117,8 +119,8 @@ class MarkdownWriter:
             mark = _MARK[problem.severity] + (" (fails)" if failing else "")
             item = (f"- {mark}{state} {place} on {_cell(problem.where)}: "
                     f"{_cell(finding.message)}\n  - fix: {_cell(finding.fix)}")
-            if finding.bitmaps:
-                item += "\n" + "\n".join(_suggestions(finding.bitmaps))
+            if finding.fixes:
+                item += "\n" + "\n".join(_suggestions(finding.fixes))
             by_rule.setdefault(f"{finding.rule} {finding.name}", []).append(item)
         if by_rule:
             lines.append("## Problems by rule")

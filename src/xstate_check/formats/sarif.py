@@ -7,11 +7,12 @@ its message and properties, with a fingerprint of rule, file and the line's cont
 survives line moves, and, in a regression gate, a ``baselineState`` of ``new`` or
 ``unchanged``. Infos are left out unless ``min_severity="info"``.
 
-A result whose finding carries template edits has ``fixes``: one fix per applicability,
-each whole (the safe one is what ``--fix`` applies; the unsafe one, every edit, what
-``--fix --unsafe-fixes`` applies), whose replacements delete exactly the bitmap characters
-they change (line and column, exclusive end column, and character offset and length, all in
-code points as the run's ``columnKind`` says; each region in the unmodified file, in order).
+A result whose finding has a suggested fix has ``fixes``: the safe fix (what ``--fix``
+applies) or, where only an unsafe one removes it, that (what ``--fix --unsafe-fixes``
+applies), described by its applicability and bitmaps, whose replacements delete exactly
+the bitmap characters they change (line and column, exclusive end column, and character offset and
+length, all in code points as the run's ``columnKind`` says; each region in the unmodified
+file, in order).
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ from urllib.parse import quote
 from xstate_check import __version__
 from xstate_check.engine import Rule, load_catalogue
 from xstate_check.errors import Location, printable_json
-from xstate_check.formats._findings import (
-    Problem,
-    ProblemCollector,
-    fix_groups,
-    repo_path,
-    repo_root,
-)
+from xstate_check.formats._findings import Problem, ProblemCollector, repo_path, repo_root
 from xstate_check.formats.stream import Tally, write_report
-from xstate_check.report import Finding, Report, Severity, SkippedPair, SubjectReport
+from xstate_check.report import (
+    Finding,
+    Report,
+    Severity,
+    SkippedPair,
+    SubjectReport,
+    SuggestedFix,
+)
 
 if TYPE_CHECKING:
     from xstate_check.fixes import Edit
@@ -248,8 +250,8 @@ def _result(problem: Problem, index: dict[str, int], base: Path | None,
     result["partialFingerprints"] = {_FINGERPRINT_KEY: _fingerprint(problem, uri, cache)}
     if problem.state is not None:
         result["baselineState"] = problem.state
-    if finding.edits:
-        result["fixes"] = _fixes(finding, base)
+    if finding.fixes:
+        result["fixes"] = [_fix(finding, fix, base) for fix in finding.fixes]
     result["properties"] = {
         "profiles": list(problem.subjects),
         "ruleName": finding.name,
@@ -272,24 +274,19 @@ def _replacement(edit: Edit) -> dict[str, object]:
     return {"deletedRegion": region, "insertedContent": {"text": edit.replacement}}
 
 
-def _fixes(finding: Finding, base: Path | None) -> list[dict[str, object]]:
-    """Return a finding's SARIF fixes: one per applicability, each a whole change."""
-    fixes: list[dict[str, object]] = []
-    for applicability, edits in fix_groups(finding.edits):
-        how = "--fix" if applicability == "safe" else "--fix --unsafe-fixes"
-        shown = [change for change in finding.bitmaps
-                 if applicability == "unsafe" or not change.unsafe] or finding.bitmaps
-        lines = "; ".join(change.text() for change in shown)
-        description = (f"{applicability.capitalize()} fix of {finding.name} "
-                       f"(xstate-check {how}): {lines}")
-        by_path: dict[str, list[Edit]] = {}
-        for edit in edits:
-            by_path.setdefault(edit.path, []).append(edit)
-        changes = [
-            {"artifactLocation": _artifact(path, base),
-             "replacements": [_replacement(edit)
-                              for edit in sorted(group, key=lambda edit: edit.start)]}
-            for path, group in by_path.items()
-        ]
-        fixes.append({"description": {"text": description}, "artifactChanges": changes})
-    return fixes
+def _fix(finding: Finding, fix: SuggestedFix, base: Path | None) -> dict[str, object]:
+    """Return one way to fix a finding as a SARIF fix: a description and the replacements."""
+    how = "--fix" if fix.applicability == "safe" else "--fix --unsafe-fixes"
+    changes = "; ".join(change.text() for change in fix.bitmaps)
+    description = (f"{fix.applicability.capitalize()} fix of {finding.name} "
+                   f"(xstate-check {how}): {changes}")
+    by_path: dict[str, list[Edit]] = {}
+    for edit in fix.edits:
+        by_path.setdefault(edit.path, []).append(edit)
+    artifact_changes = [
+        {"artifactLocation": _artifact(path, base),
+         "replacements": [_replacement(edit)
+                          for edit in sorted(group, key=lambda edit: edit.start)]}
+        for path, group in by_path.items()
+    ]
+    return {"description": {"text": description}, "artifactChanges": artifact_changes}

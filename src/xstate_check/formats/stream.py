@@ -43,8 +43,8 @@ class Tally:
         """Count one subject and its findings."""
         self.subjects += 1
         for finding in subject.findings:
-            if finding.edits:
-                if any(edit.applicability == "safe" for edit in finding.edits):
+            if finding.fixes:
+                if any(fix.applicability == "safe" for fix in finding.fixes):
                     self.fixable += 1
                 else:
                     self.unsafe_fixable += 1

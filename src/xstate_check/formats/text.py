@@ -42,14 +42,14 @@ def _paint(text: str, style: str, color: bool) -> str:
 
 def _mark(finding: Finding) -> str:
     """Return `` [*]`` for a finding ``--fix`` removes (a safe fix), as ruff marks them."""
-    return " [*]" if any(edit.applicability == "safe" for edit in finding.edits) else ""
+    return " [*]" if any(fix.applicability == "safe" for fix in finding.fixes) else ""
 
 
 def _suggested(finding: Finding, indent: str, color: bool) -> list[str]:
     """Return one line per modifier a finding's fix changes, with its applicability."""
-    return [_paint(f"{indent}suggested ({'unsafe' if change.unsafe else 'safe'}): "
-                   f"{printable(change.text())}", _DIM, color)
-            for change in finding.bitmaps]
+    return [_paint(f"{indent}suggested ({fix.applicability}): {printable(change.text())}",
+                   _DIM, color)
+            for fix in finding.fixes for change in fix.bitmaps]
 
 
 def _finding(finding: Finding, color: bool) -> list[str]:
