@@ -266,11 +266,12 @@ def _combine(units: Sequence[_Unit]) -> tuple[dict[RegisterKey, BitChange],
 
 
 def _entry_flags(targets: Sequence[FixTarget]) -> dict[tuple[int, int], int]:
-    """Return the KVM flags each entry has on most tables (for a new cpuid modifier)."""
+    """Return the KVM flags each entry has on most tables (for a new cpuid modifier): as
+    recorded, else as KVM gives them (a CPU dump records none)."""
     votes: dict[tuple[int, int], Counter[int]] = {}
     for target in targets:
         for key in target.cpuid.entries:
-            votes.setdefault(key, Counter())[target.cpuid.flags.get(key, 0)] += 1
+            votes.setdefault(key, Counter())[target.cpuid.flag(*key)] += 1
     return {key: counter.most_common(1)[0][0] for key, counter in votes.items()}
 
 
