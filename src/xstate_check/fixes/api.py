@@ -16,7 +16,7 @@ from xstate_check.textfile import read_text
 if TYPE_CHECKING:
     from xstate_check.gate import GateProfile, GateRun, Matrix
 
-__all__ = ["fix", "fix_for_gate", "fix_on_source"]
+__all__ = ["fix", "fix_for_gate", "fix_in_pool", "fix_on_source"]
 
 Keep = Callable[[SubjectReport], SubjectReport]
 
@@ -42,15 +42,22 @@ def _targets(path: str, text: str, pool: Sequence[GateProfile],
     return targets
 
 
-def fix_for_gate(run: GateRun, path: str, *, unsafe: bool = False, strict: bool = False,
-                 keep: Keep | None = None) -> Fix:
-    """Return the fix of one template of a gate run, on the profiles the run checks it on.
+def fix_in_pool(path: str, pool: Sequence[GateProfile], grid: Matrix | None = None, *,
+                unsafe: bool = False, strict: bool = False, keep: Keep | None = None) -> Fix:
+    """Return the fix of one template on the profiles of ``pool`` the gate pairs it with
+    (``grid``: the run's matrix).
 
     ``keep`` applies the run's rule selection and severities (``config.subject_filter``).
     """
     text = read_text(path, byte_order_mark=False)
-    return compute_fix(text, path, _targets(path, text, run.pool, run.grid), keep=keep,
+    return compute_fix(text, path, _targets(path, text, pool, grid), keep=keep,
                        strict=strict, unsafe=unsafe)
+
+
+def fix_for_gate(run: GateRun, path: str, *, unsafe: bool = False, strict: bool = False,
+                 keep: Keep | None = None) -> Fix:
+    """Return the fix of one template of a gate run, on the profiles the run checks it on."""
+    return fix_in_pool(path, run.pool, run.grid, unsafe=unsafe, strict=strict, keep=keep)
 
 
 def fix_on_source(template: str, source: CpuidSet, *, unsafe: bool = False,
