@@ -655,15 +655,16 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
                      help="do not open /dev/kvm: check the CPU and syscall masks only")
 
     fixes = _Parser(add_help=False)
-    fixes.add_argument("--fix", action="store_true",
-                       help="rewrite the templates with the rules' safe fixes, then report "
-                       "what is left")
-    fixes.add_argument("--diff", action="store_true",
-                       help="print the fixes as unified diffs and write nothing (exit 1 when "
-                       "there is something to change)")
-    fixes.add_argument("--unsafe-fixes", action="store_true",
-                       help="with --fix or --diff: unsafe fixes too (they remove features "
-                       "the template did not touch)")
+    if only in (None, "check", "gate"):
+        fixes.add_argument("--fix", action="store_true",
+                           help="rewrite the templates with the rules' safe fixes, then "
+                           "report what is left")
+        fixes.add_argument("--diff", action="store_true",
+                           help="print the fixes as unified diffs and write nothing (exit 1 "
+                           "when there is something to change)")
+        fixes.add_argument("--unsafe-fixes", action="store_true",
+                           help="with --fix or --diff: unsafe fixes too (they remove a "
+                           "feature the template did not touch, or give back one it removed)")
 
     add("check", _cmd_check, "check a CPUID source, after an optional template",
         [source, fixes])
