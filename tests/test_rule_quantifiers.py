@@ -79,6 +79,8 @@ def error_of(source: str) -> str:
      "c.name == 1"),
     ("all c in components(xcr0): c.mask & xcr0 == 0", "parentheses around this '&'",
      "c.mask & xcr0"),
+    ("all c in components(~0): all d in components(~0): any e in components(~0): true",
+     "at most 2 quantifiers one inside another", "any e in"),
 ])
 def test_quantifier_errors_are_drawn_under_their_span(source: str, message: str,
                                                        under: str) -> None:

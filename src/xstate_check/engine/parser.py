@@ -151,6 +151,9 @@ _BITWISE = frozenset({"&", "|", "^"})
 #: shipped use a tenth of them.
 MAX_TOKENS = 512
 MAX_NESTING = 32
+#: Quantifiers one inside another: a pair of components is what overlap and order need;
+#: each level multiplies the components walked (61 at most) by as many again.
+MAX_QUANTIFIERS = 2
 
 
 class _Parser:
@@ -273,7 +276,11 @@ class _Parser:
     def _parse_quantifier(self) -> Node:
         """quantifier = ("all" | "any") NAME "in" "components" "(" implication ")" ":"
                         implication"""
-        start = self.read()
+        start = self.token
+        if len(self.scope) >= MAX_QUANTIFIERS:
+            self.fail(f"at most {MAX_QUANTIFIERS} quantifiers one inside another (a component "
+                      "and another): each multiplies the work by the components walked", start)
+        self.read()
         self.nest()
         var = self.expect("NAME", None, f"a variable name after '{start.text}', such as c")
         if ("." in var.text or var.text in self.names or var.text in self.scope
