@@ -248,6 +248,80 @@ def test_sarif_clean_template_has_no_fixes(repo: Path) -> None:
     assert all("fixes" not in result for result in document["runs"][0]["results"])
 
 
+# --------------------------------------------------------------------------- bitmaps
+
+
+def _variants() -> list[tuple[str, str]]:
+    """Templates whose fixes take each shape of edit: runs of one bitmap, runs merged
+    across rules, inserted modifiers, a bitmap shorter than 32 bits (characters inserted at
+    its head), one with separators, one written with escapes (rewritten whole)."""
+    found = [(f"clear {bits}", _LEAF_D.format(bitmap=_bitmap(bits)))
+             for bits in [(2,), (3,), (4,), (5,), (6,), (7,), (17,), (18,), (5, 6), (2, 3),
+                          (3, 18), (6, 17)]]
+    found.append(("short", _LEAF_D.format(bitmap="0bx0xxxxx")))
+    found.append(("separators", _LEAF_D.format(
+        bitmap="0bxxxxxxxx_xxxxxxxx_xxxxxxxx_x0xxxxxx")))
+    found.append(("escapes", _LEAF_D.format(
+        bitmap="0b" + "\\u0078" * 13 + "0" + "x" * 18)))
+    return found
+
+
+@pytest.mark.parametrize(("name", "text"), _variants(), ids=[n for n, _ in _variants()])
+def test_bitmaps_shown_are_the_template_before_and_after_the_fix(
+        tmp_path: Path, name: str, text: str) -> None:
+    """Each modifier change a report shows gives, parsed as Firecracker does, the bits the
+    template pins before the fix (none for an inserted modifier) and after it."""
+    from xstate_check.report import bitmap_changes
+    from xstate_check.template import parse_bitmap, parse_template
+
+    path = tmp_path / "t.json"
+    path.write_text(text, encoding="utf-8")
+    shown = 0
+    for unsafe in (False, True):
+        fix = xstate_check.fix(str(path), unsafe=unsafe)
+        before = parse_template(fix.original, str(path)).modified_bits()
+        after = parse_template(fix.text, str(path)).modified_bits()
+        changes = bitmap_changes(fix.original, fix.edits)
+        assert set(changes) == set(fix.edits)
+        for change in set(changes.values()):
+            key = (change.leaf, change.subleaf, change.register)
+            assert parse_bitmap(change.new, 32) == after[key], (name, change)
+            if change.old is None:
+                assert key not in before
+            else:
+                assert parse_bitmap(change.old, 32) == before[key], (name, change)
+            shown += 1
+    assert shown, f"{name}: expected a fix"
+
+
+@pytest.mark.parametrize(("name", "text"), _variants(), ids=[n for n, _ in _variants()])
+def test_sarif_replacements_are_the_fix_edits(
+        repo: Path, name: str, text: str) -> None:
+    """Over every shape of edit, the SARIF safe fixes of a template's results are, together,
+    exactly the edits ``--fix`` makes: by line and column and by character offset, each
+    deleting the characters the edit replaces; the unsafe ones are edits of the fix with
+    unsafe fixes."""
+    path = repo / "cpu-templates" / "variant.json"
+    path.write_text(text, encoding="utf-8")
+    relative = "cpu-templates/variant.json"
+    document = json.loads(render(run_gate([relative], fixes=True), "sarif"))
+    _validate_sarif(document)
+    fixes = {"safe": _fix(relative, unsafe=False), "unsafe": _fix(relative)}
+    seen: dict[str, set[tuple[int, int, str]]] = {"safe": set(), "unsafe": set()}
+    for result in document["runs"][0]["results"]:
+        for fix in result.get("fixes", []):
+            kind = fix["description"]["text"].split()[0].lower()
+            (change,) = fix["artifactChanges"]
+            for replacement in change["replacements"]:
+                region = replacement["deletedRegion"]
+                start = _offset(text, region["startLine"], region["startColumn"])
+                end = _offset(text, region["endLine"], region["endColumn"])
+                assert (start, end - start) == (region["charOffset"], region["charLength"])
+                seen[kind].add((start, end, replacement["insertedContent"]["text"]))
+    assert seen["safe"] == {(e.start, e.end, e.replacement) for e in fixes["safe"].edits}
+    assert seen["unsafe"] <= {(e.start, e.end, e.replacement) for e in fixes["unsafe"].edits}
+
+
 # --------------------------------------------------------------------------- Markdown
 
 

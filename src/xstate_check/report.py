@@ -152,22 +152,37 @@ def _inserted_bitmap(edit: Edit) -> str:
     return ""
 
 
+def _string_around(text: str, start: int, end: int) -> int | None:
+    """Return the offset of the opening quote of the one-line JSON string holding
+    ``text[start:end]`` (a bitmap's characters), or None when no string holds them."""
+    opening = text.rfind('"', 0, start)
+    closing = text.find('"', end)
+    if opening < 0 or closing < 0 or "\n" in text[opening:closing]:
+        return None
+    return opening
+
+
 def bitmap_changes(original: str, edits: Sequence[Edit]) -> dict[Edit, BitmapChange]:
     """Return, for each of a fix's ``edits`` to ``original``, the modifier change it is part
     of: the edits of one bitmap string (runs of its characters) share one BitmapChange; an
-    inserted modifier is one of its own."""
+    inserted modifier is one of its own (an edit of neither kind shows its own text)."""
     strings: dict[int, list[Edit]] = {}
     out: dict[Edit, BitmapChange] = {}
     for edit in sorted(edits, key=lambda edit: edit.start):
-        if "{" in edit.replacement:
+        opening = None if "{" in edit.replacement else _string_around(original, edit.start,
+                                                                       edit.end)
+        if opening is not None:  # characters of a bitmap string: keyed by its opening quote
+            strings.setdefault(opening, []).append(edit)
+        elif "{" in edit.replacement:
             out[edit] = BitmapChange(edit.leaf, edit.subleaf, edit.register, edit.line, None,
                                      _inserted_bitmap(edit))
-        else:  # characters of a bitmap string: keyed by its opening quote
-            strings.setdefault(original.rindex('"', 0, edit.start), []).append(edit)
-    for quote, group in strings.items():
+        else:
+            out[edit] = BitmapChange(edit.leaf, edit.subleaf, edit.register, edit.line,
+                                     edit.original, edit.replacement)
+    for opening, group in strings.items():
         closing = original.index('"', group[-1].end)
-        raw = original[quote + 1:closing]
-        pieces, position = [], quote + 1
+        raw = original[opening + 1:closing]
+        pieces, position = [], opening + 1
         for edit in group:
             pieces.append(original[position:edit.start] + edit.replacement)
             position = edit.end
