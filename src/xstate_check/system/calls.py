@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import errno as errnos
 import fcntl
-import mmap
 import os
 from collections import namedtuple
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from xstate_check.system.abi import (
 
 TYPE_CHECKING = False  # typing is not imported at run time: a child imports this module
 if TYPE_CHECKING:
+    import mmap
     from typing import Any, NamedTuple
 
     from xstate_check.cpuid import Registers
@@ -259,10 +259,14 @@ class RealSystem:
 
     def map_vcpu(self, fd: int, size: int) -> mmap.mmap:
         """Map ``struct kvm_run`` of a vCPU."""
+        import mmap  # the oracle's alone: a pre-boot check maps nothing
+
         return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
         """Return anonymous memory for a guest and its address."""
+        import mmap
+
         memory = mmap.mmap(
             -1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, mmap.PROT_READ | mmap.PROT_WRITE
         )
