@@ -163,3 +163,33 @@ def test_a_template_differing_in_one_bit_is_not_served_from_the_cache(tmp_path: 
     lines = {subject.template: {f.location.line for f in subject.findings if f.location}
              for subject in result.subjects}
     assert lines[str(moved)] == {line + 3 for line in lines[str(source)]} != set()
+
+
+def test_profiles_with_equal_tables_share_findings_and_one_bit_apart_do_not(
+        tmp_path: Path) -> None:
+    """Two profile files holding one table (another name, another source) give a template
+    equal guest tables: the second pair reuses the first's findings and keeps its own name
+    and details. A third file with one flag changed is not served from the cache."""
+    from xstate_check.sources.load import load_cpuid
+    from xstate_check.sources.ownjson import to_json_text
+
+    source = REPO / "src" / "xstate_check" / "profiles" / "fc-ice-lake-6.1.json"
+    text = source.read_text(encoding="utf-8")
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "first.json").write_text(text, encoding="utf-8")
+    (folder / "second.json").write_text(text, encoding="utf-8")
+    table = load_cpuid(str(folder / "first.json"))
+    key = next(key for key, flags in table.flags.items()
+               if key[0] == 0xD and key[1] >= 2 and flags & 1)
+    changed = table.replace(flags={**table.flags, key: 0})
+    (folder / "third.json").write_text(to_json_text(changed), encoding="utf-8")
+    template = str(REPO / "examples" / "templates" / "no-avx512.json")
+    profiles = [str(folder / f"{name}.json") for name in ("first", "second", "third")]
+    run = GateRun([template], profiles=profiles)
+    result = run.result(jobs=1)
+    assert [s.name for s in result.subjects] == ["first", "second", "third"]
+    assert run.cache.hits == 1
+    first, second, third = result.subjects
+    assert second.findings == first.findings and second.details["profile"] == "second"
+    assert third.findings != first.findings

@@ -775,15 +775,29 @@ def _regression_states(report: SubjectReport, subject: Subject, old: Template | 
 
 
 def _table_key(profile: GateProfile, subject: Subject, folded: FoldedTemplate) -> Hashable:
-    """Return what decides a pair's findings: the profile, and the values and flags of the
-    entries the template changed in it (the rest is the profile's), and what it lacked.
+    """Return what decides a pair's findings: the profile's table, and the values and flags
+    of the entries the template changed in it (the rest is the profile's), and what it
+    lacked.
 
-    Profile names are unique within one gate run, whose own cache this key is for.
+    Profiles whose tables are equal (entries, flags, role, leaf 0xD completeness: all the
+    rules read of them) share one number: a template gives them equal guest tables.
     """
     entries, flags = subject.cpuid.entries, subject.cpuid.flags
     changed = tuple((key, entries[key], flags.get(key)) for key, _ in folded.entries
                     if key in entries)
-    return (profile.name, changed, tuple((m.leaf, m.subleaf) for m in subject.missing_entries))
+    return (profile.cpuid.derived("gate_table_number", _table_number), changed,
+            tuple((m.leaf, m.subleaf) for m in subject.missing_entries))
+
+
+#: Each distinct profile table content seen, numbered (see ``_table_key``).
+_TABLE_NUMBERS: dict[Hashable, int] = {}
+
+
+def _table_number(table: CpuidSet) -> int:
+    """Return the number of the table's content, the same for every equal table."""
+    content = (tuple(table.entries.items()), tuple(sorted(table.flags.items())), table.role,
+               table.leaf_0xd_complete)
+    return _TABLE_NUMBERS.setdefault(content, len(_TABLE_NUMBERS))
 
 
 #: One template's part of a gate: its subjects, then the pairs not for their host.
