@@ -98,8 +98,10 @@ def _autofix_lines(rule: Rule) -> list[str]:
             lines.append(_paragraph(f"with {', '.join(group.also_specs)} where clearing "
                                     "them too brings no new finding", _INDENT * 2))
         if group.anchor_specs:
-            lines.append(_paragraph(f"where one of {', '.join(group.anchor_specs)} is clear",
-                                    _INDENT * 2))
+            anchor = ", ".join(group.anchor_specs)
+            one_bit = len(group.anchor) == 1 and bin(group.anchor[0][3]).count("1") == 1
+            where = f"where {anchor} is clear" if one_bit else f"where a bit of {anchor} is clear"
+            lines.append(_paragraph(where, _INDENT * 2))
     return lines
 
 
