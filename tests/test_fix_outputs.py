@@ -441,6 +441,26 @@ def test_after_fix_the_fix_summary_replaces_the_hint(
     assert not any(line.startswith("[*] ") for line in lines)
 
 
+def test_fixes_follow_the_rule_selection(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fixes in the report follow the run's rule selection and severities, as `--fix`
+    does: an ignored rule is not fixed, a warning is not either, and a warning raised to
+    an error is (the AMX template's AMX_TILE left without its state: leaf 7 is changed)."""
+    code, out = _cli(capsys, "gate", AMX, "--ignore", "amx-tile-pair", "--format", "json")
+    assert code == 0 and '"fixes"' not in out
+    select = ("--select", "feature-xstate-match", "--format", "json")
+    code, out = _cli(capsys, "gate", AMX, *select)
+    assert code == 0 and '"fixes"' not in out
+    code, out = _cli(capsys, "gate", AMX, *select, "--severity", "feature-xstate-match=error")
+    assert code == 1
+    findings = [f for s in json.loads(out)["subjects"] for f in s["findings"]]
+    assert findings and all(f["name"] == "feature-xstate-match" for f in findings)
+    for finding in findings:
+        (fix,) = finding["fixes"]
+        assert fix["applicability"] == "safe"
+        assert {(e["leaf"], e["register"]) for e in fix["edits"]} == {("0x7", "edx")}
+
+
 # --------------------------------------------------------------------------- jobs
 
 
