@@ -250,3 +250,36 @@ def test_damaged_examples_are_read_again_from_the_rule_files(cache_dir: Path) ->
     catalogue = _fresh()
     assert all(isinstance(rule.fails, shipped.StoredExamples) for rule in catalogue.rules)
     assert [(rule.passes, rule.fails) for rule in catalogue.rules] == expected
+
+
+def _folds(catalogue: Catalogue) -> list[tuple[object, ...]]:
+    return [(name, zero, small, passing, [step[-1].id for step in steps])
+            for name, zero, small, passing, steps in catalogue.plan.groups]
+
+
+def test_a_cached_catalogue_finds_its_plan_folded(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The values a plan group's conditions let pass (folded over up to 2 ** 14 candidates)
+    are kept with the cache: loaded from it, the plan is the same and nothing is folded."""
+    from xstate_check.engine import plan
+
+    folded: list[object] = []
+    real = plan._passing
+
+    def counting(conditions: tuple[tuple[int, frozenset[int]], ...],
+                 small_mask: int) -> frozenset[int]:
+        folded.append(conditions)
+        return real(conditions, small_mask)
+
+    monkeypatch.setattr(plan, "PASSING", {})
+    monkeypatch.setattr(plan, "_passing", counting)
+    first = _fresh()
+    assert folded and any(passing is not None for _, _, _, passing, _ in first.plan.groups)
+    folded.clear()
+    monkeypatch.setattr(plan, "PASSING", {})
+    second = _fresh()
+    assert folded == []
+    assert _folds(second) == _folds(first)
+    monkeypatch.setattr(plan, "PASSING", {})
+    assert _folds(Catalogue(first.rules, first.paths)) == _folds(first)
+    assert folded  # folded afresh, the same plan

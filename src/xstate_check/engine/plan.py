@@ -25,7 +25,7 @@ from xstate_check.engine.parser import Binary, Compare, Name, Node, Unary
 if TYPE_CHECKING:
     from xstate_check.engine.catalogue import Rule
 
-__all__ = ["Plan", "Quick", "quick_condition"]
+__all__ = ["PASSING", "Plan", "Quick", "quick_condition"]
 
 
 #: Enumerate at most this many mask bits when combining two bit tests.
@@ -205,6 +205,11 @@ class Plan:
 
 #: Fold at most this many bits of small conditions into one table of passing values.
 _FOLD_BITS = 14
+#: The values passing every (mask, values) condition of a group, by its conditions: a pure
+#: function of them (up to 2 ** _FOLD_BITS candidates each), worked out once and kept with
+#: the shipped catalogue's cache (``engine.shipped``), so that a start does not redo it.
+PASSING: dict[tuple[tuple[int, frozenset[int]], ...], frozenset[int]] = {}
+_PASSING_KEPT = 4096
 
 
 def _fold_group(name: str, steps: tuple[QuickStep, ...]) -> Group:
@@ -221,10 +226,23 @@ def _fold_group(name: str, steps: tuple[QuickStep, ...]) -> Group:
         small_mask |= mask
     if bin(small_mask).count("1") > _FOLD_BITS:
         return (name, zero_mask, small_mask, None, steps)
+    conditions = tuple(small)
+    all_pass = PASSING.get(conditions)
+    if all_pass is None:
+        all_pass = _passing(conditions, small_mask)
+    return (name, zero_mask, small_mask, all_pass, steps)
+
+
+def _passing(conditions: tuple[tuple[int, frozenset[int]], ...],
+             small_mask: int) -> frozenset[int]:
+    """Return the values of ``small_mask`` that pass every condition; keep them in PASSING."""
+    if len(PASSING) >= _PASSING_KEPT:  # a process building many catalogues (fuzzing)
+        PASSING.clear()
     candidates = [0]
     for bit in range(64):
         if small_mask >> bit & 1:
             candidates += [value | 1 << bit for value in candidates]
-    all_pass = frozenset(value for value in candidates
-                         if all(value & mask in values for mask, values in small))
-    return (name, zero_mask, small_mask, all_pass, steps)
+    found = PASSING[conditions] = frozenset(
+        value for value in candidates
+        if all(value & mask in values for mask, values in conditions))
+    return found

@@ -30,7 +30,7 @@ import os
 import struct
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, Any, overload
 
 try:  # the C unpickler alone: the pickle module's own imports cost 0.8 ms of every start
     from _pickle import loads as _loads
@@ -48,7 +48,7 @@ __all__ = ["StoredExamples", "cache_dirs", "default_rules_dir", "load_catalogue"
 # Plain strings, not pathlib: pathlib (with urllib.parse and ipaddress) costs several ms of a
 # pre-boot check's start, and this module is on that path.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-_FORMAT = b"xstate-check catalogue cache 3\n"
+_FORMAT = b"xstate-check catalogue cache 4\n"
 #: After the key: the sizes of the rules' pickle and of the examples' pickle that follow.
 _SIZES = struct.Struct("<QQ")
 
@@ -218,8 +218,9 @@ class StoredExamples(Sequence["Example"]):
         return tuple, (self._examples(),)
 
 
-def _read(path: str, key: bytes) -> tuple[list[dict[str, object]], bytes] | None:
-    """Return the stored rules and examples when ``path`` is a trustworthy cache of ``key``."""
+def _read(path: str, key: bytes) -> tuple[list[dict[str, object]], bytes, dict[Any, Any]] | None:
+    """Return the stored rules, examples and folded plan conditions when ``path`` is a
+    trustworthy cache of ``key``."""
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
@@ -235,16 +236,20 @@ def _read(path: str, key: bytes) -> tuple[list[dict[str, object]], bytes] | None
             stored = _loads(data[:rules_size])
     except Exception:  # a broken cache is no cache: rebuild it
         return None
-    return (stored, data[rules_size:]) if isinstance(stored, list) else None
+    if not (isinstance(stored, tuple) and len(stored) == 2 and isinstance(stored[0], list)
+            and isinstance(stored[1], dict)):
+        return None
+    return stored[0], data[rules_size:], stored[1]
 
 
-def _write(key: bytes, records: list[dict[str, object]], examples: list[object]) -> None:
-    """Keep ``records`` and ``examples`` in the first cache folder that can be written; drop
-    older caches."""
+def _write(key: bytes, records: list[dict[str, object]], examples: list[object],
+           passing: dict[Any, Any]) -> None:
+    """Keep ``records``, ``examples`` and ``passing`` in the first cache folder that can be
+    written; drop older caches."""
     import pickle
 
     name = f"catalogue-{key.hex()[:32]}.pickle"
-    rules = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+    rules = pickle.dumps((records, passing), protocol=pickle.HIGHEST_PROTOCOL)
     stored = pickle.dumps(examples, protocol=pickle.HIGHEST_PROTOCOL)
     data = _FORMAT + key + _SIZES.pack(len(rules), len(stored)) + rules + stored
     for folder in _cache_dirs():
@@ -266,10 +271,18 @@ def _write(key: bytes, records: list[dict[str, object]], examples: list[object])
         return
 
 
-def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object]]:
-    """Return the catalogue as plain data: every rule field, the compiled ones less closures,
-    and apart from them the examples (pass and fail of each rule in turn)."""
+def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object],
+                                            dict[Any, Any]]:
+    """Return the catalogue as plain data: every rule field, the compiled ones less closures;
+    apart from them the examples (pass and fail of each rule in turn), and the passing values
+    its plan folded (the entries of ``plan.PASSING`` its groups hold)."""
     import attrs
+
+    from xstate_check.engine.plan import PASSING
+
+    held = {id(group[3]) for group in catalogue.plan.groups if group[3] is not None}
+    passing = {conditions: values for conditions, values in PASSING.items()
+               if id(values) in held}
 
     records: list[dict[str, object]] = []
     examples: list[object] = []
@@ -280,14 +293,18 @@ def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object
         del compiled["test"], compiled["lets"], compiled["offenders"]
         record["compiled"] = compiled
         records.append(record)
-    return records, examples
+    return records, examples, passing
 
 
-def _rebuild(records: list[dict[str, object]], examples: bytes,
+def _rebuild(records: list[dict[str, object]], examples: bytes, passing: dict[Any, Any],
              paths: tuple[str, ...]) -> Catalogue:
-    """Return the catalogue of stored records, compiling each rule's closures again."""
+    """Return the catalogue of stored records, compiling each rule's closures again; its plan
+    finds the groups' passing values folded already."""
     from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
     from xstate_check.engine.compiler import compile_rule
+    from xstate_check.engine.plan import PASSING
+
+    PASSING.update(passing)
 
     shelf = _Shelf(examples, paths, len(records))
     rules = []
