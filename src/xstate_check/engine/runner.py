@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 
 from xstate_check.cpuid import ZERO
 from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
@@ -21,6 +21,7 @@ from xstate_check.facts import (
     BitRef,
     EntryItem,
     Facts,
+    FactSpec,
     Kind,
     Missing,
     available_of,
@@ -289,19 +290,18 @@ def _rule_bits(rule: Rule, facts: Facts) -> list[BitRef]:
     if rule.cpuid_bits:
         return list(rule.cpuid_bits)
     refs: list[BitRef] = []
-    for name in sorted(rule.compiled.facts):
+    fact_specs, function_sources = _bit_sources(rule)
+    for spec in fact_specs:
         try:
-            value = facts[name]
+            value = facts[spec.name]
         except Missing:
             continue
-        refs.extend(FACTS[name].bit_refs(facts, value))
-    for name in sorted(rule.compiled.functions):
-        sources = FUNCTIONS[name].sources
-        if sources is not None:
-            try:
-                refs.extend(sources(facts))
-            except Missing:
-                continue
+        refs.extend(spec.bit_refs(facts, value))
+    for sources in function_sources:
+        try:
+            refs.extend(sources(facts))
+        except Missing:
+            continue
     for offenders in rule.compiled.offenders.values():
         try:
             mask = sum(1 << component.number for component in offenders(facts))
@@ -309,6 +309,25 @@ def _rule_bits(rule: Rule, facts: Facts) -> list[BitRef]:
             continue
         refs.extend(component_refs(facts, mask, rule.compiled.attributes))
     return refs
+
+
+#: Per rule (by its compiled form, kept alive here): the specs of the facts it reads and the
+#: source functions of the functions it calls, in name order (see ``_bit_sources``).
+_BIT_SOURCES: dict[int, tuple[object, tuple[FactSpec, ...],
+                              tuple[Callable[[Facts], Iterable[BitRef]], ...]]] = {}
+
+
+def _bit_sources(rule: Rule) -> tuple[tuple[FactSpec, ...],
+                                      tuple[Callable[[Facts], Iterable[BitRef]], ...]]:
+    """Return what ``_rule_bits`` reads of a rule, in name order, worked out once."""
+    compiled = rule.compiled
+    found = _BIT_SOURCES.get(id(compiled))
+    if found is None or found[0] is not compiled:
+        specs = tuple(FACTS[name] for name in sorted(compiled.facts))
+        functions = tuple(sources for name in sorted(compiled.functions)
+                          if (sources := FUNCTIONS[name].sources) is not None)
+        found = _BIT_SOURCES[id(compiled)] = (compiled, specs, functions)
+    return found[1], found[2]
 
 
 def _location(rule: Rule, facts: Facts, item: object,
