@@ -85,9 +85,11 @@ __all__ = [
     "Matrix",
     "MatrixEntry",
     "SkippedPair",
+    "TemplatePairs",
     "load_matrix",
     "matrix_of_table",
     "needs_fix",
+    "pairs_for_template",
     "resolve_matrix_patterns",
     "resolve_profiles",
     "run_gate",
@@ -635,6 +637,38 @@ def _nothing_checked(template: Template, pairs: _Pairs, skipped: Sequence[Skippe
     )
 
 
+@attrs.frozen
+class TemplatePairs:
+    """The profiles the gate checks one template on, and the pairs not for their host."""
+
+    #: Each profile checked, declared pairs first, with whether its pair is declared.
+    checked: tuple[tuple[GateProfile, bool], ...]
+    not_for_host: tuple[SkippedPair, ...]
+
+
+def pairs_for_template(template: Template, pool: Sequence[GateProfile],
+                       matrix: Matrix | None,
+                       folded: FoldedTemplate | None = None) -> TemplatePairs:
+    """Return the profiles of ``pool`` the gate checks ``template`` on (InputError if none).
+
+    An inferred pair whose profile lacks an entry the template modifies is not checked but
+    listed as not for its host; ``folded`` is the template folded, if the caller has it.
+    """
+    pairs = _pairs_for(template, pool, matrix)
+    folded = folded if folded is not None else fold_template(template)
+    checked = [(profile, True) for profile in pairs.declared]
+    not_for: list[SkippedPair] = []
+    for profile in pairs.inferred:
+        missing = folded.missing(profile.cpuid)
+        if missing:
+            not_for.append(_not_for_host(template, profile, missing))
+        else:
+            checked.append((profile, False))
+    if not checked:
+        raise _nothing_checked(template, pairs, not_for, pool)
+    return TemplatePairs(tuple(checked), tuple(not_for))
+
+
 # --------------------------------------------------------------------------- git
 
 
@@ -818,18 +852,10 @@ def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None,
             old = parse_template(baseline.old_text, template.path)
         except InputError:
             old = None  # a version that did not parse has no findings to keep
-    pairs = _pairs_for(template, pool, grid)
     folded = fold_template(template)
+    pairs = pairs_for_template(template, pool, grid, folded)
     subjects: list[SubjectReport] = []
-    not_for: list[SkippedPair] = []
-    for profile, declared in [*((p, True) for p in pairs.declared),
-                              *((p, False) for p in pairs.inferred)]:
-        if not declared:
-            # An inferred pair the template does not fit is listed, not checked.
-            missing = folded.missing(profile.cpuid)
-            if missing:
-                not_for.append(_not_for_host(template, profile, missing))
-                continue
+    for profile, _declared in pairs.checked:
         subject = _subject(template, profile, folded)
         details: dict[str, object] = {
             "profile": profile.name, "vendor": profile.vendor, "fail_on": policy,
@@ -847,9 +873,7 @@ def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None,
                          for finding, state in zip(findings, states, strict=True))
         subjects.append(attrs.evolve(report, findings=findings,
                                      details={**details, "baseline": changed_since}))
-    if not subjects:
-        raise _nothing_checked(template, pairs, not_for, pool)
-    return tuple(subjects), tuple(not_for)
+    return tuple(subjects), pairs.not_for_host
 
 
 #: Below this many templates a gate left to choose its workers runs in one process:
@@ -1038,12 +1062,9 @@ def with_fixes(chunk: GateChunk, pool: Sequence[GateProfile], grid: Matrix | Non
     from xstate_check.report import attach_fixes
 
     text = read_text(path, byte_order_mark=False)
-    declared = {profile.name for profile in _pairs_for(parse_template(text, path), pool,
-                                                          grid).declared}
-    by_name = {profile.name: profile for profile in pool}
     # The tables the template was checked on, in the gate's order (declared pairs first).
-    names = dict.fromkeys(str(subject.details.get("profile")) for subject in subjects)
-    targets = [FixTarget(name, by_name[name].cpuid, name in declared) for name in names]
+    targets = [FixTarget(profile.name, profile.cpuid, declared) for profile, declared
+               in pairs_for_template(parse_template(text, path), pool, grid).checked]
     keep = subject_filter(settings)
     safe = compute_fix(text, path, targets, keep=keep, strict=settings.strict)
     unsafe = None

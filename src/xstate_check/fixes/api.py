@@ -24,22 +24,12 @@ Keep = Callable[[SubjectReport], SubjectReport]
 def _targets(path: str, text: str, pool: Sequence[GateProfile],
              grid: Matrix | None) -> list[FixTarget]:
     """Return the tables a template is checked on, paired as the gate pairs them."""
-    from xstate_check.gate import _not_for_host, _nothing_checked, _pairs_for, _subject
+    from xstate_check.gate import pairs_for_template
     from xstate_check.template import parse_template
 
-    template = parse_template(text, path)
-    pairs = _pairs_for(template, pool, grid)
-    targets = [FixTarget(profile.name, profile.cpuid, True) for profile in pairs.declared]
-    skipped = []
-    for profile in pairs.inferred:
-        subject = _subject(template, profile)
-        if subject.missing_entries:
-            skipped.append(_not_for_host(template, profile, subject.missing_entries))
-        else:
-            targets.append(FixTarget(profile.name, profile.cpuid, False))
-    if not targets:
-        raise _nothing_checked(template, pairs, skipped, pool)
-    return targets
+    pairs = pairs_for_template(parse_template(text, path), pool, grid)
+    return [FixTarget(profile.name, profile.cpuid, declared)
+            for profile, declared in pairs.checked]
 
 
 def fix_in_pool(path: str, pool: Sequence[GateProfile], grid: Matrix | None = None, *,
