@@ -193,3 +193,27 @@ def test_profiles_with_equal_tables_share_findings_and_one_bit_apart_do_not(
     first, second, third = result.subjects
     assert second.findings == first.findings and second.details["profile"] == "second"
     assert third.findings != first.findings
+
+
+def test_feature_values_are_what_each_feature_fact_computes() -> None:
+    """The feature bits set at once are each fact's own value, on every bundled profile and
+    on a source without leaf 0xD's subleaves (where leaf 0xD's bits are Missing, not set)."""
+    from xstate_check.facts import FACTS, Facts, Missing
+    from xstate_check.facts.enumeration import feature_values
+
+    names = [name for name, spec in FACTS.items()
+             if spec.kind == "bool" and name.isupper()]
+    assert len(names) >= 30
+    tables = [load_profile(info.name) for info in profile_index()]
+    tables.append(tables[0].replace(leaf_0xd_complete=False))
+    for table in tables:
+        values = feature_values(table)
+        facts = Facts(Subject.of(table.source, table))
+        for name in names:
+            try:
+                expected = FACTS[name].compute(facts)
+            except Missing:
+                assert name not in values
+                continue
+            assert values[name] is expected, (table.source, name)
+        assert set(values) <= set(names)

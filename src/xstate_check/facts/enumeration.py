@@ -155,14 +155,28 @@ def feature_values(cpuid: CpuidSet) -> dict[str, bool]:
     entries = cpuid.entries
     complete = cpuid.leaf_0xd_complete
     values: dict[str, bool] = {}
-    for name, key, index, shift in _FEATURE_BITS:
+    for key, index, named in _feature_registers():
+        if not complete and key[0] == 0xD:
+            continue
         regs = entries.get(key)
-        if regs is None:
-            if complete or key[0] != 0xD:
-                values[name] = False
-        elif complete or key[0] != 0xD:
-            values[name] = bool(regs[index] >> shift & 1)
+        value = regs[index] if regs is not None else 0
+        for name, shift in named:
+            values[name] = value >> shift & 1 == 1
     return values
+
+
+_REGISTERS_READ: list[tuple[tuple[int, int], int, tuple[tuple[str, int], ...]]] = []
+
+
+def _feature_registers() -> list[tuple[tuple[int, int], int, tuple[tuple[str, int], ...]]]:
+    """Return the feature-bit facts by the register they read: (entry, index, (name, bit))."""
+    if not _REGISTERS_READ:
+        grouped: dict[tuple[tuple[int, int], int], list[tuple[str, int]]] = {}
+        for name, key, index, shift in _FEATURE_BITS:
+            grouped.setdefault((key, index), []).append((name, shift))
+        _REGISTERS_READ.extend((key, index, tuple(named))
+                               for (key, index), named in grouped.items())
+    return _REGISTERS_READ
 
 
 # --- the language's constants and pure functions

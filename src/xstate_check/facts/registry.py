@@ -133,18 +133,19 @@ class FunctionSpec(NamedTuple):
 class Facts(dict[str, Any]):
     """The facts of one subject: a dict that computes a missing name on first read."""
 
-    __slots__ = ("_layout", "cpuid", "subject")
+    __slots__ = ("_computes", "_layout", "cpuid", "subject")
 
     def __init__(self, subject: Subject) -> None:
         self.subject = subject
         cpuid = self.cpuid = subject.cpuid
         self._layout: XsaveLayout | None = None
+        # Where the source holds leaf 0xD's subleaves, no fact needs to check for them.
+        self._computes = _UNCHECKED if cpuid.leaf_0xd_complete else _CHECKED
         # Every rule family reads XCR0; reading it here is cheaper than on first use.
         self["xcr0"] = cpuid.xcr0_supported
 
     def __missing__(self, name: str) -> object:
-        value = FACTS[name].compute(self)
-        self[name] = value
+        value = self[name] = self._computes[name](self)
         return value
 
     def require_subleaves(self) -> None:
@@ -162,6 +163,10 @@ class Facts(dict[str, Any]):
 
 
 FACTS: dict[str, FactSpec] = {}
+#: Each fact's computation (``FACTS[name].compute``), and the same without the check that
+#: the source holds leaf 0xD's subleaves (for the Facts of a source that holds them).
+_CHECKED: dict[str, Compute] = {}
+_UNCHECKED: dict[str, Compute] = {}
 FUNCTIONS: dict[str, FunctionSpec] = {}
 
 
@@ -180,6 +185,8 @@ def fact(name: str, kind: Kind, doc: str, sources: SourceSpec = (),
                 facts.require_subleaves()
                 return compute(facts)
         FACTS[name] = FactSpec(name, kind, doc, checked, sources, reads)
+        _CHECKED[name] = checked
+        _UNCHECKED[name] = compute
         return compute
 
     return register
