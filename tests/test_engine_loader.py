@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from xstate_check.engine import default_rules_dir, load_catalogue
+from xstate_check.engine.catalogue import Rule
+from xstate_check.engine.loader import load_rule_text
 from xstate_check.errors import InputError
 
 GOOD_RULE = '''\
@@ -293,3 +295,76 @@ def test_a_defining_rule_keeps_its_check_as_the_definition(tmp_path: Path) -> No
     rule = load_catalogue([write(tmp_path, text)]).get("test-rule")
     assert rule.defines == "valid_xcr0"
     assert rule.compiled.definition is not None and rule.compiled.definition.type == "bool"
+
+
+class _ScanCountingText(str):
+    """A rule file's text that adds up the characters its searches scan (count, find,
+    rfind, index, rindex), wherever the loader or the TOML reader calls them."""
+
+    scanned = 0
+
+    def _scan(self, start: int | None = None, end: int | None = None) -> None:
+        size = len(self)
+        low = 0 if start is None else max(0, start + size if start < 0 else start)
+        high = size if end is None else min(size, end + size if end < 0 else end)
+        _ScanCountingText.scanned += max(0, high - low)
+
+    def count(self, sub: str, start: int | None = None, end: int | None = None) -> int:  # type: ignore[override]
+        self._scan(start, end)
+        return str.count(self, sub, start, end)
+
+    def find(self, sub: str, start: int | None = None, end: int | None = None) -> int:  # type: ignore[override]
+        self._scan(start, end)
+        return str.find(self, sub, start, end)
+
+    def rfind(self, sub: str, start: int | None = None, end: int | None = None) -> int:  # type: ignore[override]
+        self._scan(start, end)
+        return str.rfind(self, sub, start, end)
+
+    def index(self, sub: str, start: int | None = None, end: int | None = None) -> int:  # type: ignore[override]
+        self._scan(start, end)
+        return str.index(self, sub, start, end)
+
+    def rindex(self, sub: str, start: int | None = None, end: int | None = None) -> int:  # type: ignore[override]
+        self._scan(start, end)
+        return str.rindex(self, sub, start, end)
+
+
+def _scanned(text: str) -> tuple[int, list[Rule]]:
+    """Return the characters the loader's searches scanned reading ``text``, and its rules."""
+    _ScanCountingText.scanned = 0
+    rules = load_rule_text(_ScanCountingText(text), "xcr0.toml")
+    return _ScanCountingText.scanned, rules
+
+
+@pytest.mark.parametrize("shape", ["examples", "rules"])
+def test_the_loader_scans_a_long_file_a_bounded_number_of_times(shape: str) -> None:
+    """A file of many example tables, or of many rules, costs work in proportion to its
+    length: ten times the lines scan at most about ten times the characters, each character
+    a few times (finding each table's line used to count the newlines from the start of the
+    file, so 10x the tables scanned 100x the characters). The lines found stay right."""
+    rule = GOOD_RULE.split("\n", 1)[1]
+
+    def text(count: int) -> str:
+        if shape == "examples":
+            return GOOD_RULE + "[[rule.pass]]\n" * count
+        return GOOD_RULE + "".join(
+            rule.replace("XS0190", f"XS01{number % 100:02d}").replace("test-rule", f"r{number}")
+            for number in range(count // 20)
+        )
+
+    small, large = text(2_000), text(20_000)
+    small_scan, _ = _scanned(small)
+    large_scan, rules = _scanned(large)
+    assert large_scan <= 4 * len(large)
+    assert large_scan <= 12 * small_scan
+    lines = large.splitlines()
+    if shape == "examples":
+        assert len(rules[0].passes) == 20_001
+        last = rules[0].passes[-1].location
+        assert last is not None and last.line == len(lines)
+        assert lines[last.line - 1] == "[[rule.pass]]"
+    else:
+        assert len(rules) == 1_001
+        assert [lines[r.location.line - 1] for r in rules] == ["[[rule]]"] * 1_001
+        assert rules[-1].location.line == large.count("\n", 0, large.rindex("[[rule]]")) + 1

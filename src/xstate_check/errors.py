@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from bisect import bisect_right
 
 import attrs
 
@@ -11,6 +12,7 @@ __all__ = [
     "QUOTE_WIDTH",
     "SNIPPET_WIDTH",
     "InputError",
+    "LineIndex",
     "Location",
     "ProbeError",
     "XstateCheckError",
@@ -127,6 +129,37 @@ def line_bounds(text: str, offset: int) -> tuple[int, int, int]:
     start = text.rfind("\n", 0, offset) + 1
     end = text.find("\n", offset)
     return text.count("\n", 0, start) + 1, start, len(text) if end < 0 else end
+
+
+class LineIndex:
+    """Lines and columns of offsets of one text, counted only when asked for.
+
+    Each answer is kept as a checkpoint; the next one is counted (in C) from the nearest
+    checkpoint before it. Asked in document order, as readers do, the whole text is counted
+    once, and no list of every newline is ever built (16 MiB of newlines would be 16 million
+    Python ints).
+    """
+
+    __slots__ = ("_marks", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        # (offset, 1-based line, offset where that line starts), sorted by offset.
+        self._marks: list[tuple[int, int, int]] = [(0, 1, 0)]
+
+    def position(self, offset: int) -> tuple[int, int]:
+        """Return the 1-based line and column (in characters) of ``offset``."""
+        marks = self._marks
+        index = bisect_right(marks, (offset, 1 << 62, 0)) - 1
+        mark, line, start = marks[index]
+        if mark != offset:
+            text = self._text
+            newlines = text.count("\n", mark, offset)
+            if newlines:
+                line += newlines
+                start = text.rfind("\n", mark, offset) + 1
+            marks.insert(index + 1, (offset, line, start))
+        return line, offset - start + 1
 
 
 def line_column(text: str, offset: int) -> tuple[int, int]:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import gc
 import json
 import re
-from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
-from xstate_check.errors import InputError, error_at
+from xstate_check.errors import InputError, LineIndex, error_at
 from xstate_check.limits import MAX_DEPTH, MAX_INPUT_BYTES, MAX_JSON_VALUES
 
 __all__ = [
@@ -116,37 +115,6 @@ def has_lone_surrogate(value: str) -> bool:
 _NO_DUPLICATES: list[Node] = []
 
 
-class _LineIndex:
-    """Lines and columns of offsets of one text, counted only when asked for.
-
-    Each answer is kept as a checkpoint; the next one is counted (in C) from the nearest
-    checkpoint before it. Asked in document order, as readers do, the whole text is counted
-    once, and no list of every newline is ever built (16 MiB of newlines would be 16 million
-    Python ints).
-    """
-
-    __slots__ = ("_marks", "_text")
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-        # (offset, 1-based line, offset where that line starts), sorted by offset.
-        self._marks: list[tuple[int, int, int]] = [(0, 1, 0)]
-
-    def position(self, offset: int) -> tuple[int, int]:
-        """Return the 1-based line and column (in characters) of ``offset``."""
-        marks = self._marks
-        index = bisect_right(marks, (offset, 1 << 62, 0)) - 1
-        mark, line, start = marks[index]
-        if mark != offset:
-            text = self._text
-            newlines = text.count("\n", mark, offset)
-            if newlines:
-                line += newlines
-                start = text.rfind("\n", mark, offset) + 1
-            marks.insert(index + 1, (offset, line, start))
-        return line, offset - start + 1
-
-
 class Node:
     """One JSON value with its position: ``value`` (plain Python), ``line``, ``column``.
 
@@ -163,7 +131,7 @@ class Node:
         value: Any,
         offset: int,
         end: int,
-        lines: _LineIndex,
+        lines: LineIndex,
         *,
         items: dict[str, Node] | list[Node] | None = None,
         keys: dict[str, Node] | None = None,
@@ -263,7 +231,7 @@ class _Parser:
         self.path = path
         self.allow_duplicates = allow_duplicates
         self.lone_surrogates = lone_surrogates
-        self.newlines = _LineIndex(text)
+        self.newlines = LineIndex(text)
 
     def fail(
         self, offset: int, expected: str, end: int | None = None, *, found: bool = True

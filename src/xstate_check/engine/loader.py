@@ -36,7 +36,7 @@ from xstate_check.engine.compiler import (
 from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
 from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
-from xstate_check.errors import InputError, Location, clip_quote, error_at, line_column
+from xstate_check.errors import InputError, LineIndex, Location, clip_quote, error_at
 from xstate_check.facts import (
     ATTRIBUTES,
     CONSTANTS,
@@ -102,6 +102,12 @@ class _Source:
         self.path = path
         self.text = text
         self.headers = [match.start() for match in _RULE_HEADER.finditer(text)]
+        # Lines of rules and examples are asked in file order: the text is counted once.
+        self.lines = LineIndex(text)
+
+    def line(self, offset: int) -> int:
+        """Return the 1-based line of ``offset``."""
+        return self.lines.position(offset)[0]
 
     def fail(self, offset: int, expected: str, length: int = 1) -> NoReturn:
         """Raise InputError at ``offset`` with a caret under ``length`` characters."""
@@ -194,7 +200,7 @@ class _RuleReader:
 
     def location(self) -> Location:
         offset = self.span[0]
-        return Location(self.source.path, line_column(self.source.text, offset)[0], 1)
+        return Location(self.source.path, self.source.line(offset), 1)
 
     # --- expressions ----------------------------------------------------------------------
 
@@ -561,7 +567,7 @@ class _RuleReader:
         note = table.get("note", "")
         if not isinstance(note, str):
             fail("note", "note = \"a sentence\"")
-        line = line_column(self.source.text, at)[0]
+        line = self.source.line(at)
         return examples.Example(
             base=base,
             role=role,
