@@ -55,6 +55,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from xstate_check.api import check
@@ -71,13 +72,25 @@ if TYPE_CHECKING:
     from xstate_check.template import Template, load_template
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'xstate_check' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def lazy_attributes(package: str, modules: dict[str, str],
+                    namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """Return a package's ``__getattr__``: each name of ``modules`` loads its module at first use.
+
+    The value is kept in ``namespace`` (the package's globals), so a name is looked up once.
+    """
+
+    def load(name: str) -> Any:
+        module = modules.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    return load
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -6,9 +6,9 @@ fixes load the rule engine, so they are imported when first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from xstate_check import lazy_attributes
 from xstate_check.fixes.model import Applicability, Edit, Fix, Unfixed, UnfixedReason
 
 __all__ = ["Applicability", "Edit", "Fix", "Unfixed", "UnfixedReason", "compute_fix",
@@ -26,9 +26,5 @@ if TYPE_CHECKING:
     from xstate_check.fixes.engine import compute_fix
 
 
-def __getattr__(name: str) -> Any:
-    """Load a fix function's module on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'xstate_check.fixes' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+#: Load a fix function's module on first use.
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
