@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import attrs
 
 from xstate_check.cpuid import CpuidSet, Role
-from xstate_check.errors import Location
 from xstate_check.hoststate import HostState
+
+if TYPE_CHECKING:
+    from xstate_check.subjectparts import Destination, MissingEntry
 
 __all__ = ["Destination", "MissingEntry", "Role", "Subject"]
 
-
-
-@attrs.frozen
-class MissingEntry:
-    """A CPUID entry a template modifies but the base table lacks (Firecracker refuses it)."""
-
-    leaf: int
-    subleaf: int
-    location: Location | None
-
-
-@attrs.frozen
-class Destination:
-    """Where a snapshot of the subject's guest is restored: the restoring host's KVM view.
-
-    ``cpuid`` is the table the destination's KVM offers a VMM (KVM_GET_SUPPORTED_CPUID after
-    the VMM's guest-permission request: a Firecracker fingerprint, this host's ``kvm``) or a
-    CPU's own view; ``host`` adds what the syscall layer read there (this host only);
-    ``peer`` is the guest table a guest booted at the destination sees (after its template),
-    which a migration group compares with the subject's.
-    """
-
-    name: str
-    cpuid: CpuidSet
-    host: HostState | None = None
-    peer: CpuidSet | None = None
 
 
 @attrs.frozen
@@ -78,3 +56,13 @@ class Subject:
             return cls(name, table, role=role or table.role, host=host)
         return cls(name, guest if guest is not None else table, role="guest", host=host,
                    template=template, base=table, missing_entries=missing)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in ("Destination", "MissingEntry"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from xstate_check import subjectparts
+
+    value = getattr(subjectparts, name)
+    globals()[name] = value
+    return value

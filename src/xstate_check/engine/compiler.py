@@ -383,10 +383,13 @@ def offending_quantifiers(node: Node) -> list[Quantifier]:
 
 def _compile_offenders(quantifiers: Sequence[Quantifier],
                        lets: Mapping[str, Evaluator]) -> Offenders:
-    tests = [(_domain(node, lets), _mask_test(node, lets), reads_layout(node.body, node.var))
-             for node in quantifiers]
+    # Compiled on first use: only a failing rule's message asks for its offenders.
+    tests: list[tuple[Callable[[Facts], int], Callable[[Facts, int], int], bool]] = []
 
     def offenders(facts: Facts) -> list[Component]:
+        if not tests:
+            tests.extend((_domain(node, lets), _mask_test(node, lets),
+                          reads_layout(node.body, node.var)) for node in quantifiers)
         failing = 0
         layout = False
         for domain, holds, reads in tests:

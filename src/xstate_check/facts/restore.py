@@ -13,6 +13,7 @@ buffer, KVM_SET_XCRS with the saved XCR0, KVM_SET_MSRS with the saved MSRs.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from xstate_check.cpuid import FEATURES, CpuidSet, Registers
 from xstate_check.errors import Location
@@ -20,8 +21,10 @@ from xstate_check.facts.host import kvm_supported_xcr0
 from xstate_check.facts.linux import linux_supervisor
 from xstate_check.facts.registry import EntryItem, Facts, Missing, fact
 from xstate_check.layout import XsaveLayout
-from xstate_check.subject import Destination
 from xstate_check.xfeatures import bits
+
+if TYPE_CHECKING:
+    from xstate_check.subject import Destination
 
 __all__ = ["VIEW_FEATURES", "VIEW_LEAVES", "dest_layout", "linux_xss", "permitted_table",
            "view_differences"]

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from xstate_check.report import SCHEMA, Report, SkippedPair, SubjectReport
+from xstate_check.report import SCHEMA, Report, SubjectReport
+
+if TYPE_CHECKING:
+    from xstate_check.reportparts import SkippedPair
 
 __all__ = ["SPOOL_BYTES", "JsonWriter", "StatisticsWriter", "Tally", "Writer", "make_writer",
            "write_report"]
