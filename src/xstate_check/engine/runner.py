@@ -59,13 +59,16 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
         return findings
     # The plan's passes (see ``plan.Plan``): the groups (the last of other rules), ``each`` rules.
     plan = catalogue.plan
-    lacking = ~available_of(subject)  # the NEEDS_* bits the subject lacks
+    lacking = 0  # the NEEDS_* bits the subject lacks: worked out when a rule needs any
+    known = False
     for name, zero_mask, small_mask, all_pass, steps in plan.groups:
         try:
             # A fact that needs what the subject lacks is Missing: not computed to say so.
             needs = _NEEDS.get(name) if name is not None else 0
             if needs is None:
                 needs = _needs(name)  # type: ignore[arg-type]
+            if needs and not known:
+                lacking, known = ~available_of(subject), True
             value = None if name is None or needs & lacking else facts[name]
         except Missing:
             value = None
@@ -76,14 +79,19 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
         for mask, values, needs, test, rule in steps:
             if value is not None and value & mask in values:
                 continue
-            if needs & lacking:
-                continue
+            if needs:
+                if not known:
+                    lacking, known = ~available_of(subject), True
+                if needs & lacking:
+                    continue
             try:
                 if test(facts):
                     continue
             except Missing:
                 continue
             findings.append(finding_of(rule, facts, None, record))
+    if plan.walking and not known:
+        lacking = ~available_of(subject)
     for needs, test, rule in plan.walking:
         if not needs & lacking:
             walk_items(facts, rule, test, findings, record)
