@@ -15,7 +15,10 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 
-from xstate_check.errors import InputError, Location, XstateCheckError, printable
+from xstate_check.classcode import compiled_once
+
+with compiled_once():  # Location's attrs methods from the cache, as on the pre-boot path
+    from xstate_check.errors import InputError, Location, XstateCheckError, printable
 
 if TYPE_CHECKING:
     from xstate_check.cpuid import CpuidSet

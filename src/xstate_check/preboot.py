@@ -29,16 +29,20 @@ import importlib
 import os
 from typing import TYPE_CHECKING, cast
 
-import attrs
+from xstate_check.classcode import compiled_once
 
-from xstate_check.cpuid import CpuidSet
-from xstate_check.engine import evaluate
-from xstate_check.errors import InputError, Location, ProbeError, XstateCheckError
-from xstate_check.hoststate import HostState
-from xstate_check.report import Finding, Report, SubjectReport
-from xstate_check.subject import Subject
-from xstate_check.system.abi import ARCH_XCOMP_TILEDATA
-from xstate_check.system.probe import probe
+# The classes of the pre-boot path take the code of their attrs methods from a cache.
+with compiled_once():
+    import attrs
+
+    from xstate_check.cpuid import CpuidSet
+    from xstate_check.engine import evaluate
+    from xstate_check.errors import InputError, Location, ProbeError, XstateCheckError
+    from xstate_check.hoststate import HostState
+    from xstate_check.report import Finding, Report, SubjectReport
+    from xstate_check.subject import Subject
+    from xstate_check.system.abi import ARCH_XCOMP_TILEDATA
+    from xstate_check.system.probe import probe
 
 if TYPE_CHECKING:
     from xstate_check.system.protocol import System
