@@ -36,7 +36,13 @@ from xstate_check.sources.load import load_cpuid
 from xstate_check.sources.ownjson import read_cpuid_json, to_json_text
 from xstate_check.sources.profiles import load_profile
 from xstate_check.subject import Subject
-from xstate_check.template import apply_template, load_template, parse_template, template_to_json
+from xstate_check.template import (
+    Template,
+    apply_template,
+    format_bitmap,
+    load_template,
+    parse_template,
+)
 
 __all__ = [
     "READERS",
@@ -46,6 +52,7 @@ __all__ = [
     "for_extremes",
     "render_cpuid_raw",
     "rules_dir",
+    "template_to_json",
     "variant_of",
 ]
 
@@ -244,6 +251,37 @@ def _run_cpuid_json(path: str, data: bytes, variant: int) -> object:
     result = load_cpuid(path)
     _follow_up(lambda: _use_cpuid(result))
     return result
+
+
+def template_to_json(template: Template) -> str:
+    """Write a template as Firecracker's serializer does (cpu-template-helper dump style).
+
+    Field order is Firecracker's; leaf, subleaf and addr are lowercase ``0x`` hex; bitmaps
+    are ``0b`` plus 32 (CPUID) or 64 (MSR) characters; ``kvm_capabilities`` always appears.
+    """
+    document = {
+        "kvm_capabilities": list(template.kvm_capabilities),
+        "cpuid_modifiers": [
+            {
+                "leaf": f"{modifier.leaf:#x}",
+                "subleaf": f"{modifier.subleaf:#x}",
+                "flags": modifier.flags,
+                "modifiers": [
+                    {
+                        "register": register.register,
+                        "bitmap": format_bitmap(register.filter, register.value, 32),
+                    }
+                    for register in modifier.modifiers
+                ],
+            }
+            for modifier in template.cpuid_modifiers
+        ],
+        "msr_modifiers": [
+            {"addr": f"{msr.addr:#x}", "bitmap": format_bitmap(msr.filter, msr.value, 64)}
+            for msr in template.msr_modifiers
+        ],
+    }
+    return json.dumps(document, indent=2)
 
 
 def _run_template(path: str, data: bytes, variant: int) -> object:

@@ -102,7 +102,7 @@ def test_an_empty_cache_setting_turns_the_cache_off(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """XSTATE_CHECK_CACHE_DIR= (empty) names no folder at all."""
     monkeypatch.setenv("XSTATE_CHECK_CACHE_DIR", "")
-    assert shipped.cache_dirs() == []
+    assert shipped._cache_dirs() == []
 
 
 def test_the_key_follows_the_rule_files_content(tmp_path: Path) -> None:

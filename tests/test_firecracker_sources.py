@@ -10,11 +10,8 @@ from typing import Any
 import pytest
 
 from xstate_check.errors import InputError
-from xstate_check.sources.firecracker import (
-    is_firecracker_json,
-    load_firecracker,
-    read_firecracker,
-)
+from xstate_check.sources.firecracker import read_firecracker
+from xstate_check.sources.load import detect_format, load_cpuid
 
 pytestmark = pytest.mark.shared
 
@@ -43,7 +40,7 @@ def test_every_fingerprint_matches_an_independent_reading(data_dir: Path) -> Non
     """Each fingerprint's table equals its bitmaps read with the json module and int(…, 2)."""
     for path in all_fingerprints(data_dir):
         raw = json.loads(path.read_text())
-        cpuid = load_firecracker(path)
+        cpuid = load_cpuid(path)
         expected = {}
         for entry in raw["guest_cpu_config"]["cpuid_modifiers"]:
             regs = {m["register"]: int(m["bitmap"][2:], 2) for m in entry["modifiers"]}
@@ -64,7 +61,7 @@ def test_every_fingerprint_matches_an_independent_reading(data_dir: Path) -> Non
 def test_sapphire_rapids_6_1_leaf_0xd(data_dir: Path) -> None:
     """SPR 6.1: 0xD.0 = 0x602e7/0x240/0x2b00, 0xD.0x12 = 0x2000/0xb00/6, flags 1."""
     # Expected values: FORMATS.md §4, the row for this very file.
-    cpuid = load_firecracker(fc_dir(data_dir) / SPR_61)
+    cpuid = load_cpuid(fc_dir(data_dir) / SPR_61)
     assert cpuid.get(0xD, 0)[:3] == (0x602E7, 0x240, 0x2B00)
     assert cpuid.get(0xD, 0x12)[:3] == (0x2000, 0xB00, 6)
     assert cpuid.get(0xD, 0x11)[:3] == (0x40, 0xAC0, 2)
@@ -79,7 +76,7 @@ def test_sapphire_rapids_6_1_leaf_0xd(data_dir: Path) -> None:
 
 def test_sapphire_rapids_5_10_has_no_amx_state(data_dir: Path) -> None:
     """On a 5.10 host KVM lists no 0xD.0x11/0x12 and reports XCR0 0x2e7 (FORMATS.md §3d)."""
-    cpuid = load_firecracker(fc_dir(data_dir) / "fingerprint_INTEL_SAPPHIRE_RAPIDS_5.10host.json")
+    cpuid = load_cpuid(fc_dir(data_dir) / "fingerprint_INTEL_SAPPHIRE_RAPIDS_5.10host.json")
     assert cpuid.get(0xD, 0).eax == 0x2E7
     assert not cpuid.has(0xD, 0x11)
     assert not cpuid.has(0xD, 0x12)
@@ -88,7 +85,7 @@ def test_sapphire_rapids_5_10_has_no_amx_state(data_dir: Path) -> None:
 
 def test_template_dump_is_read_with_the_brand_as_cpu(data_dir: Path) -> None:
     """A bare `template dump` gives the same table as its fingerprint; cpu is the brand."""
-    fingerprint = load_firecracker(fc_dir(data_dir) / SPR_61)
+    fingerprint = load_cpuid(fc_dir(data_dir) / SPR_61)
     dump = read_firecracker(guest_config_text(data_dir), "cpu_config.json")
     assert dump == fingerprint
     assert dict(dump.flags) == dict(fingerprint.flags)
@@ -116,7 +113,7 @@ def test_template_passed_as_a_source_is_refused(data_dir: Path) -> None:
     """A real CPU template is not a CPUID table; the message points to --template."""
     path = fc_dir(data_dir) / "T2.json"
     with pytest.raises(InputError, match="--template") as caught:
-        load_firecracker(path)
+        load_cpuid(path)
     assert caught.value.location.line == 10  # the first bitmap of T2.json, read by hand
 
 
@@ -174,24 +171,24 @@ def test_syntax_error_in_a_fingerprint_names_its_line(data_dir: Path) -> None:
     assert caught.value.location.line == cut.rstrip().count("\n") + 1
 
 
-def test_is_firecracker_json(data_dir: Path) -> None:
-    """Detection: fingerprints, dumps and templates yes; other CPUID dumps and JSON no."""
+def test_firecracker_files_are_detected(data_dir: Path) -> None:
+    """Detection: fingerprints, dumps and templates are Firecracker's; CPUID dumps and other
+    JSON are not."""
     for path in all_fingerprints(data_dir):
-        assert is_firecracker_json(path.read_text())
-    assert is_firecracker_json(guest_config_text(data_dir))
-    assert is_firecracker_json((fc_dir(data_dir) / "T2.json").read_text())
+        assert detect_format(path.read_text()) == "firecracker-fingerprint", path
+    assert detect_format(guest_config_text(data_dir)) == "firecracker-dump"
+    assert detect_format((fc_dir(data_dir) / "T2.json").read_text()) == "firecracker-dump"
     vm_config = fc_dir(data_dir) / "vm_config_cpu_template_C3.json"
-    assert not is_firecracker_json(vm_config.read_text())
-    assert not is_firecracker_json((fc_dir(data_dir) / "schema.json").read_text())
-    assert not is_firecracker_json('["cpuid_modifiers"]')
+    assert not detect_format(vm_config.read_text()).startswith("firecracker")
+    assert not detect_format('["cpuid_modifiers"]').startswith("firecracker")
     others = [p for p in (data_dir / "cpuid-dumps").rglob("*") if p.is_file()]
     assert others
     for path in others:
-        assert not is_firecracker_json(path.read_text(errors="replace")), path
+        assert not detect_format(path.read_text(errors="replace")).startswith("firecracker"), path
 
 
-def test_load_firecracker_missing_file(tmp_path: Path) -> None:
+def test_a_missing_firecracker_file_is_named(tmp_path: Path) -> None:
     """A file that cannot be read is an InputError naming it."""
     with pytest.raises(InputError) as caught:
-        load_firecracker(tmp_path / "gone.json")
+        load_cpuid(tmp_path / "gone.json")
     assert caught.value.location.path == str(tmp_path / "gone.json")

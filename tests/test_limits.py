@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from xstate_check import jsonpos
 from xstate_check.errors import InputError
-from xstate_check.sources.load import MAX_INPUT_BYTES, load_cpuid
+from xstate_check.limits import MAX_INPUT_BYTES
+from xstate_check.sources.load import load_cpuid
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -39,7 +39,9 @@ MEMORY_BOUND = 40 * MIB + 12 * MAX_INPUT_BYTES
 READERS = {
     "load_cpuid": "from xstate_check.sources.load import load_cpuid as read",
     "load_template": "from xstate_check.template import load_template as read",
-    "load_firecracker": "from xstate_check.sources.firecracker import load_firecracker as read",
+    "read_firecracker": "from xstate_check.sources.firecracker import read_firecracker\n"
+                        "from xstate_check.textfile import read_text\n"
+                        "def read(path): return read_firecracker(read_text(path), path)",
     "load_catalogue": "from xstate_check.engine import load_catalogue\n"
                       "def read(path): return load_catalogue([path])",
 }
@@ -96,8 +98,8 @@ def fifo(tmp_path: Path) -> Path:
 
 
 def test_documented_limits_agree() -> None:
-    """The CPUID loader, the JSON reader and the README all state the same 16 MiB limit."""
-    assert MAX_INPUT_BYTES == jsonpos.MAX_FILE_SIZE == 16 * MIB
+    """The bounded reader and the README state the same 16 MiB limit."""
+    assert MAX_INPUT_BYTES == 16 * MIB
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert "16 MiB" in readme
 

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from xstate_check import textfile
 from xstate_check.cpuid import CpuidSet, Registers, Role
 from xstate_check.errors import InputError
+from xstate_check.limits import MAX_INPUT_BYTES
 from xstate_check.sources.load import (
     FORMATS,
-    MAX_INPUT_BYTES,
     detect_format,
     load_cpuid,
     read_cpuid_text,

@@ -27,6 +27,7 @@ from xstate_check.facts import valid_xcr0
 from xstate_check.hoststate import HostState
 from xstate_check.oracle import OracleResult, run_many, run_oracle, run_subjects
 from xstate_check.report import Finding
+from xstate_check.sources.load import load_cpuid
 from xstate_check.subject import Subject
 from xstate_check.system import abi as kvmabi
 from xstate_check.system import calls as syscalls
@@ -108,7 +109,7 @@ def assert_no_children() -> None:
 def guest_permission() -> int | None:
     """Return this process's guest permission mask, or None where it cannot be read."""
     try:
-        return syscalls.get_xcomp_guest_perm(syscalls.RealSystem())
+        return syscalls.RealSystem().arch_prctl_get(kvmabi.ARCH_GET_XCOMP_GUEST_PERM)
     except OSError:
         return None
 
@@ -402,9 +403,8 @@ def test_firecracker_fingerprints(shared_dir: Path, host_cpuid: CpuidSet, host_x
 
     SPR/GNR on 6.1+ hosts enumerate TILEDATA (0x602e7).
     """
-    firecracker = pytest.importorskip("xstate_check.sources.firecracker")
     paths = sorted((shared_dir / "data" / "firecracker").glob("fingerprint_*.json"))
-    cpuids = [firecracker.load_firecracker(path) for path in paths]
+    cpuids = [load_cpuid(path) for path in paths]
     results = run_subjects(cpuids)
     permission = guest_permission() or 0
     named = {path.name: result for path, result in zip(paths, results, strict=True)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from xstate_check import jsonpos, textfile
 from xstate_check.cpuid import CpuidSet, Registers
 from xstate_check.errors import InputError, Location
-from xstate_check.sources.firecracker import load_firecracker
+from xstate_check.limits import MAX_INPUT_BYTES
+from xstate_check.sources.load import load_cpuid
 from xstate_check.template import (
     Template,
     apply_template,
@@ -21,8 +23,13 @@ from xstate_check.template import (
     parse_bitmap,
     parse_template,
     template_from_node,
-    template_to_json,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from fuzz.readers import template_to_json  # noqa: E402  (the fuzz harness's writer)
 
 X86_TEMPLATES = [
     "T2", "T2S", "T2CL", "T2A", "C3",
@@ -303,7 +310,7 @@ def test_read_text_limits_and_errors(tmp_path: Path) -> None:
         textfile.read_text(tmp_path / "absent.json")
     big = tmp_path / "big.json"
     with big.open("wb") as handle:
-        handle.truncate(jsonpos.MAX_FILE_SIZE + 1)
+        handle.truncate(MAX_INPUT_BYTES + 1)
     with pytest.raises(InputError, match=r"at most 16777216 bytes \(16 MiB\)"):
         textfile.read_text(big)
     bad = tmp_path / "bad.json"
@@ -368,7 +375,7 @@ def test_templates_apply_to_their_cpu_family(data_dir: Path, name: str) -> None:
     template = load_template(fc_dir(data_dir) / f"{name}.json")
     for family in FAMILIES[name]:
         for path in fingerprints_of(data_dir, family):
-            base = load_firecracker(path)
+            base = load_cpuid(path)
             applied = apply_template(template, base)
             assert applied.missing == (), path
             guest = applied.cpuid
@@ -390,7 +397,7 @@ def test_t2_on_cascade_lake_values_and_provenance(data_dir: Path) -> None:
     """T2 on Cascade Lake leaves XCR0 = x87|SSE|AVX and every cleared bit points at its line."""
     template_path = fc_dir(data_dir) / "T2.json"
     text = template_path.read_text()
-    base = load_firecracker(fc_dir(data_dir) / "fingerprint_INTEL_CASCADELAKE_6.1host.json")
+    base = load_cpuid(fc_dir(data_dir) / "fingerprint_INTEL_CASCADELAKE_6.1host.json")
     guest = apply_template(load_template(template_path), base).cpuid
     assert base.get(0xD, 0).eax == 0x2FF  # FIRECRACKER.md §3.2
     assert guest.get(0xD, 0).eax & 0x2F8 == 0
@@ -424,7 +431,7 @@ def test_6_1_templates_on_5_10_hosts_report_missing_entries(
     template_path = fc_dir(data_dir) / f"{name}.json"
     text = template_path.read_text()
     (base_path,) = fingerprints_of(data_dir, fingerprint)
-    base = load_firecracker(base_path)
+    base = load_cpuid(base_path)
     assert not base.has(leaf, subleaf)
     applied = apply_template(load_template(template_path), base)
     missing = {(entry.leaf, entry.subleaf): entry for entry in applied.missing}
@@ -439,7 +446,7 @@ def test_6_1_templates_on_5_10_hosts_report_missing_entries(
 @pytest.mark.shared
 def test_template_flags_overwrite_the_entry_flags(data_dir: Path) -> None:
     """SPR_TO_T2_6.1 writes flags 0 on 0x1E although KVM reported 1 (FIRECRACKER.md §1.2)."""
-    base = load_firecracker(fc_dir(data_dir) / "fingerprint_INTEL_SAPPHIRE_RAPIDS_6.1host.json")
+    base = load_cpuid(fc_dir(data_dir) / "fingerprint_INTEL_SAPPHIRE_RAPIDS_6.1host.json")
     assert base.flags[(0x1E, 0)] == 1
     template = load_template(fc_dir(data_dir) / "SPR_TO_T2_6.1.json")
     guest = apply_template(template, base).cpuid
@@ -793,10 +800,10 @@ def test_fingerprint_lone_surrogates_follow_the_same_rule(data_dir: Path, tmp_pa
     document = json.loads((fc_dir(data_dir) / "fingerprint_AMD_GENOA_6.1host.json").read_text())
     path = tmp_path / "fingerprint.json"
     path.write_text(json.dumps({**document, "comment": "\ud800"}), encoding="utf-8")
-    assert load_firecracker(path).meta["format"] == "firecracker-fingerprint"
+    assert load_cpuid(path).meta["format"] == "firecracker-fingerprint"
     path.write_text(json.dumps({**document, "kernel_version": "6.1\ud800"}), encoding="utf-8")
     with pytest.raises(InputError, match="lone leading surrogate"):
-        load_firecracker(path)
+        load_cpuid(path)
 
 
 # --- applying ---------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -217,19 +217,6 @@ class Provenance(Mapping[BitKey, Location]):
     def register_keys(self) -> list[RegisterKey]:
         """Return the (leaf, subleaf, register) keys that have pins."""
         return list(self._pins)
-
-    def pinned_keys(self) -> KeysView[RegisterKey]:
-        """Return the (leaf, subleaf, register) keys that have pins, as a view (no copy)."""
-        return self._pins.keys()
-
-    def with_pin(
-        self, leaf: int, subleaf: int, register: str, mask: int, where: Location
-    ) -> Provenance:
-        """Return a copy where ``where`` owns the bits of ``mask`` (applied last)."""
-        pins = dict(self._pins)
-        key = (leaf, subleaf, register)
-        pins[key] = (*pins.get(key, ()), (mask, where))
-        return Provenance(pins)
 
     def __getitem__(self, key: BitKey) -> Location:
         leaf, subleaf, register, bit = key

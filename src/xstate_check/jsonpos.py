@@ -22,20 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 from xstate_check.errors import InputError, LineIndex, error_at
-from xstate_check.limits import MAX_DEPTH, MAX_INPUT_BYTES, MAX_JSON_VALUES
+from xstate_check.limits import MAX_DEPTH, MAX_JSON_VALUES
 
 __all__ = [
     "MAX_DEPTH",
-    "MAX_FILE_SIZE",
     "MAX_JSON_VALUES",
     "Node",
     "check_bounds",
     "has_lone_surrogate",
     "parse",
 ]
-
-#: Files larger than this are refused before they are parsed (16 MiB).
-MAX_FILE_SIZE = MAX_INPUT_BYTES
 
 # The whitespace pattern matches the empty string, so it never returns None.
 _skip: Callable[[str, int], re.Match[str]] = re.compile(r"[ \t\n\r]*").match  # type: ignore[assignment]

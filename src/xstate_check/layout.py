@@ -15,7 +15,7 @@ import attrs
 from xstate_check.cpuid import CpuidSet, Registers, memoized
 from xstate_check.xfeatures import bits
 
-__all__ = ["LEGACY_AND_HEADER", "Component", "XsaveLayout", "align64"]
+__all__ = ["LEGACY_AND_HEADER", "Component", "XsaveLayout"]
 
 #: 512-byte legacy region plus the 64-byte XSAVE header.
 LEGACY_AND_HEADER = 576
@@ -24,11 +24,6 @@ XSAVE_LEAF = 0xD
 #: The xfeatures a leaf 0xD subleaf describes: 2 .. 63 (x87 and SSE live in the legacy area).
 _EXTENDED = ((1 << 64) - 1) & ~0x3
 _ZERO = Registers(0, 0, 0, 0)
-
-
-def align64(value: int) -> int:
-    """Round ``value`` up to a multiple of 64."""
-    return (value + 63) & ~63
 
 
 class Component(NamedTuple):
@@ -174,11 +169,6 @@ class XsaveLayout:
         layout alone (``key`` names it alone), kept with the layout, which is immutable and
         shared by every subject of its table."""
         return memoized(self._memo, key, compute, self)
-
-    @property
-    def user_dynamic(self) -> int:
-        """Return the XCR0 components whose subleaf says XFD is supported (dynamic)."""
-        return sum(1 << c.number for c in self.components.values() if c.xfd and not c.supervisor)
 
 
 def _subleaf_components(cpuid: CpuidSet) -> tuple[Mapping[int, Component], int]:

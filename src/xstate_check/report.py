@@ -191,10 +191,6 @@ class Report:
         """Return one line per template x profile pair that was not checked, and why."""
         return [pair.text() for pair in self.skipped]
 
-    def merge(self, other: Report) -> Report:
-        """Return a report holding the subjects of both."""
-        return Report(self.subjects + other.subjects, skipped=self.skipped + other.skipped)
-
     def summary(self) -> dict[str, int]:
         """Return the counts of subjects and findings by severity."""
         return {

@@ -37,11 +37,11 @@ __all__ = [
     "RegisterModifier",
     "Template",
     "apply_template",
+    "format_bitmap",
     "load_template",
     "parse_bitmap",
     "parse_template",
     "template_from_node",
-    "template_to_json",
 ]
 
 Register = Literal["eax", "ebx", "ecx", "edx"]
@@ -832,42 +832,11 @@ def _owning_pins(pins: list[tuple[int, Location]]) -> tuple[tuple[int, Location]
 # --- writing ---------------------------------------------------------------------------
 
 
-def _bitmap_text(filter_bits: int, value_bits: int, width: int) -> str:
+def format_bitmap(filter_bits: int, value_bits: int, width: int = 32) -> str:
     """Write a bitmap as Firecracker serializes it: 0b, then every bit, x where unfiltered."""
     chars = [
         ("1" if value_bits >> bit & 1 else "0") if filter_bits >> bit & 1 else "x"
         for bit in range(width - 1, -1, -1)
     ]
     return "0b" + "".join(chars)
-
-
-def template_to_json(template: Template) -> str:
-    """Write a template as Firecracker's serializer does (cpu-template-helper dump style).
-
-    Field order is Firecracker's; leaf, subleaf and addr are lowercase ``0x`` hex; bitmaps
-    are ``0b`` plus 32 (CPUID) or 64 (MSR) characters; ``kvm_capabilities`` always appears.
-    """
-    document = {
-        "kvm_capabilities": list(template.kvm_capabilities),
-        "cpuid_modifiers": [
-            {
-                "leaf": f"{modifier.leaf:#x}",
-                "subleaf": f"{modifier.subleaf:#x}",
-                "flags": modifier.flags,
-                "modifiers": [
-                    {
-                        "register": register.register,
-                        "bitmap": _bitmap_text(register.filter, register.value, 32),
-                    }
-                    for register in modifier.modifiers
-                ],
-            }
-            for modifier in template.cpuid_modifiers
-        ],
-        "msr_modifiers": [
-            {"addr": f"{msr.addr:#x}", "bitmap": _bitmap_text(msr.filter, msr.value, 64)}
-            for msr in template.msr_modifiers
-        ],
-    }
-    return json.dumps(document, indent=2)
 

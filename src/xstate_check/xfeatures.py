@@ -27,7 +27,6 @@ __all__ = [
     "bits",
     "by_name",
     "format_mask",
-    "mask_of",
     "name_of",
 ]
 
@@ -132,11 +131,6 @@ def bits(mask: int) -> Iterator[int]:
         low = mask & -mask
         yield low.bit_length() - 1
         mask ^= low
-
-
-def mask_of(*names: str) -> int:
-    """Return the xfeature mask of the named xfeatures."""
-    return sum(by_name(name).mask for name in names)
 
 
 def name_of(number: int) -> str:

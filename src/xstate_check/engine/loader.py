@@ -338,7 +338,7 @@ class _RuleReader:
         )
 
     def names(self) -> dict[str, Resolved]:
-        return dict(_language_names())
+        return language_names()
 
     def lets(self, names: dict[str, Resolved]) -> tuple[
         dict[str, Evaluator], list[Node], dict[str, Kind]

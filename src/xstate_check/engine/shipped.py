@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from xstate_check.engine.catalogue import Catalogue
     from xstate_check.engine.examples import Example
 
-__all__ = ["StoredExamples", "cache_dirs", "default_rules_dir", "load_catalogue"]
+__all__ = ["StoredExamples", "default_rules_dir", "load_catalogue"]
 
 # Plain strings, not pathlib: pathlib (with urllib.parse and ipaddress) costs several ms of a
 # pre-boot check's start, and this module is on that path.
@@ -73,13 +73,6 @@ def _cache_dirs() -> list[str]:
         return [chosen] if chosen else []
     user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return [os.path.join(_PACKAGE, "__pycache__"), os.path.join(user, "xstate-check")]
-
-
-def cache_dirs() -> list[Path]:
-    """Return the folders the compiled catalogue may be kept in, in the order tried."""
-    from pathlib import Path
-
-    return [Path(folder) for folder in _cache_dirs()]
 
 
 def _read_bytes(path: str) -> bytes:

@@ -21,7 +21,7 @@ from xstate_check import jsonpos
 from xstate_check.errors import line_column
 from xstate_check.fixes.model import Applicability, Edit
 from xstate_check.jsonpos import Node
-from xstate_check.template import parse_bitmap
+from xstate_check.template import format_bitmap, parse_bitmap
 
 __all__ = ["BitChange", "Why", "apply_edits", "edit_text"]
 
@@ -144,7 +144,7 @@ class _Editor:
         why = _merge_why(why_of, changed_bits)
         if raw != node.value:
             # Escapes in the string: rewrite the whole bitmap, as Firecracker writes one.
-            self.add(node.offset + 1, node.end - 1, _bitmap_text(new_filter, new_value), key, why)
+            self.add(node.offset + 1, node.end - 1, format_bitmap(new_filter, new_value), key, why)
             return
         prefix = 2 if raw.startswith("0b") else 0
         body = raw[prefix:]
@@ -178,15 +178,15 @@ class _Editor:
 
     # --- insertions ------------------------------------------------------------------------
 
-    def new_bitmap_text(self, like: str | None, clear: int) -> str:
+    def newformat_bitmap(self, like: str | None, clear: int) -> str:
         """Return a bitmap string value for a new modifier, in the style of ``like``."""
         prefix = "0b" if like is None or like.startswith("0b") else ""
-        return prefix + _bitmap_text(clear, 0)[2:]
+        return prefix + format_bitmap(clear, 0)[2:]
 
     def new_register(self, like: Node | None, register: str, clear: int,
                      bitmap_like: str | None) -> str:
         """Return the text of a new register modifier shaped like ``like``."""
-        value = json.dumps(self.new_bitmap_text(bitmap_like, clear))
+        value = json.dumps(self.newformat_bitmap(bitmap_like, clear))
         if like is not None:
             members = like.object_items()
             if set(members) == {"register", "bitmap"} and not like.duplicates:
@@ -221,7 +221,7 @@ class _Editor:
         document = {
             "leaf": f"{leaf:#x}", "subleaf": f"{subleaf:#x}", "flags": flags,
             "modifiers": [{"register": register,
-                           "bitmap": self.new_bitmap_text(bitmap_like, clear)}
+                           "bitmap": self.newformat_bitmap(bitmap_like, clear)}
                           for register, clear in registers],
         }
         return self.indented(json.dumps(document, indent=self.indent_unit()), 2)
@@ -263,12 +263,6 @@ def _replace_values(text: str, node: Node, values: Mapping[Node, str]) -> str:
         position = child.end
     out.append(text[position:node.end])
     return "".join(out)
-
-
-def _bitmap_text(filter_bits: int, value_bits: int) -> str:
-    return "0b" + "".join(
-        ("1" if value_bits >> bit & 1 else "0") if filter_bits >> bit & 1 else "x"
-        for bit in range(_WIDTH - 1, -1, -1))
 
 
 def _runs(before: str, after: list[str]) -> list[tuple[int, int]]:

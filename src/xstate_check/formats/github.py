@@ -14,7 +14,6 @@ command of its own. ``render_github_error`` writes an input error the same way, 
 
 from __future__ import annotations
 
-import io
 from typing import IO
 
 from xstate_check.errors import InputError, printable
@@ -23,11 +22,10 @@ from xstate_check.formats._findings import (
     repo_path,
     repo_root,
 )
-from xstate_check.formats.stream import Tally, write_report
-from xstate_check.report import Report, Severity, SkippedPair, SubjectReport
+from xstate_check.formats.stream import Tally
+from xstate_check.report import Severity, SkippedPair, SubjectReport
 
-__all__ = ["GithubWriter", "escape_data", "escape_property", "render_github",
-           "render_github_error"]
+__all__ = ["GithubWriter", "escape_data", "escape_property", "render_github_error"]
 
 _LEVELS: dict[Severity, str] = {"error": "error", "warning": "warning", "info": "notice"}
 
@@ -91,13 +89,6 @@ class GithubWriter:
             lines.append(f"::{level} {','.join(properties)}::{message}")
         lines.append(f"::notice title=xstate-check::{escape_data(tally.summary_text())}")
         self.out.write("\n".join(lines) + "\n")
-
-
-def render_github(report: Report, *, min_severity: str | None = "warning") -> str:
-    """Return the report as GitHub Actions workflow commands, one per problem."""
-    out = io.StringIO()
-    write_report(report, GithubWriter(out, min_severity=min_severity))
-    return out.getvalue()
 
 
 def render_github_error(message: str, error: InputError | None = None) -> str:

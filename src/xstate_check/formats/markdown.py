@@ -9,7 +9,6 @@ bitmap), unsafe ones marked so.
 
 from __future__ import annotations
 
-import io
 import sys
 from typing import IO
 
@@ -20,10 +19,10 @@ from xstate_check.formats._findings import (
     repo_root,
     shown,
 )
-from xstate_check.formats.stream import Tally, write_report
-from xstate_check.report import Report, SkippedPair, SubjectReport, SuggestedFix
+from xstate_check.formats.stream import Tally
+from xstate_check.report import SkippedPair, SubjectReport, SuggestedFix
 
-__all__ = ["MarkdownWriter", "render_markdown"]
+__all__ = ["MarkdownWriter"]
 
 _MARK = {"error": "**error**", "warning": "warning", "info": "info", None: "ok"}
 _RANK = {"error": 0, "warning": 1, "info": 2}
@@ -131,11 +130,3 @@ class MarkdownWriter:
                 lines.extend(items)
                 lines.append("")
         self.out.write("\n".join(lines) + "\n")
-
-
-def render_markdown(report: Report, *, min_severity: str | None = None,
-                    strict: bool = False) -> str:
-    """Return the report as Markdown: a matrix of worst severities, then problems by rule."""
-    out = io.StringIO()
-    write_report(report, MarkdownWriter(out, min_severity=min_severity, strict=strict))
-    return out.getvalue()

@@ -18,7 +18,6 @@ file, in order).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -30,10 +29,9 @@ from xstate_check import __version__
 from xstate_check.engine import Rule, load_catalogue
 from xstate_check.errors import Location, printable_json
 from xstate_check.formats._findings import Problem, ProblemCollector, repo_path, repo_root
-from xstate_check.formats.stream import Tally, write_report
+from xstate_check.formats.stream import Tally
 from xstate_check.report import (
     Finding,
-    Report,
     Severity,
     SkippedPair,
     SubjectReport,
@@ -43,7 +41,7 @@ from xstate_check.report import (
 if TYPE_CHECKING:
     from xstate_check.fixes import Edit
 
-__all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "SarifWriter", "help_uri", "render_sarif"]
+__all__ = ["SARIF_SCHEMA", "SARIF_VERSION", "SarifWriter", "help_uri"]
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -168,18 +166,6 @@ class SarifWriter:
     def finish(self, tally: Tally) -> None:
         """Write the SARIF document."""
         _write_document(self._problems.problems(), self.root, self.out)
-
-
-def render_sarif(report: Report, *, root: str | Path | None = None,
-                 min_severity: str | None = "warning") -> str:
-    """Return the report as SARIF 2.1.0 JSON: one result per problem, repo-relative paths.
-
-    ``root`` is the folder URIs are relative to (default: the git work tree holding the
-    working folder; where there is none, URIs are absolute).
-    """
-    out = io.StringIO()
-    write_report(report, SarifWriter(out, root=root, min_severity=min_severity))
-    return out.getvalue()
 
 
 #: Stands for the results while the rest of the document is laid out (results are written

@@ -18,9 +18,8 @@ from xstate_check.cpuid import REGISTERS, CpuidSet, Registers
 from xstate_check.errors import InputError, Location, error_at
 from xstate_check.jsonpos import Node
 from xstate_check.template import Template, template_from_node
-from xstate_check.textfile import read_text
 
-__all__ = ["is_firecracker_json", "load_firecracker", "read_firecracker"]
+__all__ = ["read_firecracker"]
 
 #: The version facts of a fingerprint, in Firecracker's field order; all are JSON strings.
 FINGERPRINT_FACTS = (
@@ -32,19 +31,7 @@ FINGERPRINT_FACTS = (
 )
 _FINGERPRINT_FIELDS = (*FINGERPRINT_FACTS, "guest_cpu_config")
 _FULL = 0xFFFF_FFFF
-_SIGNATURE = re.compile(r'"(?:guest_cpu_config"\s*:\s*\{|cpuid_modifiers"\s*:\s*\[)')
 _FILE_NAME = re.compile(r"fingerprint_(?P<cpu>.+?)_(?P<kernel>\d+\.\d+)host\.json")
-
-
-def is_firecracker_json(text: str) -> bool:
-    """Return whether ``text`` looks like a Firecracker fingerprint or template dump (cheap)."""
-    return text.lstrip()[:1] == "{" and _SIGNATURE.search(text) is not None
-
-
-def load_firecracker(path: str | os.PathLike[str]) -> CpuidSet:
-    """Read a fingerprint or template dump file (at most 16 MiB); errors are InputError."""
-    name = os.fspath(path)
-    return read_firecracker(read_text(name), name)
 
 
 def read_firecracker(text: str, path: str) -> CpuidSet:

@@ -16,11 +16,10 @@ from typing import cast
 
 from xstate_check.cpuid import PROFILE_PREFIX, CpuidSet
 from xstate_check.errors import InputError, Location, check_argument, error_at
-from xstate_check.textfile import MAX_INPUT_BYTES, decode_text, read_text
+from xstate_check.textfile import decode_text, read_text
 
 __all__ = [
     "FORMATS",
-    "MAX_INPUT_BYTES",
     "decode_text",
     "detect_format",
     "load_cpuid",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections import namedtuple
 
-__all__ = ["HEADERS", "REQUESTS", "Request", "request_name"]
+__all__ = ["HEADERS", "REQUESTS", "Request"]
 
 PRCTL_H = "arch/x86/include/uapi/asm/prctl.h"
 SYSCALL_TBL = "arch/x86/entry/syscalls/syscall_64.tbl"
@@ -186,11 +186,5 @@ REQUESTS: tuple[Request, ...] = (
 )
 #: Name -> header of every entry of ``REQUESTS``.
 HEADERS = {request.name: request.header for request in REQUESTS}
-_IOCTL_NAMES = {r.value: r.name for r in REQUESTS if r.header == KVM_H}
 #: arch_prctl option -> name.
 ARCH_OPTION_NAMES = {r.value: r.name for r in REQUESTS if r.header == PRCTL_H}
-
-
-def request_name(request: int) -> str:
-    """Return the name of a KVM ioctl request number, or its hex value when unknown."""
-    return _IOCTL_NAMES.get(request, f"ioctl({request:#x})")

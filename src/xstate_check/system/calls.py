@@ -36,8 +36,6 @@ from collections.abc import Callable
 
 from xstate_check.system.abi import (
     ARCH_GET_XCOMP_GUEST_PERM,
-    ARCH_GET_XCOMP_PERM,
-    ARCH_GET_XCOMP_SUPP,
     ARCH_OPTION_NAMES,
     ARCH_REQ_XCOMP_GUEST_PERM,
     ARCH_REQ_XCOMP_PERM,
@@ -62,12 +60,8 @@ __all__ = [
     "default_system",
     "errno_meaning",
     "errno_name",
-    "get_xcomp_guest_perm",
-    "get_xcomp_perm",
-    "get_xcomp_supp",
     "os_error",
     "req_xcomp_guest_perm",
-    "req_xcomp_perm",
 ]
 
 _new_tuple = tuple.__new__
@@ -138,26 +132,6 @@ def errno_meaning(option: int, code: int) -> str:
 def _context(option: int, arg: int | None = None) -> str:
     name = ARCH_OPTION_NAMES.get(option, f"arch_prctl({option:#x})")
     return name if arg is None else f"{name}({arg})"
-
-
-def get_xcomp_supp(system: System) -> int:
-    """Return ARCH_GET_XCOMP_SUPP: the xfeatures the kernel can enable for a process."""
-    return system.arch_prctl_get(ARCH_GET_XCOMP_SUPP)
-
-
-def get_xcomp_perm(system: System) -> int:
-    """Return ARCH_GET_XCOMP_PERM: this process's permitted xfeatures."""
-    return system.arch_prctl_get(ARCH_GET_XCOMP_PERM)
-
-
-def get_xcomp_guest_perm(system: System) -> int:
-    """Return ARCH_GET_XCOMP_GUEST_PERM: the xfeatures this process's vCPUs may get."""
-    return system.arch_prctl_get(ARCH_GET_XCOMP_GUEST_PERM)
-
-
-def req_xcomp_perm(system: System, component: int = ARCH_XCOMP_TILEDATA) -> None:
-    """Call ARCH_REQ_XCOMP_PERM(component); changes this process's permission."""
-    system.arch_prctl(ARCH_REQ_XCOMP_PERM, component)
 
 
 def req_xcomp_guest_perm(system: System, component: int = ARCH_XCOMP_TILEDATA) -> None:
