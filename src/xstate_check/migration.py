@@ -75,17 +75,14 @@ class MigrationGroup:
     location: Location
 
 
-def _line_of_group(text: str, index: int) -> int:
-    """Return the line of the ``index``-th ``[[group]]`` (in a pyproject.toml, its
-    ``[[tool.xstate-check.group]]``) header, 0 if absent."""
-    seen = -1
-    for number, line in enumerate(text.splitlines(), 1):
+def _group_lines(text: str) -> list[int]:
+    """Return the line of each ``[[group]]`` (in a pyproject.toml, its
+    ``[[tool.xstate-check.group]]``) header, in order: the text is read once for all groups."""
+    return [
+        number for number, line in enumerate(text.splitlines(), 1)
         if line.strip().replace(" ", "").replace('"', "") in (
-                "[[group]]", "[[tool.xstate-check.group]]"):
-            seen += 1
-            if seen == index:
-                return number
-    return 0
+            "[[group]]", "[[tool.xstate-check.group]]")
+    ]
 
 
 def load_groups(raw: object, text: str, path: str, templates_root: Path) -> tuple[
@@ -103,8 +100,9 @@ def load_groups(raw: object, text: str, path: str, templates_root: Path) -> tupl
         raise InputError(Location(path), "expected [[group]] tables")
     groups: list[MigrationGroup] = []
     names: set[str] = set()
+    lines = _group_lines(text)
     for index, table in enumerate(raw):
-        where = Location(path, _line_of_group(text, index))
+        where = Location(path, lines[index] if index < len(lines) else 0)
         groups.append(_group(table, where, templates_root))
         if groups[-1].name in names:
             raise InputError(where, f"expected group names to be unique; {groups[-1].name!r} "
