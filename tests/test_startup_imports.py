@@ -33,7 +33,7 @@ FORBIDDEN = frozenset({
     "xstate_check.sources.firecracker", "xstate_check.sources.ownjson",
     "xstate_check.facts.vocabulary", "xstate_check.system.isolated",
     "xstate_check.system.vcpu", "xstate_check.system.protocol", "xstate_check.sources", "mmap",
-    "xstate_check.reportparts", "xstate_check.subjectparts",
+    "xstate_check.reportparts", "xstate_check.subjectparts", "xstate_check.engine.parser",
 })
 #: Never in ``preboot()``, which prints nothing and parses no command line.
 FORBIDDEN_IN_PREBOOT = FORBIDDEN | {"argparse", "json", "xstate_check.cli",

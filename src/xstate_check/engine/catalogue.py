@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from xstate_check.engine.compiler import Evaluator, Offenders
-from xstate_check.engine.parser import Node
+from xstate_check.engine.nodes import Node
 from xstate_check.errors import Location
 from xstate_check.facts import BitRef, Kind
 from xstate_check.report import Severity

@@ -13,8 +13,7 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
-from xstate_check.engine.parser import (
+from xstate_check.engine.nodes import (
     Attribute,
     Binary,
     Call,
@@ -27,6 +26,7 @@ from xstate_check.engine.parser import (
     Unary,
     walk,
 )
+from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
 from xstate_check.engine.quantify import bound_key, components_of, lower, reads_layout
 from xstate_check.facts import ATTRIBUTES, FUNCTIONS, Facts
 from xstate_check.facts.components import COMPONENT_BITS

@@ -23,9 +23,23 @@ membership.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
+from xstate_check.engine.nodes import (
+    Attribute,
+    Binary,
+    Call,
+    Compare,
+    ListExpr,
+    Literal,
+    Name,
+    Node,
+    Quantifier,
+    Span,
+    Unary,
+    walk,
+)
 from xstate_check.errors import clip_quote
 
 if TYPE_CHECKING:
@@ -47,8 +61,6 @@ __all__ = [
     "walk",
 ]
 
-Span = tuple[int, int]
-
 class Resolved(NamedTuple):
     """The meaning of one name: its role (``fact``, ``constant``, ``function``, ``let``,
     ``item``), its type in the language and, for calls, the argument types."""
@@ -59,90 +71,6 @@ class Resolved(NamedTuple):
     value: object = None
 
 
-class Literal(NamedTuple):
-    """A constant: a number, version, string, boolean, or an xfeature constant folded in."""
-
-    value: object
-    type: str
-    span: Span
-
-
-class Name(NamedTuple):
-    """A fact, a ``let`` binding or an ``item`` field, read when the rule is evaluated."""
-
-    name: str
-    role: str
-    type: str
-    span: Span
-
-
-class Call(NamedTuple):
-    """A call of a function from the fixed table in ``facts.FUNCTIONS``."""
-
-    name: str
-    args: tuple[Node, ...]
-    type: str
-    span: Span
-
-
-class Unary(NamedTuple):
-    """``not x``, ``~x`` or ``-x``."""
-
-    op: str
-    operand: Node
-    type: str
-    span: Span
-
-
-class Binary(NamedTuple):
-    """A boolean (``and``, ``or``, ``=>``) or integer (``| ^ & << >> + - *``) operation."""
-
-    op: str
-    left: Node
-    right: Node
-    type: str
-    span: Span
-
-
-class Compare(NamedTuple):
-    """A comparison (``== != < <= > >=``) or membership (``in``, ``not in``); a bool."""
-
-    op: str
-    left: Node
-    right: Node
-    span: Span
-    type: str = "bool"
-
-
-class ListExpr(NamedTuple):
-    """A list literal ``[a, b, …]`` whose items share one type."""
-
-    items: tuple[Node, ...]
-    type: str
-    span: Span
-
-
-class Attribute(NamedTuple):
-    """``c.size``: an attribute of the component the quantifier of ``c`` binds."""
-
-    var: str
-    attribute: str
-    type: str
-    span: Span
-
-
-class Quantifier(NamedTuple):
-    """``all c in components(MASK): BODY`` (``kind`` "all") or ``any …``: a condition."""
-
-    kind: str
-    var: str
-    domain: Node
-    body: Node
-    span: Span
-    type: str = "bool"
-
-
-Node = Literal | Name | Call | Unary | Binary | Compare | ListExpr | Attribute | Quantifier
 
 _ORDERED = {"int", "version"}
 #: Operators C binds looser than comparisons: compared, they must be in parentheses.
@@ -526,19 +454,3 @@ def parse_expression(
 
         attributes = {name: language_type(spec.kind) for name, spec in ATTRIBUTES.items()}
     return _Parser(source, resolve, names, attributes).parse()
-
-
-def walk(node: Node) -> Iterator[Node]:
-    """Yield ``node`` and every node below it, depth first."""
-    yield node
-    if isinstance(node, Quantifier):
-        yield from walk(node.domain)
-        yield from walk(node.body)
-    elif isinstance(node, Unary):
-        yield from walk(node.operand)
-    elif isinstance(node, Binary | Compare):
-        yield from walk(node.left)
-        yield from walk(node.right)
-    elif isinstance(node, Call | ListExpr):
-        for child in node.args if isinstance(node, Call) else node.items:
-            yield from walk(child)

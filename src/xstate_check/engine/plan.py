@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import attrs
 
 from xstate_check.engine.compiler import MASK64, Evaluator, constant_value
-from xstate_check.engine.parser import Binary, Compare, Name, Node, Unary
+from xstate_check.engine.nodes import Binary, Compare, Name, Node, Unary
 
 if TYPE_CHECKING:
     from xstate_check.engine.catalogue import Rule

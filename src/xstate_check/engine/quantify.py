@@ -32,8 +32,7 @@ import itertools
 from collections.abc import Callable, Container, Mapping
 from typing import Any
 
-from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
-from xstate_check.engine.parser import (
+from xstate_check.engine.nodes import (
     Attribute,
     Binary,
     Call,
@@ -44,6 +43,7 @@ from xstate_check.engine.parser import (
     Unary,
     walk,
 )
+from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
 from xstate_check.facts import ATTRIBUTES, Facts
 from xstate_check.facts.components import COMPONENT_BITS, NOWHERE, bare
 from xstate_check.layout import Component, XsaveLayout

@@ -37,6 +37,8 @@ try:  # the C unpickler alone: the pickle module's own imports cost 0.8 ms of ev
 except ImportError:  # pragma: no cover - an interpreter without it
     from pickle import loads as _loads
 
+from xstate_check.classcode import cache_folders, compiled_once, open_trusted
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -68,11 +70,7 @@ def default_rules_dir() -> Path:
 
 
 def _cache_dirs() -> list[str]:
-    chosen = os.environ.get("XSTATE_CHECK_CACHE_DIR")
-    if chosen is not None:
-        return [chosen] if chosen else []
-    user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return [os.path.join(_PACKAGE, "__pycache__"), os.path.join(user, "xstate-check")]
+    return cache_folders()
 
 
 def _read_bytes(path: str) -> bytes:
@@ -215,10 +213,10 @@ def _read(path: str, key: bytes) -> tuple[list[dict[str, object]], bytes, dict[A
     """Return the stored rules, examples and folded plan conditions when ``path`` is a
     trustworthy cache of ``key``."""
     try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o022:
-                return None  # another user could have written code for pickle to run
+        handle = open_trusted(path)
+        if handle is None:
+            return None  # another user could have written code for pickle to run
+        with handle:
             head = handle.read(len(_FORMAT) + len(key) + _SIZES.size)
             if head[:-_SIZES.size] != _FORMAT + key:
                 return None
@@ -295,7 +293,9 @@ def _rebuild(records: list[dict[str, object]], examples: bytes, passing: dict[An
     finds the groups' passing values folded already."""
     from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
     from xstate_check.engine.compiler import compile_rule
-    from xstate_check.engine.plan import PASSING
+
+    with compiled_once():  # the plan's class, as the pre-boot path's others
+        from xstate_check.engine.plan import PASSING
 
     PASSING.update(passing)
 
