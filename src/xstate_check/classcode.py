@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from types import CodeType
 from typing import Any
 
-__all__ = ["cache_folders", "compiled_once", "open_trusted"]
+__all__ = ["cache_folders", "compiled_once", "open_trusted", "write_cache"]
 
 _PACKAGE = os.path.dirname(os.path.realpath(__file__))
 _FORMAT = b"xstate-check class code 1\n"
@@ -56,6 +56,24 @@ def open_trusted(path: str) -> Any:
         handle.close()
         return None
     return handle
+
+
+def write_cache(folders: list[str], name: str, data: bytes) -> str | None:
+    """Write ``data`` as file ``name`` in the first of ``folders`` that takes it (a temporary
+    file renamed over it, so no reader sees half a file); return that folder, or None."""
+    for folder in folders:
+        temporary = os.path.join(folder, f".{name}.{os.getpid()}")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(temporary, "xb") as handle:
+                handle.write(data)
+            os.replace(temporary, os.path.join(folder, name))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            continue
+        return folder
+    return None
 
 
 def _file_name() -> str:
@@ -143,19 +161,7 @@ class _Codes:
         kept = self.stored if len(self.stored) <= _MAX_ENTRIES else self.used
         data = _header() + marshal.dumps(kept)
         self.added = 0
-        for folder in self.folders:
-            name = os.path.join(folder, _file_name())
-            temporary = f"{name}.{os.getpid()}"
-            try:
-                os.makedirs(folder, exist_ok=True)
-                with open(temporary, "xb") as handle:
-                    handle.write(data)
-                os.replace(temporary, name)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                continue
-            return
+        write_cache(self.folders, _file_name(), data)
 
 
 _ACTIVE: list[_Codes] = []

@@ -37,7 +37,7 @@ try:  # the C unpickler alone: the pickle module's own imports cost 0.8 ms of ev
 except ImportError:  # pragma: no cover - an interpreter without it
     from pickle import loads as _loads
 
-from xstate_check.classcode import cache_folders, compiled_once, open_trusted
+from xstate_check.classcode import cache_folders, compiled_once, open_trusted, write_cache
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -243,23 +243,14 @@ def _write(key: bytes, records: list[dict[str, object]], examples: list[object],
     rules = pickle.dumps((records, passing), protocol=pickle.HIGHEST_PROTOCOL)
     stored = pickle.dumps(examples, protocol=pickle.HIGHEST_PROTOCOL)
     data = _FORMAT + key + _SIZES.pack(len(rules), len(stored)) + rules + stored
-    for folder in _cache_dirs():
-        temporary = os.path.join(folder, f".{name}.{os.getpid()}")
-        try:
-            os.makedirs(folder, exist_ok=True)
-            with open(temporary, "xb") as handle:
-                handle.write(data)
-            os.replace(temporary, os.path.join(folder, name))
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            continue
-        with contextlib.suppress(OSError):
-            for old in os.listdir(folder):
-                if old.startswith("catalogue-") and old.endswith(".pickle") and old != name:
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, old))
+    folder = write_cache(_cache_dirs(), name, data)
+    if folder is None:
         return
+    with contextlib.suppress(OSError):
+        for old in os.listdir(folder):
+            if old.startswith("catalogue-") and old.endswith(".pickle") and old != name:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, old))
 
 
 def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object],
