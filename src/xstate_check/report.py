@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 
+from xstate_check import lazy_attributes
 from xstate_check.errors import Location
 
 if TYPE_CHECKING:
@@ -92,18 +93,9 @@ def _plural(count: int, word: str) -> str:
 
 #: What only the fix and gate outputs use lives in ``reportparts``, imported on first use: a
 #: check creates none of its classes.
-_PARTS = frozenset({"BitmapChange", "SkippedPair", "SuggestedFix", "attach_fixes",
-                    "bitmap_changes", "edit_to_json"})
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _PARTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module("xstate_check.reportparts"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(
+    ("BitmapChange", "SkippedPair", "SuggestedFix", "attach_fixes", "bitmap_changes",
+     "edit_to_json"), "xstate_check.reportparts"), globals())
 
 
 def _sorted_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
+from xstate_check import lazy_attributes
 from xstate_check.cpuid import CpuidSet, Role
 from xstate_check.hoststate import HostState
 
@@ -58,11 +59,7 @@ class Subject:
                    template=template, base=table, missing_entries=missing)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in ("Destination", "MissingEntry"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from xstate_check import subjectparts
 
-    value = getattr(subjectparts, name)
-    globals()[name] = value
-    return value
+#: Made when first used: a host check creates neither.
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(("Destination", "MissingEntry"),
+                                                     "xstate_check.subjectparts"), globals())
