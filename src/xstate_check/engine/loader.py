@@ -512,8 +512,8 @@ class _RuleReader:
             self.fail_key(key, f"at least one [[rule.{key}]] example table")
         found: list[examples.Example] = []
         after = self.span[0]
+        header = re.compile(rf"(?m)^[ \t]*\[\[[ \t]*rule\.{key}[ \t]*\]\]")
         for number, table in enumerate(value):
-            header = re.compile(rf"(?m)^[ \t]*\[\[[ \t]*rule\.{key}[ \t]*\]\]")
             match = header.search(self.source.text, after, self.span[1])
             at = match.start() if match else self.span[0]
             after = match.end() if match else after
@@ -542,7 +542,9 @@ class _RuleReader:
             fail("role", "role = \"guest\" or \"cpu\"")
 
         def pairs(field: str, within: Mapping[str, Any] = table) -> tuple[tuple[str, str], ...]:
-            value = within.get(field, {})
+            if field not in within:
+                return ()
+            value = within[field]
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 fail(field, f"{field} = {{ \"0xd.0.eax\" = \"0x202e7\", … }}")
             for cpuid_key, edit in value.items():
@@ -586,7 +588,9 @@ class _RuleReader:
     def host_pairs(within: Mapping[str, Any],
                    fail: Callable[[str, str], NoReturn]) -> tuple[tuple[str, str], ...]:
         """Return an example's ``host = { … }`` facts, checked."""
-        host = within.get("host", {})
+        if "host" not in within:
+            return ()
+        host = within["host"]
         if not isinstance(host, dict):
             fail("host", "host = { guest_permitted = \"0x2e7\", … }")
         for host_key, host_value in host.items():
@@ -628,7 +632,9 @@ class _RuleReader:
     def flag_pairs(table: Mapping[str, Any],
                    fail: Callable[[str, str], NoReturn]) -> tuple[tuple[str, str], ...]:
         """Return an example's ``flags = { "0x1e.0" = "0" }`` edits, checked."""
-        value = table.get("flags", {})
+        if "flags" not in table:
+            return ()
+        value = table["flags"]
         if not isinstance(value, dict):
             fail("flags", "flags = { \"0x1e.0\" = \"0\" }")
         for key, flags in value.items():
