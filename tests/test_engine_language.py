@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine.compiler import compile_expression, constant_value
 from xstate_check.engine.loader import language_names
-from xstate_check.engine.parser import Node, Resolved, parse_expression
+from xstate_check.engine.nodes import Node
+from xstate_check.engine.parser import Resolved, parse_expression
 from xstate_check.engine.plan import quick_condition
 from xstate_check.engine.tokenizer import RuleSyntaxError, tokenize
 from xstate_check.facts import Facts, Missing, valid_xcr0

@@ -21,7 +21,8 @@ from xstate_check.engine import evaluate, load_catalogue
 from xstate_check.engine.compiler import compile_expression, offending_quantifiers
 from xstate_check.engine.examples import build_subject
 from xstate_check.engine.loader import language_names
-from xstate_check.engine.parser import Quantifier, parse_expression, walk
+from xstate_check.engine.nodes import Quantifier, walk
+from xstate_check.engine.parser import parse_expression
 from xstate_check.engine.quantify import bound_key
 from xstate_check.engine.tokenizer import RuleSyntaxError
 from xstate_check.errors import InputError

@@ -33,7 +33,8 @@ from xstate_check.engine.compiler import (
     names_read,
     offending_quantifiers,
 )
-from xstate_check.engine.parser import Binary, Call, Name, Node, Resolved, parse_expression
+from xstate_check.engine.nodes import Binary, Call, Name, Node
+from xstate_check.engine.parser import Resolved, parse_expression
 from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
 from xstate_check.errors import InputError, LineIndex, Location, clip_quote, error_at

@@ -38,28 +38,13 @@ from xstate_check.engine.nodes import (
     Quantifier,
     Span,
     Unary,
-    walk,
 )
 from xstate_check.errors import clip_quote
 
 if TYPE_CHECKING:
     from xstate_check.engine.tokenizer import Token
 
-__all__ = [
-    "Attribute",
-    "Binary",
-    "Call",
-    "Compare",
-    "ListExpr",
-    "Literal",
-    "Name",
-    "Node",
-    "Quantifier",
-    "Resolved",
-    "Unary",
-    "parse_expression",
-    "walk",
-]
+__all__ = ["Resolved", "parse_expression"]
 
 class Resolved(NamedTuple):
     """The meaning of one name: its role (``fact``, ``constant``, ``function``, ``let``,
