@@ -217,3 +217,39 @@ def test_feature_values_are_what_each_feature_fact_computes() -> None:
                 continue
             assert values[name] is expected, (table.source, name)
         assert set(values) <= set(names)
+
+
+def _names(subject: Subject, catalogue: object) -> dict[str, str]:
+    return {f.name: f.message for f in evaluate_rules(subject, catalogue)}  # type: ignore[arg-type]
+
+
+def test_a_remembered_component_answer_is_not_reused_for_other_subleaves_or_xcr0() -> None:
+    """Quantified answers are remembered per component subleaves, domain and reference: a
+    guest with one subleaf changed, another XCR0, or another reference table gets its own
+    verdict, whichever was asked first, and each equals a fresh table's."""
+    catalogue = load_catalogue()
+    base = load_profile("fc-sapphire-rapids-6.1")
+    resized = apply_template(parse_template(RESIZES_YMM, "r.json"), base).cpuid
+    dropped = apply_template(parse_template(DROPS_AVX512, "d.json"), base).cpuid
+    assert dropped.shared("xsave_components") is base
+    subjects = {
+        "plain": Subject.of("p", base, template="p.json", guest=base),
+        "resized": Subject.of("r", base, template="r.json", guest=resized),
+        "dropped": Subject.of("d", base, template="d.json", guest=dropped),
+        # The profile's own subleaves (remembered above) against a reference resized.
+        "against resized": Subject.of("a", resized, template="a.json", guest=base),
+    }
+    for order in (list(subjects), list(reversed(subjects))):
+        found = {name: _names(subjects[name], catalogue) for name in order}
+        assert "guest-layout-matches-host" not in found["plain"]
+        assert "stale-component-subleaf" not in found["plain"]
+        assert "guest-layout-matches-host" in found["resized"]
+        assert "(ymm)" in found["resized"]["guest-layout-matches-host"]
+        assert "guest-layout-matches-host" not in found["dropped"]
+        assert "stale-component-subleaf" in found["dropped"]
+        assert "guest-layout-matches-host" in found["against resized"]
+        for name, subject in subjects.items():
+            assert subject.base is not None
+            fresh = Subject.of(subject.name, _fresh(subject.base),
+                               template=subject.template, guest=_fresh(subject.cpuid))
+            assert found[name] == _names(fresh, catalogue), name

@@ -88,6 +88,10 @@ class XsaveLayout:
     components: Mapping[int, Component] = attrs.field(converter=_freeze_components)
     #: What ``derived`` has computed from the layout.
     _memo: dict[object, object] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    #: What ``of_components`` has computed from ``components``: shared by the layouts of
+    #: tables that share their subleaves (a template that left them).
+    _components_memo: dict[object, object] = attrs.field(factory=dict, eq=False, repr=False,
+                                                         kw_only=True)
 
     @classmethod
     def from_cpuid(cls, cpuid: CpuidSet) -> XsaveLayout:
@@ -162,13 +166,18 @@ class XsaveLayout:
 
     def relations(self) -> Mapping[int, tuple[int, int]]:
         """Return (overlaps, placed_above) of each sized user component, by number."""
-        return self.derived("relations", _relations)
+        return self.of_components("relations", _relations)
 
     def derived(self, key: object, compute: Callable[[XsaveLayout], _T]) -> _T:
         """Return ``compute(self)``, computed on first use: a value that depends on the
         layout alone (``key`` names it alone), kept with the layout, which is immutable and
         shared by every subject of its table."""
         return memoized(self._memo, key, compute, self)
+
+    def of_components(self, key: object, compute: Callable[[XsaveLayout], _T]) -> _T:
+        """Return ``compute(self)``, computed on first use, for a value that reads
+        ``components`` alone: shared by every layout whose table shares these subleaves."""
+        return memoized(self._components_memo, key, compute, self)
 
 
 def _subleaf_components(cpuid: CpuidSet) -> tuple[Mapping[int, Component], int]:
@@ -200,7 +209,15 @@ def _decode(cpuid: CpuidSet) -> XsaveLayout:
         every = dict(components)
         every.update((n, Component(n, 0, 0, 0, 0)) for n in bits(absent))
         components = MappingProxyType(dict(sorted(every.items())))
-    return XsaveLayout(xcr0, xss, sub0.ebx, sub0.ecx, sub1.eax, sub1.ebx, components)
+        shared: dict[object, object] = {}  # these components are the layout's own
+    else:  # the subleaves' own: one memo for every table sharing them
+        shared = cpuid.derived("xsave_components_memo", _new_memo, "xsave_components")
+    return XsaveLayout(xcr0, xss, sub0.ebx, sub0.ecx, sub1.eax, sub1.ebx, components,
+                       components_memo=shared)
+
+
+def _new_memo(cpuid: CpuidSet) -> dict[object, object]:
+    return {}
 
 
 def _relations(layout: XsaveLayout) -> dict[int, tuple[int, int]]:

@@ -27,7 +27,13 @@ from xstate_check.engine.nodes import (
     walk,
 )
 from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
-from xstate_check.engine.quantify import bound_key, components_of, lower, reads_layout
+from xstate_check.engine.quantify import (
+    bound_key,
+    components_of,
+    lower,
+    reads_layout,
+    remembered,
+)
 from xstate_check.facts import ATTRIBUTES, FUNCTIONS, Facts
 from xstate_check.facts.components import COMPONENT_BITS
 from xstate_check.layout import Component
@@ -147,7 +153,8 @@ def _domain(node: Quantifier, lets: Mapping[str, Evaluator]) -> Callable[[Facts]
 
 
 def _mask_test(node: Quantifier, lets: Mapping[str, Evaluator]) -> Callable[[Facts, int], int]:
-    return lower(node.body, node.var, lambda part: _run(_build(part, lets)))
+    return remembered(node.body, node.var,
+                      lower(node.body, node.var, lambda part: _run(_build(part, lets))))
 
 
 def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built:

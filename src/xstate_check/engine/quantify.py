@@ -20,7 +20,14 @@ called once per component, a dozen calls each; here it becomes a function from t
 - a comparison of the component's attributes (``(c.overlaps & xcr0) == 0``,
   ``c.size == c.host.size``) is computed a column at a time: each operand's values for
   all the components still in question, then the comparison of each pair;
-- any other condition is asked of each component still in question, in turn.
+- any other condition is asked of each component still in question, in turn;
+- a whole body that reads nothing but the component's subleaf, its xfeature and the same
+  subleaf in the host's table (``c.size == c.host.size``) remembers its answer per domain
+  and host subleaves with the component subleaves, which a template that left them shares
+  with its profile: asked once per profile, not per guest table (``remembered``).
+
+What depends on the subleaves alone (the shared conditions, the described mask, the
+regions' overlaps) is kept with the subleaves in the same way (``XsaveLayout.of_components``).
 
 Every form gives what the per-component evaluation gives; a test compares them.
 """
@@ -44,11 +51,12 @@ from xstate_check.engine.nodes import (
     walk,
 )
 from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
-from xstate_check.facts import ATTRIBUTES, Facts
-from xstate_check.facts.components import COMPONENT_BITS, NOWHERE, bare
+from xstate_check.facts import ATTRIBUTES, Facts, Missing
+from xstate_check.facts.components import COMPONENT_BITS, NOWHERE, bare, reference_components
 from xstate_check.layout import Component, XsaveLayout
 
-__all__ = ["MaskTest", "bound_key", "components_of", "lower", "numbers", "reads_layout"]
+__all__ = ["MaskTest", "bound_key", "components_of", "lower", "numbers", "reads_layout",
+           "remembered"]
 
 #: The components of ``care`` (a mask) a condition holds for, on one subject's facts.
 MaskTest = Callable[[Facts, int], int]
@@ -421,12 +429,12 @@ def _field_shared(test: FieldTest) -> MaskTest:
     bare_holds = COMPARE_OPS[op](0, value)  # what a component without a subleaf reads
 
     def compute(layout: XsaveLayout) -> int:
-        listed, described = layout.derived(_DESCRIBED, _described)
+        listed, described = layout.of_components(_DESCRIBED, _described)
         found = select(listed, index, mask, value)
         return found | (COMPONENT_BITS & ~described) if bare_holds else found
 
     def held(facts: Facts, care: int) -> int:
-        return facts.layout.derived(slot, compute) & care if care else 0
+        return facts.layout.of_components(slot, compute) & care if care else 0
 
     return held
 
@@ -455,12 +463,56 @@ def _shared(node: Node, var: str, table: Table) -> MaskTest:
 
     def whole(facts: Facts) -> int:
         def compute(layout: XsaveLayout) -> int:
-            listed, described = layout.derived(_DESCRIBED, _described)
+            listed, described = layout.of_components(_DESCRIBED, _described)
             held = table(facts, listed)
             if table(facts, nowhere):  # every xfeature without a subleaf reads as all zero
                 held |= COMPONENT_BITS & ~described
             return held
 
-        return facts.layout.derived(slot, compute)
+        return facts.layout.of_components(slot, compute)
 
     return lambda facts, care: whole(facts) & care if care else 0
+
+
+#: The most answers one body keeps per set of subleaves (one per domain and reference).
+_REMEMBERED = 64
+
+
+def remembered(node: Node, var: str, test: MaskTest) -> MaskTest:
+    """Return ``test`` (the mask form of the body ``node``) remembering its answers where
+    the body reads nothing but the component's subleaf, its xfeature and the same subleaf in
+    the host's table: one answer per (subleaves, domain, host subleaves), shared by every
+    table with these subleaves (a template that left them) and every rule asking it."""
+    names = _attributes_of(node, var)
+    if (not _pure(node, var) or not names
+            or not all(ATTRIBUTES[name].depends in ("number", "subleaf")
+                       or name.startswith("host.") for name in names)):
+        return test
+    shape = ("body", _shape(node, var))
+    slot = _SHARED.get(shape)
+    if slot is None:
+        slot = _SHARED[shape] = f"$atom{next(_atoms)}"
+    host = any(name.startswith("host.") for name in names)
+
+    def answers(layout: XsaveLayout) -> dict[object, tuple[object, int]]:
+        return {}
+
+    def memo(facts: Facts, care: int) -> int:
+        if not care:
+            return 0
+        try:
+            found = facts.layout.of_components(slot, answers)
+            # The reference's subleaves, kept in the answer: equal identity, same values.
+            reference: object = reference_components(facts) if host else None
+        except Missing:  # the body alone says whether it reads what is missing
+            return test(facts, care)
+        key = (care, id(reference))
+        answer = found.get(key)
+        if answer is not None and answer[0] is reference:
+            return answer[1]
+        held = test(facts, care)
+        if len(found) < _REMEMBERED:
+            found[key] = (reference, held)
+        return held
+
+    return memo

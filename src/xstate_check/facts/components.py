@@ -14,7 +14,7 @@ While a quantifier runs, the variable is bound in the Facts dict to a ``layout.C
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 from xstate_check.cpuid import FEATURES, CpuidSet
@@ -23,7 +23,7 @@ from xstate_check.layout import LEGACY_AND_HEADER, Component, XsaveLayout
 from xstate_check.xfeatures import EXCLUSIVE_PAIRS, EXTRA_FEATURE_NEEDS, XFEATURES, name_of
 
 __all__ = ["ATTRIBUTES", "COMPONENT_BITS", "NOWHERE", "AttributeSpec", "Depends",
-           "attribute_needs", "bare", "component_refs"]
+           "attribute_needs", "bare", "component_refs", "reference_components"]
 
 #: The xfeatures a quantifier walks: 2 to 62.
 COMPONENT_BITS = ((1 << 63) - 1) & ~0x3
@@ -227,6 +227,11 @@ def _host_layout(facts: Facts) -> XsaveLayout:
         layout = facts[_HOST_LAYOUT] = XsaveLayout.from_cpuid(table)
     assert isinstance(layout, XsaveLayout)
     return layout
+
+
+def reference_components(facts: Facts) -> Mapping[int, Component]:
+    """Return the subleaves ``c.host.*`` reads: those of the host's layout (see _host_layout)."""
+    return _host_layout(facts).components
 
 
 def _elsewhere(prefix: str, where: str, layout_of: Callable[[Facts], XsaveLayout],
