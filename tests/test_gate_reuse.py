@@ -253,3 +253,24 @@ def test_a_remembered_component_answer_is_not_reused_for_other_subleaves_or_xcr0
             fresh = Subject.of(subject.name, _fresh(subject.base),
                                template=subject.template, guest=_fresh(subject.cpuid))
             assert found[name] == _names(fresh, catalogue), name
+
+
+def test_a_remembered_answer_that_reads_xcr0_is_kept_per_xcr0() -> None:
+    """A body reading XCR0 is answered anew for a table sharing the subleaves with another
+    XCR0 (AVX-512 dropped from 0xD.0 EAX only), in either order."""
+    from xstate_check.engine.compiler import compile_expression
+    from xstate_check.engine.loader import language_names
+    from xstate_check.engine.parser import parse_expression
+    from xstate_check.facts import Facts
+
+    names = language_names()
+    test = compile_expression(parse_expression(
+        "all c in components(0xe0): (c.mask & xcr0) != 0", names.__getitem__, names))
+    base = load_profile("fc-sapphire-rapids-6.1")
+    dropped = apply_template(parse_template(DROPS_AVX512, "d.json"), base).cpuid
+    assert XsaveLayout.from_cpuid(dropped).components is XsaveLayout.from_cpuid(base).components
+    subjects = [Subject.of("p", base, template="p.json", guest=base),
+                Subject.of("d", base, template="d.json", guest=dropped)]
+    for order in (subjects, subjects[::-1]):
+        assert [test(Facts(subject)) for subject in order] == [
+            subject.name == "p" for subject in order]

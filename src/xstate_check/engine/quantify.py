@@ -21,10 +21,11 @@ called once per component, a dozen calls each; here it becomes a function from t
   ``c.size == c.host.size``) is computed a column at a time: each operand's values for
   all the components still in question, then the comparison of each pair;
 - any other condition is asked of each component still in question, in turn;
-- a whole body that reads nothing but the component's subleaf, its xfeature and the same
-  subleaf in the host's table (``c.size == c.host.size``) remembers its answer per domain
-  and host subleaves with the component subleaves, which a template that left them shares
-  with its profile: asked once per profile, not per guest table (``remembered``).
+- a whole body that reads nothing but the component's subleaf, its xfeature, the same
+  subleaf in the host's table (``c.size == c.host.size``) and XCR0 or XSS remembers its
+  answer per domain, host subleaves, XCR0 and XSS with the component subleaves, which a
+  template that left them shares with its profile: asked once per profile and XCR0, not
+  per guest table (``remembered``).
 
 What depends on the subleaves alone (the shared conditions, the described mask, the
 regions' overlaps) is kept with the subleaves in the same way (``XsaveLayout.of_components``).
@@ -476,15 +477,34 @@ def _shared(node: Node, var: str, table: Table) -> MaskTest:
 
 #: The most answers one body keeps per set of subleaves (one per domain and reference).
 _REMEMBERED = 64
+#: The facts a remembered body may read besides the component: part of its answer's key.
+_KEYED_FACTS = ("xcr0", "xss")
+
+
+def _keyed_facts(node: Node, var: str) -> tuple[str, ...] | None:
+    """Return the facts of ``_KEYED_FACTS`` ``node`` reads, or None where it reads anything
+    else but attributes of ``var`` and constants."""
+    found: set[str] = set()
+    for child in walk(node):
+        if isinstance(child, Name):
+            if child.role != "fact" or child.name not in _KEYED_FACTS:
+                return None
+            found.add(child.name)
+        elif isinstance(child, Call | Quantifier) or (
+                isinstance(child, Attribute) and child.var != var):
+            return None
+    return tuple(sorted(found))
 
 
 def remembered(node: Node, var: str, test: MaskTest) -> MaskTest:
     """Return ``test`` (the mask form of the body ``node``) remembering its answers where
-    the body reads nothing but the component's subleaf, its xfeature and the same subleaf in
-    the host's table: one answer per (subleaves, domain, host subleaves), shared by every
-    table with these subleaves (a template that left them) and every rule asking it."""
+    the body reads nothing but the component's subleaf, its xfeature, the same subleaf in
+    the host's table and XCR0 or XSS: one answer per (subleaves, domain, host subleaves,
+    XCR0, XSS), shared by every table with these subleaves (a template that left them)
+    and every rule asking it."""
     names = _attributes_of(node, var)
-    if (not _pure(node, var) or not names
+    keyed = _keyed_facts(node, var)
+    if (keyed is None or not names
             or not all(ATTRIBUTES[name].depends in ("number", "subleaf")
                        or name.startswith("host.") for name in names)):
         return test
@@ -504,9 +524,10 @@ def remembered(node: Node, var: str, test: MaskTest) -> MaskTest:
             found = facts.layout.of_components(slot, answers)
             # The reference's subleaves, kept in the answer: equal identity, same values.
             reference: object = reference_components(facts) if host else None
+            values = tuple([facts[name] for name in keyed])
         except Missing:  # the body alone says whether it reads what is missing
             return test(facts, care)
-        key = (care, id(reference))
+        key = (care, id(reference), values)
         answer = found.get(key)
         if answer is not None and answer[0] is reference:
             return answer[1]
