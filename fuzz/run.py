@@ -121,6 +121,13 @@ class Stats:
         """Return the number of inputs that crashed, lied, hung or were slow (must be 0)."""
         return self.uncaught + self.mismatches + self.hangs + self.slow
 
+    def describe(self) -> str:
+        """Return the failures in a few lines: counts by kind, then the reproducers."""
+        lines = [f"{self.reader}: {self.failed} failing inputs of {self.tried}"]
+        lines += [f"  {count} x {kind}" for kind, count in self.failures.most_common()]
+        lines += [f"  reproducer: {path}" for path in self.reproducers]
+        return "\n".join(lines)
+
     def merge(self, other: Stats) -> None:
         """Add another part of the same reader's campaign to this one."""
         for name in ("tried", "results", "input_errors", "unlocated", "uncaught",

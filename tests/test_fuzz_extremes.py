@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 from fuzz.mutate import EXTREME_SHAPES  # noqa: E402
 from fuzz.readers import READERS  # noqa: E402
-from fuzz.run import Stats, extremes_for, fuzz  # noqa: E402
+from fuzz.run import extremes_for, fuzz  # noqa: E402
 
 from xstate_check import limits  # noqa: E402
 from xstate_check.errors import InputError  # noqa: E402
@@ -41,13 +41,6 @@ CI_MAX_SIZE = 64 << 10
 MEMORY_BOUND = 200_000_000
 
 
-def _describe(stats: Stats) -> str:
-    lines = [f"{stats.reader}: {stats.failed} failing inputs of {stats.tried}"]
-    lines += [f"  {count} x {kind}" for kind, count in stats.failures.most_common()]
-    lines += [f"  reproducer: {path}" for path in stats.reproducers]
-    return "\n".join(lines)
-
-
 @pytest.mark.parametrize("name", sorted(READERS))
 def test_extremes_give_a_result_or_an_input_error_in_bounded_memory(
     name: str, data_dir: Path, tmp_path: Path
@@ -56,7 +49,7 @@ def test_extremes_give_a_result_or_an_input_error_in_bounded_memory(
     stats = fuzz(READERS[name], CI_INPUTS, seed=0, data_dir=data_dir, out_dir=tmp_path,
                  time_limit=120.0, extremes=True, max_size=CI_MAX_SIZE)
     assert stats.tried == CI_INPUTS
-    assert stats.failed == 0, _describe(stats)
+    assert stats.failed == 0, stats.describe()
     assert stats.results + stats.input_errors == CI_INPUTS
     assert set(stats.labels) == set(EXTREME_SHAPES)
     took, size, label, index = stats.slowest

@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 
 from fuzz.mutate import Mutator  # noqa: E402
 from fuzz.readers import READERS, Reader, render_cpuid_raw  # noqa: E402
-from fuzz.run import Stats, fuzz, mutator_for  # noqa: E402
+from fuzz.run import fuzz, mutator_for  # noqa: E402
 
 from xstate_check.cpuid import CpuidSet  # noqa: E402
 from xstate_check.errors import InputError  # noqa: E402
@@ -44,13 +44,6 @@ PROPERTY = settings(
 )
 
 
-def _describe(stats: Stats) -> str:
-    lines = [f"{stats.reader}: {stats.failed} failing inputs of {stats.tried}"]
-    lines += [f"  {count} x {kind}" for kind, count in stats.failures.most_common()]
-    lines += [f"  reproducer: {path}" for path in stats.reproducers]
-    return "\n".join(lines)
-
-
 @pytest.mark.parametrize("name", sorted(READERS))
 def test_mutated_real_inputs_give_a_result_or_an_input_error(
     name: str, data_dir: Path, tmp_path: Path
@@ -60,7 +53,7 @@ def test_mutated_real_inputs_give_a_result_or_an_input_error(
     stats = fuzz(reader, CI_INPUTS, seed=0, data_dir=data_dir, out_dir=tmp_path,
                  time_limit=60.0)
     assert stats.tried == CI_INPUTS
-    assert stats.failed == 0, _describe(stats)
+    assert stats.failed == 0, stats.describe()
     # The campaign reaches both outcomes: mutants that still read, and many kinds of error.
     assert stats.results > 0
     assert len(stats.shapes) >= 5, sorted(stats.shapes)

@@ -315,7 +315,7 @@ def _with_fixes(args: argparse.Namespace, report: Any, template: str, source: Cp
 
     safe = fix_on_source(template, source, **_fix_options(args))
     unsafe = None
-    if any(item.reason == "unsafe-only" for item in safe.unfixed):
+    if safe.needs_unsafe():
         unsafe = fix_on_source(template, source, unsafe=True, **_fix_options(args))
     return Report(attach_fixes(report.subjects, safe, unsafe))
 

@@ -1058,17 +1058,17 @@ def with_fixes(chunk: GateChunk, pool: Sequence[GateProfile], grid: Matrix | Non
     if path is None or not needs_fix(subjects, settings):
         return chunk
     from xstate_check.config import subject_filter
-    from xstate_check.fixes.engine import FixTarget, compute_fix
+    from xstate_check.fixes.api import targets_in_pool
+    from xstate_check.fixes.engine import compute_fix
     from xstate_check.report import attach_fixes
 
     text = read_text(path, byte_order_mark=False)
     # The tables the template was checked on, in the gate's order (declared pairs first).
-    targets = [FixTarget(profile.name, profile.cpuid, declared) for profile, declared
-               in pairs_for_template(parse_template(text, path), pool, grid).checked]
+    targets = targets_in_pool(path, text, pool, grid)
     keep = subject_filter(settings)
     safe = compute_fix(text, path, targets, keep=keep, strict=settings.strict)
     unsafe = None
-    if any(item.reason == "unsafe-only" for item in safe.unfixed):
+    if safe.needs_unsafe():
         unsafe = compute_fix(text, path, targets, keep=keep, strict=settings.strict,
                              unsafe=True)
     return attach_fixes(subjects, safe, unsafe), skipped

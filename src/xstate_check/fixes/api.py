@@ -16,13 +16,13 @@ from xstate_check.textfile import read_text
 if TYPE_CHECKING:
     from xstate_check.gate import GateProfile, GateRun, Matrix
 
-__all__ = ["fix", "fix_for_gate", "fix_in_pool", "fix_on_source"]
+__all__ = ["fix", "fix_for_gate", "fix_in_pool", "fix_on_source", "targets_in_pool"]
 
 Keep = Callable[[SubjectReport], SubjectReport]
 
 
-def _targets(path: str, text: str, pool: Sequence[GateProfile],
-             grid: Matrix | None) -> list[FixTarget]:
+def targets_in_pool(path: str, text: str, pool: Sequence[GateProfile],
+                    grid: Matrix | None) -> list[FixTarget]:
     """Return the tables a template is checked on, paired as the gate pairs them."""
     from xstate_check.gate import pairs_for_template
     from xstate_check.template import parse_template
@@ -40,7 +40,7 @@ def fix_in_pool(path: str, pool: Sequence[GateProfile], grid: Matrix | None = No
     ``keep`` applies the run's rule selection and severities (``config.subject_filter``).
     """
     text = read_text(path, byte_order_mark=False)
-    return compute_fix(text, path, _targets(path, text, pool, grid), keep=keep,
+    return compute_fix(text, path, targets_in_pool(path, text, pool, grid), keep=keep,
                        strict=strict, unsafe=unsafe)
 
 
@@ -97,5 +97,5 @@ def fix(
     path = os.fspath(template)
     text = read_text(path, byte_order_mark=False)
     grid = load_matrix(matrix) if matrix is not None else None
-    return compute_fix(text, path, _targets(path, text, pool, grid), unsafe=unsafe,
+    return compute_fix(text, path, targets_in_pool(path, text, pool, grid), unsafe=unsafe,
                        strict=strict)

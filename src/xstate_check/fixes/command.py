@@ -80,7 +80,7 @@ def summarize(fixes: Sequence[Fix], rerun: Callable[[Fix], Fix] | None, *,
     hidden = 0
     if rerun is not None:
         for fix in fixes:
-            if any(item.reason == "unsafe-only" for item in fix.unfixed):
+            if fix.needs_unsafe():
                 with_unsafe = rerun(fix)
                 hidden += max(0, fix.remaining - with_unsafe.remaining)
     return FixSummary(fixes, hidden, strict=strict)

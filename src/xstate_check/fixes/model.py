@@ -101,6 +101,10 @@ class Fix:
             out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
         return "".join(out)
 
+    def needs_unsafe(self) -> bool:
+        """Return whether a rule is left that only an unsafe fix removes."""
+        return any(item.reason == "unsafe-only" for item in self.unfixed)
+
     def edits_for(self, rule: str) -> tuple[Edit, ...]:
         """Return the edits that fix findings of ``rule`` (a rule name)."""
         return tuple(edit for edit in self.edits if rule in edit.rules)
