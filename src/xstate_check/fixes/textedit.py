@@ -290,16 +290,7 @@ def _high_bits(count: int) -> int:
 
 
 def _merge_why(why_of: Mapping[int, Why], bits: int) -> Why:
-    rules: dict[str, None] = {}
-    applicability: Applicability = "safe"
-    for bit in range(_WIDTH):
-        why = why_of.get(bit) if bits >> bit & 1 else None
-        if why is None:
-            continue
-        rules.update(dict.fromkeys(why.rules))
-        if why.applicability == "unsafe":
-            applicability = "unsafe"
-    return Why(tuple(rules), applicability)
+    return _joined_why([why for bit, why in sorted(why_of.items()) if bits >> bit & 1])
 
 
 Order = Literal["sorted", "end"]
