@@ -14,6 +14,7 @@ from xstate_check.engine import load_catalogue
 from xstate_check.engine.examples import build_subject
 from xstate_check.engine.plan import Plan
 from xstate_check.engine.runner import evaluate_rules
+from xstate_check.facts import FACTS, NEEDS
 from xstate_check.report import Finding
 from xstate_check.sources.profiles import profile_index
 from xstate_check.subject import Subject
@@ -56,3 +57,20 @@ def test_plan_takes_shortcuts() -> None:
     assert plan.groups and any(all_pass is not None for *_, all_pass, _ in plan.groups)
     grouped = sum(len(steps) for *_, steps in plan.groups)
     assert grouped + len(plan.walking) == len(CATALOGUE)
+
+
+def test_plan_for_a_subject_leaves_out_what_it_cannot_answer() -> None:
+    """The plan for a subject lacking some NEEDS bits keeps exactly the rules whose facts it
+    can answer (an ``each`` rule's list fact included), in the plan's order, once per bits."""
+    plan = Plan.of(CATALOGUE.rules)
+    order = [rule.id for *_, steps in plan.groups for *_, rule in steps]
+    for lacking in (0, NEEDS["host"] | NEEDS["reference"] | NEEDS["destination"], -1):
+        groups, walking = plan.for_lacking(lacking)
+        assert plan.for_lacking(lacking) is plan.for_lacking(lacking)
+        kept = [rule.id for *_, steps in groups for *_, rule in steps]
+        assert kept == [rule_id for rule_id in order
+                        if not CATALOGUE.get(rule_id).compiled.needs & lacking]
+        for _, rule in walking:
+            assert not (rule.compiled.needs | FACTS[str(rule.each)].needs) & lacking
+    assert len(plan.for_lacking(0)[1]) == len(plan.walking)
+    assert len(plan.for_lacking(NEEDS["destination"])[1]) < len(plan.walking)

@@ -16,6 +16,7 @@ import pytest
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine.runner import evaluate_rules
 from xstate_check.engine.shipped import load_catalogue
+from xstate_check.facts import Facts
 from xstate_check.gate import GateRun
 from xstate_check.layout import XsaveLayout
 from xstate_check.sources.profiles import load_profile, profile_index
@@ -110,6 +111,20 @@ def test_a_template_that_changes_a_component_subleaf_shares_no_layout() -> None:
     layout = XsaveLayout.from_cpuid(dropped)
     assert layout.components is before.components
     assert layout.xcr0_supported == before.xcr0_supported & ~0xE0 != before.xcr0_supported
+
+
+def test_a_template_that_changes_an_entry_flag_shares_no_flags() -> None:
+    """A template writing the flags its base records shares the base's (and what is derived
+    from them); one clearing SIGNIFICANT_INDEX has its own, which the flag facts read."""
+    base = load_profile("fc-sapphire-rapids-6.1")
+    kept = apply_template(parse_template(DROPS_AVX512, "d.json"), base).cpuid
+    assert kept.shared("flags") is base
+    cleared = apply_template(parse_template(RESIZES_YMM, "r.json"), base).cpuid
+    assert cleared.shared("flags") is None
+    for table, expected in ((kept, []), (cleared, [(0xD, 2)]), (_fresh(cleared), [(0xD, 2)])):
+        facts = Facts(Subject.of(base.source, base, template="t.json", guest=table))
+        items = (*facts["flags_shadowing"], *facts["flags_cleared"])
+        assert [(item.leaf, item.subleaf) for item in items] == expected
 
 
 def test_a_derived_value_is_computed_once_per_table() -> None:

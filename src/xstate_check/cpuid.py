@@ -309,9 +309,10 @@ class CpuidSet:
 
         The dicts are owned by the set from here on (the caller keeps no reference); role,
         source kind and leaf 0xD completeness are those of ``like``. ``shares`` names, for
-        a part of the table (``keys``: the (leaf, subleaf) keys; ``xsave_components``: the
-        leaf 0xD subleaves from 2 up), a table whose part is the same (``like`` changed
-        elsewhere): what is derived from that part alone is taken from it (``shared``).
+        a part of the table (``keys``: the (leaf, subleaf) keys; ``flags``: the keys and
+        their KVM flags; ``xsave_components``: the leaf 0xD subleaves from 2 up), a table
+        whose part is the same (``like`` changed elsewhere): what is derived from that part
+        alone is taken from it (``shared``).
         """
         made = cls.__new__(cls)
         setter = object.__setattr__

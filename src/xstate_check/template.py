@@ -773,11 +773,15 @@ def apply_template(template: Template, base: CpuidSet,
     """
     folded = folded or fold_template(template)
     entries = copy_mapping(base.entries)
-    flags = copy_mapping(base.flags)
+    base_flags = base.flags
+    flags = copy_mapping(base_flags)
     missing = folded.missing(base)
+    same_flags = True
     for key, entry_flags, keep, put, _added, _location in folded.steps:
         old = entries.get(key)
         if old is not None:
+            if same_flags and base_flags.get(key) != entry_flags:
+                same_flags = False
             flags[key] = entry_flags
             entries[key] = _new_registers(Registers, (
                 (old[0] & keep[0]) | put[0], (old[1] & keep[1]) | put[1],
@@ -796,6 +800,8 @@ def apply_template(template: Template, base: CpuidSet,
     # The base's entries are sorted and a template adds none: the order stands as it is,
     # and so does every part of the base the template does not modify.
     shares = {"keys": base}
+    if same_flags:  # every modified entry keeps the flags the base records for it
+        shares["flags"] = base
     if not folded.xsave_components:
         shares["xsave_components"] = base
     cpuid = CpuidSet.trusted(

@@ -160,6 +160,14 @@ def _quick_compare(node: Compare) -> Quick | None:
 Step = tuple[int, Evaluator, "Rule"]
 QuickStep = tuple[int, frozenset[int], int, Evaluator, "Rule"]
 Group = tuple[str | None, int, int, frozenset[int] | None, tuple[QuickStep, ...]]
+#: A step of a plan for one set of lacking NEEDS bits (see ``Plan.for_lacking``):
+#: (mask, values, test, rule).
+ReadyStep = tuple[int, frozenset[int], Evaluator, "Rule"]
+#: A group of a plan for one set of lacking NEEDS bits: (fact, zero_mask, small_mask,
+#: all_pass, steps); fact None: the steps run their tests, each in turn.
+ReadyGroup = tuple[str | None, int, int, frozenset[int] | None, tuple[ReadyStep, ...]]
+#: What evaluation walks on a subject lacking some NEEDS bits: the groups, the ``each`` rules.
+Ready = tuple[tuple[ReadyGroup, ...], tuple[tuple[Evaluator, "Rule"], ...]]
 
 
 @attrs.frozen(eq=False)
@@ -178,6 +186,44 @@ class Plan:
 
     groups: tuple[Group, ...]
     walking: tuple[Step, ...]
+    #: ``for_lacking``'s answers, by the lacking NEEDS bits.
+    _ready: dict[int, Ready] = attrs.field(factory=dict, init=False, repr=False)
+
+    def for_lacking(self, lacking: int) -> Ready:
+        """Return the plan for a subject lacking the NEEDS bits ``lacking``, worked out once:
+        the rules whose facts need any of them left out (they do not apply), a group whose
+        fact needs any of them run rule by rule, and neighbouring such groups joined."""
+        ready = self._ready.get(lacking)
+        if ready is None:
+            ready = self._ready[lacking] = self._prepare(lacking)
+        return ready
+
+    def _prepare(self, lacking: int) -> Ready:
+        from xstate_check.facts import FACTS
+
+        def needs_of_fact(name: str | None) -> int:
+            spec = FACTS.get(name) if name is not None else None
+            return spec.needs if spec is not None else 0
+
+        groups: list[ReadyGroup] = []
+        for name, zero_mask, small_mask, all_pass, steps in self.groups:
+            kept = tuple((mask, values, test, rule) for mask, values, needs, test, rule in steps
+                         if not needs & lacking)
+            if not kept:
+                continue
+            if name is None or needs_of_fact(name) & lacking:
+                plain: tuple[ReadyStep, ...] = tuple(
+                    (0, frozenset(), test, rule) for _, _, test, rule in kept)
+                if groups and groups[-1][0] is None:
+                    groups[-1] = (None, 0, 0, None, groups[-1][4] + plain)
+                else:
+                    groups.append((None, 0, 0, None, plain))
+            else:
+                groups.append((name, zero_mask, small_mask, all_pass, kept))
+        # An ``each`` rule whose list fact needs what the subject lacks has no item to walk.
+        walking = tuple((test, rule) for needs, test, rule in self.walking
+                        if not (needs | needs_of_fact(rule.each)) & lacking)
+        return tuple(groups), walking
 
     @classmethod
     def of(cls, rules: Iterable[Rule]) -> Plan:

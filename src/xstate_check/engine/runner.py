@@ -57,57 +57,32 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
     if not planned:
         run_rules(facts, catalogue.rules, findings, record)
         return findings
-    # The plan's passes (see ``plan.Plan``): the groups (the last of other rules), ``each`` rules.
-    plan = catalogue.plan
-    lacking = 0  # the NEEDS_* bits the subject lacks: worked out when a rule needs any
-    known = False
-    for name, zero_mask, small_mask, all_pass, steps in plan.groups:
-        try:
-            # A fact that needs what the subject lacks is Missing: not computed to say so.
-            needs = _NEEDS.get(name) if name is not None else 0
-            if needs is None:
-                needs = _needs(name)  # type: ignore[arg-type]
-            if needs and not known:
-                lacking, known = ~available_of(subject), True
-            value = None if name is None or needs & lacking else facts[name]
-        except Missing:
-            value = None
-        else:
-            if (value is not None and not value & zero_mask and all_pass is not None
-                    and value & small_mask in all_pass):
-                continue  # every rule of the group passes
-        for mask, values, needs, test, rule in steps:
+    # The plan's passes (see ``plan.Plan``), for what this subject lacks: the groups (the
+    # rules with no quick condition among them), then the ``each`` rules.
+    groups, walking = catalogue.plan.for_lacking(~available_of(subject))
+    for name, zero_mask, small_mask, all_pass, steps in groups:
+        value = None
+        if name is not None:
+            try:
+                value = facts[name]
+            except Missing:
+                pass
+            else:
+                if (not value & zero_mask and all_pass is not None
+                        and value & small_mask in all_pass):
+                    continue  # every rule of the group passes
+        for mask, values, test, rule in steps:
             if value is not None and value & mask in values:
                 continue
-            if needs:
-                if not known:
-                    lacking, known = ~available_of(subject), True
-                if needs & lacking:
-                    continue
             try:
                 if test(facts):
                     continue
             except Missing:
                 continue
             findings.append(finding_of(rule, facts, None, record))
-    if plan.walking and not known:
-        lacking = ~available_of(subject)
-    for needs, test, rule in plan.walking:
-        if not needs & lacking:
-            walk_items(facts, rule, test, findings, record)
+    for test, rule in walking:
+        walk_items(facts, rule, test, findings, record)
     return findings
-
-
-_NEEDS: dict[str, int] = {}
-
-
-def _needs(name: str) -> int:
-    """Return the NEEDS bits a fact declares (what a subject must hold for it)."""
-    needs = _NEEDS.get(name)
-    if needs is None:
-        spec = FACTS.get(name)
-        needs = _NEEDS[name] = spec.needs if spec is not None else 0
-    return needs
 
 
 def run_rules(facts: Facts, rules: Iterable[Rule], findings: list[Finding],

@@ -15,6 +15,7 @@ from xstate_check.facts.registry import (
     mask_refs,
     reg,
 )
+from xstate_check.layout import XsaveLayout
 
 __all__: list[str] = []
 
@@ -32,7 +33,11 @@ def _standard_sizes(facts: Facts) -> object:
       "zero (whether or not 0xD.0 or 0xD.1 enumerates them)", component_sources,
       reads=("subleaves",))
 def _described(facts: Facts) -> object:
-    return sum(1 << number for number, regs in facts.layout.components.items()
+    return facts.layout.of_components("described", _described_mask)
+
+
+def _described_mask(layout: XsaveLayout) -> int:
+    return sum(1 << number for number, regs in layout.components.items()
                if number < 63 and regs[1:] != (0, 0, 0, 0))
 
 
@@ -40,7 +45,11 @@ def _described(facts: Facts) -> object:
       component_sources,
       reads=("subleaves",))
 def _xfd_flagged(facts: Facts) -> object:
-    return sum(1 << c.number for c in facts.layout.components.values() if c.size and c.xfd)
+    return facts.layout.of_components("xfd_flagged", _xfd_flagged_mask)
+
+
+def _xfd_flagged_mask(layout: XsaveLayout) -> int:
+    return sum(1 << c.number for c in layout.components.values() if c.size and c.ecx & 4)
 
 
 def _layout_sources(facts: Facts) -> list[BitRef]:

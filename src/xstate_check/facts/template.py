@@ -29,6 +29,8 @@ def _missing_entries(facts: Facts) -> object:
 @fact("missing_entries_first", "items", "the first CPUID entry (by template line) that a "
       "template modifies and the base table lacks, as one item: the pair's one finding")
 def _missing_entries_first(facts: Facts) -> object:
+    if not facts.subject.missing_entries:
+        return ()
     entries: tuple[EntryItem, ...] = facts["missing_entries"]
     located = [(entry.location.line, entry.location.column, index)
                for index, entry in enumerate(entries) if entry.location is not None]
@@ -123,6 +125,14 @@ def _indexed_entries(cpuid: CpuidSet) -> tuple[tuple[int, int], ...]:
     return tuple(key for key in cpuid.entries if len(subleaves[key[0]]) >= 2)
 
 
+def _unflagged_indexed(cpuid: CpuidSet) -> tuple[tuple[int, int], ...]:
+    """Return the entries of leaves of two or more subleaves whose recorded KVM flags lack
+    SIGNIFICANT_INDEX (an entry without recorded flags is taken to have it), sorted."""
+    flags = cpuid.flags
+    return tuple(key for key in cpuid.derived("indexed_entries", _indexed_entries, "keys")
+                 if not flags.get(key, 1) & 1)
+
+
 def _significant_entries(cpuid: CpuidSet) -> tuple[tuple[int, int], ...]:
     """Return the keys whose recorded KVM flags have SIGNIFICANT_INDEX, sorted."""
     return tuple(sorted(key for key, flags in cpuid.flags.items() if flags & 1))
@@ -133,15 +143,18 @@ def _significant_entries(cpuid: CpuidSet) -> tuple[tuple[int, int], ...]:
       "lacking the flag), where those subleaves hold other values")
 def _flags_shadowing(facts: Facts) -> object:
     cpuid = facts.cpuid
+    # An entry with the flag hides nothing, and a leaf of one entry neither. These candidates
+    # depend on the keys and flags alone: a template that keeps the flags its base records
+    # takes the base's.
+    candidates = cpuid.derived("unflagged_indexed", _unflagged_indexed, "flags")
+    if not candidates:
+        return ()
     entries = cpuid.entries
     items = []
     seen: set[int] = set()
-    # The table's subleaves by leaf (gathered once per set of keys): a leaf of one entry
-    # hides nothing, and an entry with the flag hides nothing.
-    subleaves = cpuid.leaf_subleaves()
-    flags = cpuid.flags
-    for leaf, subleaf in cpuid.derived("indexed_entries", _indexed_entries, "keys"):
-        if flags.get((leaf, subleaf), 1) & 1 or leaf in seen:
+    subleaves = cpuid.leaf_subleaves()  # gathered once per set of keys
+    for leaf, subleaf in candidates:
+        if leaf in seen:
             continue
         if _normalized_flags(facts, leaf, subleaf):
             continue
@@ -166,6 +179,8 @@ def _flags_cleared(facts: Facts) -> object:
     if base is None:
         return ()
     cpuid = facts.cpuid
+    if cpuid.shared("flags") is base:
+        return ()  # the flags are the base's: none was cleared
     flags = cpuid.flags
     cleared = [key for key in base.derived("significant_entries", _significant_entries)
                if not flags.get(key, 1) & 1]
