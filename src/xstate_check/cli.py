@@ -295,7 +295,14 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         if isinstance(done, int):
             return done
         epilogue = done
-    return _stream_exit(args, "gate", run.chunks(args.jobs), epilogue)
+    encoder = None
+    if args.format == "json" and not args.statistics:
+        from xstate_check.formats.stream import JsonWriter
+        from xstate_check.gate import ChunkEncoder
+
+        # Workers send their subjects encoded: the parent only writes them.
+        encoder = ChunkEncoder(JsonWriter.encode, JsonWriter.encode_skipped, settings)
+    return _stream_exit(args, "gate", run.items(args.jobs, encoder), epilogue)
 
 
 def _shows_fixes(args: argparse.Namespace) -> bool:
@@ -376,7 +383,7 @@ def _output(args: argparse.Namespace) -> Iterator[IO[str]]:
 
 
 def _stream_exit(args: argparse.Namespace, kind: str,
-                 chunks: Iterable[tuple[Sequence[Any], Sequence[Any]]],
+                 chunks: Iterable[tuple[Sequence[Any], Sequence[Any]] | Any],
                  epilogue: str | None = None) -> int:
     """Write a report subject by subject as it is made; return the exit code."""
     from xstate_check.config import subject_filter
@@ -391,7 +398,11 @@ def _stream_exit(args: argparse.Namespace, kind: str,
             args.format, out, kind=kind, color=color, quiet=args.quiet,
             min_severity=settings.min_severity, strict=settings.strict,
             fix_hint=not getattr(args, "fix", False))
-        for subjects, skipped in chunks:
+        for chunk in chunks:
+            if not isinstance(chunk, tuple):  # encoded by a gate's worker (EncodedChunk)
+                chunk.write_to(writer, tally)
+                continue
+            subjects, skipped = chunk
             for made in subjects:
                 subject = made if keep is None else keep(made)
                 tally.add(subject)

@@ -53,7 +53,7 @@ import attrs
 from xstate_check.cpuid import CpuidSet, copy_mapping
 from xstate_check.engine import evaluate
 from xstate_check.engine.runner import FindingsCache
-from xstate_check.errors import InputError, Location
+from xstate_check.errors import InputError, Location, XstateCheckError
 from xstate_check.limits import MAX_MATRIX_ENTRIES, MAX_MATRIX_FILES
 from xstate_check.migration import MigrationGroup, group_reports, load_groups
 from xstate_check.report import BaselineState, Finding, Report, SkippedPair, SubjectReport
@@ -72,16 +72,22 @@ from xstate_check.textfile import read_text
 from xstate_check.tomltext import checked_table, parse_toml
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
     from xstate_check.config import Settings
+    from xstate_check.formats.stream import Tally
 
 __all__ = [
     "AMD",
     "INTEL",
+    "ChunkEncoder",
+    "EncodedChunk",
     "FailOn",
     "GateChunk",
     "GateProfile",
     "GateResult",
     "GateRun",
+    "GateWorkerError",
     "Matrix",
     "MatrixEntry",
     "SkippedPair",
@@ -879,10 +885,11 @@ def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None,
 #: Below this many templates a gate left to choose its workers runs in one process:
 #: starting workers costs more than they save.
 PARALLEL_FROM = 48
-#: Templates per task sent to a worker, and tasks in flight per worker (the parent writes
-#: the output in order; in-flight results are all it holds).
-_BATCH = 4
-_AHEAD = 3
+#: The most templates in one task sent to a worker, and tasks in flight per worker (the
+#: parent writes the output in order; in-flight results are all it holds). Tasks shrink
+#: towards the end (see ``_batches``), so that no worker is left alone with a long one.
+_BATCH = 16
+_AHEAD = 2
 
 
 def usable_cores() -> int:
@@ -893,14 +900,85 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _batches(paths: Sequence[str], workers: int) -> Iterator[list[str]]:
+    """Split ``paths`` into tasks: a quarter of each worker's share of what is left, at
+    most ``_BATCH`` and at least one template (few tasks to send and merge, a short tail)."""
+    start = 0
+    while start < len(paths):
+        size = max(1, min(_BATCH, (len(paths) - start) // (workers * 4)))
+        yield list(paths[start:start + size])
+        start += size
+
+
+def _start_method() -> str:
+    """Return how workers start: ``fork`` from a process with one thread (Linux), which
+    hands them the catalogue, profiles and everything warmed so far for free; else
+    ``forkserver`` (a fresh single-threaded server forks them: a thread of the caller may
+    hold a lock a forked child would wait on forever)."""
+    import sys
+
+    if sys.platform == "linux":
+        try:
+            if len(os.listdir("/proc/self/task")) == 1:
+                return "fork"
+        except OSError:
+            pass
+    return "forkserver"
+
+
+class GateWorkerError(XstateCheckError):
+    """A gate's worker process ended before answering (killed, or out of memory), or
+    could not start (a calling script re-run as each worker's ``__main__``)."""
+
+    exit_code = 3
+
+
+@attrs.frozen
+class ChunkEncoder:
+    """How workers send templates' results ready-written, so that the parent only writes.
+
+    ``subjects`` and ``skipped`` encode subjects and pairs not checked as the writer's
+    ``encoded`` and ``encoded_skipped`` take them (``JsonWriter``'s); ``settings`` selects
+    and rates findings first, as the command line does (``config.subject_filter``). Only
+    for a format whose writer writes each subject whatever the others (JSON).
+    """
+
+    subjects: Callable[[Iterable[SubjectReport]], str]
+    skipped: Callable[[Iterable[SkippedPair]], str]
+    settings: Settings | None = None
+
+
+@attrs.frozen
+class EncodedChunk:
+    """Templates' subjects and pairs not checked, encoded by a worker (``ChunkEncoder``),
+    and their counts; ``write_to`` hands them to the writer and the tally."""
+
+    subjects: str
+    skipped: str
+    tally: Tally
+
+    def write_to(self, writer: Any, tally: Tally) -> None:
+        """Write the encoded subjects, keep the pairs not checked, add the counts."""
+        tally.merge(self.tally)
+        writer.encoded(self.subjects)
+        writer.encoded_skipped(self.skipped)
+
+
 class GateRun:
     """A gate, set up (matrix, profiles, revisions read) and ready to run template by template.
 
     ``chunks(jobs)`` yields each template's GateChunk in the order given, then the migration
     groups' subjects; with ``jobs`` > 1 the templates are checked by that many worker
-    processes (started fresh, never forked from this one) and merged back in order, so the
-    output is the same bytes as with one. ``result()`` collects the chunks in a GateResult.
-    Input errors of the set-up are raised here; a template's own, when its turn comes.
+    processes and merged back in order, so the output is the same bytes as with one.
+    ``result()`` collects the chunks in a GateResult. Input errors of the set-up are raised
+    here; a template's own, when its turn comes.
+
+    Workers are forked from this process when it has a single thread (Linux), after it has
+    checked the first template itself: they start with the catalogue, the profiles and
+    every cache warm, and import nothing. Otherwise (a caller with threads, another
+    system) multiprocessing's forkserver starts them, and each imports the calling script
+    again as its ``__main__`` (as ``spawn`` does): such a script needs the
+    ``if __name__ == "__main__":`` guard, and without it the gate raises GateWorkerError.
     """
 
     def __init__(
@@ -933,6 +1011,20 @@ class GateRun:
         #: strict: as ``--fix`` computes it); None: findings carry no edits (``with_fixes``).
         self.fixes = _fix_settings(fixes)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Return the gate as a worker started afresh rebuilds it: without the profiles'
+        tables (named by ``specs``) and the findings seen."""
+        return {key: value for key, value in vars(self).items() if key not in ("pool", "cache")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuild a pickled gate: the profiles resolved again, the catalogue loaded."""
+        from xstate_check.engine import load_catalogue
+
+        load_catalogue()
+        self.__dict__.update(state)
+        self.pool = resolve_profiles(self.specs)
+        self.cache = FindingsCache()
+
     def check(self, path: str) -> GateChunk:
         """Check one template (in this process)."""
         chunk = _check_template(path, self.pool, self.grid, policy=self.policy,
@@ -944,12 +1036,20 @@ class GateRun:
 
     def chunks(self, jobs: int | None = 1) -> Iterator[GateChunk]:
         """Yield each template's chunk, in order, then the migration groups' (see class)."""
+        for item in self.items(jobs):
+            assert not isinstance(item, EncodedChunk)  # no encoder, no such item
+            yield item
+
+    def items(self, jobs: int | None = 1,
+              encoder: ChunkEncoder | None = None) -> Iterator[GateChunk | EncodedChunk]:
+        """Yield the chunks as ``chunks`` does; with an ``encoder``, workers' templates come
+        as EncodedChunks, each for one or more templates, still in order."""
         workers = usable_cores() if jobs is None else jobs
         if jobs is None and len(self.paths) < PARALLEL_FROM:
             workers = 1
         workers = min(workers, max(1, len(self.paths) // 2))
         if workers > 1:
-            yield from self._parallel(workers)
+            yield from self._parallel(workers, encoder)
         else:
             for path in self.paths:
                 yield self.check(path)
@@ -958,35 +1058,74 @@ class GateRun:
                                       policy=self.policy,
                                       changed_since=self.changed_since)), ()
 
-    def _parallel(self, workers: int) -> Iterator[GateChunk]:
+    def _parallel(self, workers: int,
+                  encoder: ChunkEncoder | None) -> Iterator[GateChunk | EncodedChunk]:
+        import gc
         import multiprocessing
-        from collections import deque
-        from concurrent.futures import Future, ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-        # forkserver: workers fork from a fresh single-threaded server, never from this
-        # process, which may have threads; the server imports the gate once for all.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["xstate_check.gate"])
-        batches = [self.paths[i:i + _BATCH] for i in range(0, len(self.paths), _BATCH)]
-        setup = (self.specs, self.grid, self.policy, self.changed_since, self.baselines)
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup,
-                                 initargs=setup) as executor:
-            pending: deque[tuple[list[str], Future[list[GateChunk | None]]]] = deque()
-            queue = iter(batches)
-            for batch in queue:
-                pending.append((batch, executor.submit(_worker_check, batch, self.fixes)))
-                if len(pending) >= workers * _AHEAD:
-                    break
-            while pending:
-                batch, future = pending.popleft()
-                following = next(queue, None)
-                if following is not None:
-                    pending.append((following, executor.submit(_worker_check, following,
-                                                               self.fixes)))
-                for path, chunk in zip(batch, future.result(), strict=True):
-                    # A template a worker could not check is checked here again, so that
-                    # its error is raised as with one process, in its turn.
-                    yield chunk if chunk is not None else self.check(path)
+        method = _start_method()
+        paths = self.paths
+        if method == "fork":
+            # The first template here: what the first check warms (rules, the profiles'
+            # memos, modules imported on first use) is then every worker's from the start.
+            yield self.check(paths[0])
+            paths = paths[1:]
+        context = multiprocessing.get_context(method)
+        if method == "fork":
+            # Objects frozen out of the collector are not written by the workers' collections,
+            # so the memory they share with this process stays shared.
+            gc.freeze()
+        else:
+            # The server imports the gate once for all its workers.
+            context.set_forkserver_preload(["xstate_check.gate"])
+        try:
+            # A forked worker takes this gate as it is; a started one gets it pickled (its
+            # recipe: see __getstate__).
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_adopt,
+                                     initargs=(self,)) as executor:
+                try:
+                    yield from self._merged(executor, paths, workers, encoder,
+                                            unfreeze=method == "fork")
+                except BaseException:
+                    # An error to report, or the reader stopped: the tasks not started are
+                    # dropped, not waited for.
+                    executor.shutdown(cancel_futures=True)
+                    raise
+        except BrokenProcessPool:
+            raise GateWorkerError(_broken_pool_message(method)) from None
+        finally:
+            if method == "fork":
+                gc.unfreeze()
+
+    def _merged(self, executor: Executor, paths: Sequence[str], workers: int,
+                encoder: ChunkEncoder | None, *,
+                unfreeze: bool) -> Iterator[GateChunk | EncodedChunk]:
+        """Send ``paths`` to the workers in tasks and yield their answers in order."""
+        import gc
+        from collections import deque
+
+        pending: deque[tuple[list[str], Future[_WorkerAnswer]]] = deque()
+        queue = _batches(paths, workers)
+        for batch in queue:
+            pending.append((batch, executor.submit(_worker_check, batch, encoder)))
+            if unfreeze and len(pending) == 1:
+                gc.unfreeze()  # the workers were forked as the first task went
+            if len(pending) >= workers * _AHEAD:
+                break
+        while pending:
+            batch, future = pending.popleft()
+            following = next(queue, None)
+            if following is not None:
+                pending.append((following, executor.submit(_worker_check, following,
+                                                           encoder)))
+            done, failed = future.result()
+            yield from done
+            # A template a worker could not check is checked here again, so that its
+            # error is raised as with one process, in its turn.
+            for path in batch[failed:]:
+                yield self.check(path)
 
     def result(self, jobs: int | None = 1) -> GateResult:
         """Run the gate and collect every chunk into a GateResult."""
@@ -999,40 +1138,66 @@ class GateRun:
                           baseline=self.changed_since)
 
 
-_WORKER: dict[str, Any] = {}
+def _broken_pool_message(method: str) -> str:
+    """Return why a gate's worker pool broke, and what to do."""
+    text = ("a gate worker process ended before answering (killed by a signal, or out of "
+            "memory?); run with --jobs 1 (jobs=1) to check in one process")
+    if method == "forkserver":
+        text += (". Workers started by multiprocessing's forkserver import the calling "
+                 "script again as their __main__: a script calling run_gate with jobs "
+                 "above 1 from a process with threads must do its work under "
+                 "'if __name__ == \"__main__\":'")
+    return text
 
 
-def _worker_setup(specs: list[str], grid: Matrix | None, policy: FailOn,
-                  changed_since: str | None, baselines: dict[str, _Baseline]) -> None:
-    """Load the catalogue and profiles once in a worker process."""
-    from xstate_check.engine import load_catalogue
+#: A worker's answer to one task: what it checked (in order), and how many of the task's
+#: templates that covers (the rest, from the first it could not check, the parent checks).
+_WorkerAnswer = tuple[list[GateChunk | EncodedChunk], int]
 
-    load_catalogue()
-    _WORKER.update(pool=resolve_profiles(specs), grid=grid, policy=policy,
-                   changed_since=changed_since, baselines=baselines, cache=FindingsCache())
+_WORKER: dict[str, GateRun] = {}
 
 
-def _worker_check(paths: list[str], fixes: Settings | None = None) -> list[GateChunk | None]:
-    """Check templates in a worker; None for one whose input is bad (the parent reports it).
+def _worker_adopt(run: GateRun) -> None:
+    """Take the parent's gate as this worker's (forked: as the parent had it, everything
+    loaded; started afresh: rebuilt from its recipe)."""
+    _WORKER["run"] = run
 
-    ``fixes``: attach each template's fix to its findings (``with_fixes``).
-    """
+
+def _worker_check(paths: list[str], encoder: ChunkEncoder | None = None) -> _WorkerAnswer:
+    """Check templates in a worker, up to the first whose input is bad (the parent checks
+    that one again and reports it); with an ``encoder``, send them encoded."""
     from xstate_check.errors import XstateCheckError
 
-    out: list[GateChunk | None] = []
+    run = _WORKER["run"]
+    chunks: list[GateChunk] = []
     for path in paths:
         try:
-            chunk = _check_template(path, _WORKER["pool"], _WORKER["grid"],
-                                    policy=_WORKER["policy"],
-                                    changed_since=_WORKER["changed_since"],
-                                    baseline=_WORKER["baselines"].get(path),
-                                    cache=_WORKER["cache"])
-            if fixes is not None:
-                chunk = with_fixes(chunk, _WORKER["pool"], _WORKER["grid"], fixes)
-            out.append(chunk)
+            chunks.append(run.check(path))
         except XstateCheckError:
-            out.append(None)
-    return out
+            break
+    if encoder is None or not chunks:
+        return list(chunks), len(chunks)
+    return [_encoded(chunks, encoder)], len(chunks)
+
+
+def _encoded(chunks: Sequence[GateChunk], encoder: ChunkEncoder) -> EncodedChunk:
+    """Return templates' chunks as one EncodedChunk (subjects filtered, counted, encoded)."""
+    from xstate_check.config import subject_filter
+    from xstate_check.formats.stream import Tally
+
+    keep = subject_filter(encoder.settings) if encoder.settings is not None else None
+    tally = Tally("gate")
+    subjects: list[SubjectReport] = []
+    skipped: list[SkippedPair] = []
+    for made, not_for in chunks:
+        for subject in made:
+            kept = subject if keep is None else keep(subject)
+            tally.add(kept)
+            subjects.append(kept)
+        for pair in not_for:
+            tally.skip(pair)
+            skipped.append(pair)
+    return EncodedChunk(encoder.subjects(subjects), encoder.skipped(skipped), tally)
 
 
 def _fix_settings(fixes: bool | Settings) -> Settings | None:
@@ -1108,8 +1273,9 @@ def run_gate(
     ``changed_since`` turns on regression mode (see the module docstring); ``fail_on``
     defaults to ``new`` there and is ``any`` otherwise. ``jobs``: worker processes (None:
     the usable cores, for large gates); the result is the same whatever their number.
-    Workers (forkserver) import the caller's ``__main__`` again: a script calling this with
-    more than one job must guard its work with ``if __name__ == "__main__":``.
+    From a caller with threads, workers (forkserver) import its ``__main__`` again: such a
+    script must guard its work with ``if __name__ == "__main__":`` (GateWorkerError
+    otherwise; see GateRun).
     ``fixes``: each finding carries the edits of its template's fix (``Finding.edits``),
     computed under the given Settings' rule selection and severities (True: the defaults).
     """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Protocol
 
 from xstate_check.report import SCHEMA, Report, SubjectReport
@@ -67,6 +68,18 @@ class Tally:
     def skip(self, pair: SkippedPair) -> None:
         """Count one template x profile pair not checked."""
         self.not_for_host += 1
+
+    def merge(self, other: Tally) -> None:
+        """Add the counts of ``other`` (subjects counted elsewhere, e.g. in a worker)."""
+        self.subjects += other.subjects
+        self.errors += other.errors
+        self.warnings += other.warnings
+        self.infos += other.infos
+        self.not_for_host += other.not_for_host
+        self.fixable += other.fixable
+        self.unsafe_fixable += other.unsafe_fixable
+        self._fails = self._fails or other._fails
+        self._fails_strict = self._fails_strict or other._fails_strict
 
     def summary(self) -> dict[str, int]:
         """Return the counts, as ``Report.summary`` (and ``GateResult.summary``) give them."""
@@ -144,18 +157,39 @@ class JsonWriter:
         self._pairs: IO[str] | None = None
         out.write(f'{{\n  "schema": {_ENCODE(SCHEMA)},\n  "subjects": [')
 
+    @staticmethod
+    def encode(subjects: Iterable[SubjectReport]) -> str:
+        """Return subjects as ``encoded`` writes them (what gate workers send ready-made)."""
+        return ",\n    ".join(_ENCODE(subject.to_json()) for subject in subjects)
+
+    def encoded(self, text: str) -> None:
+        """Write subjects already encoded by ``encode`` ("" for none)."""
+        if text:
+            self.out.write(("\n    " if self._first else ",\n    ") + text)
+            self._first = False
+
     def subject(self, subject: SubjectReport) -> None:
         """Write one subject on its own line."""
-        self.out.write(("\n    " if self._first else ",\n    ") + _ENCODE(subject.to_json()))
-        self._first = False
+        self.encoded(self.encode((subject,)))
 
-    def skipped(self, pair: SkippedPair) -> None:
-        """Keep one pair not checked for the ``not_checked`` list."""
+    @staticmethod
+    def encode_skipped(pairs: Iterable[SkippedPair]) -> str:
+        """Return pairs not checked as ``encoded_skipped`` takes them."""
+        return ",".join("\n    " + _ENCODE(pair.to_json()) for pair in pairs)
+
+    def encoded_skipped(self, text: str) -> None:
+        """Keep pairs not checked, already encoded by ``encode_skipped`` ("" for none)."""
+        if not text:
+            return
         if self._pairs is None:
             self._pairs = spool()
         else:
             self._pairs.write(",")
-        self._pairs.write("\n    " + _ENCODE(pair.to_json()))
+        self._pairs.write(text)
+
+    def skipped(self, pair: SkippedPair) -> None:
+        """Keep one pair not checked for the ``not_checked`` list."""
+        self.encoded_skipped(self.encode_skipped((pair,)))
 
     def finish(self, tally: Tally) -> None:
         """Write the pairs not checked (a gate's) and the summary."""
