@@ -148,8 +148,6 @@ RegisterKey = tuple[int, int, str]
 Pin = tuple[int, Location]
 #: (leaf, subleaf, register, mask): bits of one register (a fact's CPUID sources).
 BitRef = tuple[int, int, str, int]
-#: (leaf, subleaf, register, the pins owning some of the bits asked about, with those bits).
-Owners = tuple[int, int, str, list[Pin]]
 
 
 class Provenance(Mapping[BitKey, Location]):
@@ -160,12 +158,11 @@ class Provenance(Mapping[BitKey, Location]):
     of one entry per bit.
     """
 
-    __slots__ = ("_any", "_owners", "_pins")
+    __slots__ = ("_any", "_pins")
 
     def __init__(self, pins: Mapping[RegisterKey, tuple[Pin, ...]] | None = None) -> None:
         self._pins: dict[RegisterKey, tuple[Pin, ...]] = dict(pins or {})
         self._any: bool | None = None  # whether a pin owns a bit: worked out when asked
-        self._owners: dict[tuple[BitRef, ...], tuple[Owners, ...]] = {}
 
     @classmethod
     def from_bits(cls, bits: Mapping[BitKey, Location]) -> Provenance:
@@ -192,27 +189,6 @@ class Provenance(Mapping[BitKey, Location]):
                 owners.append((owned, where))
                 remaining &= ~owned
         return owners
-
-    def owners(self, refs: tuple[BitRef, ...]) -> tuple[Owners, ...]:
-        """Return, per register of ``refs`` (``(leaf, subleaf, register, mask)`` bits) that
-        has pins, the pins owning those bits: ``(leaf, subleaf, register, pinned(...))``.
-
-        Worked out once per ``refs`` (the provenance is immutable): a template's findings ask
-        about the same bits on every profile it is applied to.
-        """
-        found = self._owners.get(refs)
-        if found is None:
-            masks: dict[RegisterKey, int] = {}
-            pins = self._pins
-            for leaf, subleaf, register, mask in refs:
-                key = (leaf, subleaf, register)
-                if key in pins:
-                    masks[key] = masks.get(key, 0) | mask
-            found = tuple(owned for owned in ((*key, self.pinned(*key, mask))
-                                              for key, mask in masks.items()) if owned[3])
-            if len(self._owners) < 4096:
-                self._owners[refs] = found
-        return found
 
     def register_keys(self) -> list[RegisterKey]:
         """Return the (leaf, subleaf, register) keys that have pins."""

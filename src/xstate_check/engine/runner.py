@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 
-from xstate_check.cpuid import ZERO
+from xstate_check.cpuid import ZERO, Provenance
 from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
 from xstate_check.engine.compiler import Evaluator
 from xstate_check.engine.shipped import load_catalogue
@@ -21,24 +21,27 @@ from xstate_check.facts import (
     BitRef,
     EntryItem,
     Facts,
-    FactSpec,
     Kind,
+    MaskRefs,
     Missing,
     available_of,
     format_value,
 )
 from xstate_check.facts.components import component_refs
 from xstate_check.facts.enumeration import feature_values
+from xstate_check.facts.registry import mask_refs
+from xstate_check.layout import Component
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
+from xstate_check.xfeatures import SUPERVISOR_MASK
 
 __all__ = ["FindingsCache", "Record", "check_subjects", "evaluate", "evaluate_rules",
            "finding_of", "run_rules", "walk_items"]
 
 
 #: What a finding is, less its location: the rule, the index of its ``each`` item (-1 for
-#: none), its message and the CPUID bits it is about (empty without a template).
-Record = tuple[Rule, int, str, tuple[BitRef, ...]]
+#: none), its message and the CPUID bits it is about (none without a template).
+Record = tuple[Rule, int, str, "Bits"]
 
 def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
                    record: list[Record] | None = None, *, planned: bool = True) -> list[Finding]:
@@ -144,20 +147,20 @@ def check_subjects(subjects: Iterable[Subject], catalogue: Catalogue | None = No
 def finding_of(rule: Rule, facts: Facts, item: object, record: list[Record] | None = None,
                index: int = -1) -> Finding:
     """Return the finding of a failing rule (on ``item`` of an ``each`` rule)."""
-    message = _message(rule, facts)
-    refs: tuple[BitRef, ...] | None = None
+    plan = _plan(rule)
+    found: _Found | None = {} if plan.offenders else None
+    message = plan.constant if plan.constant is not None else "".join([
+        part if isinstance(part, str) else part(facts, found) for part in plan.message])
+    location = item.location if isinstance(item, EntryItem) else None
+    bits = _NO_BITS
+    if (record is not None or location is None) and facts.cpuid.provenance:
+        bits = _bits(plan, facts, found)
     if record is not None:
-        refs = tuple(_rule_bits(rule, facts)) if facts.cpuid.provenance else ()
-        record.append((rule, index, message, refs))
-    return Finding(
-        rule=rule.id,
-        name=rule.name,
-        severity=rule.severity,
-        message=message,
-        consequence=rule.consequence,
-        fix=rule.fix,
-        location=_location(rule, facts, item, refs),
-    )
+        record.append((rule, index, message, bits))
+    if location is None:
+        location = _placed(facts.subject, None, bits)
+    return Finding(rule.id, rule.name, rule.severity, message, rule.consequence, rule.fix,
+                   location)
 
 
 class FindingsCache:
@@ -207,157 +210,318 @@ def _relocated(records: Iterable[Record], subject: Subject) -> list[Finding]:
     """Return the findings of ``records`` placed at ``subject``'s own template lines."""
     facts: Facts | None = None
     findings = []
-    for rule, index, message, refs in records:
+    for rule, index, message, bits in records:
         item: object = None
         if index >= 0:
             facts = facts or Facts(subject)
             item = facts[str(rule.each)][index]
-        findings.append(Finding(
-            rule=rule.id, name=rule.name, severity=rule.severity, message=message,
-            consequence=rule.consequence, fix=rule.fix,
-            location=_placed(subject, item, refs),
-        ))
+        findings.append(Finding(rule.id, rule.name, rule.severity, message, rule.consequence,
+                                rule.fix, _placed(subject, item, bits)))
     return findings
 
 
-def _message(rule: Rule, facts: Facts) -> str:
-    compiled = rule.compiled
-    pieces: list[str] = []
-    for part in compiled.message:
-        if isinstance(part, str):
-            pieces.append(part)
-            continue
-        name, kind = part
-        var, _, attribute = name.partition(".")
-        if var in compiled.offenders:
-            pieces.append(_offenders_text(compiled, facts, var, attribute, kind))
-            continue
-        try:
-            if name in compiled.lets:
-                value = compiled.lets[name](facts)
-            elif name.startswith("item."):
-                value = getattr(facts["item"], name[5:])
-            else:
-                value = facts[name]
-        except Missing:
-            pieces.append("(unknown)")
-            continue
-        pieces.append(format_value(value, kind))
-    return "".join(pieces)
+# --------------------------------------------------------------------------- findings
+#
+# A finding is made of its rule's constant parts, a message and a location. What of that
+# depends on the rule alone (the message's parts, where its CPUID bits come from) is worked
+# out once per rule (``_Plan``); what depends on a template alone (its lines' pins, by
+# register) once per template (``_Placer``); each finding computes only its own values.
+
+#: A failing rule's offending components, per variable, asked once per finding (None: Missing).
+_Found = dict[str, list[Component] | None]
+_Part = Callable[[Facts, _Found | None], str]
 
 
-def _offenders_text(compiled: CompiledRule, facts: Facts, var: str, attribute: str,
-                    kind: Kind) -> str:
-    """Return ``{c}`` (the offending components, as a mask) or ``{c.name}`` (each distinct
-    value of the attribute over them, in component order) of a failing rule."""
+class _Plan:
+    """What a rule's findings need, worked out once: the message's literal text and one
+    function per placeholder; where its CPUID bits come from (its declared bits, else the
+    sources of the facts and functions it reads, and its offending components)."""
+
+    __slots__ = ("compiled", "constant", "declared", "dynamic", "features", "functions",
+                 "message", "offenders", "static", "static_names", "static_refs")
+
+    def __init__(self, rule: Rule) -> None:
+        compiled = self.compiled = rule.compiled
+        self.message: tuple[str | _Part, ...] = tuple(
+            part if isinstance(part, str) else _placeholder(compiled, *part)
+            for part in compiled.message)
+        literal = [part for part in self.message if isinstance(part, str)]
+        #: The message of a rule without placeholders.
+        self.constant = "".join(literal) if len(literal) == len(self.message) else None
+        self.offenders = tuple(compiled.offenders.items())
+        self.declared = tuple(rule.cpuid_bits)
+        static: list[tuple[str, tuple[BitRef, ...]]] = []
+        dynamic: list[tuple[str, Callable[[Facts, object], Iterable[BitRef]]]] = []
+        for name in sorted(compiled.facts):
+            fact_sources = FACTS[name].sources
+            if callable(fact_sources):
+                dynamic.append((name, fact_sources))
+            elif fact_sources:
+                static.append((name, tuple(fact_sources)))
+        #: The facts whose bits are constant, and those bits, when every one is present.
+        self.static = tuple(static)
+        self.static_names = frozenset(name for name, _ in static)
+        self.static_refs = tuple(ref for _, refs in static for ref in refs)
+        self.dynamic = tuple(dynamic)
+        self.functions = tuple(sources for name in sorted(compiled.functions)
+                               if (sources := FUNCTIONS[name].sources) is not None)
+        self.features = any(ATTRIBUTES[name].feature for name in compiled.attributes)
+
+
+#: Per rule (by its compiled form, kept alive in its plan): its plan.
+_PLANS: dict[int, _Plan] = {}
+
+
+def _plan(rule: Rule) -> _Plan:
+    """Return the rule's plan, made on its first finding."""
+    plan = _PLANS.get(id(rule.compiled))
+    if plan is None or plan.compiled is not rule.compiled:
+        plan = _PLANS[id(rule.compiled)] = _Plan(rule)
+    return plan
+
+
+def _offending(compiled: CompiledRule, facts: Facts, found: _Found | None,
+               var: str) -> list[Component] | None:
+    """Return the components a failing ``all`` of ``var`` holds false (None: Missing),
+    computed once per finding for its message and its bits."""
+    if found is not None and var in found:
+        return found[var]
     try:
-        found = compiled.offenders[var](facts)
+        components: list[Component] | None = compiled.offenders[var](facts)
     except Missing:
-        return "(unknown)"
-    if not attribute:
-        return format_value(sum(1 << component.number for component in found), kind)
-    spec = ATTRIBUTES[attribute]
-    shown: list[str] = []
-    for component in found:
-        try:
-            text = format_value(spec.value(facts, component), kind)
-        except Missing:
-            text = "(unknown)"
-        if text and text not in shown:
-            shown.append(text)
-    return ", ".join(shown) or "none"
+        components = None
+    if found is not None:
+        found[var] = components
+    return components
 
 
-def _rule_bits(rule: Rule, facts: Facts) -> list[BitRef]:
-    """Return the CPUID bits a rule is about: declared, else those of the facts it reads."""
-    if rule.cpuid_bits:
-        return list(rule.cpuid_bits)
-    refs: list[BitRef] = []
-    fact_specs, function_sources = _bit_sources(rule)
-    for spec in fact_specs:
-        try:
-            value = facts[spec.name]
-        except Missing:
-            continue
-        refs.extend(spec.bit_refs(facts, value))
-    for sources in function_sources:
-        try:
-            refs.extend(sources(facts))
-        except Missing:
-            continue
-    for offenders in rule.compiled.offenders.values():
-        try:
-            mask = sum(1 << component.number for component in offenders(facts))
-        except Missing:
-            continue
-        refs.extend(component_refs(facts, mask, rule.compiled.attributes))
-    return refs
+def _placeholder(compiled: CompiledRule, name: str, kind: Kind) -> _Part:
+    """Return the function that shows one placeholder of a rule's message.
 
-
-#: Per rule (by its compiled form, kept alive here): the specs of the facts it reads and the
-#: source functions of the functions it calls, in name order (see ``_bit_sources``).
-_BIT_SOURCES: dict[int, tuple[object, tuple[FactSpec, ...],
-                              tuple[Callable[[Facts], Iterable[BitRef]], ...]]] = {}
-
-
-def _bit_sources(rule: Rule) -> tuple[tuple[FactSpec, ...],
-                                      tuple[Callable[[Facts], Iterable[BitRef]], ...]]:
-    """Return what ``_rule_bits`` reads of a rule, in name order, worked out once."""
-    compiled = rule.compiled
-    found = _BIT_SOURCES.get(id(compiled))
-    if found is None or found[0] is not compiled:
-        specs = tuple(FACTS[name] for name in sorted(compiled.facts))
-        functions = tuple(sources for name in sorted(compiled.functions)
-                          if (sources := FUNCTIONS[name].sources) is not None)
-        found = _BIT_SOURCES[id(compiled)] = (compiled, specs, functions)
-    return found[1], found[2]
-
-
-def _location(rule: Rule, facts: Facts, item: object,
-              refs: Iterable[BitRef] | None = None) -> Location | None:
-    """Return where a finding comes from.
-
-    An ``each`` item's own location first (a template's modifier line); else the template
-    line that set or cleared one of the rule's CPUID bits, preferring bits the template
-    really changed; else the file the table was read from.
+    ``{c}`` (the offending components, as a mask) or ``{c.name}`` (each distinct value of
+    the attribute over them, in component order) of a quantified variable, a ``let``, an
+    ``item`` field or a fact; "(unknown)" for what the subject lacks.
     """
-    if isinstance(item, EntryItem) and item.location is not None:
-        return item.location
-    if refs is None and facts.cpuid.provenance:
-        refs = _rule_bits(rule, facts)
-    return _placed(facts.subject, None, refs or ())
+    var, _, attribute = name.partition(".")
+    if var in compiled.offenders:
+        def offenders(facts: Facts, found: _Found | None) -> str:
+            components = _offending(compiled, facts, found, var)
+            if components is None:
+                return "(unknown)"
+            if not attribute:
+                return format_value(sum(1 << component.number for component in components),
+                                    kind)
+            spec = ATTRIBUTES[attribute]
+            shown: list[str] = []
+            for component in components:
+                try:
+                    text = format_value(spec.value(facts, component), kind)
+                except Missing:
+                    text = "(unknown)"
+                if text and text not in shown:
+                    shown.append(text)
+            return ", ".join(shown) or "none"
+
+        return offenders
+    if name in compiled.lets:
+        let = compiled.lets[name]
+
+        def value_of(facts: Facts) -> object:
+            return let(facts)
+    elif name.startswith("item."):
+        field = name[5:]
+
+        def value_of(facts: Facts) -> object:
+            return getattr(facts["item"], field)
+    else:
+        def value_of(facts: Facts) -> object:
+            return facts[name]
+
+    def shown(facts: Facts, found: _Found | None) -> str:
+        try:
+            value = value_of(facts)
+        except Missing:
+            return "(unknown)"
+        return format_value(value, kind)
+
+    return shown
 
 
-def _placed(subject: Subject, item: object, refs: Iterable[BitRef]) -> Location | None:
+#: What a finding is about: CPUID bits constant for its rule (its plan's, one tuple per
+#: rule), other bits, and the xfeatures whose enumeration bits and subleaves are also about
+#: (``mask_refs``, kept as a mask).
+Bits = tuple[tuple[BitRef, ...], tuple[BitRef, ...], int]
+_NO_BITS: Bits = ((), (), 0)
+
+
+def _bits(plan: _Plan, facts: Facts, found: _Found | None) -> Bits:
+    """Return the CPUID bits a finding is about: its rule's declared bits, else those of
+    the facts and functions it reads and of its offending components."""
+    if plan.declared:
+        return plan.declared, (), 0
+    static = plan.static_refs
+    extra: list[BitRef] = []
+    if not facts.keys() >= plan.static_names:
+        # A fact not read yet may be Missing: its bits are then left out.
+        static = ()
+        for name, refs in plan.static:
+            try:
+                facts[name]
+            except Missing:
+                continue
+            extra.extend(refs)
+    mask = 0
+    for name, fact_sources in plan.dynamic:
+        try:
+            value = facts[name]
+        except Missing:
+            continue
+        got = fact_sources(facts, value)
+        if isinstance(got, MaskRefs):
+            mask |= got.mask
+        else:
+            extra.extend(got)
+    for function_sources in plan.functions:
+        try:
+            got = function_sources(facts)
+        except Missing:
+            continue
+        if isinstance(got, MaskRefs):
+            mask |= got.mask
+        else:
+            extra.extend(got)
+    for var, _ in plan.offenders:
+        components = _offending(plan.compiled, facts, found, var)
+        if components is None:
+            continue
+        offending = sum(1 << component.number for component in components)
+        if plan.features:
+            extra.extend(component_refs(facts, offending, plan.compiled.attributes))
+        else:
+            mask |= offending
+    return static, tuple(extra), mask
+
+
+RegisterKey = tuple[int, int, str]
+
+_ALL = 0xFFFF_FFFF
+#: Where ``mask_refs`` puts an xfeature's enumeration bit: (register, the xfeatures it
+#: holds, their shift).
+_ENUMERATION: tuple[tuple[RegisterKey, int, int], ...] = (
+    ((0xD, 0, "eax"), ~SUPERVISOR_MASK & _ALL, 0),
+    ((0xD, 0, "edx"), ~SUPERVISOR_MASK & _ALL << 32, 32),
+    ((0xD, 1, "ecx"), SUPERVISOR_MASK & _ALL, 0),
+    ((0xD, 1, "edx"), SUPERVISOR_MASK & _ALL << 32, 32),
+)
+_SUBLEAF_REGISTERS = ("eax", "ebx", "ecx")
+
+
+class _Placer:
+    """One template's pins, by register: the registers its lines own bits of, the
+    enumeration registers among them, the component subleaves it pins; and per rule, the
+    bits of its constant CPUID bits on those registers. A gate's pairs of one template
+    share it."""
+
+    __slots__ = ("enumeration", "keys", "provenance", "static", "subleaves")
+
+    def __init__(self, provenance: Provenance) -> None:
+        self.provenance = provenance
+        keys = self.keys = frozenset(provenance.register_keys())
+        self.enumeration = tuple(entry for entry in _ENUMERATION if entry[0] in keys)
+        self.subleaves = 0
+        for leaf, subleaf, register in keys:
+            if leaf == 0xD and 2 <= subleaf < 64 and register in _SUBLEAF_REGISTERS:
+                self.subleaves |= 1 << subleaf
+        self.static: dict[int, tuple[tuple[BitRef, ...], dict[RegisterKey, int]]] = {}
+
+    def _add(self, refs: Iterable[BitRef], masks: dict[RegisterKey, int]) -> None:
+        keys = self.keys
+        for leaf, subleaf, register, bits in refs:
+            key = (leaf, subleaf, register)
+            if key in keys:
+                masks[key] = masks.get(key, 0) | bits
+
+    def masks(self, bits: Bits) -> dict[RegisterKey, int]:
+        """Return, per register with pins, the bits of ``bits`` in it (not to be changed)."""
+        static, extra, mask = bits
+        entry = self.static.get(id(static))
+        if entry is None or entry[0] is not static:
+            made: dict[RegisterKey, int] = {}
+            self._add(static, made)
+            entry = self.static[id(static)] = (static, made)
+        masks = entry[1]
+        if not extra and not mask:
+            return masks
+        masks = dict(masks)
+        self._add(extra, masks)
+        if mask >> 64:  # not an xfeature mask: listed as mask_refs lists it
+            self._add(mask_refs(mask), masks)
+            return masks
+        for key, holds, shift in self.enumeration:
+            enumerated = (mask & holds) >> shift
+            if enumerated:
+                masks[key] = masks.get(key, 0) | enumerated
+        subleaves = mask & self.subleaves & ~3
+        while subleaves:
+            low = subleaves & -subleaves
+            subleaves ^= low
+            number = low.bit_length() - 1
+            for register in _SUBLEAF_REGISTERS:
+                key = (0xD, number, register)
+                if key in self.keys:
+                    masks[key] = masks.get(key, 0) | _ALL
+        return masks
+
+
+#: The placer of the provenance last asked about (a gate checks one template at a time).
+_PLACER: list[_Placer] = []
+
+
+def _placer(provenance: Provenance) -> _Placer:
+    """Return the placer of a provenance: the last one's, else a new one."""
+    if _PLACER and _PLACER[0].provenance is provenance:
+        return _PLACER[0]
+    placer = _Placer(provenance)
+    _PLACER[:] = [placer]
+    return placer
+
+
+def _placed(subject: Subject, item: object, bits: Bits) -> Location | None:
     """Return a finding's location from its item and the CPUID bits it is about.
 
-    The template line that set or cleared one of the bits, preferring bits the template
-    really changed (the earliest such line); else the file the table was read from.
+    An ``each`` item's own location first (a template's modifier line); else the template
+    line that set or cleared one of the bits, preferring bits the template really changed
+    (the earliest such line); else the file the table was read from.
     """
     if isinstance(item, EntryItem) and item.location is not None:
         return item.location
     cpuid = subject.cpuid
     provenance = cpuid.provenance
     if provenance:
-        changed: list[Location] = []
-        pinned: list[Location] = []
-        base = subject.base
-        for leaf, subleaf, register, owners in provenance.owners(
-                refs if isinstance(refs, tuple) else tuple(refs)):
-            index = _REGISTER_INDEX.get(register)
-            if index is None:  # the entry's KVM flags: no register bit of its own
-                diff = 0
-            else:
-                new = cpuid.entries.get((leaf, subleaf), ZERO)[index]
-                old = base.entries.get((leaf, subleaf), ZERO)[index] if base else new
-                diff = old ^ new
-            for owned, where in owners:
-                if owned & diff:
-                    changed.append(where)
-                if owned & ~diff:
-                    pinned.append(where)
-        if changed or pinned:
-            return min(changed or pinned, key=_location_key)
+        masks = _placer(provenance).masks(bits)
+        if masks:
+            changed: list[Location] = []
+            pinned: list[Location] = []
+            base = subject.base
+            for key, mask in masks.items():
+                owners = provenance.pinned(*key, mask)
+                if not owners:
+                    continue
+                index = _REGISTER_INDEX.get(key[2])
+                if index is None:  # the entry's KVM flags: no register bit of its own
+                    diff = 0
+                else:
+                    entry = key[:2]
+                    new = cpuid.entries.get(entry, ZERO)[index]
+                    old = base.entries.get(entry, ZERO)[index] if base else new
+                    diff = old ^ new
+                for owned, where in owners:
+                    if owned & diff:
+                        changed.append(where)
+                    if owned & ~diff:
+                        pinned.append(where)
+            if changed or pinned:
+                return min(changed or pinned, key=_location_key)
     table = subject.base or cpuid
     if table.is_file:
         return Location(table.source)

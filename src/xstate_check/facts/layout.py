@@ -6,13 +6,15 @@ attribute (``facts.components``), read in a quantifier: ``all c in components(xc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from xstate_check.facts.registry import (
     BitRef,
     Facts,
+    MaskRefs,
     component_sources,
     fact,
     function,
-    mask_refs,
     reg,
 )
 from xstate_check.layout import XsaveLayout
@@ -52,10 +54,10 @@ def _xfd_flagged_mask(layout: XsaveLayout) -> int:
     return sum(1 << c.number for c in layout.components.values() if c.size and c.ecx & 4)
 
 
-def _layout_sources(facts: Facts) -> list[BitRef]:
+def _layout_sources(facts: Facts) -> Iterable[BitRef]:
     xcr0, xss = facts["xcr0"], facts["xss"]
     assert isinstance(xcr0, int) and isinstance(xss, int)
-    return list(mask_refs(xcr0 | xss))
+    return MaskRefs(xcr0 | xss)
 
 
 @function("std_size", ("mask",), "size", "standard-format size of an xfeature mask from this "

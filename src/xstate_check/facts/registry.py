@@ -13,7 +13,7 @@ A fact the subject lacks (no HostState, a dump without leaf 0xD subleaves) raise
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, NamedTuple
 
 from xstate_check.errors import Location
@@ -32,6 +32,7 @@ __all__ = [
     "Facts",
     "FunctionSpec",
     "Kind",
+    "MaskRefs",
     "Missing",
     "Read",
     "available_of",
@@ -228,9 +229,22 @@ def mask_refs(mask: int) -> tuple[BitRef, ...]:
     return tuple(refs)
 
 
+class MaskRefs:
+    """The BitRefs ``mask_refs(mask)`` lists, listed only when iterated: a finding's location
+    asks which template lines own them, which ``mask`` answers register by register."""
+
+    __slots__ = ("mask",)
+
+    def __init__(self, mask: int) -> None:
+        self.mask = mask
+
+    def __iter__(self) -> Iterator[BitRef]:
+        return iter(mask_refs(self.mask))
+
+
 def component_sources(facts: Facts, value: object) -> Iterable[BitRef]:
     """Return the BitRefs of the xfeatures a mask fact names (its value)."""
-    return mask_refs(value if isinstance(value, int) else 0)
+    return MaskRefs(value if isinstance(value, int) else 0)
 
 
 def needs_of(facts_read: Iterable[str], functions_read: Iterable[str] = ()) -> int:
