@@ -152,6 +152,12 @@ def main() -> int:
         two_s = statistics.median(r.wall for r in two)
         print(f"600 templates --jobs 1: {one_s * 1e3:.0f} ms; --jobs 2: {two_s * 1e3:.0f} ms; "
               f"ratio {two_s / one_s:.2f} (target <= 0.65); output identical: {same}")
+        # CPU, workers included (forked workers are the command's children): what the
+        # workers add to the work, whatever the load; and each round's ratio, for the spread.
+        rounds = sorted(b.wall / a.wall for a, b in zip(one, two, strict=True))
+        print(f"  CPU --jobs 1: {statistics.median(r.cpu for r in one) * 1e3:.0f} ms; "
+              f"--jobs 2: {statistics.median(r.cpu for r in two) * 1e3:.0f} ms; ratio by "
+              f"round {', '.join(f'{r:.2f}' for r in rounds)}; load {os.getloadavg()[0]:.2f}")
 
         # 4. Firecracker's nine templates, where equal guest tables reuse their findings.
         nine = [str(source / f"{name}.json") for name in TEMPLATES]

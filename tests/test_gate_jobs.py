@@ -346,3 +346,50 @@ def test_workers_started_afresh_send_encoded_chunks_too(
     assert done.returncode == 0, done.stderr[-2000:]
     one = _process("gate", *templates, "-f", "json", "--jobs", "1", cwd=tmp_path)
     assert done.stdout == one[1]
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+                    "user.email=t@example.invalid", "-c", "commit.gpgsign=false", *args],
+                   capture_output=True, text=True, check=True)
+
+
+def test_regression_mode_and_a_matrix_with_groups_with_workers(
+        data_dir: Path, tmp_path: Path) -> None:
+    """--changed-since (each template's old text read before the workers start) and a
+    matrix with a migration group (its subjects made after the templates'): the same bytes
+    with workers as without, new findings among them."""
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    source = data_dir / "firecracker"
+    if not source.is_dir():
+        pytest.skip(f"{source} is absent")
+    root = tmp_path / "fleet"
+    root.mkdir()
+    for name in X86_TEMPLATES:
+        shutil.copy(source / f"{name}.json", root / f"{name}.json")
+    matrix = (REPO / "examples" / "firecracker-matrix.toml").read_text(encoding="utf-8")
+    (root / "matrix.toml").write_text(
+        matrix.replace('templates_dir = "../../shared/data/firecracker"', ""), encoding="utf-8")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "templates")
+    # TILEDATA masked and TILECFG kept: new amx-tile-pair errors on the SPR hosts.
+    spr = root / "SPR_TO_T2_6.1.json"
+    text = spr.read_text(encoding="utf-8")
+    old, new = '"0bxxxxxxxxxxxxx00xxxxxxx0x00000xxx"', '"0bxxxxxxxxxxxxx0xxxxxxxx0x00000xxx"'
+    assert old in text
+    spr.write_text(text.replace(old, new, 1), encoding="utf-8")
+    for fmt in ("json", "sarif"):
+        runs = [_process("gate", "--matrix", "matrix.toml", "--changed-since", "HEAD", "-f", fmt,
+                         "--jobs", jobs, cwd=root) for jobs in ("1", "2")]
+        assert runs[0] == runs[1], fmt
+        assert runs[0][0] == 1
+        if fmt == "json":
+            report = json.loads(runs[0][1])
+    states = {f.get("baseline_state") for s in report["subjects"] for f in s["findings"]}
+    assert {"new", "unchanged"} <= states
+    assert any("group" in json.dumps(s) and "t2-pool" in json.dumps(s)
+               for s in report["subjects"])

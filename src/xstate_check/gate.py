@@ -1065,19 +1065,21 @@ class GateRun:
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        method = _start_method()
         paths = self.paths
-        if method == "fork":
+        if _start_method() == "fork":
             # The first template here: what the first check warms (rules, the profiles'
             # memos, modules imported on first use) is then every worker's from the start.
             yield self.check(paths[0])
             paths = paths[1:]
+        method = _start_method()  # the reader of the first chunk may have started a thread
         context = multiprocessing.get_context(method)
-        if method == "fork":
-            # Objects frozen out of the collector are not written by the workers' collections,
-            # so the memory they share with this process stays shared.
+        # Objects frozen out of the collector are not written by the workers' collections, so
+        # the memory they share with this process stays shared (unless the caller froze
+        # objects of its own: those stay as the caller left them).
+        freeze = method == "fork" and gc.get_freeze_count() == 0
+        if freeze:
             gc.freeze()
-        else:
+        if method == "forkserver":
             # The server imports the gate once for all its workers.
             context.set_forkserver_preload(["xstate_check.gate"])
         try:
@@ -1087,7 +1089,7 @@ class GateRun:
                                      initargs=(self,)) as executor:
                 try:
                     yield from self._merged(executor, paths, workers, encoder,
-                                            unfreeze=method == "fork")
+                                            unfreeze=freeze)
                 except BaseException:
                     # An error to report, or the reader stopped: the tasks not started are
                     # dropped, not waited for.
@@ -1096,7 +1098,7 @@ class GateRun:
         except BrokenProcessPool:
             raise GateWorkerError(_broken_pool_message(method)) from None
         finally:
-            if method == "fork":
+            if freeze:
                 gc.unfreeze()
 
     def _merged(self, executor: Executor, paths: Sequence[str], workers: int,
