@@ -234,3 +234,65 @@ def test_shifts_stay_within_64_bits() -> None:
     assert value_of("1 << 0xffffffff == 0") is True
     assert value_of("1 << -1 == 0 and 8 >> 70 == 0") is True
     assert value_of("(xcr0 | 1) << 0x7fffffff == 0", table(0x602E7)) is True
+
+
+#: Conditions a chain of ``and``, ``or``, ``not`` and ``=>`` is made of, with what Python
+#: says each is on the subject of ``test_logic_matches_python``: a value, or None for Missing.
+_ATOMS: dict[str, object] = {
+    "AVX": True, "AVX512F": False, "AMX_TILE": True, "MPX": False,
+    "ymm in xcr0": True, "(xcr0 & mpx) == mpx": False, "(xcr0 & ymm) != 0": True,
+    "role == \"guest\"": True, "role != \"guest\"": False, "has_host": False,
+    "host.guest_permitted == 0": None,
+}
+
+
+class _AbsentError(Exception):
+    """The reference's Missing."""
+
+
+def _python(value: object) -> object:
+    if value is None:
+        raise _AbsentError
+    return value
+
+
+_logic = st.recursive(
+    st.sampled_from(sorted(_ATOMS)).map(lambda atom: (atom, lambda: _python(_ATOMS[atom]))),
+    lambda inner: st.one_of(
+        st.tuples(inner, inner).map(lambda pair: (
+            f"({pair[0][0]} and {pair[1][0]})", lambda: pair[0][1]() and pair[1][1]())),
+        st.tuples(inner, inner).map(lambda pair: (
+            f"({pair[0][0]} or {pair[1][0]})", lambda: pair[0][1]() or pair[1][1]())),
+        inner.map(lambda one: (f"not ({one[0]})", lambda: not one[1]())),
+    ),
+    max_leaves=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(expression=_logic, applies=st.none() | _logic)
+def test_logic_matches_python(expression: tuple[str, object],
+                              applies: tuple[str, object] | None) -> None:
+    """Chains of ``and``, ``or`` and ``not``, however the compiler folds them, give what
+    Python's operators give: the same value, and Missing where Python would read a missing
+    fact. Under ``applies => check`` (which may read the check first), the same verdict."""
+    source, reference = expression
+    if applies is not None:
+        condition, check = applies[1], expression[1]
+        assert callable(condition) and callable(check)
+        source = f"{applies[0]} => {source}"
+        reference = lambda: not condition() or check()  # noqa: E731 - the reference's shape
+    assert callable(reference)
+    subject = table(0x7 | 1 << 17, edx=1 << 24)
+    subject = Subject("t", subject.cpuid.with_registers(1, 0, ecx=1 << 28), role="guest")
+    try:
+        expected: object = reference()
+    except _AbsentError:
+        expected = None
+    try:
+        found: object = value_of(source, subject)
+    except Missing:
+        found = None
+    if "=>" in source:  # a finding exactly when the test is false and reads nothing missing
+        assert (found is not None and not found) == (expected is not None and not expected)
+    else:
+        assert found == expected and type(found) is type(expected), source

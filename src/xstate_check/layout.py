@@ -174,6 +174,12 @@ class XsaveLayout:
         shared by every subject of its table."""
         return memoized(self._memo, key, compute, self)
 
+    @property
+    def components_memo(self) -> dict[object, object]:
+        """Return what ``of_components`` keeps (by key): for a caller that keeps the dict
+        at hand, to look a value up without a call."""
+        return self._components_memo
+
     def of_components(self, key: object, compute: Callable[[XsaveLayout], _T]) -> _T:
         """Return ``compute(self)``, computed on first use, for a value that reads
         ``components`` alone: shared by every layout whose table shares these subleaves."""

@@ -97,7 +97,40 @@ class _MaskTest:
         self.equal = equal
 
 
-_Built = _Const | _Fact | _Masked | _MaskTest | Evaluator
+class _Equals:
+    """``(fact == VALUE) == EQUAL`` for a value that is no mask (a string), kept as data like
+    ``_MaskTest``."""
+
+    __slots__ = ("equal", "name", "value")
+
+    def __init__(self, name: str, value: object, equal: bool) -> None:
+        self.name = name
+        self.value = value
+        self.equal = equal
+
+
+#: One operand of an ``and``/``or`` chain, read inline by the chain's one closure:
+#: (kind, fact, mask, value, closure); see ``_KINDS``.
+_Atom = tuple[int, str, int, Any, "Evaluator | None"]
+#: The operand kinds: the fact's value, ``not`` it; ``fact & mask == value``, ``!=``;
+#: ``fact == value``, ``!=``; a closure's value, ``not`` it. Each odd kind negates the even
+#: one before it.
+_FACT, _NOT_FACT, _MASK_EQ, _MASK_NE, _EQ, _NE, _RUN, _NOT_RUN = range(8)
+
+
+class _Chain:
+    """``a and b and …`` or ``a or b or …``: operands flattened into one tuple of atoms,
+    so that one closure evaluates the whole chain (left to right, stopping as Python's
+    ``and`` and ``or`` do, with the same value)."""
+
+    __slots__ = ("atoms", "op")
+
+    def __init__(self, op: str, atoms: tuple[_Atom, ...]) -> None:
+        self.op = op
+        self.atoms = atoms
+
+
+_Built = _Const | _Fact | _Masked | _MaskTest | _Equals | _Chain | Evaluator
 
 
 def _run(built: _Built) -> Evaluator:
@@ -114,7 +147,155 @@ def _run(built: _Built) -> Evaluator:
         if built.equal:
             return lambda facts: facts[name] & mask == value
         return lambda facts: facts[name] & mask != value
+    if isinstance(built, _Equals):
+        name, value = built.name, built.value
+        if built.equal:
+            return lambda facts: facts[name] == value
+        return lambda facts: facts[name] != value
+    if isinstance(built, _Chain):
+        return _run_chain(built)
     return built
+
+
+def _atom(built: _Built) -> _Atom:
+    """Return ``built`` as a chain's operand."""
+    if isinstance(built, _Fact):
+        return (_FACT, built.name, 0, None, None)
+    if isinstance(built, _MaskTest):
+        return (_MASK_EQ if built.equal else _MASK_NE, built.name, built.mask, built.value, None)
+    if isinstance(built, _Equals):
+        return (_EQ if built.equal else _NE, built.name, 0, built.value, None)
+    return (_RUN, "", 0, None, _run(built))
+
+
+def _atoms(op: str, built: _Built) -> tuple[_Atom, ...]:
+    """Return the operands ``built`` adds to an ``op`` chain: its own, where it is a chain
+    of the same operator, else itself."""
+    if isinstance(built, _Chain) and built.op == op:
+        return built.atoms
+    return (_atom(built),)
+
+
+def _negated_atom(atom: _Atom) -> _Atom:
+    kind, name, mask, value, run = atom
+    return (kind ^ 1, name, mask, value, run)
+
+
+def _run_atom(atom: _Atom) -> Evaluator:
+    """Return the closure of one operand alone."""
+    kind, name, mask, value, run = atom
+    if kind in (_RUN, _NOT_RUN):
+        assert run is not None
+        return run if kind == _RUN else (lambda facts: not run(facts))
+    if kind == _FACT:
+        return operator.itemgetter(name)
+    if kind == _NOT_FACT:
+        return lambda facts: not facts[name]
+    if kind in (_MASK_EQ, _MASK_NE):
+        return _run(_MaskTest(name, mask, value, kind == _MASK_EQ))
+    return _run(_Equals(name, value, kind == _EQ))
+
+
+def _run_chain(chain: _Chain) -> Evaluator:
+    """Return the closure of a chain (see ``_Chain``): a loop over the facts of a long chain
+    of facts (or of negated ones), else one closure per operand but the last, each reading
+    its own operand inline and calling the next."""
+    atoms = chain.atoms
+    kinds = {atom[0] for atom in atoms}
+    if len(atoms) == 1:
+        return _run_atom(atoms[0])
+    if len(atoms) == 2 and kinds <= {_MASK_EQ, _MASK_NE}:
+        (k1, n1, m1, v1, _), (k2, n2, m2, v2, _) = atoms
+        e1, e2 = k1 == _MASK_EQ, k2 == _MASK_EQ
+        if chain.op == "and":
+            return lambda facts: (facts[n1] & m1 == v1) == e1 and (facts[n2] & m2 == v2) == e2
+        return lambda facts: (facts[n1] & m1 == v1) == e1 or (facts[n2] & m2 == v2) == e2
+    if len(atoms) > 2 and kinds in ({_FACT}, {_NOT_FACT}):
+        return _facts_loop(chain.op, kinds == {_NOT_FACT}, tuple(atom[1] for atom in atoms))
+    rest = _run_atom(atoms[-1])
+    for atom in reversed(atoms[:-1]):
+        rest = (_or_head if chain.op == "or" else _and_head)(atom, rest)
+    return rest
+
+
+def _facts_loop(op: str, negated: bool, names: tuple[str, ...]) -> Evaluator:
+    """Return the closure of a chain of facts, or of negated facts, read in a loop."""
+    if negated and op == "and":
+        def none_true(facts: Facts) -> bool:
+            for name in names:  # noqa: SIM110 - a loop costs less than all() of a generator
+                if facts[name]:
+                    return False
+            return True
+
+        return none_true
+    if negated:
+        def some_false(facts: Facts) -> bool:
+            for name in names:  # noqa: SIM110 - a loop costs less than any() of a generator
+                if not facts[name]:
+                    return True
+            return False
+
+        return some_false
+    if op == "or":
+        def first_true(facts: Facts) -> Any:
+            for name in names:
+                value = facts[name]
+                if value:
+                    return value
+            return value
+
+        return first_true
+
+    def first_false(facts: Facts) -> Any:
+        for name in names:
+            value = facts[name]
+            if not value:
+                return value
+        return value
+
+    return first_false
+
+
+def _or_head(atom: _Atom, rest: Evaluator) -> Evaluator:
+    """Return ``ATOM or rest``, the atom read inline."""
+    kind, name, mask, value, run = atom
+    if kind == _MASK_EQ:
+        return lambda facts: facts[name] & mask == value or rest(facts)
+    if kind == _MASK_NE:
+        return lambda facts: facts[name] & mask != value or rest(facts)
+    if kind == _FACT:
+        return lambda facts: facts[name] or rest(facts)
+    if kind == _NOT_FACT:
+        return lambda facts: not facts[name] or rest(facts)
+    if kind == _EQ:
+        return lambda facts: facts[name] == value or rest(facts)
+    if kind == _NE:
+        return lambda facts: facts[name] != value or rest(facts)
+    assert run is not None
+    if kind == _RUN:
+        return lambda facts: run(facts) or rest(facts)
+    return lambda facts: not run(facts) or rest(facts)
+
+
+def _and_head(atom: _Atom, rest: Evaluator) -> Evaluator:
+    """Return ``ATOM and rest``, the atom read inline."""
+    kind, name, mask, value, run = atom
+    if kind == _MASK_EQ:
+        return lambda facts: facts[name] & mask == value and rest(facts)
+    if kind == _MASK_NE:
+        return lambda facts: facts[name] & mask != value and rest(facts)
+    if kind == _FACT:
+        return lambda facts: facts[name] and rest(facts)
+    if kind == _NOT_FACT:
+        return lambda facts: not facts[name] and rest(facts)
+    if kind == _EQ:
+        return lambda facts: facts[name] == value and rest(facts)
+    if kind == _NE:
+        return lambda facts: facts[name] != value and rest(facts)
+    assert run is not None
+    if kind == _RUN:
+        return lambda facts: run(facts) and rest(facts)
+    return lambda facts: not run(facts) and rest(facts)
 
 
 def _fold(node: Node, value: object) -> object:
@@ -142,9 +323,12 @@ def _build_attribute(node: Attribute) -> _Built:
     return ATTRIBUTES[node.attribute].read(bound_key(node.var))
 
 
-def _domain(node: Quantifier, lets: Mapping[str, Evaluator]) -> Callable[[Facts], int]:
-    """Return the closure giving the components of ``node``'s domain, as a mask."""
-    domain = _build(node.domain, lets)
+def _domain(node: Quantifier, lets: Mapping[str, Evaluator],
+            domain: _Built | None = None) -> Callable[[Facts], int]:
+    """Return the closure giving the components of ``node``'s domain (``domain``: built
+    already), as a mask."""
+    if domain is None:
+        domain = _build(node.domain, lets)
     if isinstance(domain, _Const):
         mask = domain.value & COMPONENT_BITS
         return lambda facts: mask
@@ -158,14 +342,35 @@ def _mask_test(node: Quantifier, lets: Mapping[str, Evaluator]) -> Callable[[Fac
 
 
 def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built:
-    domain = _domain(node, lets)
     holds = _mask_test(node, lets)
-    if node.kind == "all":
-        def every(facts: Facts) -> bool:
+    every = node.kind == "all"
+    built = _build(node.domain, lets)
+    # The domain read inline where it is a constant or a fact (masked): no call of its own.
+    if isinstance(built, _Const):
+        mask = built.value & COMPONENT_BITS
+        if not mask:  # no component: true for ``all``, false for ``any`` (yet no constant
+            # to the loader, which rejects a check that reads nothing)
+            return lambda facts: every
+        if every:
+            return lambda facts: holds(facts, mask) == mask
+        return lambda facts: holds(facts, mask) != 0
+    if isinstance(built, _Fact | _Masked):
+        name = built.name
+        bits = COMPONENT_BITS & (built.mask if isinstance(built, _Masked) else MASK64)
+        if every:
+            def every_of_fact(facts: Facts) -> bool:
+                care = facts[name] & bits
+                return not care or holds(facts, care) == care
+
+            return every_of_fact
+        return lambda facts: (care := facts[name] & bits) != 0 and holds(facts, care) != 0
+    domain = _domain(node, lets, built)
+    if every:
+        def every_of(facts: Facts) -> bool:
             care = domain(facts)
             return not care or holds(facts, care) == care
 
-        return every
+        return every_of
     return lambda facts: (care := domain(facts)) != 0 and holds(facts, care) != 0
 
 
@@ -192,14 +397,9 @@ def _build_unary(node: Unary, lets: Mapping[str, Evaluator]) -> _Built:
         if node.op == "not":
             return _Const(not operand.value)
         return _Const(_fold(node, ~operand.value if node.op == "~" else -operand.value))
-    if node.op == "not" and isinstance(operand, _Fact):
-        name = operand.name
-        return lambda facts: not facts[name]
-    if node.op == "not" and isinstance(operand, _MaskTest):
-        return _MaskTest(operand.name, operand.mask, operand.value, not operand.equal)
-    run = _run(operand)
     if node.op == "not":
-        return lambda facts: not run(facts)
+        return _negate(operand)
+    run = _run(operand)
     if node.op == "~":
         return lambda facts: run(facts) ^ MASK64
     return lambda facts: -run(facts)
@@ -247,8 +447,7 @@ def _build_logic(op: str, left: _Built, right: _Built) -> _Built:
             return left if right.value else _Const(False)
         if op == "or":
             return _Const(True) if right.value else left
-        run = _run(left)
-        return _Const(True) if right.value else (lambda facts: not run(facts))
+        return _Const(True) if right.value else _negate(left)
     if op == "=>":
         # A => B is (not A) or B. When B is a plain mask test and A is not, B goes first: it
         # usually holds, and A (a feature bit, a role) is then never computed. Either order
@@ -258,27 +457,20 @@ def _build_logic(op: str, left: _Built, right: _Built) -> _Built:
         else:
             left = _negate(left)
         op = "or"
-    if isinstance(left, _MaskTest) and isinstance(right, _MaskTest):
-        n1, m1, v1, e1 = left.name, left.mask, left.value, left.equal
-        n2, m2, v2, e2 = right.name, right.mask, right.value, right.equal
-        if op == "and":
-            return lambda facts: (facts[n1] & m1 == v1) == e1 and (facts[n2] & m2 == v2) == e2
-        return lambda facts: (facts[n1] & m1 == v1) == e1 or (facts[n2] & m2 == v2) == e2
-    if isinstance(left, _MaskTest):
-        n1, m1, v1, e1 = left.name, left.mask, left.value, left.equal
-        run_right = _run(right)
-        if op == "and":
-            return lambda facts: (facts[n1] & m1 == v1) == e1 and run_right(facts)
-        return lambda facts: (facts[n1] & m1 == v1) == e1 or run_right(facts)
-    run_left, run_right = _run(left), _run(right)
-    if op == "and":
-        return lambda facts: run_left(facts) and run_right(facts)
-    return lambda facts: run_left(facts) or run_right(facts)
+    return _Chain(op, _atoms(op, left) + _atoms(op, right))
 
 
 def _negate(built: _Built) -> _Built:
     if isinstance(built, _MaskTest):
         return _MaskTest(built.name, built.mask, built.value, not built.equal)
+    if isinstance(built, _Equals):
+        return _Equals(built.name, built.value, not built.equal)
+    if isinstance(built, _Fact):
+        return _Chain("and", ((_NOT_FACT, built.name, 0, None, None),))
+    if isinstance(built, _Chain):
+        # not (a or b) is (not a) and (not b), the same value (a bool) either way.
+        return _Chain("and" if built.op == "or" else "or",
+                      tuple(_negated_atom(atom) for atom in built.atoms))
     run = _run(built)
     return lambda facts: not run(facts)
 
@@ -305,10 +497,8 @@ def _build_compare(node: Compare, lets: Mapping[str, Evaluator]) -> _Built:
             return _MaskTest(left.name, MASK64, constant, op == "==")
         if isinstance(left, _Fact):
             name = left.name
-            if op == "==":
-                return lambda facts: facts[name] == constant
-            if op == "!=":
-                return lambda facts: facts[name] != constant
+            if op in ("==", "!="):
+                return _Equals(name, constant, op == "==")
             if op == ">=":
                 return lambda facts: facts[name] >= constant
             if op == "<=":

@@ -116,15 +116,19 @@ Node = Literal | Name | Call | Unary | Binary | Compare | ListExpr | Attribute |
 
 def walk(node: Node) -> Iterator[Node]:
     """Yield ``node`` and every node below it, depth first."""
-    yield node
-    if isinstance(node, Quantifier):
-        yield from walk(node.domain)
-        yield from walk(node.body)
-    elif isinstance(node, Unary):
-        yield from walk(node.operand)
-    elif isinstance(node, Binary | Compare):
-        yield from walk(node.left)
-        yield from walk(node.right)
-    elif isinstance(node, Call | ListExpr):
-        for child in node.args if isinstance(node, Call) else node.items:
-            yield from walk(child)
+    stack = [node]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        yield node
+        # Children pushed last first, so that they come out in order.
+        if isinstance(node, Binary | Compare):
+            push(node.right)
+            push(node.left)
+        elif isinstance(node, Unary):
+            push(node.operand)
+        elif isinstance(node, Quantifier):
+            push(node.body)
+            push(node.domain)
+        elif isinstance(node, Call | ListExpr):
+            stack.extend(reversed(node.args if isinstance(node, Call) else node.items))

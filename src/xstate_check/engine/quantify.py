@@ -98,7 +98,10 @@ def components_of(facts: Facts, mask: int, layout: bool) -> list[Component]:
 
 
 def _reads_var(node: Node, var: str) -> bool:
-    return any(isinstance(child, Attribute) and child.var == var for child in walk(node))
+    for child in walk(node):  # noqa: SIM110 - a loop costs less than any() of a generator
+        if isinstance(child, Attribute) and child.var == var:
+            return True
+    return False
 
 
 def _pure(node: Node, var: str) -> bool:
@@ -175,13 +178,9 @@ def _atom(node: Node, var: str, build: Build) -> MaskTest:
         return _field_shared(field)
     test = build(node)
     key = bound_key(var)
-    depends = {ATTRIBUTES[name].depends for name in _attributes_of(node, var)}
-    if _pure(node, var) and depends == {"number"}:
-        fixed = 0
-        for number in range(2, 63):  # the xfeature table's attributes need no subject
-            if test({key: bare(number)}):  # type: ignore[arg-type]
-                fixed |= 1 << number
-        return lambda facts, care: fixed & care
+    names = _attributes_of(node, var)
+    depends = {ATTRIBUTES[name].depends for name in names}
+    pure = _pure(node, var)
     table: Table | None = None
     if isinstance(node, Compare):
         table = _compare_table(node, var, build)
@@ -196,9 +195,14 @@ def _atom(node: Node, var: str, build: Build) -> MaskTest:
                     held |= 1 << component.number
             return held
 
-    if _pure(node, var) and depends == {"subleaf"}:
+    if pure and depends == {"number"}:
+        # The xfeature table's attributes need no subject: a mask fixed here, a column at a
+        # time where the condition has one.
+        fixed = (table or _one_by_one(test, key))({}, list(_BARE_COMPONENTS))  # type: ignore[arg-type]
+        return lambda facts, care: fixed & care
+    if pure and depends == {"subleaf"}:
         return _shared(node, var, table or _one_by_one(test, key))
-    layout = reads_layout(node, var)
+    layout = any(ATTRIBUTES[name].layout for name in names)  # reads_layout(node, var)
     if table is not None:
             def tabled(facts: Facts, care: int) -> int:
                 return table(facts, components_of(facts, care, layout)) if care else 0
@@ -217,6 +221,9 @@ def _atom(node: Node, var: str, build: Build) -> MaskTest:
 
     return each
 
+
+#: The bare components a quantifier walks (2 to 62).
+_BARE_COMPONENTS = tuple(bare(number) for number in range(2, 63))
 
 #: A value for each of a list of components (the variable's attribute, or an expression of
 #: attributes and values that do not read the component).
@@ -435,7 +442,13 @@ def _field_shared(test: FieldTest) -> MaskTest:
         return found | (COMPONENT_BITS & ~described) if bare_holds else found
 
     def held(facts: Facts, care: int) -> int:
-        return facts.layout.of_components(slot, compute) & care if care else 0
+        if not care:
+            return 0
+        kept = facts.get(_KEPT) or _kept(facts)
+        found = kept.get(slot)
+        if found is None:
+            found = kept[slot] = compute(facts.layout)
+        return found & care
 
     return held
 
@@ -470,9 +483,27 @@ def _shared(node: Node, var: str, table: Table) -> MaskTest:
                 held |= COMPONENT_BITS & ~described
             return held
 
-        return facts.layout.of_components(slot, compute)
+        kept = facts.get(_KEPT) or _kept(facts)
+        found = kept.get(slot)
+        if found is None:
+            found = kept[slot] = compute(facts.layout)
+        return found
 
-    return lambda facts, care: whole(facts) & care if care else 0
+    def held(facts: Facts, care: int) -> int:
+        return whole(facts) & care if care else 0
+
+    return held
+
+
+#: Where the Facts hold their layout's ``components_memo`` (see ``_kept``).
+_KEPT = "$kept"
+
+
+def _kept(facts: Facts) -> dict[object, Any]:
+    """Return what the facts' layout keeps with its component subleaves (``of_components``),
+    and keep the dict in the Facts, where a mask test finds it without a call."""
+    kept = facts[_KEPT] = facts.layout.components_memo
+    return kept
 
 
 #: The most answers one body keeps per set of subleaves (one per domain and reference).
@@ -514,17 +545,23 @@ def remembered(node: Node, var: str, test: MaskTest) -> MaskTest:
         slot = _SHARED[shape] = f"$atom{next(_atoms)}"
     host = any(name.startswith("host.") for name in names)
 
-    def answers(layout: XsaveLayout) -> dict[object, tuple[object, int]]:
-        return {}
+    first = keyed[0] if keyed else ""
+    second = keyed[1] if len(keyed) > 1 else ""
+    count = len(keyed)
+    assert count <= 2 and set(_KEYED_FACTS) == {"xcr0", "xss"}
 
     def memo(facts: Facts, care: int) -> int:
         if not care:
             return 0
         try:
-            found = facts.layout.of_components(slot, answers)
+            kept = facts.get(_KEPT) or _kept(facts)
+            found: dict[object, tuple[object, int]] | None = kept.get(slot)
+            if found is None:
+                found = kept[slot] = {}
             # The reference's subleaves, kept in the answer: equal identity, same values.
             reference: object = reference_components(facts) if host else None
-            values = tuple([facts[name] for name in keyed])
+            values = ((facts[first], facts[second]) if count == 2
+                      else (facts[first],) if count else ())
         except Missing:  # the body alone says whether it reads what is missing
             return test(facts, care)
         key = (care, id(reference), values)

@@ -121,11 +121,20 @@ _NEEDS_OF = tuple(
     for name in dict.fromkeys(name for names in _NEEDED_BY for name in names))
 
 
+#: The same with where each feature bit lives: (entry, register index, bit, needs, announces).
+_NEEDS_AT = tuple(((FEATURES[name].leaf, FEATURES[name].subleaf),
+                   ("eax", "ebx", "ecx", "edx").index(FEATURES[name].register),
+                   FEATURES[name].bit, needs, announces)
+                  for name, needs, announces in _NEEDS_OF)
+
+
 def _feature_masks(cpuid: CpuidSet) -> tuple[int, int]:
     """Return (the xfeatures whose own feature is set, those some set feature needs)."""
     own = needed = 0
-    for name, needs, announces in _NEEDS_OF:
-        if cpuid.feature(name):
+    entries = cpuid.entries
+    for key, index, bit, needs, announces in _NEEDS_AT:
+        regs = entries.get(key)
+        if regs is not None and regs[index] >> bit & 1:
             needed |= needs
             own |= announces
     return own, needed

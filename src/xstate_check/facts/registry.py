@@ -143,7 +143,8 @@ class Facts(dict[str, Any]):
         # Where the source holds leaf 0xD's subleaves, no fact needs to check for them.
         self._computes = _UNCHECKED if cpuid.leaf_0xd_complete else _CHECKED
         # Every rule family reads XCR0; reading it here is cheaper than on first use.
-        self["xcr0"] = cpuid.xcr0_supported
+        regs = cpuid.entries.get(_XCR0_ENTRY)
+        self["xcr0"] = regs[3] << 32 | regs[0] if regs is not None else 0
 
     def __missing__(self, name: str) -> object:
         value = self[name] = self._computes[name](self)
@@ -162,6 +163,9 @@ class Facts(dict[str, Any]):
             self._layout = XsaveLayout.from_cpuid(self.cpuid)
         return self._layout
 
+
+#: Where XCR0 is enumerated (CpuidSet.xcr0_supported): 0xD.0 EDX:EAX.
+_XCR0_ENTRY = (0xD, 0)
 
 FACTS: dict[str, FactSpec] = {}
 #: Each fact's computation (``FACTS[name].compute``), and the same without the check that
