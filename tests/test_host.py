@@ -283,6 +283,38 @@ def test_host_without_tiledata_has_one_view() -> None:
     assert state.kvm_guest_supported == 0x2E7  # AMD: no MPX in KVM (KVM-18)
 
 
+def test_a_second_probe_of_an_unchanged_host_reuses_its_tables() -> None:
+    """Probing an unchanged host again issues every CPUID instruction and ioctl again, and
+    returns the very same (immutable) tables: what is derived from them is not redone."""
+    fake = FakeSystem.genoa("6.8.0")
+    first = hostsource.probe(fake)
+    issued = len(fake.calls)
+    second = hostsource.probe(fake)
+    again = fake.calls[issued:]
+    assert [call[0] for call in again] == [call[0] for call in fake.calls[:issued]]
+    assert [call for call in again if call[0] == "cpuid"] == [
+        call for call in fake.calls[:issued] if call[0] == "cpuid"]  # every CPUID again
+    assert second.host_cpuid is first.host_cpuid and second.kvm_cpuid is first.kvm_cpuid
+    assert second == first
+
+
+def test_a_probe_of_a_changed_host_reads_new_tables() -> None:
+    """Where the CPU's registers or KVM's table changed, the probe returns new tables that
+    hold the new values, not those of a probe before."""
+    fake = FakeSystem.sapphire_rapids("6.1.0")
+    first = hostsource.probe(fake, learn_permitted_view=False)
+    assert first.kvm_cpuid is not None and first.kvm_cpuid.get(0xD, 0).eax == 0x202E7
+    fake.arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, 18)  # KVM's table now has both tile bits
+    second = hostsource.probe(fake, learn_permitted_view=False)
+    assert second.kvm_cpuid is not None and second.kvm_cpuid.get(0xD, 0).eax == 0x602E7
+    assert first.kvm_cpuid.get(0xD, 0).eax == 0x202E7
+    assert second.host_cpuid is first.host_cpuid  # the CPU's own registers did not change
+    fake.cpu = without_osxsave(fake.cpu)
+    third = hostsource.probe(fake, learn_permitted_view=False)
+    assert third.host_cpuid is not None and first.host_cpuid is not None
+    assert not third.host_cpuid.feature("OSXSAVE") and first.host_cpuid.feature("OSXSAVE")
+
+
 def test_kernel_510_leaves_masks_unknown() -> None:
     """On 5.10 the arch_prctl masks are None with notes naming 5.16/5.17; nothing crashes."""
     fake = FakeSystem.sapphire_rapids("5.10.0")

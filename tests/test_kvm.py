@@ -109,6 +109,26 @@ def test_real_supported_cpuid_is_read(real_fd: tuple[RealSystem, int]) -> None:
 
 
 @needs_kvm
+def test_real_table_of_the_same_bytes_is_the_same(real_fd: tuple[RealSystem, int]) -> None:
+    """The same kvm_cpuid2 bytes, source and meta give the same immutable CpuidSet (its
+    derived values kept); other meta, or other bytes, give another."""
+    system, fd = real_fd
+    raw = kvmsource.supported_cpuid2(system, fd)
+    table = kvmsource.unpack_cpuid2(raw, "kvm", view="one")
+    assert kvmsource.unpack_cpuid2(bytearray(raw), "kvm", view="one") is table
+    other_view = kvmsource.unpack_cpuid2(raw, "kvm", view="two")
+    assert other_view is not table and other_view.meta["view"] == "two"
+    assert dict(other_view.entries) == dict(table.entries)
+    changed = bytearray(raw)
+    header = kvmabi.CPUID2_HEADER.size
+    eax_of_first = header + 12  # function, index, flags, then eax
+    changed[eax_of_first] ^= 1
+    edited = kvmsource.unpack_cpuid2(changed, "kvm", view="one")
+    first = next(iter(table.entries))
+    assert edited is not table and edited.entries[first].eax == table.entries[first].eax ^ 1
+
+
+@needs_kvm
 def test_real_buffer_grows_on_e2big(real_fd: tuple[RealSystem, int]) -> None:
     """Starting with room for one entry, the E2BIG answers make the buffer grow until it fits."""
     system, fd = real_fd

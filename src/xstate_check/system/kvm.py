@@ -210,13 +210,36 @@ def pack_cpuid2(cpuid: CpuidSet) -> bytearray:
     return buffer
 
 
-def unpack_cpuid2(buffer: bytes | bytearray, source: str, **meta: str) -> CpuidSet:
-    """Return the guest CpuidSet held by KVM's ``struct kvm_cpuid2`` (flags kept per entry)."""
-    from xstate_check.cpuid import CpuidSet, Registers
+#: The tables made of the last few ``kvm_cpuid2`` buffers, by (bytes, source, meta): KVM's
+#: table does not change while a host runs, so a process that checks it again (a VMM's
+#: ``preboot()`` before each guest) gets the same immutable CpuidSet back, with the values
+#: already derived from it (``CpuidSet.derived``), instead of parsing the same bytes again.
+_MADE: dict[tuple[bytes, str, tuple[tuple[str, str], ...]], CpuidSet] = {}
+_MADE_KEPT = 8
 
+
+def unpack_cpuid2(buffer: bytes | bytearray, source: str, **meta: str) -> CpuidSet:
+    """Return the guest CpuidSet held by KVM's ``struct kvm_cpuid2`` (flags kept per entry).
+
+    The same bytes, source and meta give the same (immutable) CpuidSet.
+    """
     header, size = abi.CPUID2_HEADER.size, abi.CPUID_ENTRY2.size
     (count, _padding) = abi.CPUID2_HEADER.unpack_from(buffer, 0)
     count = min(count, (len(buffer) - header) // size)
+    key = (bytes(buffer[:header + count * size]), source, tuple(meta.items()))
+    table = _MADE.get(key)
+    if table is None:
+        table = _unpack(buffer, count, source, meta)
+        if len(_MADE) >= _MADE_KEPT:
+            _MADE.clear()
+        _MADE[key] = table
+    return table
+
+
+def _unpack(buffer: bytes | bytearray, count: int, source: str, meta: dict[str, str]) -> CpuidSet:
+    from xstate_check.cpuid import CpuidSet, Registers
+
+    header, size = abi.CPUID2_HEADER.size, abi.CPUID_ENTRY2.size
     entries: dict[tuple[int, int], Registers] = {}
     flags: dict[tuple[int, int], int] = {}
     new = tuple.__new__  # as Registers._make, without a Python-level call per entry

@@ -101,9 +101,23 @@ def _read_cpuid(system: System, release: str) -> CpuidSet:
         for leaf in EXTENDED_LEAVES:
             if leaf <= max_extended:
                 read(leaf)
-    table = CpuidSet(entries, "host", source_kind="host")
-    meta = {"kernel_release": release, "cpu": table.brand or table.vendor}
-    return table.replace(meta=meta)
+    key = (release, tuple(entries.items()))
+    made = _MADE.get(key)
+    if made is None:
+        table = CpuidSet(entries, "host", source_kind="host")
+        meta = {"kernel_release": release, "cpu": table.brand or table.vendor}
+        made = table.replace(meta=meta)
+        if len(_MADE) >= _MADE_KEPT:
+            _MADE.clear()
+        _MADE[key] = made
+    return made
+
+
+#: The host tables made of the last few reads, by (kernel release, entries): a process that
+#: probes again and reads the same registers (the CPU does not change while it runs) gets
+#: the same immutable CpuidSet back, with the values already derived from it.
+_MADE: dict[tuple[str, tuple[tuple[tuple[int, int], Registers], ...]], CpuidSet] = {}
+_MADE_KEPT = 8
 
 
 def host_cpuid(system: System | None = None) -> CpuidSet:
