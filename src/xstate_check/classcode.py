@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import gc
 import marshal
 import os
 import sys
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from types import CodeType
 from typing import Any
 
-__all__ = ["cache_folders", "compiled_once", "open_trusted", "write_cache"]
+__all__ = ["cache_folders", "collector_paused", "compiled_once", "open_trusted", "write_cache"]
 
 _PACKAGE = os.path.dirname(os.path.realpath(__file__))
 _FORMAT = b"xstate-check class code 1\n"
@@ -170,23 +171,43 @@ _LOADED: list[_Codes] = []
 
 
 @contextlib.contextmanager
-def compiled_once() -> Iterator[None]:
-    """Within the block, attrs classes made take their methods' code from the file where it
-    has them; new ones are added to it when the outermost block ends."""
-    import attr._make as make
+def collector_paused() -> Iterator[None]:
+    """Within the block, the cyclic garbage collector does not run (where it was enabled,
+    it is enabled again after).
 
-    if _ACTIVE or "compile" in vars(make) or not hasattr(make, "_compile_and_eval"):
-        yield  # nested, or an attrs that compiles otherwise: nothing to do
-        return
-    if not _LOADED:
-        _LOADED.append(_Codes())
-    codes = _LOADED[0]
-    _ACTIVE.append(codes)
-    make.compile = codes.compile  # type: ignore[attr-defined]
+    Importing modules and loading the catalogue make tens of thousands of objects that all
+    live on, and almost no cycles: each collection the allocations would set off walks
+    them for nothing (about 14 million instructions of a first ``preboot()``).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
     try:
         yield
     finally:
-        del make.compile  # type: ignore[attr-defined]
-        _ACTIVE.pop()
-        with contextlib.suppress(Exception):  # the file is an optimisation, never a failure
-            codes.save()
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def compiled_once() -> Iterator[None]:
+    """Within the block, attrs classes made take their methods' code from the file where it
+    has them; new ones are added to it when the outermost block ends. The garbage
+    collector is paused meanwhile (``collector_paused``): the block imports modules."""
+    with collector_paused():
+        import attr._make as make
+
+        if _ACTIVE or "compile" in vars(make) or not hasattr(make, "_compile_and_eval"):
+            yield  # nested, or an attrs that compiles otherwise: nothing to do
+            return
+        if not _LOADED:
+            _LOADED.append(_Codes())
+        codes = _LOADED[0]
+        _ACTIVE.append(codes)
+        make.compile = codes.compile  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            del make.compile  # type: ignore[attr-defined]
+            _ACTIVE.pop()
+            with contextlib.suppress(Exception):  # the file is an optimisation, never a failure
+                codes.save()

@@ -37,7 +37,13 @@ try:  # the C unpickler alone: the pickle module's own imports cost 0.8 ms of ev
 except ImportError:  # pragma: no cover - an interpreter without it
     from pickle import loads as _loads
 
-from xstate_check.classcode import cache_folders, compiled_once, open_trusted, write_cache
+from xstate_check.classcode import (
+    cache_folders,
+    collector_paused,
+    compiled_once,
+    open_trusted,
+    write_cache,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -326,6 +332,11 @@ def _load_files(files: Sequence[str]) -> Catalogue:
 
 @functools.cache
 def _default_catalogue() -> Catalogue:
+    with collector_paused():  # thousands of objects made that live on: nothing to collect
+        return _load_default()
+
+
+def _load_default() -> Catalogue:
     files = _rule_files([_rules_dir()])
     key = _key(files)
     if key is not None:
