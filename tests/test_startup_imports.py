@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 #: Never on the pre-boot path: path and archive machinery, hashing through OpenSSL,
-#: pickle.py (its C unpickler is enough), subprocesses, TOML, and the modules that only read
-#: rule files, templates or other sources, or render other commands and formats.
+#: pickle.py (its C unpickler is enough), the ctypes package (its C core is enough: see
+#: system.libc), subprocesses, TOML, and the modules that only read rule files, templates
+#: or other sources, or render other commands and formats.
 FORBIDDEN = frozenset({
     "pathlib", "urllib", "urllib.parse", "ipaddress", "importlib.resources",
     "importlib.metadata", "zipfile", "shutil", "tempfile", "hashlib", "subprocess",
-    "tomllib", "email", "pickle",
+    "tomllib", "email", "pickle", "ctypes", "ctypes._endian",
     "xstate_check.engine.loader", "xstate_check.engine.examples",
     "xstate_check.engine.tokenizer", "xstate_check.tomltext", "xstate_check.textfile",
     "xstate_check.template", "xstate_check.api", "xstate_check.gate",

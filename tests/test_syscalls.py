@@ -143,6 +143,22 @@ def test_real_request_out_of_range_is_einval(real: RealSystem) -> None:
     assert caught.value.errno == errno.EINVAL
 
 
+def test_libc_syscall_keeps_errno_and_fills_a_uint64() -> None:
+    """system.libc's syscall(2) returns what the kernel returns, keeps its errno, and passes
+    integers and a uint64_t's address as the ctypes package would."""
+    from xstate_check.system import libc
+
+    syscall = libc.syscall_function()
+    sys_getpid, sys_getppid = 39, 110
+    assert syscall(libc.c_long(sys_getpid)) == os.getpid()
+    assert syscall(libc.c_long(sys_getppid)) == os.getppid()
+    libc.set_errno(0)
+    assert syscall(libc.c_long(-1)) == -1 and libc.get_errno() == errno.ENOSYS
+    cell = libc.c_uint64(2**64 - 1)
+    assert cell.value == 2**64 - 1 and libc.addressof(cell) > 0
+    assert libc.c_ulong(2**64 - 1).value == 2**64 - 1 and libc.c_long(-5).value == -5
+
+
 @needs_x86
 def test_real_cpuid_reads_the_vendor_of_proc_cpuinfo(real: RealSystem) -> None:
     """CPUID leaf 0 spells the vendor /proc/cpuinfo reports."""

@@ -2,8 +2,8 @@
 
 ``RealSystem`` implements the ``System`` protocol (``system.protocol``), what the probe and
 the oracle talk to. It issues the real
-instructions, system calls and ioctls (ctypes ``syscall(158, …)`` with ``use_errno``,
-``cpuid_native``, ``fcntl.ioctl``, ``mmap``) and starts children with
+instructions, system calls and ioctls (libc's ``syscall(158, …)`` keeping errno, through
+``libc``; ``cpuid_native``, ``fcntl.ioctl``, ``mmap``) and starts children with
 ``isolated.run_isolated``; the test suite's fake host models other machines and kernels.
 Failures raise ``OSError(errno, os.strerror(errno), context)``, so ``FileNotFoundError``,
 ``PermissionError``… appear by themselves; callers decide what an errno means.
@@ -27,13 +27,13 @@ child imports this module.
 
 from __future__ import annotations
 
-import ctypes
 import errno as errnos
 import fcntl
 import os
 from collections import namedtuple
 from collections.abc import Callable
 
+from xstate_check.system import libc
 from xstate_check.system.abi import (
     ARCH_GET_XCOMP_GUEST_PERM,
     ARCH_OPTION_NAMES,
@@ -193,29 +193,26 @@ class RealSystem:
 
     def _libc_syscall(self) -> Any:
         if self._syscall is None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            function = libc.syscall
-            function.restype = ctypes.c_long
-            self._syscall = function
+            self._syscall = libc.syscall_function()
         return self._syscall
 
     def _arch_prctl(self, option: int, arg: Any, context: str) -> int:
         function = self._libc_syscall()
-        ctypes.set_errno(0)
-        result = int(function(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(option), arg))
+        libc.set_errno(0)
+        result = int(function(libc.c_long(SYS_ARCH_PRCTL), libc.c_long(option), arg))
         if result == -1:
-            raise os_error(ctypes.get_errno(), context)
+            raise os_error(libc.get_errno(), context)
         return result
 
     def arch_prctl_get(self, option: int) -> int:
         """Call arch_prctl(option, &u64) through libc's syscall(2)."""
-        value = ctypes.c_uint64(0)
-        self._arch_prctl(option, ctypes.byref(value), _context(option))
+        value = libc.c_uint64(0)
+        self._arch_prctl(option, libc.byref(value), _context(option))
         return int(value.value)
 
     def arch_prctl(self, option: int, arg: int) -> int:
         """Call arch_prctl(option, arg) through libc's syscall(2)."""
-        return self._arch_prctl(option, ctypes.c_ulong(arg), _context(option, arg))
+        return self._arch_prctl(option, libc.c_ulong(arg), _context(option, arg))
 
     def open_kvm(self, path: str | None = None) -> int:
         """Open ``path`` (default ``kvm_device``) O_RDWR | O_CLOEXEC."""
@@ -239,6 +236,7 @@ class RealSystem:
 
     def guest_memory(self, size: int) -> tuple[mmap.mmap, int]:
         """Return anonymous memory for a guest and its address."""
+        import ctypes  # the oracle's alone, as mmap
         import mmap
 
         memory = mmap.mmap(

@@ -24,12 +24,11 @@ stays on the standard library); ``unpack_cpuid2`` and ``pack_cpuid2`` convert to
 
 from __future__ import annotations
 
-import ctypes
 import errno as errnos
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from xstate_check.system import abi
+from xstate_check.system import abi, libc
 from xstate_check.system.calls import KVM_DEVICE, default_system, os_error, req_xcomp_guest_perm
 
 TYPE_CHECKING = False  # typing is not imported at run time: a child imports this module
@@ -152,10 +151,10 @@ def xcomp_guest_supp(system: System, fd: int) -> int | None:
     None where the kernel lacks the attribute (ENXIO or EINVAL: before 5.17); any other
     errno is raised (see the module's note).
     """
-    value = ctypes.c_uint64(0)
+    value = libc.c_uint64(0)
     attr = bytearray(
         abi.DEVICE_ATTR.pack(
-            0, abi.KVM_X86_GRP_SYSTEM, abi.KVM_X86_XCOMP_GUEST_SUPP, ctypes.addressof(value)
+            0, abi.KVM_X86_GRP_SYSTEM, abi.KVM_X86_XCOMP_GUEST_SUPP, libc.addressof(value)
         )
     )
     try:
