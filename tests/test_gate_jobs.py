@@ -393,3 +393,25 @@ def test_regression_mode_and_a_matrix_with_groups_with_workers(
     assert {"new", "unchanged"} <= states
     assert any("group" in json.dumps(s) and "t2-pool" in json.dumps(s)
                for s in report["subjects"])
+
+
+def test_workers_are_forked_only_from_a_single_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread alive in the process means a fresh start (forkserver, or spawn where there
+    is no forkserver); one thread alone on Linux means fork."""
+    import multiprocessing
+    import threading
+
+    from xstate_check.gate import _start_method
+
+    if sys.platform == "linux" and len(os.listdir("/proc/self/task")) == 1:
+        assert _start_method() == "fork"
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert _start_method() == "forkserver"
+        monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+        assert _start_method() == "spawn"
+    finally:
+        stop.set()
+        thread.join()

@@ -914,7 +914,8 @@ def _start_method() -> str:
     """Return how workers start: ``fork`` from a process with one thread (Linux), which
     hands them the catalogue, profiles and everything warmed so far for free; else
     ``forkserver`` (a fresh single-threaded server forks them: a thread of the caller may
-    hold a lock a forked child would wait on forever)."""
+    hold a lock a forked child would wait on forever), or ``spawn`` where there is none."""
+    import multiprocessing
     import sys
 
     if sys.platform == "linux":
@@ -923,7 +924,7 @@ def _start_method() -> str:
                 return "fork"
         except OSError:
             pass
-    return "forkserver"
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class GateWorkerError(XstateCheckError):
@@ -976,8 +977,8 @@ class GateRun:
     Workers are forked from this process when it has a single thread (Linux), after it has
     checked the first template itself: they start with the catalogue, the profiles and
     every cache warm, and import nothing. Otherwise (a caller with threads, another
-    system) multiprocessing's forkserver starts them, and each imports the calling script
-    again as its ``__main__`` (as ``spawn`` does): such a script needs the
+    system) multiprocessing's forkserver (``spawn`` where there is none) starts them, and
+    each imports the calling script again as its ``__main__``: such a script needs the
     ``if __name__ == "__main__":`` guard, and without it the gate raises GateWorkerError.
     """
 
@@ -1144,10 +1145,10 @@ def _broken_pool_message(method: str) -> str:
     """Return why a gate's worker pool broke, and what to do."""
     text = ("a gate worker process ended before answering (killed by a signal, or out of "
             "memory?); run with --jobs 1 (jobs=1) to check in one process")
-    if method == "forkserver":
-        text += (". Workers started by multiprocessing's forkserver import the calling "
-                 "script again as their __main__: a script calling run_gate with jobs "
-                 "above 1 from a process with threads must do its work under "
+    if method != "fork":
+        text += (f". Workers started by multiprocessing's {method} (from a process with "
+                 "threads, or off Linux) import the calling script again as their __main__: "
+                 "a script calling run_gate with jobs above 1 there must do its work under "
                  "'if __name__ == \"__main__\":'")
     return text
 
