@@ -1,8 +1,9 @@
 """What the gate reuses between subjects, and that reuse never changes an answer.
 
 A guest table made by a template shares with its profile the parts the template left (its
-entry keys, its leaf 0xD component subleaves): what is derived from those parts is taken
-from the profile. Findings are reused only for equal guest tables, placed at each
+entry keys, its KVM flags, its leaf 0xD component subleaves): what is derived from those
+parts is taken from the profile, and its feature bits are the profile's but those the
+template sets or clears. Findings are reused only for equal guest tables, placed at each
 template's own lines.
 """
 
@@ -17,6 +18,7 @@ from xstate_check.cpuid import CpuidSet
 from xstate_check.engine.runner import evaluate_rules
 from xstate_check.engine.shipped import load_catalogue
 from xstate_check.facts import Facts
+from xstate_check.facts.enumeration import feature_values
 from xstate_check.gate import GateRun
 from xstate_check.layout import XsaveLayout
 from xstate_check.sources.profiles import load_profile, profile_index
@@ -39,6 +41,10 @@ def _template_text(*modifiers: tuple[str, str, str, str, int]) -> str:
 
 #: A template that resizes component 2 (YMM, 0xD.2 EAX = 0x200) and clears the flag of 0xD.2.
 RESIZES_YMM = _template_text(("0xd", "0x2", "eax", "0b" + "0" * 22 + "1" * 10, 0))
+#: A template that sets AVX512F (leaf 7 EBX bit 16) and then clears it and sets AVX2 (bit 5).
+SETS_THEN_CLEARS = _template_text(("0x7", "0x0", "ebx", "0b" + "x" * 15 + "1" + "x" * 16, 1),
+                                  ("0x7", "0x0", "ebx", "0b" + "x" * 15 + "0" + "x" * 10
+                                   + "1" + "x" * 5, 1))
 #: A template that drops AVX-512 state from 0xD.0 EAX only.
 DROPS_AVX512 = _template_text(("0xd", "0x0", "eax", "0b" + "x" * 24 + "000" + "x" * 5, 1))
 
@@ -57,7 +63,8 @@ def _guest_profiles() -> list[CpuidSet]:
 
 def _templates(data_dir: Path | None) -> list[tuple[str, str]]:
     found = [(path, Path(path).read_text(encoding="utf-8")) for path in EXAMPLES]
-    found += [("resizes-ymm.json", RESIZES_YMM), ("drops-avx512.json", DROPS_AVX512)]
+    found += [("resizes-ymm.json", RESIZES_YMM), ("drops-avx512.json", DROPS_AVX512),
+              ("sets-then-clears.json", SETS_THEN_CLEARS)]
     if data_dir is not None and (data_dir / "firecracker").is_dir():
         for name in X86_TEMPLATES:
             path = data_dir / "firecracker" / f"{name}.json"
@@ -87,6 +94,10 @@ def test_parts_shared_with_the_profile_give_what_a_fresh_table_gives(
             assert guest.shared("keys") is base
             assert XsaveLayout.from_cpuid(guest) == XsaveLayout.from_cpuid(fresh)
             assert guest.leaf_subleaves() == fresh.leaf_subleaves()
+            assert fresh.applied_masks() is None
+            if not applied.missing:
+                assert guest.applied_masks() is folded.masks
+            assert feature_values(guest) == feature_values(fresh)
             made = [Subject.of(base.source, base, template=path, guest=table,
                                missing=applied.missing) for table in (guest, fresh)]
             shared_findings, fresh_findings = (evaluate_rules(subject, catalogue)

@@ -219,6 +219,11 @@ class Provenance(Mapping[BitKey, Location]):
         return self._any
 
 
+#: Per entry, the bits of each register kept and those set: ``(keep, put)``, in eax…edx order.
+EntryMasks = dict[tuple[int, int], tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]
+_MASKS = "applied masks"  # where a table keeps its EntryMasks among its derived values
+
+
 def _freeze_provenance(provenance: Mapping[BitKey, Location]) -> Provenance:
     return Provenance.from_bits(provenance)
 
@@ -280,7 +285,8 @@ class CpuidSet:
     def trusted(cls, entries: dict[tuple[int, int], Registers], source: str, *,
                 flags: dict[tuple[int, int], int], provenance: Provenance,
                 meta: dict[str, str], like: CpuidSet,
-                shares: Mapping[str, CpuidSet] | None = None) -> CpuidSet:
+                shares: Mapping[str, CpuidSet] | None = None,
+                masks: EntryMasks | None = None) -> CpuidSet:
         """Return a set of entries already sorted by (leaf, subleaf), without sorting again.
 
         The dicts are owned by the set from here on (the caller keeps no reference); role,
@@ -288,7 +294,8 @@ class CpuidSet:
         a part of the table (``keys``: the (leaf, subleaf) keys; ``flags``: the keys and
         their KVM flags; ``xsave_components``: the leaf 0xD subleaves from 2 up), a table
         whose part is the same (``like`` changed elsewhere): what is derived from that part
-        alone is taken from it (``shared``).
+        alone is taken from it (``shared``). ``masks``, where given, say how the entries
+        came from those of the table sharing the keys (see ``applied_masks``).
         """
         made = cls.__new__(cls)
         setter = object.__setattr__
@@ -300,9 +307,19 @@ class CpuidSet:
         setter(made, "role", like.role)
         setter(made, "source_kind", like.source_kind)
         setter(made, "leaf_0xd_complete", like.leaf_0xd_complete)
-        setter(made, "_derived", {f"shares:{part}": table
-                                  for part, table in (shares or {}).items()})
+        derived: dict[str, object] = {f"shares:{part}": table
+                                      for part, table in (shares or {}).items()}
+        if masks is not None:
+            derived[_MASKS] = masks
+        setter(made, "_derived", derived)
         return made
+
+    def applied_masks(self) -> EntryMasks | None:
+        """Return how this table's entries came from those of ``shared("keys")``: per entry
+        changed, ``(keep, put)`` with each register ``(old & keep) | put``, every other
+        entry the same; None where the table does not say so (see ``trusted``)."""
+        masks = self._derived.get(_MASKS)
+        return masks if isinstance(masks, dict) else None
 
     def derived(self, name: str, compute: Callable[[CpuidSet], _T],
                 part: str | None = None) -> _T:

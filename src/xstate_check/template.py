@@ -18,7 +18,7 @@ from typing import Literal
 import attrs
 
 from xstate_check import jsonpos
-from xstate_check.cpuid import CpuidSet, Provenance, Registers, copy_mapping
+from xstate_check.cpuid import CpuidSet, EntryMasks, Provenance, Registers, copy_mapping
 from xstate_check.errors import QUOTE_WIDTH, InputError, Location, check_argument, error_at
 from xstate_check.jsonpos import Node
 from xstate_check.limits import (
@@ -709,18 +709,28 @@ class FoldedTemplate:
     from 2 up (a component's size, offset and flags).
     """
 
-    __slots__ = ("entries", "provenance", "steps", "xsave_components")
+    __slots__ = ("composed", "entries", "keys", "masks", "provenance", "steps",
+                 "xsave_components")
 
     def __init__(self, steps: tuple[Step, ...]) -> None:
         self.steps = steps
         pins: dict[tuple[int, int, str], list[tuple[int, Location]]] = {}
         entries: dict[tuple[int, int], Location] = {}
-        for key, *_, added, location in steps:
+        #: Every step of an entry composed: ``(keep, put)`` per register, applied once.
+        self.masks: EntryMasks = {}
+        for key, _, keep, put, added, location in steps:
             entries.setdefault(key, location)
             for register_key, register_pins in added:
                 pins.setdefault(register_key, []).extend(register_pins)
+            self.masks[key] = _composed(self.masks.get(key), keep, put)
         self.provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
         self.entries = tuple(entries.items())
+        self.keys = frozenset(entries)
+        last_flags = {key: entry_flags for key, entry_flags, *_ in steps}
+        #: Per modified entry, in first-use order: its flags, then its composed masks
+        #: ``keep`` and ``put`` register by register (what ``apply_template`` applies).
+        self.composed = tuple((key, last_flags[key], *keep, *put)
+                              for key, (keep, put) in self.masks.items())
         self.xsave_components = any(leaf == 0xD and subleaf >= 2 for leaf, subleaf in entries)
 
     def missing(self, base: CpuidSet) -> tuple[MissingEntry, ...]:
@@ -728,6 +738,19 @@ class FoldedTemplate:
         have = base.entries
         return tuple(MissingEntry(*key, location) for key, location in self.entries
                      if key not in have)
+
+
+def _composed(before: tuple[tuple[int, int, int, int], tuple[int, int, int, int]] | None,
+              keep: tuple[int, int, int, int], put: tuple[int, int, int, int],
+              ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """Return the masks of ``before`` then ``(keep, put)`` as one:
+    ``(old & k1 | p1) & k2 | p2`` is ``old & (k1 & k2) | (p1 & k2 | p2)``."""
+    if before is None:
+        return keep, put
+    (k0, k1, k2, k3), (p0, p1, p2, p3) = before
+    return ((k0 & keep[0], k1 & keep[1], k2 & keep[2], k3 & keep[3]),
+            (p0 & keep[0] | put[0], p1 & keep[1] | put[1], p2 & keep[2] | put[2],
+             p3 & keep[3] | put[3]))
 
 
 def fold_template(template: Template) -> FoldedTemplate:
@@ -772,20 +795,23 @@ def apply_template(template: Template, base: CpuidSet,
     (``fold_template(template)``) saves folding the modifiers again for each base.
     """
     folded = folded or fold_template(template)
-    entries = copy_mapping(base.entries)
+    have = base.entries
+    entries = copy_mapping(have)
     base_flags = base.flags
     flags = copy_mapping(base_flags)
-    missing = folded.missing(base)
+    # Every modified entry at once: the steps of each entry composed (``folded.masks``), its
+    # flags those of its last step.
+    missing = () if folded.keys <= have.keys() else folded.missing(base)
     same_flags = True
-    for key, entry_flags, keep, put, _added, _location in folded.steps:
-        old = entries.get(key)
+    get = entries.get
+    for key, entry_flags, k0, k1, k2, k3, p0, p1, p2, p3 in folded.composed:
+        old = get(key)
         if old is not None:
-            if same_flags and base_flags.get(key) != entry_flags:
+            if base_flags.get(key) != entry_flags:
                 same_flags = False
             flags[key] = entry_flags
             entries[key] = _new_registers(Registers, (
-                (old[0] & keep[0]) | put[0], (old[1] & keep[1]) | put[1],
-                (old[2] & keep[2]) | put[2], (old[3] & keep[3]) | put[3]))
+                (old[0] & k0) | p0, (old[1] & k1) | p1, (old[2] & k2) | p2, (old[3] & k3) | p3))
     provenance = base.provenance
     keys = provenance.register_keys()
     if not keys and not missing:  # every pin is the template's: folded once
@@ -812,6 +838,7 @@ def apply_template(template: Template, base: CpuidSet,
         meta={**base.meta, "template": template.path},
         like=base,
         shares=shares,
+        masks=None if missing else folded.masks,
     )
     return AppliedTemplate(cpuid, missing)
 

@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from xstate_check.cpuid import FEATURES, CpuidSet
+from xstate_check.cpuid import FEATURES, CpuidSet, EntryMasks
 from xstate_check.facts.registry import XCR0_REFS, XSS_REFS, Facts, fact, function, reg
 from xstate_check.xfeatures import (
     AVX512_MASK,
@@ -151,7 +151,20 @@ for _name in FEATURES:
 def feature_values(cpuid: CpuidSet) -> dict[str, bool]:
     """Return every feature-bit fact of a table at once, as each computes alone: what a
     run that reads most of them sets first. Leaf 0xD's are left out of a source without its
-    subleaves (they are Missing there)."""
+    subleaves (they are Missing there).
+
+    A table a template made (``applied_masks``) takes its base's values, worked out once
+    per base, with those of the bits the template sets or clears, once per template."""
+    masks = cpuid.applied_masks()
+    base = cpuid.shared("keys") if masks is not None and cpuid.leaf_0xd_complete else None
+    if base is None or masks is None:
+        return _feature_values(cpuid)
+    values = base.derived("feature_values", _feature_values).copy()
+    values.update(_pinned_features(masks))
+    return values
+
+
+def _feature_values(cpuid: CpuidSet) -> dict[str, bool]:
     entries = cpuid.entries
     complete = cpuid.leaf_0xd_complete
     values: dict[str, bool] = {}
@@ -166,6 +179,30 @@ def feature_values(cpuid: CpuidSet) -> dict[str, bool]:
 
 
 _REGISTERS_READ: list[tuple[tuple[int, int], int, tuple[tuple[str, int], ...]]] = []
+#: ``_pinned_features`` of the templates' masks seen (each kept alive with its answer).
+_PINNED: dict[int, tuple[EntryMasks, dict[str, bool]]] = {}
+
+
+def _pinned_features(masks: EntryMasks) -> dict[str, bool]:
+    """Return the feature bits a template's masks decide whatever the base holds: a bit it
+    clears (not kept, not set) is false, a bit it sets is true."""
+    found = _PINNED.get(id(masks))
+    if found is None or found[0] is not masks:
+        pinned: dict[str, bool] = {}
+        for key, index, named in _feature_registers():
+            entry = masks.get(key)
+            if entry is None:
+                continue
+            keep, put = entry[0][index], entry[1][index]
+            for name, shift in named:
+                if put >> shift & 1:
+                    pinned[name] = True
+                elif not keep >> shift & 1:
+                    pinned[name] = False
+        if len(_PINNED) >= 4096:
+            _PINNED.clear()
+        found = _PINNED[id(masks)] = (masks, pinned)
+    return found[1]
 
 
 def _feature_registers() -> list[tuple[tuple[int, int], int, tuple[tuple[str, int], ...]]]:

@@ -24,6 +24,11 @@ def _gate_refs(facts: Facts, value: object) -> list[BitRef]:
     return refs
 
 
+#: Each CPUID gate of LINUX_GATES with the xfeatures it gates, as a mask.
+_GATED = tuple((gate, sum(1 << number for number, each in LINUX_GATES.items() if each == gate))
+               for gate in dict.fromkeys(LINUX_GATES.values()))
+
+
 @fact("linux_xcr0", "mask", "the XCR0 a Linux guest writes: the enumerated user xfeatures whose "
       "CPUID gate is set (xsave_cpuid_features[]), without TILEDATA when XFD is absent",
       _gate_refs,
@@ -32,9 +37,9 @@ def _linux_xcr0(facts: Facts) -> object:
     xcr0 = facts["xcr0"]
     assert isinstance(xcr0, int)
     result = 0
-    for number, gate in LINUX_GATES.items():
-        if xcr0 >> number & 1 and facts[gate]:
-            result |= 1 << number
+    for gate, gated in _GATED:
+        if xcr0 & gated and facts[gate]:
+            result |= xcr0 & gated
     if not facts["XFD"]:
         result &= ~USER_DYNAMIC_MASK
     return result
