@@ -840,6 +840,22 @@ def _table_number(table: CpuidSet) -> int:
     return _TABLE_NUMBERS.setdefault(content, len(_TABLE_NUMBERS))
 
 
+#: Per profile and policy (by identity, kept with the profile): the details of its subjects,
+#: one read-only mapping shared by the pairs of every template on it.
+_DETAILS: dict[tuple[int, str], tuple[GateProfile, Mapping[str, object]]] = {}
+
+
+def _details(profile: GateProfile, policy: FailOn) -> Mapping[str, object]:
+    """Return the details of a subject on ``profile`` (its name, its vendor, the policy)."""
+    found = _DETAILS.get((id(profile), policy))
+    if found is None or found[0] is not profile:
+        if len(_DETAILS) >= 4096:
+            _DETAILS.clear()
+        found = _DETAILS[id(profile), policy] = (profile, {
+            "profile": profile.name, "vendor": profile.vendor, "fail_on": policy})
+    return found[1]
+
+
 #: One template's part of a gate: its subjects, then the pairs not for their host.
 GateChunk = tuple[tuple[SubjectReport, ...], tuple[SkippedPair, ...]]
 
@@ -863,9 +879,7 @@ def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None,
     subjects: list[SubjectReport] = []
     for profile, _declared in pairs.checked:
         subject = _subject(template, profile, folded)
-        details: dict[str, object] = {
-            "profile": profile.name, "vendor": profile.vendor, "fail_on": policy,
-        }
+        details = _details(profile, policy)
         report = cache.evaluate(subject, _table_key(profile, subject, folded), details)
         if not changed_since:
             subjects.append(report)

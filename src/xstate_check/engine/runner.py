@@ -29,7 +29,7 @@ from xstate_check.facts import (
 )
 from xstate_check.facts.components import component_refs
 from xstate_check.facts.enumeration import feature_values
-from xstate_check.facts.registry import mask_refs
+from xstate_check.facts.registry import component_sources, mask_refs
 from xstate_check.layout import Component
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
@@ -147,18 +147,32 @@ def check_subjects(subjects: Iterable[Subject], catalogue: Catalogue | None = No
 def finding_of(rule: Rule, facts: Facts, item: object, record: list[Record] | None = None,
                index: int = -1) -> Finding:
     """Return the finding of a failing rule (on ``item`` of an ``each`` rule)."""
-    plan = _plan(rule)
+    compiled = rule.compiled
+    plan = _PLANS.get(id(compiled))
+    if plan is None or plan.compiled is not compiled:
+        plan = _plan(rule)
     found: _Found | None = {} if plan.offenders else None
-    message = plan.constant if plan.constant is not None else "".join([
-        part if isinstance(part, str) else part(facts, found) for part in plan.message])
+    message = plan.constant
+    if message is None:
+        message = "".join([text + part(facts, found) for text, part in plan.parts]) + plan.tail
     location = item.location if isinstance(item, EntryItem) else None
+    cpuid = facts.cpuid
+    provenance = cpuid.provenance
+    placer = _PLACER[0] if _PLACER and _PLACER[0].provenance is provenance else \
+        _placer(provenance)
     bits = _NO_BITS
-    if (record is not None or location is None) and facts.cpuid.provenance:
+    if (record is not None or location is None) and placer.owns:
         bits = _bits(plan, facts, found)
     if record is not None:
         record.append((rule, index, message, bits))
     if location is None:
-        location = _placed(facts.subject, None, bits)
+        subject = facts.subject
+        if placer.owns:
+            location = placer.place(subject, bits)
+        if location is None:
+            table = subject.base or cpuid
+            if table.is_file:
+                location = Location(table.source)
     return Finding(rule.id, rule.name, rule.severity, message, rule.consequence, rule.fix,
                    location)
 
@@ -238,26 +252,38 @@ class _Plan:
     sources of the facts and functions it reads, and its offending components)."""
 
     __slots__ = ("compiled", "constant", "declared", "dynamic", "features", "functions",
-                 "message", "offenders", "static", "static_names", "static_refs")
+                 "masks", "offenders", "parts", "static", "static_names", "static_refs",
+                 "tail")
 
     def __init__(self, rule: Rule) -> None:
         compiled = self.compiled = rule.compiled
-        self.message: tuple[str | _Part, ...] = tuple(
-            part if isinstance(part, str) else _placeholder(compiled, *part)
-            for part in compiled.message)
-        literal = [part for part in self.message if isinstance(part, str)]
-        #: The message of a rule without placeholders.
-        self.constant = "".join(literal) if len(literal) == len(self.message) else None
+        #: The message: per placeholder, the literal text before it and the function that
+        #: shows it; the text after the last; the whole text of a rule without placeholders.
+        parts: list[tuple[str, _Part]] = []
+        text = ""
+        for part in compiled.message:
+            if isinstance(part, str):
+                text += part
+            else:
+                parts.append((text, _placeholder(compiled, *part)))
+                text = ""
+        self.parts = tuple(parts)
+        self.tail = text
+        self.constant = text if not parts else None
         self.offenders = tuple(compiled.offenders.items())
         self.declared = tuple(rule.cpuid_bits)
         static: list[tuple[str, tuple[BitRef, ...]]] = []
         dynamic: list[tuple[str, Callable[[Facts, object], Iterable[BitRef]]]] = []
+        masks: list[str] = []
         for name in sorted(compiled.facts):
             fact_sources = FACTS[name].sources
-            if callable(fact_sources):
+            if fact_sources is component_sources:
+                masks.append(name)  # its bits: those of the xfeatures its value names
+            elif callable(fact_sources):
                 dynamic.append((name, fact_sources))
             elif fact_sources:
                 static.append((name, tuple(fact_sources)))
+        self.masks = tuple(masks)
         #: The facts whose bits are constant, and those bits, when every one is present.
         self.static = tuple(static)
         self.static_names = frozenset(name for name, _ in static)
@@ -326,25 +352,34 @@ def _placeholder(compiled: CompiledRule, name: str, kind: Kind) -> _Part:
     if name in compiled.lets:
         let = compiled.lets[name]
 
-        def value_of(facts: Facts) -> object:
-            return let(facts)
-    elif name.startswith("item."):
+        def shown_let(facts: Facts, found: _Found | None) -> str:
+            try:
+                value = let(facts)
+            except Missing:
+                return "(unknown)"
+            return format_value(value, kind)
+
+        return shown_let
+    if name.startswith("item."):
         field = name[5:]
 
-        def value_of(facts: Facts) -> object:
-            return getattr(facts["item"], field)
-    else:
-        def value_of(facts: Facts) -> object:
-            return facts[name]
+        def shown_field(facts: Facts, found: _Found | None) -> str:
+            try:
+                value = getattr(facts["item"], field)
+            except Missing:
+                return "(unknown)"
+            return format_value(value, kind)
 
-    def shown(facts: Facts, found: _Found | None) -> str:
+        return shown_field
+
+    def shown_fact(facts: Facts, found: _Found | None) -> str:
         try:
-            value = value_of(facts)
+            value = facts[name]
         except Missing:
             return "(unknown)"
         return format_value(value, kind)
 
-    return shown
+    return shown_fact
 
 
 #: What a finding is about: CPUID bits constant for its rule (its plan's, one tuple per
@@ -371,6 +406,13 @@ def _bits(plan: _Plan, facts: Facts, found: _Found | None) -> Bits:
                 continue
             extra.extend(refs)
     mask = 0
+    for name in plan.masks:
+        try:
+            value = facts[name]
+        except Missing:
+            continue
+        if isinstance(value, int):
+            mask |= value
     for name, fact_sources in plan.dynamic:
         try:
             value = facts[name]
@@ -417,28 +459,33 @@ _SUBLEAF_REGISTERS = ("eax", "ebx", "ecx")
 
 
 class _Placer:
-    """One template's pins, by register: the registers its lines own bits of, the
-    enumeration registers among them, the component subleaves it pins; and per rule, the
-    bits of its constant CPUID bits on those registers. A gate's pairs of one template
-    share it."""
+    """One template's pins, by register: per register its lines own bits of, the pins last
+    applied first, with its entry and register index; the enumeration registers among them
+    and the component subleaves it pins; per rule, the bits of its constant CPUID bits on
+    those registers. A gate's pairs of one template share it."""
 
-    __slots__ = ("enumeration", "keys", "provenance", "static", "subleaves")
+    __slots__ = ("enumeration", "owns", "pins", "provenance", "static", "subleaves")
 
     def __init__(self, provenance: Provenance) -> None:
         self.provenance = provenance
-        keys = self.keys = frozenset(provenance.register_keys())
-        self.enumeration = tuple(entry for entry in _ENUMERATION if entry[0] in keys)
+        #: Whether a template line owns a bit (else no finding points at one).
+        self.owns = bool(provenance)
+        self.pins: dict[RegisterKey, tuple[tuple[tuple[int, Location], ...], tuple[int, int],
+                                           int | None]] = {
+            key: (tuple(reversed(provenance.pins(*key))), key[:2], _REGISTER_INDEX.get(key[2]))
+            for key in provenance.register_keys()}
+        self.enumeration = tuple(entry for entry in _ENUMERATION if entry[0] in self.pins)
         self.subleaves = 0
-        for leaf, subleaf, register in keys:
+        for leaf, subleaf, register in self.pins:
             if leaf == 0xD and 2 <= subleaf < 64 and register in _SUBLEAF_REGISTERS:
                 self.subleaves |= 1 << subleaf
         self.static: dict[int, tuple[tuple[BitRef, ...], dict[RegisterKey, int]]] = {}
 
     def _add(self, refs: Iterable[BitRef], masks: dict[RegisterKey, int]) -> None:
-        keys = self.keys
+        pins = self.pins
         for leaf, subleaf, register, bits in refs:
             key = (leaf, subleaf, register)
-            if key in keys:
+            if key in pins:
                 masks[key] = masks.get(key, 0) | bits
 
     def masks(self, bits: Bits) -> dict[RegisterKey, int]:
@@ -468,9 +515,48 @@ class _Placer:
             number = low.bit_length() - 1
             for register in _SUBLEAF_REGISTERS:
                 key = (0xD, number, register)
-                if key in self.keys:
+                if key in self.pins:
                     masks[key] = masks.get(key, 0) | _ALL
         return masks
+
+    def place(self, subject: Subject, bits: Bits) -> Location | None:
+        """Return the template line owning one of ``bits`` that the template changed (the
+        earliest), else one owning a bit it pinned; None where it owns none."""
+        masks = self.masks(bits)
+        if not masks:
+            return None
+        entries = subject.cpuid.entries
+        base = subject.base
+        base_entries = base.entries if base is not None else None
+        pins = self.pins
+        changed: list[Location] = []
+        pinned: list[Location] = []
+        for key, asked in masks.items():
+            owning, entry, index = pins[key]
+            remaining = asked
+            diff = -1
+            for pin_mask, where in owning:  # the last applied first: it owns its bits
+                owned = pin_mask & remaining
+                if not owned:
+                    continue
+                remaining &= ~owned
+                if diff < 0:
+                    if index is None:  # the entry's KVM flags: no register bit of its own
+                        diff = 0
+                    else:
+                        new = entries.get(entry, ZERO)[index]
+                        old = base_entries.get(entry, ZERO)[index] if base_entries else new
+                        diff = old ^ new
+                if owned & diff:
+                    changed.append(where)
+                if owned & ~diff:
+                    pinned.append(where)
+                if not remaining:
+                    break
+        found = changed or pinned
+        if not found:
+            return None
+        return found[0] if len(found) == 1 else min(found, key=_location_key)
 
 
 #: The placer of the provenance last asked about (a gate checks one template at a time).
@@ -478,7 +564,7 @@ _PLACER: list[_Placer] = []
 
 
 def _placer(provenance: Provenance) -> _Placer:
-    """Return the placer of a provenance: the last one's, else a new one."""
+    """Return the placer of a provenance: the last one's, else a new one (kept)."""
     if _PLACER and _PLACER[0].provenance is provenance:
         return _PLACER[0]
     placer = _Placer(provenance)
@@ -496,32 +582,11 @@ def _placed(subject: Subject, item: object, bits: Bits) -> Location | None:
     if isinstance(item, EntryItem) and item.location is not None:
         return item.location
     cpuid = subject.cpuid
-    provenance = cpuid.provenance
-    if provenance:
-        masks = _placer(provenance).masks(bits)
-        if masks:
-            changed: list[Location] = []
-            pinned: list[Location] = []
-            base = subject.base
-            for key, mask in masks.items():
-                owners = provenance.pinned(*key, mask)
-                if not owners:
-                    continue
-                index = _REGISTER_INDEX.get(key[2])
-                if index is None:  # the entry's KVM flags: no register bit of its own
-                    diff = 0
-                else:
-                    entry = key[:2]
-                    new = cpuid.entries.get(entry, ZERO)[index]
-                    old = base.entries.get(entry, ZERO)[index] if base else new
-                    diff = old ^ new
-                for owned, where in owners:
-                    if owned & diff:
-                        changed.append(where)
-                    if owned & ~diff:
-                        pinned.append(where)
-            if changed or pinned:
-                return min(changed or pinned, key=_location_key)
+    placer = _placer(cpuid.provenance)
+    if placer.owns:
+        found = placer.place(subject, bits)
+        if found is not None:
+            return found
     table = subject.base or cpuid
     if table.is_file:
         return Location(table.source)

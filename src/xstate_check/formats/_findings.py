@@ -115,13 +115,18 @@ class ProblemCollector:
         """Add the findings of one subject."""
         groups = self._groups
         label: str | None = None
+        least = _RANK[self.min_severity] if self.min_severity is not None else None
+        # SubjectReport.counts, asked once per subject: only a finding REV already had, in
+        # a gate failing on new findings, does not count.
+        only_new = subject.details.get("fail_on") == "new"
         for finding in subject.findings:
-            if not shown(finding.severity, self.min_severity):
+            if least is not None and _RANK[finding.severity] > least:
                 continue
             where = finding.location
             if where is None and subject.template:
                 where = Location(subject.template)
-            key = (finding.rule, where.path if where else "", where.line if where else 0)
+            key = (finding.rule, where.path, where.line) if where is not None else (
+                finding.rule, "", 0)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(finding, subject)
@@ -131,7 +136,7 @@ class ProblemCollector:
             if label is None:
                 label = _subject_label(subject)
             group.labels[label] = None
-            if not group.counts and subject.counts(finding):
+            if not group.counts and not (only_new and finding.baseline_state == "unchanged"):
                 group.counts = True
 
     def problems(self) -> list[Problem]:

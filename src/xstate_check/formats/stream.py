@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from json.encoder import encode_basestring_ascii
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -156,8 +156,11 @@ _STRING = encode_basestring_ascii
 #: Per (rule, name, severity, consequence, fix): a finding's JSON before its message and
 #: between its message and its location, encoded once (a run has a few dozen of them).
 _FINDING_PARTS: dict[tuple[str, str, str, str, str], tuple[str, str]] = {}
-#: Each location's JSON (a template's few lines serve all its findings).
-_LOCATIONS: dict[Location, str] = {}
+#: Each location's JSON (a template's few lines serve all its findings), and each details
+#: mapping's (a gate's pairs on one profile share one), by identity: kept with the object,
+#: which is read-only once in a report.
+_LOCATIONS: dict[int, tuple[Location, str]] = {}
+_DETAILS: dict[int, tuple[Mapping[str, object], str]] = {}
 _KEPT = 4096
 
 
@@ -188,19 +191,28 @@ def finding_json(finding: Finding) -> str:
     if location is None:
         where = "null"
     else:
-        found = _LOCATIONS.get(location)
-        if found is None:
+        found = _LOCATIONS.get(id(location))
+        if found is None or found[0] is not location:
             if len(_LOCATIONS) >= _KEPT:
                 _LOCATIONS.clear()
-            found = _LOCATIONS[location] = _ENCODE(location.to_json())
-        where = found
+            found = _LOCATIONS[id(location)] = (location, _ENCODE(location.to_json()))
+        where = found[1]
     return f"{parts[0]}{_STRING(finding.message)}{parts[1]}{where}}}"
+
+
+def _details_json(details: Mapping[str, object]) -> str:
+    found = _DETAILS.get(id(details))
+    if found is None or found[0] is not details:
+        if len(_DETAILS) >= _KEPT:
+            _DETAILS.clear()
+        found = _DETAILS[id(details)] = (details, _ENCODE(dict(details)))
+    return found[1]
 
 
 def subject_json(subject: SubjectReport) -> str:
     """Return ``subject.to_json()`` encoded on one line, the same bytes as the encoder."""
     findings = ", ".join([finding_json(finding) for finding in subject.findings])
-    details = f', "details": {_ENCODE(dict(subject.details))}' if subject.details else ""
+    details = f', "details": {_details_json(subject.details)}' if subject.details else ""
     return (f'{{"name": {_text(subject.name)}, "source": {_text(subject.source)}, '
             f'"template": {_text(subject.template)}, "findings": [{findings}]{details}}}')
 
