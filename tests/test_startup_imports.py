@@ -106,6 +106,35 @@ def test_host_command_imports_only_its_own_format(tmp_path: Path) -> None:
     assert sorted(FORBIDDEN_IN_HOST.intersection(modules)) == []
 
 
+# Every compile() of the pre-boot path, less the modules' own source (a checkout has no
+# bytecode): what attrs writes for a class, a typing.NamedTuple field's annotation, and
+# collections.namedtuple's __new__ (which both make it, compiled from `lambda _cls, ...`).
+COMPILED = f"""
+import sys
+import attrs, collections, typing  # what they compile for themselves is not the check's
+compiled = []
+
+def watch(event, args):
+    if event == "compile" and not str(args[1]).endswith(".py"):
+        source = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        compiled.append(source.strip().splitlines()[0] if source.strip() else "")
+
+sys.addaudithook(watch)
+import xstate_check
+xstate_check.preboot(kvm={KVM_USABLE})
+print(__import__("json").dumps(compiled))
+"""
+
+
+def test_a_warm_start_compiles_no_method_and_no_annotation(tmp_path: Path) -> None:
+    """Once the caches are written, a fresh interpreter's preboot() compiles no attrs method
+    (classcode's cache has them) and no field annotation (the record classes are
+    records.NamedTuple's): only collections.namedtuple's one-line __new__ per record class."""
+    compiled = _modules(COMPILED, tmp_path)
+    assert compiled, "the check makes record classes: namedtuple compiles their __new__"
+    assert [line for line in compiled if not line.startswith("lambda _cls")] == []
+
+
 def test_a_cache_miss_reads_the_rule_files(tmp_path: Path) -> None:
     """Without a cache the same call compiles the rule files: the loader is imported then, so
     the tests above would see it had a cached catalogue not been used."""

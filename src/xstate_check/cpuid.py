@@ -5,11 +5,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 
 from xstate_check.errors import Location
+from xstate_check.records import NamedTuple
 
 __all__ = [
     "FEATURES",

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import attrs
 
 from xstate_check.cpuid import CpuidSet, Registers, memoized
+from xstate_check.records import NamedTuple
 from xstate_check.xfeatures import bits
 
 __all__ = ["LEGACY_AND_HEADER", "Component", "XsaveLayout"]

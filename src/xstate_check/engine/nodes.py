@@ -8,7 +8,8 @@ not the parser.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+
+from xstate_check.records import NamedTuple
 
 __all__ = [
     "Attribute",

@@ -15,12 +15,13 @@ that loop alone, about 6 % slower on real subjects.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import attrs
 
 from xstate_check.engine.compiler import MASK64, Evaluator, constant_value
 from xstate_check.engine.nodes import Binary, Compare, Name, Node, Unary
+from xstate_check.records import NamedTuple
 
 if TYPE_CHECKING:
     from xstate_check.engine.catalogue import Rule

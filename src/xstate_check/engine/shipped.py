@@ -37,13 +37,7 @@ try:  # the C unpickler alone: the pickle module's own imports cost 0.8 ms of ev
 except ImportError:  # pragma: no cover - an interpreter without it
     from pickle import loads as _loads
 
-from xstate_check.classcode import (
-    cache_folders,
-    collector_paused,
-    compiled_once,
-    open_trusted,
-    write_cache,
-)
+from xstate_check.classcode import cache_folders, compiled_once, open_trusted, write_cache
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -290,9 +284,7 @@ def _rebuild(records: list[dict[str, object]], examples: bytes, passing: dict[An
     finds the groups' passing values folded already."""
     from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
     from xstate_check.engine.compiler import compile_rule
-
-    with compiled_once():  # the plan's class, as the pre-boot path's others
-        from xstate_check.engine.plan import PASSING
+    from xstate_check.engine.plan import PASSING
 
     PASSING.update(passing)
 
@@ -332,7 +324,10 @@ def _load_files(files: Sequence[str]) -> Catalogue:
 
 @functools.cache
 def _default_catalogue() -> Catalogue:
-    with collector_paused():  # thousands of objects made that live on: nothing to collect
+    # The modules it imports (the plan's; the loader's on a cache miss) take their classes'
+    # attrs methods from the class-code cache, as the pre-boot path's others, and the
+    # garbage collector is paused: thousands of objects are made that all live on.
+    with compiled_once():
         return _load_default()
 
 

@@ -15,11 +15,12 @@ While a quantifier runs, the variable is bound in the Facts dict to a ``layout.C
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from xstate_check.cpuid import FEATURES, CpuidSet
 from xstate_check.facts.registry import NEEDS, BitRef, Facts, Kind, Missing, Read, mask_refs
 from xstate_check.layout import LEGACY_AND_HEADER, Component, XsaveLayout
+from xstate_check.records import NamedTuple
 from xstate_check.xfeatures import EXCLUSIVE_PAIRS, EXTRA_FEATURE_NEEDS, XFEATURES, name_of
 
 __all__ = ["ATTRIBUTES", "COMPONENT_BITS", "NOWHERE", "AttributeSpec", "Depends",

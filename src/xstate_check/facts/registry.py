@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from xstate_check.errors import Location
 from xstate_check.layout import XsaveLayout
+from xstate_check.records import NamedTuple
 from xstate_check.subject import Subject
 from xstate_check.xfeatures import SUPERVISOR_MASK, bits
 
