@@ -13,7 +13,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 from xstate_check.classcode import compiled_once
 
@@ -577,6 +577,21 @@ def _mask(text: str) -> int:
     return value
 
 
+class _Unused:
+    """Stands for the subparser of a command not asked for: what is added to it is dropped
+    unmade (argparse would check each option and make a help formatter for it)."""
+
+    def add_argument(self, *args: object, **kwargs: object) -> None:
+        """Drop an option."""
+
+    def add_mutually_exclusive_group(self, **kwargs: object) -> _Unused:
+        """Return this: the group's options are dropped too."""
+        return self
+
+
+_UNUSED = cast("argparse.ArgumentParser", _Unused())
+
+
 def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
     """Return the parser; with ``only``, that command's subparser alone is built (the rest
     cost start-up time on every run and are only needed for help and usage errors)."""
@@ -645,7 +660,7 @@ def _build_parser(only: str | None = None) -> _Parser:  # noqa: PLR0915
     def add(name: str, run: Callable[[argparse.Namespace], int], text: str,
             parents: Sequence[_Parser] = ()) -> argparse.ArgumentParser:
         if only is not None and name != only:
-            return _Parser(add_help=False)  # not asked for: options go nowhere
+            return _UNUSED  # not asked for: its options are not even made
         sub = commands.add_parser(name, help=text, description=text, parents=[common, *parents])
         sub.set_defaults(run=run)
         return sub
