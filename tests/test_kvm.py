@@ -213,6 +213,24 @@ def test_wrong_api_version_is_refused_and_closed() -> None:
     assert fake.open_fds == set()
 
 
+def test_tables_are_kept_one_per_cpu_up_to_a_bound() -> None:
+    """KVM's table holds the APIC ID of the CPU the ioctl ran on: a table is kept for each
+    (a process moving between CPUs), sixteen at most; past that the first ones stay."""
+    table = FakeSystem.genoa().kvm_supported_cpuid()
+    kvmsource._MADE.clear()  # what other tests left
+    made = []
+    for apic_id in range(24):
+        leaf1 = table.get(1)
+        per_cpu = table.with_registers(1, 0, ebx=leaf1.ebx & 0x00FF_FFFF | apic_id << 24)
+        raw = bytes(kvmsource.pack_cpuid2(per_cpu))
+        made.append((raw, kvmsource.unpack_cpuid2(raw, "kvm", view="bound test")))
+    assert len({id(found) for _, found in made}) == 24
+    kept = [kvmsource.unpack_cpuid2(raw, "kvm", view="bound test") is found
+            for raw, found in made]
+    assert kept[:15] == [True] * 15 and kept.count(True) <= kvmsource._MADE_KEPT == 16
+    assert made[3][1].get(1).ebx >> 24 == 3
+
+
 def test_fake_e2big_grows_then_fits() -> None:
     """The modelled E2BIG makes the buffer double from 4 entries until the table fits."""
     fake = FakeSystem.sapphire_rapids("6.8.0")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import errno as errnos
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from xstate_check.system import abi, libc
 from xstate_check.system.calls import KVM_DEVICE, default_system, os_error, req_xcomp_guest_perm
@@ -209,12 +209,14 @@ def pack_cpuid2(cpuid: CpuidSet) -> bytearray:
     return buffer
 
 
-#: The tables made of the last few ``kvm_cpuid2`` buffers, by (bytes, source, meta): KVM's
+#: The tables made of the last ``kvm_cpuid2`` buffers, by (bytes, source, meta): KVM's
 #: table does not change while a host runs, so a process that checks it again (a VMM's
 #: ``preboot()`` before each guest) gets the same immutable CpuidSet back, with the values
 #: already derived from it (``CpuidSet.derived``), instead of parsing the same bytes again.
+#: The table holds the APIC ID of the CPU the ioctl ran on (``preboot._APIC_ID_BITS``): a
+#: process that moves between CPUs reads one table per CPU; past sixteen, the newest makes room.
 _MADE: dict[tuple[bytes, str, tuple[tuple[str, str], ...]], CpuidSet] = {}
-_MADE_KEPT = 8
+_MADE_KEPT = 16
 
 
 def unpack_cpuid2(buffer: bytes | bytearray, source: str, **meta: str) -> CpuidSet:
@@ -230,7 +232,8 @@ def unpack_cpuid2(buffer: bytes | bytearray, source: str, **meta: str) -> CpuidS
     if table is None:
         table = _unpack(buffer, count, source, meta)
         if len(_MADE) >= _MADE_KEPT:
-            _MADE.clear()
+            with suppress(KeyError):  # another thread emptied it meanwhile
+                _MADE.popitem()
         _MADE[key] = table
     return table
 

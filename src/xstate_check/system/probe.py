@@ -14,6 +14,7 @@ fact None and adds a note saying why.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errnos
 import os
 
@@ -108,16 +109,19 @@ def _read_cpuid(system: System, release: str) -> CpuidSet:
         meta = {"kernel_release": release, "cpu": table.brand or table.vendor}
         made = table.replace(meta=meta)
         if len(_MADE) >= _MADE_KEPT:
-            _MADE.clear()
+            with contextlib.suppress(KeyError):  # another thread emptied it meanwhile
+                _MADE.popitem()
         _MADE[key] = made
     return made
 
 
-#: The host tables made of the last few reads, by (kernel release, entries): a process that
+#: The host tables made of the last reads, by (kernel release, entries): a process that
 #: probes again and reads the same registers (the CPU does not change while it runs) gets
-#: the same immutable CpuidSet back, with the values already derived from it.
+#: the same immutable CpuidSet back, with the values already derived from it. Leaf 1 EBX
+#: holds the APIC ID of the CPU that ran CPUID: one table per CPU; past sixteen, the newest
+#: makes room.
 _MADE: dict[tuple[str, tuple[tuple[tuple[int, int], Registers], ...]], CpuidSet] = {}
-_MADE_KEPT = 8
+_MADE_KEPT = 16
 
 
 def host_cpuid(system: System | None = None) -> CpuidSet:
