@@ -223,6 +223,8 @@ class Provenance(Mapping[BitKey, Location]):
 #: Per entry, the bits of each register kept and those set: ``(keep, put)``, in eax…edx order.
 EntryMasks = dict[tuple[int, int], tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]
 _MASKS = "applied masks"  # where a table keeps its EntryMasks among its derived values
+#: Where a table keeps the table it shares each part with (see ``CpuidSet.trusted``).
+_SHARE_KEYS = {part: f"shares:{part}" for part in ("keys", "flags", "xsave_components")}
 
 
 def _freeze_provenance(provenance: Mapping[BitKey, Location]) -> Provenance:
@@ -308,7 +310,7 @@ class CpuidSet:
         setter(made, "role", like.role)
         setter(made, "source_kind", like.source_kind)
         setter(made, "leaf_0xd_complete", like.leaf_0xd_complete)
-        derived: dict[str, object] = {f"shares:{part}": table
+        derived: dict[str, object] = {_SHARE_KEYS.get(part) or f"shares:{part}": table
                                       for part, table in (shares or {}).items()}
         if masks is not None:
             derived[_MASKS] = masks
@@ -330,15 +332,20 @@ class CpuidSet:
         name it alone (one name, one function). With ``part`` (see ``trusted``) it reads
         that part alone, so a table sharing the part with another takes the other's value.
         """
+        derived = self._derived
         if part is not None:
-            source = self.shared(part)
+            source = derived.get(_SHARE_KEYS.get(part) or f"shares:{part}")
             if source is not None:
-                return source.derived(name, compute, part)
-        return memoized(self._derived, name, compute, self)
+                return source.derived(name, compute, part)  # type: ignore[attr-defined, no-any-return]
+        try:
+            return derived[name]  # type: ignore[return-value]
+        except KeyError:
+            value = derived[name] = compute(self)
+            return value
 
     def shared(self, part: str) -> CpuidSet | None:
         """Return the table whose ``part`` this one has unchanged (see ``trusted``), or None."""
-        table = self._derived.get(f"shares:{part}")
+        table = self._derived.get(_SHARE_KEYS.get(part) or f"shares:{part}")
         return table if isinstance(table, CpuidSet) else None
 
     def leaf_subleaves(self) -> Mapping[int, tuple[int, ...]]:

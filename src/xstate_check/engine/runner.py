@@ -114,6 +114,8 @@ def walk_items(facts: Facts, rule: Rule, test: Evaluator, findings: list[Finding
     except Missing:
         return
     assert isinstance(items, tuple)
+    if not items:
+        return
     for index, item in enumerate(items):
         facts["item"] = item
         try:

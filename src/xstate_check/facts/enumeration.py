@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from xstate_check.cpuid import FEATURES, CpuidSet, EntryMasks
+from xstate_check.cpuid import FEATURES, ZERO, CpuidSet, EntryMasks
 from xstate_check.facts.registry import XCR0_REFS, XSS_REFS, Facts, fact, function, reg
 from xstate_check.xfeatures import (
     AVX512_MASK,
@@ -52,7 +52,7 @@ def _has_host(facts: Facts) -> object:
 
 @fact("max_basic_leaf", "int", "CPUID.0:EAX, the highest basic leaf", (reg(0, 0, "eax"),))
 def _max_basic_leaf(facts: Facts) -> object:
-    return facts.cpuid.max_basic_leaf
+    return facts.cpuid.entries.get((0, 0), ZERO)[0]  # CpuidSet.max_basic_leaf
 
 
 # --- leaf 0xD as enumerated ------------------------------------------------------------
@@ -67,26 +67,27 @@ def _xcr0(facts: Facts) -> object:
 @fact("xss", "mask", "0xD.1 EDX:ECX: the IA32_XSS (supervisor) bits enumerated", XSS_REFS,
       reads=("subleaves",))
 def _xss(facts: Facts) -> object:
-    return facts.cpuid.xss_supported
+    regs = facts.cpuid.entries.get((0xD, 1), ZERO)  # CpuidSet.xss_supported
+    return regs[3] << 32 | regs[2]
 
 
 @fact("size_current", "size", "0xD.0 EBX: standard-format size for the XCR0 now enabled",
       (reg(0xD, 0, "ebx"),))
 def _size_current(facts: Facts) -> object:
-    return facts.cpuid.get(0xD, 0).ebx
+    return facts.cpuid.entries.get((0xD, 0), ZERO)[1]
 
 
 @fact("size_max", "size", "0xD.0 ECX: standard-format size for every enumerated XCR0 bit",
       (reg(0xD, 0, "ecx"),))
 def _size_max(facts: Facts) -> object:
-    return facts.cpuid.get(0xD, 0).ecx
+    return facts.cpuid.entries.get((0xD, 0), ZERO)[2]
 
 
 @fact("compacted_size_current", "size", "0xD.1 EBX: compacted size of the XCR0 | IA32_XSS "
       "now enabled", (reg(0xD, 1, "ebx"),),
       reads=("subleaves",))
 def _compacted_size_current(facts: Facts) -> object:
-    return facts.cpuid.get(0xD, 1).ebx
+    return facts.cpuid.entries.get((0xD, 1), ZERO)[1]
 
 
 @fact("xsave_features", "int", "0xD.1 EAX: XSAVEOPT, XSAVEC, XGETBV1, XSAVES, XFD (bits 0-4)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from xstate_check.cpuid import FEATURES, REGISTERS, CpuidSet
+from xstate_check.cpuid import FEATURES, REGISTERS, ZERO, CpuidSet
 from xstate_check.errors import Location
 from xstate_check.facts.registry import XCR0_REFS, XSS_REFS, EntryItem, Facts, Missing, fact
 from xstate_check.xfeatures import XTILE_MASK
@@ -209,10 +209,12 @@ def _base(facts: Facts) -> CpuidSet:
 @fact("base.xcr0", "mask", "0xD.0 EDX:EAX of the table before the template", XCR0_REFS,
       reads=("base",))
 def _base_xcr0(facts: Facts) -> object:
-    return _base(facts).xcr0_supported
+    regs = _base(facts).entries.get((0xD, 0), ZERO)  # CpuidSet.xcr0_supported
+    return regs[3] << 32 | regs[0]
 
 
 @fact("base.xss", "mask", "0xD.1 EDX:ECX of the table before the template", XSS_REFS,
       reads=("base",))
 def _base_xss(facts: Facts) -> object:
-    return _base(facts).xss_supported
+    regs = _base(facts).entries.get((0xD, 1), ZERO)  # CpuidSet.xss_supported
+    return regs[3] << 32 | regs[2]
