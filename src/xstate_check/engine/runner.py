@@ -460,11 +460,35 @@ _ENUMERATION: tuple[tuple[RegisterKey, int, int], ...] = (
 _SUBLEAF_REGISTERS = ("eax", "ebx", "ecx")
 
 
+#: One pin owning bits a finding is about: its line, its entry and register index (None for
+#: the entry's KVM flags), the bits it owns.
+_Owner = tuple[Location, tuple[int, int], "int | None", int]
+
+
+class _Static:
+    """What one template's pins say of a rule's constant CPUID bits: those bits per register
+    with pins; the pins owning them, earliest line first; and the xfeatures whose
+    enumeration bits or subleaves would add bits to a register with pins (the rest of a
+    finding's mask changes nothing)."""
+
+    __slots__ = ("masks", "owners", "reach", "refs")
+
+    def __init__(self, placer: _Placer, refs: tuple[BitRef, ...]) -> None:
+        self.refs = refs
+        self.masks: dict[RegisterKey, int] = {}
+        placer.add(refs, self.masks)
+        self.owners = placer.owners(self.masks)
+        self.reach = placer.subleaves & ~3
+        for key, holds, _ in placer.enumeration:
+            if self.masks.get(key, 0) != _ALL:
+                self.reach |= holds
+
+
 class _Placer:
     """One template's pins, by register: per register its lines own bits of, the pins last
     applied first, with its entry and register index; the enumeration registers among them
-    and the component subleaves it pins; per rule, the bits of its constant CPUID bits on
-    those registers. A gate's pairs of one template share it."""
+    and the component subleaves it pins; per rule, what they say of its constant CPUID bits
+    (``_Static``). A gate's pairs of one template share it."""
 
     __slots__ = ("enumeration", "owns", "pins", "provenance", "static", "subleaves")
 
@@ -481,84 +505,80 @@ class _Placer:
         for leaf, subleaf, register in self.pins:
             if leaf == 0xD and 2 <= subleaf < 64 and register in _SUBLEAF_REGISTERS:
                 self.subleaves |= 1 << subleaf
-        self.static: dict[int, tuple[tuple[BitRef, ...], dict[RegisterKey, int]]] = {}
+        self.static: dict[int, _Static] = {}
 
-    def _add(self, refs: Iterable[BitRef], masks: dict[RegisterKey, int]) -> None:
+    def add(self, refs: Iterable[BitRef], masks: dict[RegisterKey, int]) -> None:
+        """Add the bits of ``refs`` in registers with pins to ``masks``."""
         pins = self.pins
         for leaf, subleaf, register, bits in refs:
             key = (leaf, subleaf, register)
             if key in pins:
                 masks[key] = masks.get(key, 0) | bits
 
-    def masks(self, bits: Bits) -> dict[RegisterKey, int]:
-        """Return, per register with pins, the bits of ``bits`` in it (not to be changed)."""
-        static, extra, mask = bits
-        entry = self.static.get(id(static))
-        if entry is None or entry[0] is not static:
-            made: dict[RegisterKey, int] = {}
-            self._add(static, made)
-            entry = self.static[id(static)] = (static, made)
-        masks = entry[1]
-        if not extra and not mask:
-            return masks
-        masks = dict(masks)
-        self._add(extra, masks)
-        if mask >> 64:  # not an xfeature mask: listed as mask_refs lists it
-            self._add(mask_refs(mask), masks)
-            return masks
-        for key, holds, shift in self.enumeration:
-            enumerated = (mask & holds) >> shift
-            if enumerated:
-                masks[key] = masks.get(key, 0) | enumerated
-        subleaves = mask & self.subleaves & ~3
-        while subleaves:
-            low = subleaves & -subleaves
-            subleaves ^= low
-            number = low.bit_length() - 1
-            for register in _SUBLEAF_REGISTERS:
-                key = (0xD, number, register)
-                if key in self.pins:
-                    masks[key] = masks.get(key, 0) | _ALL
-        return masks
+    def owners(self, masks: dict[RegisterKey, int]) -> list[_Owner]:
+        """Return the pins owning the bits of ``masks`` (each bit's last pin), earliest
+        line first."""
+        owners: list[_Owner] = []
+        for key, asked in masks.items():
+            owning, entry, index = self.pins[key]
+            remaining = asked
+            for pin_mask, where in owning:  # the last applied first: it owns its bits
+                owned = pin_mask & remaining
+                if owned:
+                    owners.append((where, entry, index, owned))
+                    remaining &= ~owned
+                    if not remaining:
+                        break
+        if len(owners) > 1:
+            owners.sort(key=_owner_key)
+        return owners
 
     def place(self, subject: Subject, bits: Bits) -> Location | None:
         """Return the template line owning one of ``bits`` that the template changed (the
-        earliest), else one owning a bit it pinned; None where it owns none."""
-        masks = self.masks(bits)
-        if not masks:
+        earliest), else the earliest owning one; None where none owns one."""
+        static, extra, mask = bits
+        known = self.static.get(id(static))
+        if known is None or known.refs is not static:
+            known = self.static[id(static)] = _Static(self, static)
+        if extra or mask & known.reach or mask >> 64:
+            masks = dict(known.masks)
+            self.add(extra, masks)
+            if mask >> 64:  # not an xfeature mask: listed as mask_refs lists it
+                self.add(mask_refs(mask), masks)
+            else:
+                for key, holds, shift in self.enumeration:
+                    enumerated = (mask & holds) >> shift
+                    if enumerated:
+                        masks[key] = masks.get(key, 0) | enumerated
+                subleaves = mask & self.subleaves & ~3
+                while subleaves:
+                    low = subleaves & -subleaves
+                    subleaves ^= low
+                    number = low.bit_length() - 1
+                    for register in _SUBLEAF_REGISTERS:
+                        key = (0xD, number, register)
+                        if key in self.pins:
+                            masks[key] = masks.get(key, 0) | _ALL
+            owners = self.owners(masks)
+        else:
+            owners = known.owners
+        if not owners:
             return None
         entries = subject.cpuid.entries
         base = subject.base
         base_entries = base.entries if base is not None else None
-        pins = self.pins
-        changed: list[Location] = []
-        pinned: list[Location] = []
-        for key, asked in masks.items():
-            owning, entry, index = pins[key]
-            remaining = asked
-            diff = -1
-            for pin_mask, where in owning:  # the last applied first: it owns its bits
-                owned = pin_mask & remaining
-                if not owned:
-                    continue
-                remaining &= ~owned
-                if diff < 0:
-                    if index is None:  # the entry's KVM flags: no register bit of its own
-                        diff = 0
-                    else:
-                        new = entries.get(entry, ZERO)[index]
-                        old = base_entries.get(entry, ZERO)[index] if base_entries else new
-                        diff = old ^ new
-                if owned & diff:
-                    changed.append(where)
-                if owned & ~diff:
-                    pinned.append(where)
-                if not remaining:
-                    break
-        found = changed or pinned
-        if not found:
-            return None
-        return found[0] if len(found) == 1 else min(found, key=_location_key)
+        for where, entry, index, owned in owners:
+            if index is not None:
+                new = entries.get(entry, ZERO)[index]
+                old = base_entries.get(entry, ZERO)[index] if base_entries else new
+                if (old ^ new) & owned:
+                    return where  # the earliest line owning a bit the template changed
+        return owners[0][0]
+
+
+def _owner_key(owner: _Owner) -> tuple[str, int, int]:
+    where = owner[0]
+    return (where.path, where.line, where.column)
 
 
 #: The placer of the provenance last asked about (a gate checks one template at a time).
@@ -596,8 +616,3 @@ def _placed(subject: Subject, item: object, bits: Bits) -> Location | None:
 
 
 _REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
-
-
-def _location_key(location: Location) -> tuple[str, int, int]:
-    """Order locations by file, line and column without attrs' generic comparison."""
-    return (location.path, location.line, location.column)
