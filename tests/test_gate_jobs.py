@@ -415,3 +415,32 @@ def test_workers_are_forked_only_from_a_single_thread(monkeypatch: pytest.Monkey
     finally:
         stop.set()
         thread.join()
+
+
+SKEWED = """
+    import os, sys, time
+    import xstate_check.gate as gate
+    from xstate_check.cli import main
+
+    parent = os.getpid()
+    check = gate.GateRun.check
+
+    def uneven(self, path):
+        if os.getpid() != parent and os.getpid() % 2:
+            time.sleep(0.01)  # one worker of two slower than the other
+        return check(self, path)
+
+    gate.GateRun.check = uneven
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_uneven_workers_still_give_the_order_of_one_process(
+        templates: list[str], tmp_path: Path, fmt: str) -> None:
+    """Tasks go to whichever worker is free and answers come back out of turn; the output
+    is still in the order given, the same bytes as one process."""
+    paths = _copies(templates, tmp_path / "t", 70)
+    one = _process("gate", *paths, "-f", fmt, "--jobs", "1")
+    done = _script(tmp_path, SKEWED, "gate", *paths, "-f", fmt, "--jobs", "2")
+    assert (done.returncode, done.stdout, done.stderr) == one

@@ -899,9 +899,10 @@ def _check_template(path: str, pool: Sequence[GateProfile], grid: Matrix | None,
 #: Below this many templates a gate left to choose its workers runs in one process:
 #: starting workers costs more than they save.
 PARALLEL_FROM = 48
-#: The most templates in one task sent to a worker, and tasks in flight per worker (the
-#: parent writes the output in order; in-flight results are all it holds). Tasks shrink
-#: towards the end (see ``_batches``), so that no worker is left alone with a long one.
+#: The most templates in one task sent to a worker, and tasks running or queued per worker
+#: (the parent writes the output in order; what it holds is twice that many tasks' results
+#: at most). Tasks shrink towards the end (see ``_batches``), so that no worker is left
+#: alone with a long one.
 _BATCH = 16
 _AHEAD = 2
 
@@ -1119,24 +1120,40 @@ class GateRun:
     def _merged(self, executor: Executor, paths: Sequence[str], workers: int,
                 encoder: ChunkEncoder | None, *,
                 unfreeze: bool) -> Iterator[GateChunk | EncodedChunk]:
-        """Send ``paths`` to the workers in tasks and yield their answers in order."""
+        """Send ``paths`` to the workers in tasks and yield their answers in order.
+
+        A new task goes out whenever one finishes, whichever it is: a worker that got less
+        of the machine's time (a busy CI runner) does not hold the others up. Answers that
+        arrive ahead of their turn wait here, at most ``_AHEAD`` tasks per worker more than
+        are running.
+        """
         import gc
         from collections import deque
+        from concurrent.futures import FIRST_COMPLETED, wait
 
+        running, held = workers * _AHEAD, workers * _AHEAD * 2
         pending: deque[tuple[list[str], Future[_WorkerAnswer]]] = deque()
         queue = _batches(paths, workers)
-        for batch in queue:
-            pending.append((batch, executor.submit(_worker_check, batch, encoder)))
-            if unfreeze and len(pending) == 1:
-                gc.unfreeze()  # the workers were forked as the first task went
-            if len(pending) >= workers * _AHEAD:
-                break
-        while pending:
-            batch, future = pending.popleft()
-            following = next(queue, None)
-            if following is not None:
-                pending.append((following, executor.submit(_worker_check, following,
-                                                           encoder)))
+        exhausted = False
+        while True:
+            busy = [future for _, future in pending if not future.done()]
+            while not exhausted and len(busy) < running and len(pending) < held:
+                batch = next(queue, None)
+                if batch is None:
+                    exhausted = True
+                    break
+                future = executor.submit(_worker_check, batch, encoder)
+                if unfreeze and not pending:
+                    gc.unfreeze()  # the workers were forked as the first task went
+                pending.append((batch, future))
+                busy.append(future)
+            if not pending:
+                return
+            batch, future = pending[0]
+            if not future.done():
+                wait(busy, return_when=FIRST_COMPLETED)
+                continue
+            pending.popleft()
             done, failed = future.result()
             yield from done
             # A template a worker could not check is checked here again, so that its
