@@ -807,9 +807,9 @@ def apply_template(template: Template, base: CpuidSet,
     for key, entry_flags, k0, k1, k2, k3, p0, p1, p2, p3 in folded.composed:
         old = get(key)
         if old is not None:
-            if base_flags.get(key) != entry_flags:
+            if base_flags.get(key) != entry_flags:  # else the copy holds them already
                 same_flags = False
-            flags[key] = entry_flags
+                flags[key] = entry_flags
             entries[key] = _new_registers(Registers, (
                 (old[0] & k0) | p0, (old[1] & k1) | p1, (old[2] & k2) | p2, (old[3] & k3) | p3))
     provenance = base.provenance
