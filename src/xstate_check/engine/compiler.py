@@ -364,6 +364,18 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built
 
             return every_of_fact
         return lambda facts: (care := facts[name] & bits) != 0 and holds(facts, care) != 0
+    if isinstance(node.domain, Binary) and node.domain.op == "|":
+        parts = (_build(node.domain.left, lets), _build(node.domain.right, lets))
+        if isinstance(parts[0], _Fact) and isinstance(parts[1], _Fact):
+            one, two = parts[0].name, parts[1].name  # ``components(xcr0 | xss)``, inline
+            if every:
+                def every_of_union(facts: Facts) -> bool:
+                    care = (facts[one] | facts[two]) & COMPONENT_BITS
+                    return not care or holds(facts, care) == care
+
+                return every_of_union
+            return lambda facts: ((care := (facts[one] | facts[two]) & COMPONENT_BITS) != 0
+                                  and holds(facts, care) != 0)
     domain = _domain(node, lets, built)
     if every:
         def every_of(facts: Facts) -> bool:
@@ -384,6 +396,11 @@ def _build_list(node: ListExpr, lets: Mapping[str, Evaluator]) -> _Built:
 
 def _build_call(node: Call, lets: Mapping[str, Evaluator]) -> _Built:
     function = FUNCTIONS[node.name].call
+    if len(node.args) == 1:
+        built = _build(node.args[0], lets)
+        if isinstance(built, _Fact):
+            name = built.name  # ``std_size(xcr0)``: the fact read inline
+            return lambda facts: function(facts, facts[name])
     args = [_run(_build(arg, lets)) for arg in node.args]
     if len(args) == 1:
         (arg,) = args
@@ -421,6 +438,11 @@ def _build_binary(node: Binary, lets: Mapping[str, Evaluator]) -> _Built:
                 return _Masked(left.name, right.value)
             if isinstance(left, _Masked):
                 return _Masked(left.name, left.mask & right.value)
+    if isinstance(left, _Fact) and isinstance(right, _Fact) and node.op in ("|", "&"):
+        first, second = left.name, right.name  # both read inline
+        if node.op == "|":
+            return lambda facts: facts[first] | facts[second]
+        return lambda facts: facts[first] & facts[second]
     run_left, run_right = _run(left), _run(right)
     if isinstance(right, _Const):
         constant = right.value
@@ -505,6 +527,11 @@ def _build_compare(node: Compare, lets: Mapping[str, Evaluator]) -> _Built:
                 return lambda facts: facts[name] <= constant
         run = _run(left)
         return lambda facts: function(run(facts), constant)
+    if isinstance(left, _Fact) and op in (">=", "<="):
+        name, run = left.name, _run(right)  # ``size_max >= std_size(xcr0)``: the fact inline
+        if op == ">=":
+            return lambda facts: facts[name] >= run(facts)
+        return lambda facts: facts[name] <= run(facts)
     run_left, run_right = _run(left), _run(right)
     return lambda facts: function(run_left(facts), run_right(facts))
 
