@@ -17,8 +17,13 @@ against references measured alongside, runs interleaved, medians:
 
 Each change's share is visible in ``python -X importtime`` (printed for the host command,
 the largest imports first). Run: ``python bench/bench_startup.py [--repeat N] [--python
-PY]``; needs a C compiler (``cc``) for 3, which is skipped without one. Figures only: it
-asserts nothing and exits 0 unless a run fails.
+PY] [--callgrind]``; needs a C compiler (``cc``) for 3, which is skipped without one.
+Figures only: it asserts nothing and exits 0 unless a run fails.
+
+``--callgrind`` adds instruction counts, which the machine's load does not move (valgrind's
+callgrind, ``PYTHONHASHSEED=0``, median of three runs): the host command's whole process
+over a bare interpreter's, the first ``preboot()`` and a warm one (those two counted alone,
+inside the interpreter: collection is switched on around them).
 """
 
 from __future__ import annotations
@@ -172,6 +177,60 @@ int main(void) {{
 """
 
 
+#: Runs ``MEASURED`` (indented into a function) inside ``functools.reduce``: callgrind counts
+#: only while that C function runs (``--toggle-collect``), so setup and teardown are left out.
+COUNTED = """
+{setup}
+import functools
+def _measured(first, second):
+{measured}
+    return 0
+functools.reduce(_measured, [0, 0])
+"""
+
+
+def instructions(python: Path, setup: str, measured: str, *, whole: bool = False) -> float | None:
+    """Return the millions of instructions callgrind counts for ``measured`` (after ``setup``)
+    or, ``whole``, for the process running ``setup``; None without valgrind or on failure."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    code = setup if whole else COUNTED.format(
+        setup=setup, measured="\n".join(f"    {line}" for line in measured.splitlines()))
+    counts = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [valgrind, "--tool=callgrind", f"--callgrind-out-file={tmp}/out"]
+            if not whole:
+                args += ["--collect-atstart=no", "--toggle-collect=functools_reduce"]
+            done = subprocess.run([*args, str(python), "-c", code], capture_output=True,
+                                  text=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+                                  check=False)
+        found = [line for line in done.stderr.splitlines() if "Collected :" in line]
+        if done.returncode not in (0, 1) or not found:
+            return None
+        counts.append(int(found[-1].split(":")[-1]) / 1e6)
+    return statistics.median(counts)
+
+
+def callgrind_figures(python: Path, out: str) -> None:
+    """Print the instruction counts of ``--callgrind``."""
+    bare = instructions(python, "pass", "", whole=True)
+    host = instructions(python, "import sys; from xstate_check.cli import run; sys.argv = "
+                        f"['xstate-check', 'host', '--format', 'json', '-o', {out!r}]; run()",
+                        "", whole=True)
+    first = instructions(python, "", "import xstate_check\nxstate_check.preboot()")
+    warm = instructions(python, "import xstate_check\nxstate_check.preboot()",
+                        "xstate_check.preboot()")
+    if None in (bare, host, first, warm):
+        print("callgrind: valgrind is missing or a run failed; no instruction counts")
+        return
+    assert bare is not None and host is not None
+    print(f"callgrind (PYTHONHASHSEED=0, median of 3), million instructions: host command "
+          f"{host:.1f} ({host - bare:+.1f} over a bare interpreter's {bare:.1f}); first "
+          f"preboot() {first:.1f}; warm preboot() {warm:.2f}")
+
+
 def _c_bytes(data: bytes) -> str:
     return "".join(f"\\x{byte:02x}" for byte in data)
 
@@ -186,6 +245,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=21, help="runs per figure (median)")
     parser.add_argument("--python", type=Path, help="an interpreter with xstate-check installed")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="also count instructions with valgrind's callgrind")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         python = options.python or installed_python(Path(tmp) / "venv")
@@ -243,6 +304,8 @@ def main() -> int:
 
         # 3. A warm preboot() against the same operations from C.
         warm_against_c(python, options.repeat * 10, Path(tmp))
+        if options.callgrind:
+            callgrind_figures(python, out)
     return 0
 
 
