@@ -264,6 +264,8 @@ _logic = st.recursive(
         st.tuples(inner, inner).map(lambda pair: (
             f"({pair[0][0]} or {pair[1][0]})", lambda: pair[0][1]() or pair[1][1]())),
         inner.map(lambda one: (f"not ({one[0]})", lambda: not one[1]())),
+        st.tuples(inner, inner).map(lambda pair: (
+            f"({pair[0][0]} => {pair[1][0]})", lambda: not pair[0][1]() or pair[1][1]())),
     ),
     max_leaves=8)
 
@@ -296,3 +298,19 @@ def test_logic_matches_python(expression: tuple[str, object],
         assert (found is not None and not found) == (expected is not None and not expected)
     else:
         assert found == expected and type(found) is type(expected), source
+
+
+def test_an_implication_below_the_root_reads_its_condition_first() -> None:
+    """Only a rule's root ``=>`` may test its right side first: under ``not``, ``and`` or a
+    quantifier, a missing condition must leave the rule not applicable, never a finding."""
+    subject = Subject("t", table(0x7).cpuid, role="guest")
+    holds = "(xcr0 & 0x3) == 0x3"
+    assert value_of(holds, subject) is True
+    with pytest.raises(Missing):
+        value_of(f"not (host.kernel < 6.4 => {holds})", subject)
+    with pytest.raises(Missing):
+        value_of(f"(host.kernel < 6.4 => {holds}) and XSAVE", subject)
+    from xstate_check.engine.compiler import compile_rule
+
+    test, _, _ = compile_rule(parse(f"host.kernel < 6.4 => {holds}"), ())
+    assert test(Facts(subject)) is True  # at the root: no finding either way, B read first

@@ -457,7 +457,7 @@ def _build_binary(node: Binary, lets: Mapping[str, Evaluator]) -> _Built:
     return lambda facts: function(run_left(facts), run_right(facts))
 
 
-def _build_logic(op: str, left: _Built, right: _Built) -> _Built:
+def _build_logic(op: str, left: _Built, right: _Built, *, root: bool = False) -> _Built:
     if isinstance(left, _Const):
         if op == "and":
             return right if left.value else _Const(False)
@@ -471,10 +471,13 @@ def _build_logic(op: str, left: _Built, right: _Built) -> _Built:
             return _Const(True) if right.value else left
         return _Const(True) if right.value else _negate(left)
     if op == "=>":
-        # A => B is (not A) or B. When B is a plain mask test and A is not, B goes first: it
-        # usually holds, and A (a feature bit, a role) is then never computed. Either order
-        # gives the same findings, since the expressions have no side effects.
-        if isinstance(right, _MaskTest) and not isinstance(left, _MaskTest):
+        # A => B is (not A) or B. At a rule's root, when B is a plain mask test and A is
+        # not, B goes first: it usually holds, and A (a feature bit, a role) is then never
+        # computed. There either order gives the same findings: where A is missing, B true
+        # passes the rule and A first makes it not applicable, and neither is a finding.
+        # Anywhere else the two differ (under ``not``, an ``and``, a quantifier), so the
+        # order is the written one.
+        if root and isinstance(right, _MaskTest) and not isinstance(left, _MaskTest):
             left, right = right, _negate(left)
         else:
             left = _negate(left)
@@ -636,7 +639,15 @@ def compile_rule(node: Node, let_nodes: Sequence[tuple[str, Node]]) -> tuple[
     for quantifier in offending_quantifiers(node):
         by_var.setdefault(quantifier.var, []).append(quantifier)
     offenders = {var: _compile_offenders(found, lets) for var, found in by_var.items()}
-    return compile_expression(node, lets), lets, offenders
+    return _run(_build_root(node, lets)), lets, offenders
+
+
+def _build_root(node: Node, lets: Mapping[str, Evaluator]) -> _Built:
+    """Build a rule's test: as ``_build``, with a root ``=>`` free to read its right side
+    first (see ``_build_logic``)."""
+    if isinstance(node, Binary) and node.op == "=>":
+        return _build_logic("=>", _build(node.left, lets), _build(node.right, lets), root=True)
+    return _build(node, lets)
 
 
 def constant_value(node: Node) -> tuple[bool, object]:

@@ -180,8 +180,11 @@ def _feature_values(cpuid: CpuidSet) -> dict[str, bool]:
 
 
 _REGISTERS_READ: list[tuple[tuple[int, int], int, tuple[tuple[str, int], ...]]] = []
-#: ``_pinned_features`` of the templates' masks seen (each kept alive with its answer).
+#: ``_pinned_features`` of the templates' masks seen last (each kept alive with its answer).
+#: A gate checks a template on all its profiles before the next, so a few suffice; more
+#: would grow a long gate's memory with its number of templates.
 _PINNED: dict[int, tuple[EntryMasks, dict[str, bool]]] = {}
+_PINNED_KEPT = 8
 
 
 def _pinned_features(masks: EntryMasks) -> dict[str, bool]:
@@ -200,7 +203,7 @@ def _pinned_features(masks: EntryMasks) -> dict[str, bool]:
                     pinned[name] = True
                 elif not keep >> shift & 1:
                     pinned[name] = False
-        if len(_PINNED) >= 4096:
+        if len(_PINNED) >= _PINNED_KEPT:
             _PINNED.clear()
         found = _PINNED[id(masks)] = (masks, pinned)
     return found[1]
