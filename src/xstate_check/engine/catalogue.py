@@ -122,8 +122,8 @@ class Rule:
     location: Location
     compiled: CompiledRule = attrs.field(repr=False)
     #: The template changes that fix the rule's findings (``[[rule.autofix]]``), in the
-    #: order they are tried.
-    autofix: tuple[FixGroup, ...] = ()
+    #: order they are tried (a tuple, or read on first use from a cached catalogue).
+    autofix: Sequence[FixGroup] = ()
     #: The function (``valid_xcr0``) whose meaning this rule's check is part of.
     defines: str | None = None
 

@@ -30,7 +30,7 @@ import os
 import struct
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 try:  # the C unpickler alone: the pickle module's own imports cost 0.8 ms of every start
     from _pickle import loads as _loads
@@ -42,16 +42,19 @@ from xstate_check.classcode import cache_folders, compiled_once, open_trusted, w
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from xstate_check.engine.catalogue import Catalogue
+    from xstate_check.engine.catalogue import Catalogue, FixGroup
     from xstate_check.engine.examples import Example
 
-__all__ = ["StoredExamples", "default_rules_dir", "load_catalogue"]
+__all__ = ["StoredExamples", "StoredFixes", "default_rules_dir", "load_catalogue"]
+
+_T = TypeVar("_T")
 
 # Plain strings, not pathlib: pathlib (with urllib.parse and ipaddress) costs several ms of a
 # pre-boot check's start, and this module is on that path.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-_FORMAT = b"xstate-check catalogue cache 4\n"
-#: After the key: the sizes of the rules' pickle and of the examples' pickle that follow.
+_FORMAT = b"xstate-check catalogue cache 5\n"
+#: After the key: the sizes of the rules' pickle and of the examples' (and fixes') pickle
+#: that follow.
 _SIZES = struct.Struct("<QQ")
 
 
@@ -136,11 +139,12 @@ def _key(files: Sequence[str], package: str = _PACKAGE) -> bytes | None:
 
 
 class _Shelf:
-    """Every rule's pass and fail examples as the cache keeps them, unpickled on first use.
+    """Every rule's pass and fail examples and ``[[rule.autofix]]`` groups as the cache keeps
+    them, unpickled on first use.
 
-    A run that only checks (a pre-boot check) never reads an example, so it neither unpickles
-    them nor imports their module. Should the stored bytes not unpickle to what the rules
-    need, the examples are read again from the rule files.
+    A run that only checks (a pre-boot check) never reads an example or a fix, so it neither
+    unpickles them nor imports their module. Should the stored bytes not unpickle to what the
+    rules need, they are read again from the rule files.
     """
 
     __slots__ = ("_data", "_files", "_items", "_rules")
@@ -149,25 +153,28 @@ class _Shelf:
         self._data = data
         self._files = files
         self._rules = rules
-        self._items: list[tuple[Example, ...]] | None = None
+        self._items: list[tuple[Any, ...]] | None = None
 
-    def items(self) -> list[tuple[Example, ...]]:
-        """Return the pass and fail examples of rule ``i`` at ``2 i`` and ``2 i + 1``."""
+    def items(self) -> list[tuple[Any, ...]]:
+        """Return the pass examples, fail examples and fixes of rule ``i`` at ``3 i``,
+        ``3 i + 1`` and ``3 i + 2``."""
         if self._items is None:
             try:
                 items = _loads(self._data)
-                if not (isinstance(items, list) and len(items) == 2 * self._rules
+                if not (isinstance(items, list) and len(items) == 3 * self._rules
                         and all(isinstance(group, tuple) for group in items)):
-                    raise ValueError("not a list of example groups")
+                    raise ValueError("not a list of example and fix groups")
             except Exception:  # damaged: the rule files have them
                 catalogue = _load_files(self._files)
-                items = [group for rule in catalogue.rules for group in (rule.passes, rule.fails)]
+                items = [group for rule in catalogue.rules
+                         for group in (rule.passes, rule.fails, rule.autofix)]
             self._items = items
         return self._items
 
 
-class StoredExamples(Sequence["Example"]):
-    """A rule's pass or fail examples, as loaded from the cache: read when first used."""
+class _Stored(Sequence[_T], Generic[_T]):
+    """One group of a rule's stored items (examples or fixes), as loaded from the cache:
+    read when first used."""
 
     __slots__ = ("_index", "_shelf")
 
@@ -175,26 +182,26 @@ class StoredExamples(Sequence["Example"]):
         self._shelf = shelf
         self._index = index
 
-    def _examples(self) -> tuple[Example, ...]:
+    def _examples(self) -> tuple[_T, ...]:
         return self._shelf.items()[self._index]
 
     @overload
-    def __getitem__(self, index: int) -> Example: ...
+    def __getitem__(self, index: int) -> _T: ...
 
     @overload
-    def __getitem__(self, index: slice) -> tuple[Example, ...]: ...
+    def __getitem__(self, index: slice) -> tuple[_T, ...]: ...
 
-    def __getitem__(self, index: int | slice) -> Example | tuple[Example, ...]:
+    def __getitem__(self, index: int | slice) -> _T | tuple[_T, ...]:
         return self._examples()[index]
 
     def __len__(self) -> int:
         return len(self._examples())
 
-    def __iter__(self) -> Iterator[Example]:
+    def __iter__(self) -> Iterator[_T]:
         return iter(self._examples())
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, StoredExamples):
+        if isinstance(other, _Stored):
             other = other._examples()
         if not isinstance(other, tuple):
             return NotImplemented
@@ -205,8 +212,28 @@ class StoredExamples(Sequence["Example"]):
     def __repr__(self) -> str:
         return repr(self._examples())
 
-    def __reduce__(self) -> tuple[type[tuple[Example, ...]], tuple[tuple[Example, ...]]]:
+    def __reduce__(self) -> tuple[type[tuple[_T, ...]], tuple[tuple[_T, ...]]]:
         return tuple, (self._examples(),)
+
+
+if TYPE_CHECKING:
+    _ExamplesBase = _Stored[Example]
+    _FixesBase = _Stored[FixGroup]
+else:  # the examples' and fixes' modules stay unimported until read
+    _ExamplesBase = _FixesBase = _Stored
+
+
+class StoredExamples(_ExamplesBase):
+    """A rule's pass or fail examples, as loaded from the cache: read when first used."""
+
+    __slots__ = ()
+
+
+class StoredFixes(_FixesBase):
+    """A rule's ``[[rule.autofix]]`` groups, as loaded from the cache: read when first used
+    (only fixes and explanations read them)."""
+
+    __slots__ = ()
 
 
 def _read(path: str, key: bytes) -> tuple[list[dict[str, object]], bytes, dict[Any, Any]] | None:
@@ -256,8 +283,8 @@ def _write(key: bytes, records: list[dict[str, object]], examples: list[object],
 def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object],
                                             dict[Any, Any]]:
     """Return the catalogue as plain data: every rule field, the compiled ones less closures;
-    apart from them the examples (pass and fail of each rule in turn), and the passing values
-    its plan folded (the entries of ``plan.PASSING`` its groups hold)."""
+    apart from them the examples and fixes (pass, fail and autofix of each rule in turn), and
+    the passing values its plan folded (the entries of ``plan.PASSING`` its groups hold)."""
     import attrs
 
     from xstate_check.engine.plan import PASSING
@@ -270,7 +297,8 @@ def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object
     examples: list[object] = []
     for rule in catalogue.rules:
         record = attrs.asdict(rule, recurse=False)
-        examples.extend((tuple(record.pop("passes")), tuple(record.pop("fails"))))
+        examples.extend((tuple(record.pop("passes")), tuple(record.pop("fails")),
+                         tuple(record.pop("autofix"))))
         compiled = attrs.asdict(rule.compiled, recurse=False)
         del compiled["test"], compiled["lets"], compiled["offenders"]
         record["compiled"] = compiled
@@ -295,8 +323,9 @@ def _rebuild(records: list[dict[str, object]], examples: bytes, passing: dict[An
         node, let_nodes = compiled["source"]
         test, lets, offenders = compile_rule(node, let_nodes)
         compiled_rule = CompiledRule(test=test, lets=lets, offenders=offenders, **compiled)
-        rules.append(Rule(compiled=compiled_rule, passes=StoredExamples(shelf, 2 * index),
-                          fails=StoredExamples(shelf, 2 * index + 1),
+        rules.append(Rule(compiled=compiled_rule, passes=StoredExamples(shelf, 3 * index),
+                          fails=StoredExamples(shelf, 3 * index + 1),
+                          autofix=StoredFixes(shelf, 3 * index + 2),
                           **record))  # type: ignore[arg-type]
     return Catalogue(tuple(rules), paths)
 
