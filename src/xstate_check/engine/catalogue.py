@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     # Examples are read by tests and ``explain``, not by a check: a catalogue loaded from
     # the cache reads them (and imports their module) on first use.
     from xstate_check.engine.examples import Example
-    from xstate_check.engine.plan import Plan
+    from xstate_check.engine.plan import Plan, Quick
 
 __all__ = [
     "FAMILIES",
@@ -70,6 +70,10 @@ class CompiledRule:
     #: The parsed check (``applies`` folded in) and lets, from which ``test`` and ``lets``
     #: are compiled: what a cached catalogue keeps, since closures cannot be stored.
     source: tuple[Node, tuple[tuple[str, Node], ...]] | None = None
+    #: The plan's quick condition of ``source`` (``plan.quick_condition``), in a 1-tuple,
+    #: as the loader works it out and a cached catalogue keeps it; None for an ``each`` rule
+    #: (or a rule made otherwise: the plan then works it out).
+    quick: tuple[Quick | None] | None = None
 
 
 @attrs.frozen

@@ -35,6 +35,7 @@ from xstate_check.engine.compiler import (
 )
 from xstate_check.engine.nodes import Binary, Call, Name, Node
 from xstate_check.engine.parser import Resolved, parse_expression
+from xstate_check.engine.plan import quick_condition
 from xstate_check.engine.shipped import default_rules_dir, load_catalogue
 from xstate_check.engine.tokenizer import KEYWORDS, RuleSyntaxError
 from xstate_check.errors import InputError, LineIndex, Location, clip_quote, error_at
@@ -334,6 +335,7 @@ class _RuleReader:
             functions=frozenset(functions),
             needs=needs_of(facts, functions) | attribute_needs(attributes),
             source=(node, let_sources),
+            quick=None if each is not None else (quick_condition(node),),
             offenders=offenders,
             attributes=frozenset(attributes),
         )

@@ -26,7 +26,7 @@ from xstate_check.records import NamedTuple
 if TYPE_CHECKING:
     from xstate_check.engine.catalogue import Rule
 
-__all__ = ["PASSING", "Plan", "Quick", "quick_condition"]
+__all__ = ["PASSING", "Plan", "Quick", "quick_condition", "rule_quick"]
 
 
 #: Enumerate at most this many mask bits when combining two bit tests.
@@ -156,6 +156,14 @@ def _quick_compare(node: Compare) -> Quick | None:
     return quick if op == "in" else _complement(quick)
 
 
+def rule_quick(rule: Rule) -> Quick | None:
+    """Return the quick condition of ``rule``'s check: kept with it, else worked out."""
+    compiled = rule.compiled
+    if compiled.quick is not None:
+        return compiled.quick[0]
+    return quick_condition(compiled.source[0]) if compiled.source else None
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 Step = tuple[int, Evaluator, "Rule"]
@@ -237,7 +245,7 @@ class Plan:
             if rule.each is not None:
                 walking.append((compiled.needs, compiled.test, rule))
                 continue
-            quick = quick_condition(compiled.source[0]) if compiled.source else None
+            quick = rule_quick(rule)
             if quick is not None:
                 groups.setdefault(quick.name, []).append(
                     (quick.mask, quick.values, compiled.needs, compiled.test, rule)

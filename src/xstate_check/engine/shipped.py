@@ -52,7 +52,7 @@ _T = TypeVar("_T")
 # Plain strings, not pathlib: pathlib (with urllib.parse and ipaddress) costs several ms of a
 # pre-boot check's start, and this module is on that path.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-_FORMAT = b"xstate-check catalogue cache 5\n"
+_FORMAT = b"xstate-check catalogue cache 6\n"
 #: After the key: the sizes of the rules' pickle and of the examples' (and fixes') pickle
 #: that follow.
 _SIZES = struct.Struct("<QQ")
@@ -282,9 +282,10 @@ def _write(key: bytes, records: list[dict[str, object]], examples: list[object],
 
 def _records(catalogue: Catalogue) -> tuple[list[dict[str, object]], list[object],
                                             dict[Any, Any]]:
-    """Return the catalogue as plain data: every rule field, the compiled ones less closures;
-    apart from them the examples and fixes (pass, fail and autofix of each rule in turn), and
-    the passing values its plan folded (the entries of ``plan.PASSING`` its groups hold)."""
+    """Return the catalogue as plain data: every rule field, the compiled ones less closures
+    (with the plan's quick conditions, which the loader works out); apart from them the
+    examples and fixes (pass, fail and autofix of each rule in turn), and the passing values
+    its plan folded (the entries of ``plan.PASSING`` its groups hold)."""
     import attrs
 
     from xstate_check.engine.plan import PASSING
