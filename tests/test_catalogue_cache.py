@@ -46,11 +46,16 @@ def _fields(catalogue: Catalogue) -> list[dict[str, object]]:
     return out
 
 
+def _catalogue_files(cache_dir: Path) -> list[Path]:
+    """Return the catalogue's cache files (a start may also keep attrs's class code there)."""
+    return sorted(cache_dir.glob("catalogue-*"))
+
+
 def test_second_load_comes_from_the_cache_and_equals_the_first(
         cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A load writes one cache file; the next load reads it, not the TOML, with equal rules."""
     first = _fresh()
-    assert [p.name.startswith("catalogue-") for p in cache_dir.iterdir()] == [True]
+    assert len(_catalogue_files(cache_dir)) == 1
     _forbid_reading(monkeypatch)
     second = _fresh()
     assert second is not first
@@ -69,7 +74,7 @@ def test_a_damaged_or_untrusted_cache_is_rebuilt(
         cache_dir: Path, damage: str) -> None:
     """A cache file that is garbage, cut short or writable by others is not used."""
     expected = _fields(_fresh())
-    (cached,) = cache_dir.iterdir()
+    (cached,) = _catalogue_files(cache_dir)
     data = cached.read_bytes()
     if damage == "garbage":
         cached.write_bytes(data[:70] + b"\x80not a pickle")
@@ -79,7 +84,7 @@ def test_a_damaged_or_untrusted_cache_is_rebuilt(
         cached.chmod(0o664)
     before = cached.stat().st_mtime_ns, cached.stat().st_size
     assert _fields(_fresh()) == expected
-    (rewritten,) = cache_dir.iterdir()
+    (rewritten,) = _catalogue_files(cache_dir)
     assert (rewritten.stat().st_mtime_ns, rewritten.stat().st_size) != before or damage == \
         "group-writable"
     assert rewritten.stat().st_mode & 0o022 == 0
@@ -244,7 +249,7 @@ def test_examples_are_read_from_the_cache_when_first_used(cache_dir: Path) -> No
 def test_damaged_examples_are_read_again_from_the_rule_files(cache_dir: Path) -> None:
     """Examples whose stored bytes no longer unpickle come from the rule files instead."""
     expected = [(rule.passes, rule.fails) for rule in _fresh().rules]
-    (cached,) = cache_dir.iterdir()
+    (cached,) = _catalogue_files(cache_dir)
     data = bytearray(cached.read_bytes())
     data[-40:] = b"\xff" * 40  # the examples' pickle comes last
     cached.write_bytes(bytes(data))
