@@ -274,8 +274,18 @@ def _plain_leaf(node: object, location: Location,
         if type(modifier) is not dict or modifier.keys() != _REGISTER_KEYS:
             return None
         register = modifier["register"]
-        bits = _plain_bitmap(modifier["bitmap"], 32)
-        if register not in _REGISTERS or bits is None:
+        if register not in _REGISTERS:
+            return None
+        bitmap = modifier["bitmap"]
+        # parse_bitmap's fast path inline (the common case); anything else goes through it.
+        body = bitmap[2:] if type(bitmap) is str and bitmap.startswith("0b") else bitmap
+        if type(body) is str and body and len(body) <= 32 and not body.strip("01x"):
+            changes.append(RegisterModifier(
+                register, int(body.replace("0", "1").replace("x", "0"), 2),
+                int(body.replace("x", "0"), 2), next(bitmaps)))
+            continue
+        bits = _plain_bitmap(bitmap, 32)
+        if bits is None:
             return None
         changes.append(RegisterModifier(register, bits[0], bits[1], next(bitmaps)))
     return LeafModifier(leaf, subleaf, flags, tuple(changes), location)
@@ -736,6 +746,8 @@ class FoldedTemplate:
     def missing(self, base: CpuidSet) -> tuple[MissingEntry, ...]:
         """Return the entries the template modifies that ``base`` lacks, in first-use order."""
         have = base.entries
+        if have.keys() >= self.keys:
+            return ()
         return tuple(MissingEntry(*key, location) for key, location in self.entries
                      if key not in have)
 
