@@ -310,8 +310,10 @@ class CpuidSet:
         setter(made, "role", like.role)
         setter(made, "source_kind", like.source_kind)
         setter(made, "leaf_0xd_complete", like.leaf_0xd_complete)
-        derived: dict[str, object] = {_SHARE_KEYS.get(part) or f"shares:{part}": table
-                                      for part, table in (shares or {}).items()}
+        derived: dict[str, object] = {}
+        if shares:
+            for part, table in shares.items():
+                derived[_SHARE_KEYS.get(part) or f"shares:{part}"] = table
         if masks is not None:
             derived[_MASKS] = masks
         setter(made, "_derived", derived)

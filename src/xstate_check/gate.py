@@ -783,8 +783,8 @@ def _subject(template: Template, profile: GateProfile,
     As ``build_subject`` makes it; ``folded`` is the template, folded once for all pairs.
     """
     applied = apply_template(template, profile.cpuid, folded)
-    return Subject.of(profile.name, profile.cpuid, template=str(template.path),
-                      guest=applied.cpuid, missing=applied.missing)
+    return Subject(profile.name, applied.cpuid, "guest", None, str(template.path),
+                   profile.cpuid, applied.missing)
 
 
 def _same_guest(one: Subject, other: Subject) -> bool:

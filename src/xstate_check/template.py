@@ -816,14 +816,16 @@ def apply_template(template: Template, base: CpuidSet,
     missing = () if folded.keys <= have.keys() else folded.missing(base)
     same_flags = True
     get = entries.get
+    flag_of = flags.get  # the copy's: each key comes once, so it still holds the base's
     for key, entry_flags, k0, k1, k2, k3, p0, p1, p2, p3 in folded.composed:
         old = get(key)
         if old is not None:
-            if base_flags.get(key) != entry_flags:  # else the copy holds them already
+            if flag_of(key) != entry_flags:  # else the copy holds them already
                 same_flags = False
                 flags[key] = entry_flags
+            a, b, c, d = old
             entries[key] = _new_registers(Registers, (
-                (old[0] & k0) | p0, (old[1] & k1) | p1, (old[2] & k2) | p2, (old[3] & k3) | p3))
+                (a & k0) | p0, (b & k1) | p1, (c & k2) | p2, (d & k3) | p3))
     provenance = base.provenance
     keys = provenance.register_keys()
     if not keys and not missing:  # every pin is the template's: folded once
@@ -842,12 +844,14 @@ def apply_template(template: Template, base: CpuidSet,
         shares["flags"] = base
     if not folded.xsave_components:
         shares["xsave_components"] = base
+    meta = copy_mapping(base.meta)
+    meta["template"] = template.path
     cpuid = CpuidSet.trusted(
         entries,
         base.source,
         flags=flags,
         provenance=provenance,
-        meta={**base.meta, "template": template.path},
+        meta=meta,
         like=base,
         shares=shares,
         masks=None if missing else folded.masks,
