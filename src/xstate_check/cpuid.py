@@ -301,22 +301,23 @@ class CpuidSet:
         came from those of the table sharing the keys (see ``applied_masks``).
         """
         made = cls.__new__(cls)
-        setter = object.__setattr__
-        setter(made, "entries", MappingProxyType(entries))
-        setter(made, "source", source)
-        setter(made, "flags", MappingProxyType(flags))
-        setter(made, "provenance", provenance)
-        setter(made, "meta", MappingProxyType(meta))
-        setter(made, "role", like.role)
-        setter(made, "source_kind", like.source_kind)
-        setter(made, "leaf_0xd_complete", like.leaf_0xd_complete)
+        set_entries, set_source, set_flags, set_provenance, set_meta, set_role, set_kind, \
+            set_complete, set_derived = _SLOT_SETTERS
+        set_entries(made, MappingProxyType(entries))
+        set_source(made, source)
+        set_flags(made, MappingProxyType(flags))
+        set_provenance(made, provenance)
+        set_meta(made, MappingProxyType(meta))
+        set_role(made, like.role)
+        set_kind(made, like.source_kind)
+        set_complete(made, like.leaf_0xd_complete)
         derived: dict[str, object] = {}
         if shares:
             for part, table in shares.items():
                 derived[_SHARE_KEYS.get(part) or f"shares:{part}"] = table
         if masks is not None:
             derived[_MASKS] = masks
-        setter(made, "_derived", derived)
+        set_derived(made, derived)
         return made
 
     def applied_masks(self) -> EntryMasks | None:
@@ -460,3 +461,10 @@ class CpuidSet:
         if recorded is not None:
             return recorded
         return SIGNIFICANT_INDEX if leaf in INDEXED_LEAVES else 0
+
+
+#: The slots' own setters, in ``CpuidSet.trusted``'s order: a frozen class's slot set
+#: without the refusing ``__setattr__`` (what ``object.__setattr__`` does, found once).
+_SLOT_SETTERS = tuple(getattr(CpuidSet, name).__set__ for name in (
+    "entries", "source", "flags", "provenance", "meta", "role", "source_kind",
+    "leaf_0xd_complete", "_derived"))
