@@ -35,12 +35,7 @@ def _standard_sizes(facts: Facts) -> object:
       "zero (whether or not 0xD.0 or 0xD.1 enumerates them)", component_sources,
       reads=("subleaves",))
 def _described(facts: Facts) -> object:
-    layout = facts.layout
-    kept = layout.components_memo  # of_components, without its two calls
-    found = kept.get("described")
-    if found is None:
-        found = kept["described"] = _described_mask(layout)
-    return found
+    return facts.layout.of_components("described", _described_mask)
 
 
 def _described_mask(layout: XsaveLayout) -> int:
@@ -52,16 +47,11 @@ def _described_mask(layout: XsaveLayout) -> int:
       component_sources,
       reads=("subleaves",))
 def _xfd_flagged(facts: Facts) -> object:
-    layout = facts.layout
-    kept = layout.components_memo  # of_components, without its two calls
-    found = kept.get("xfd_flagged")
-    if found is None:
-        found = kept["xfd_flagged"] = _xfd_flagged_mask(layout)
-    return found
+    return facts.layout.of_components("xfd_flagged", _xfd_flagged_mask)
 
 
 def _xfd_flagged_mask(layout: XsaveLayout) -> int:
-    return sum(1 << c.number for c in layout.components.values() if c.size and c.ecx & 4)
+    return sum(1 << c.number for c in layout.components.values() if c.size and c.xfd)
 
 
 def _layout_sources(facts: Facts) -> Iterable[BitRef]:
