@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import X86_TEMPLATES
 from xstate_check.template import load_template
 
 REPO = Path(__file__).resolve().parents[1]
 AMX_HALF = REPO / "examples" / "broken" / "amx-half-masked.json"
 NO_AVX512 = REPO / "examples" / "templates" / "no-avx512.json"
 NO_AMX = REPO / "examples" / "templates" / "no-amx.json"
-X86_TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
-                 "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
 # The AVX-512 components are bits 5-7 of 0xD.0 EAX: the last 8 characters are bits 7..0.
 AVX512_ALL = '"0bxxxxxxxxxxxxxxxxxxxxxxxx000xxxxx"'
 AVX512_TWO = '"0bxxxxxxxxxxxxxxxxxxxxxxxxx00xxxxx"'

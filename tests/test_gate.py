@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import X86_TEMPLATES
 from xstate_check.cli import main
 from xstate_check.errors import InputError, Location
 from xstate_check.formats import render
@@ -31,8 +32,6 @@ from xstate_check.template import load_template
 
 REPO = Path(__file__).resolve().parents[1]
 MATRIX = REPO / "examples" / "firecracker-matrix.toml"
-X86_TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
-                 "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
 # 0xD.0 EAX bitmaps as they stand in Firecracker's T2.json and SPR_TO_T2_6.1.json; bit 17
 # (TILECFG) and bit 18 (TILEDATA) are the 15th and 14th characters after 0b.
 T2_XCR0 = '"0bxxxxxxxxxxxxxxxxxxxxxx0x00000xxx"'

@@ -12,22 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import X86_TEMPLATES
 from test_fix_outputs import AMX_HALF, AVX512_TWO
 from xstate_check.formats.stream import JsonWriter, Tally
 from xstate_check.gate import _BATCH, GateRun, _batches, run_gate
 
 REPO = Path(__file__).resolve().parents[1]
-X86_TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
-                 "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
-
-
-@pytest.fixture
-def templates(data_dir: Path) -> list[str]:
-    """Firecracker's nine x86 templates."""
-    folder = data_dir / "firecracker"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
-    return [str(folder / f"{name}.json") for name in X86_TEMPLATES]
 
 
 @pytest.fixture(autouse=True)

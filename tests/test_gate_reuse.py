@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import X86_TEMPLATES
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine.runner import evaluate_rules
 from xstate_check.engine.shipped import load_catalogue
@@ -27,8 +28,6 @@ from xstate_check.template import apply_template, fold_template, load_template, 
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(str(path) for path in (REPO / "examples").rglob("*.json"))
-X86_TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
-                 "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
 
 
 def _template_text(*modifiers: tuple[str, str, str, str, int]) -> str:

@@ -20,19 +20,6 @@ from xstate_check.formats import FORMATS, render
 from xstate_check.gate import GateRun, run_gate
 from xstate_check.template import apply_template, fold_template, load_template
 
-X86_TEMPLATES = ("T2", "T2S", "T2CL", "C3", "T2A", "SPR_TO_T2_5.10", "SPR_TO_T2_6.1",
-                 "GNR_TO_T2_5.10", "GNR_TO_T2_6.1")
-
-
-@pytest.fixture
-def templates(data_dir: Path) -> list[str]:
-    """Firecracker's nine x86 templates."""
-    folder = data_dir / "firecracker"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
-    return [str(folder / f"{name}.json") for name in X86_TEMPLATES]
-
-
 REPO = Path(__file__).resolve().parents[1]
 
 
