@@ -59,11 +59,10 @@ from xstate_check.migration import MigrationGroup, group_reports, load_groups
 from xstate_check.report import BaselineState, Finding, Report, SkippedPair, SubjectReport
 from xstate_check.sources.load import load_cpuid
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
-from xstate_check.subject import MissingEntry, Role, Subject
+from xstate_check.subject import Role, Subject
 from xstate_check.template import (
     FoldedTemplate,
     Template,
-    apply_template,
     fold_template,
     load_template,
     parse_template,
@@ -618,8 +617,17 @@ def _pairs_for(template: Template, pool: Sequence[GateProfile], matrix: Matrix |
 
 
 def _not_for_host(template: Template, profile: GateProfile,
-                  missing: Sequence[MissingEntry]) -> SkippedPair:
-    entries = ", ".join(f"{m.leaf:#x}.{m.subleaf:#x}" for m in missing)
+                  missing: Iterable[tuple[int, int]],
+                  names: dict[tuple[int, int], str]) -> SkippedPair:
+    """Return the pair of ``template`` and a ``profile`` lacking the ``missing`` entries
+    (``names`` keeps each entry's written name, for the template's other pairs)."""
+    written = []
+    for key in missing:
+        name = names.get(key)
+        if name is None:
+            name = names[key] = f"{key[0]:#x}.{key[1]:#x}"
+        written.append(name)
+    entries = ", ".join(written)
     return SkippedPair(
         str(template.path), profile.name,
         f"not for this host: the template modifies CPUID {entries} (leaf.subleaf), which "
@@ -664,12 +672,15 @@ def pairs_for_template(template: Template, pool: Sequence[GateProfile],
     folded = folded if folded is not None else fold_template(template)
     checked = [(profile, True) for profile in pairs.declared]
     not_for: list[SkippedPair] = []
+    keys = folded.keys
+    names: dict[tuple[int, int], str] = {}
     for profile in pairs.inferred:
-        missing = folded.missing(profile.cpuid)
-        if missing:
-            not_for.append(_not_for_host(template, profile, missing))
-        else:
+        have = profile.cpuid.entries
+        if have.keys() >= keys:
             checked.append((profile, False))
+        else:
+            missing = [key for key, _ in folded.entries if key not in have]
+            not_for.append(_not_for_host(template, profile, missing, names))
     if not checked:
         raise _nothing_checked(template, pairs, not_for, pool)
     return TemplatePairs(tuple(checked), tuple(not_for))
@@ -782,9 +793,9 @@ def _subject(template: Template, profile: GateProfile,
 
     As ``build_subject`` makes it; ``folded`` is the template, folded once for all pairs.
     """
-    applied = apply_template(template, profile.cpuid, folded)
-    return Subject(profile.name, applied.cpuid, "guest", None, str(template.path),
-                   profile.cpuid, applied.missing)
+    base = profile.cpuid
+    guest, missing = (folded or fold_template(template)).apply(base, template.path)
+    return Subject(profile.name, guest, "guest", None, str(template.path), base, missing)
 
 
 def _same_guest(one: Subject, other: Subject) -> bool:
@@ -815,18 +826,23 @@ def _regression_states(report: SubjectReport, subject: Subject, old: Template | 
 
 
 def _table_key(profile: GateProfile, subject: Subject, folded: FoldedTemplate) -> Hashable:
-    """Return what decides a pair's findings: the profile's table, and the values and flags
-    of the entries the template changed in it (the rest is the profile's), and what it
-    lacked.
+    """Return what decides a pair's findings: the profile's table, the entries the template
+    changed in it with their flags, their values (the rest is the profile's), and what it
+    lacked (a key of three parts where it lacked nothing, four otherwise).
 
     Profiles whose tables are equal (entries, flags, role, leaf 0xD completeness: all the
     rules read of them) share one number: a template gives them equal guest tables.
     """
-    entries, flags = subject.cpuid.entries, subject.cpuid.flags
-    changed = tuple((key, entries[key], flags.get(key)) for key, _ in folded.entries
-                    if key in entries)
-    return (profile.cpuid.derived("gate_table_number", _table_number), changed,
-            tuple((m.leaf, m.subleaf) for m in subject.missing_entries))
+    number = profile.cpuid.derived("gate_table_number", _table_number)
+    missing = subject.missing_entries
+    entries = subject.cpuid.entries
+    if not missing:  # every entry the template modifies is there, with the template's flags
+        return number, folded.written, folded.read(entries)
+    flags = subject.cpuid.flags
+    present = [key for key, _ in folded.entries if key in entries]
+    return (number, tuple((key, flags.get(key)) for key in present),
+            tuple(entries[key] for key in present),
+            tuple((m.leaf, m.subleaf) for m in missing))
 
 
 #: Each distinct profile table content seen, numbered (see ``_table_key``).

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from operator import itemgetter
 from typing import Literal
 
 import attrs
@@ -181,8 +182,9 @@ def _plain_template(text: str, path: str) -> Template | None:
     that reader, which says where and why.
     """
     # No minus sign: no field takes a negative number, and -0 reads as a float (serde_json).
+    # A text of ASCII alone (the common case, told in C at once) holds no surrogate.
     if (len(text) > MAX_JSON_VALUES or "\\" in text or "-" in text
-            or _SURROGATES.search(text)):
+            or (not text.isascii() and _SURROGATES.search(text))):
         return None
     try:
         document = json.loads(text)
@@ -296,6 +298,7 @@ _LEAF_KEYS = frozenset(("leaf", "subleaf", "flags", "modifiers"))
 _REGISTER_KEYS = frozenset(("register", "bitmap"))
 _MSR_KEYS = frozenset(("addr", "bitmap"))
 _REGISTERS: tuple[Register, ...] = ("eax", "ebx", "ecx", "edx")
+_HEX_DIGITS = "0123456789abcdefABCDEF"
 
 
 def _plain_bitmap(value: object, width: int) -> tuple[int, int] | None:
@@ -310,7 +313,18 @@ def _plain_number(value: object) -> int | None:
     """Return a leaf, subleaf or addr string's number (0x or 0b, u32), else None."""
     if type(value) is not str or not value.startswith(("0x", "0b")):
         return None
-    parsed = _rust_parse_u32(value[2:], 16 if value[1] == "x" else 2)
+    digits = value[2:]
+    # At most 8 hex or 32 binary digits, nothing else (no sign, separator or space, which
+    # int() would take): int() reads them as Rust does, and they fit in u32.
+    if value[1] == "x":
+        if 0 < len(digits) <= 8 and not digits.strip(_HEX_DIGITS):
+            return int(digits, 16)
+        radix = 16
+    else:
+        if 0 < len(digits) <= 32 and not digits.strip("01"):
+            return int(digits, 2)
+        radix = 2
+    parsed = _rust_parse_u32(digits, radix)
     return None if isinstance(parsed, str) else parsed
 
 
@@ -710,38 +724,82 @@ _REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 class FoldedTemplate:
     """A template's modifiers folded into masks once, to apply to many bases.
 
-    ``steps``: per cpuid modifier, in order, ``new = (old & keep) | set`` for each register
-    (``keep`` and ``set`` folded from every modifier of the entry) and the pins it adds.
-    ``provenance``: the template lines' pins once every step applies to a base without
-    pins of its own (a profile), the case of every pair of a gate where nothing is missing.
-    ``entries``: the (leaf, subleaf) keys it modifies, in first-use order, each with the
-    line of its first modifier; ``xsave_components``: whether one is a leaf 0xD subleaf
-    from 2 up (a component's size, offset and flags).
+    ``masks``: per entry modified, ``(keep, put)`` per register (in eax…edx order): every
+    modifier of the entry composed, ``new = (old & keep) | put``. ``composed``: per entry,
+    in first-use order, its flags (those of its last modifier), then ``keep`` and ``put``
+    register by register (what ``apply`` applies). ``provenance``: the template lines' pins
+    once every modifier applies to a base without pins of its own (a profile), the case of
+    every pair of a gate where nothing is missing. ``entries``: the (leaf, subleaf) keys it
+    modifies, in first-use order, each with the line of its first modifier; ``keys`` the
+    same as a set; ``written``: each key with the KVM flags it gets, in that order;
+    ``xsave_components``: whether one is a leaf 0xD subleaf from 2 up (a component's size,
+    offset and flags). ``steps`` (worked out on first use, for a base with pins of its own
+    or lacking an entry): per cpuid modifier, in order, its masks and the pins it adds.
     """
 
-    __slots__ = ("composed", "entries", "keys", "masks", "provenance", "steps",
-                 "xsave_components")
+    __slots__ = ("_steps", "_template", "composed", "entries", "keys", "masks", "provenance",
+                 "read", "written", "xsave_components")
 
-    def __init__(self, steps: tuple[Step, ...]) -> None:
-        self.steps = steps
+    def __init__(self, template: Template) -> None:
+        self._template = template
+        self._steps: tuple[Step, ...] | None = None
         pins: dict[tuple[int, int, str], list[tuple[int, Location]]] = {}
         entries: dict[tuple[int, int], Location] = {}
-        #: Every step of an entry composed: ``(keep, put)`` per register, applied once.
-        self.masks: EntryMasks = {}
-        for key, _, keep, put, added, location in steps:
-            entries.setdefault(key, location)
-            for register_key, register_pins in added:
-                pins.setdefault(register_key, []).extend(register_pins)
-            self.masks[key] = _composed(self.masks.get(key), keep, put)
-        self.provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
+        flags: dict[tuple[int, int], int] = {}
+        masks: EntryMasks = {}
+        index_of = _REGISTER_INDEX
+        # One pass: each modifier applied in turn to its entry's masks is every step of the
+        # entry composed, ``(old & k1 | p1) & k2 | p2`` being ``old & (k1 & k2) | (p1 & k2 | p2)``.
+        for leaf_modifier in template.cpuid_modifiers:
+            key = (leaf_modifier.leaf, leaf_modifier.subleaf)
+            location = leaf_modifier.location
+            known = masks.get(key)
+            if known is None:
+                entries[key] = location
+                keep, put = [_U32] * 4, [0] * 4
+            else:
+                keep, put = list(known[0]), list(known[1])
+            flags[key] = leaf_modifier.flags
+            # An empty pin under "flags" names the modifier's line for findings about the
+            # entry's KVM flags; it owns no register bit.
+            flag_key = (*key, "flags")
+            if flag_key not in pins:
+                pins[flag_key] = [(0, location)]
+            for modifier in leaf_modifier.modifiers:
+                index = index_of[modifier.register]
+                mask = ~modifier.filter & _U32
+                keep[index] &= mask
+                put[index] = (put[index] & mask) | modifier.value
+                if modifier.filter:
+                    register_key = (*key, modifier.register)
+                    pin = (modifier.filter, modifier.location)
+                    found = pins.get(register_key)
+                    if found is None:
+                        pins[register_key] = [pin]
+                    else:
+                        found.append(pin)
+            masks[key] = ((keep[0], keep[1], keep[2], keep[3]),
+                          (put[0], put[1], put[2], put[3]))
+        self.masks = masks
+        self.provenance = Provenance({key: (kept[0],) if len(kept) == 1 else _owning_pins(kept)
+                                      for key, kept in pins.items()})
         self.entries = tuple(entries.items())
         self.keys = frozenset(entries)
-        last_flags = {key: entry_flags for key, entry_flags, *_ in steps}
-        #: Per modified entry, in first-use order: its flags, then its composed masks
-        #: ``keep`` and ``put`` register by register (what ``apply_template`` applies).
-        self.composed = tuple((key, last_flags[key], *keep, *put)
-                              for key, (keep, put) in self.masks.items())
+        self.composed = tuple((key, flags[key], *keep, *put)
+                              for key, (keep, put) in masks.items())
+        self.written = tuple((key, flags[key]) for key in masks)
+        #: The registers of every modified entry of a table holding them all, in order.
+        self.read: Callable[[Mapping[tuple[int, int], Registers]], tuple[Registers, ...]] = (
+            itemgetter(*masks) if len(masks) > 1 else _read_one(*masks) if masks
+            else _read_none)
         self.xsave_components = any(leaf == 0xD and subleaf >= 2 for leaf, subleaf in entries)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """Return each cpuid modifier ready to apply, in order (see ``Step``)."""
+        if self._steps is None:
+            self._steps = _steps(self._template)
+        return self._steps
 
     def missing(self, base: CpuidSet) -> tuple[MissingEntry, ...]:
         """Return the entries the template modifies that ``base`` lacks, in first-use order."""
@@ -751,23 +809,77 @@ class FoldedTemplate:
         return tuple(MissingEntry(*key, location) for key, location in self.entries
                      if key not in have)
 
+    def apply(self, base: CpuidSet, path: str) -> tuple[CpuidSet, tuple[MissingEntry, ...]]:
+        """Return the template (read from ``path``) applied to ``base``, and the entries
+        ``base`` lacks (see ``apply_template``)."""
+        have = base.entries
+        entries = copy_mapping(have)
+        flags = copy_mapping(base.flags)
+        # Every modified entry at once: the modifiers of each entry composed (``masks``), its
+        # flags those of its last modifier.
+        missing = () if have.keys() >= self.keys else self.missing(base)
+        same_flags = True
+        get = entries.get
+        flag_of = flags.get  # the copy's: each key comes once, so it still holds the base's
+        for key, entry_flags, k0, k1, k2, k3, p0, p1, p2, p3 in self.composed:
+            old = get(key)
+            if old is not None:
+                if flag_of(key) != entry_flags:  # else the copy holds them already
+                    same_flags = False
+                    flags[key] = entry_flags
+                a, b, c, d = old
+                entries[key] = _new_registers(Registers, (
+                    (a & k0) | p0, (b & k1) | p1, (c & k2) | p2, (d & k3) | p3))
+        provenance = base.provenance
+        keys = provenance.register_keys()
+        if not keys and not missing:  # every pin is the template's: folded once
+            provenance = self.provenance
+        else:
+            pins = {key: list(provenance.pins(*key)) for key in keys}
+            for key, *_, added, _location in self.steps:
+                if key in have:
+                    for register_key, register_pins in added:
+                        pins.setdefault(register_key, []).extend(register_pins)
+            provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
+        # The base's entries are sorted and a template adds none: the order stands as it is,
+        # and so does every part of the base the template does not modify.
+        shares = {"keys": base}
+        if same_flags:  # every modified entry keeps the flags the base records for it
+            shares["flags"] = base
+        if not self.xsave_components:
+            shares["xsave_components"] = base
+        meta = copy_mapping(base.meta)
+        meta["template"] = path
+        cpuid = CpuidSet.trusted(
+            entries,
+            base.source,
+            flags=flags,
+            provenance=provenance,
+            meta=meta,
+            like=base,
+            shares=shares,
+            masks=None if missing else self.masks,
+        )
+        return cpuid, missing
 
-def _composed(before: tuple[tuple[int, int, int, int], tuple[int, int, int, int]] | None,
-              keep: tuple[int, int, int, int], put: tuple[int, int, int, int],
-              ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """Return the masks of ``before`` then ``(keep, put)`` as one:
-    ``(old & k1 | p1) & k2 | p2`` is ``old & (k1 & k2) | (p1 & k2 | p2)``."""
-    if before is None:
-        return keep, put
-    (k0, k1, k2, k3), (p0, p1, p2, p3) = before
-    return ((k0 & keep[0], k1 & keep[1], k2 & keep[2], k3 & keep[3]),
-            (p0 & keep[0] | put[0], p1 & keep[1] | put[1], p2 & keep[2] | put[2],
-             p3 & keep[3] | put[3]))
+
+def _read_one(key: tuple[int, int]) -> Callable[[Mapping[tuple[int, int], Registers]],
+                                                tuple[Registers, ...]]:
+    """Return what reads the registers of one entry, as a tuple (``itemgetter`` of one
+    key gives the value alone)."""
+    def read(entries: Mapping[tuple[int, int], Registers]) -> tuple[Registers, ...]:
+        return (entries[key],)
+    return read
+
+
+def _read_none(entries: Mapping[tuple[int, int], Registers]) -> tuple[Registers, ...]:
+    """Read no entry: a template that modifies none."""
+    return ()
 
 
 def fold_template(template: Template) -> FoldedTemplate:
     """Return the template folded once (see ``FoldedTemplate``): what ``apply_template`` runs."""
-    return FoldedTemplate(_steps(template))
+    return FoldedTemplate(template)
 
 
 def _steps(template: Template) -> tuple[Step, ...]:
@@ -806,56 +918,7 @@ def apply_template(template: Template, base: CpuidSet,
     Firecracker refuses to boot) and skipped; the result never gains an entry. ``folded``
     (``fold_template(template)``) saves folding the modifiers again for each base.
     """
-    folded = folded or fold_template(template)
-    have = base.entries
-    entries = copy_mapping(have)
-    base_flags = base.flags
-    flags = copy_mapping(base_flags)
-    # Every modified entry at once: the steps of each entry composed (``folded.masks``), its
-    # flags those of its last step.
-    missing = () if folded.keys <= have.keys() else folded.missing(base)
-    same_flags = True
-    get = entries.get
-    flag_of = flags.get  # the copy's: each key comes once, so it still holds the base's
-    for key, entry_flags, k0, k1, k2, k3, p0, p1, p2, p3 in folded.composed:
-        old = get(key)
-        if old is not None:
-            if flag_of(key) != entry_flags:  # else the copy holds them already
-                same_flags = False
-                flags[key] = entry_flags
-            a, b, c, d = old
-            entries[key] = _new_registers(Registers, (
-                (a & k0) | p0, (b & k1) | p1, (c & k2) | p2, (d & k3) | p3))
-    provenance = base.provenance
-    keys = provenance.register_keys()
-    if not keys and not missing:  # every pin is the template's: folded once
-        provenance = folded.provenance
-    else:
-        pins = {key: list(provenance.pins(*key)) for key in keys}
-        for key, *_, added, _location in folded.steps:
-            if key in base.entries:
-                for register_key, register_pins in added:
-                    pins.setdefault(register_key, []).extend(register_pins)
-        provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
-    # The base's entries are sorted and a template adds none: the order stands as it is,
-    # and so does every part of the base the template does not modify.
-    shares = {"keys": base}
-    if same_flags:  # every modified entry keeps the flags the base records for it
-        shares["flags"] = base
-    if not folded.xsave_components:
-        shares["xsave_components"] = base
-    meta = copy_mapping(base.meta)
-    meta["template"] = template.path
-    cpuid = CpuidSet.trusted(
-        entries,
-        base.source,
-        flags=flags,
-        provenance=provenance,
-        meta=meta,
-        like=base,
-        shares=shares,
-        masks=None if missing else folded.masks,
-    )
+    cpuid, missing = (folded or fold_template(template)).apply(base, template.path)
     return AppliedTemplate(cpuid, missing)
 
 
