@@ -225,6 +225,8 @@ EntryMasks = dict[tuple[int, int], tuple[tuple[int, int, int, int], tuple[int, i
 _MASKS = "applied masks"  # where a table keeps its EntryMasks among its derived values
 #: Where a table keeps the table it shares each part with (see ``CpuidSet.trusted``).
 _SHARE_KEYS = {part: f"shares:{part}" for part in ("keys", "flags", "xsave_components")}
+#: The names of each combination of parts ``CpuidSet.trusted`` was given, worked out once.
+_SHARE_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 def _freeze_provenance(provenance: Mapping[BitKey, Location]) -> Provenance:
@@ -286,35 +288,36 @@ class CpuidSet:
 
     @classmethod
     def trusted(cls, entries: dict[tuple[int, int], Registers], source: str, *,
-                flags: dict[tuple[int, int], int], provenance: Provenance,
-                meta: dict[str, str], like: CpuidSet,
-                shares: Mapping[str, CpuidSet] | None = None,
+                flags: dict[tuple[int, int], int] | None, provenance: Provenance,
+                meta: dict[str, str], like: CpuidSet, shares: tuple[str, ...] = (),
                 masks: EntryMasks | None = None) -> CpuidSet:
         """Return a set of entries already sorted by (leaf, subleaf), without sorting again.
 
         The dicts are owned by the set from here on (the caller keeps no reference); role,
-        source kind and leaf 0xD completeness are those of ``like``. ``shares`` names, for
-        a part of the table (``keys``: the (leaf, subleaf) keys; ``flags``: the keys and
-        their KVM flags; ``xsave_components``: the leaf 0xD subleaves from 2 up), a table
-        whose part is the same (``like`` changed elsewhere): what is derived from that part
-        alone is taken from it (``shared``). ``masks``, where given, say how the entries
-        came from those of the table sharing the keys (see ``applied_masks``).
+        source kind and leaf 0xD completeness are those of ``like``, and so are the KVM
+        flags where ``flags`` is None. ``shares`` names the parts of the table that are
+        those of ``like`` (changed elsewhere): ``keys`` (the (leaf, subleaf) keys),
+        ``flags`` (the keys and their KVM flags), ``xsave_components`` (the leaf 0xD
+        subleaves from 2 up); what is derived from such a part alone is taken from
+        ``like`` (``shared``). ``masks``, where given, say how the entries came from those
+        of ``like`` (see ``applied_masks``).
         """
         made = cls.__new__(cls)
         set_entries, set_source, set_flags, set_provenance, set_meta, set_role, set_kind, \
             set_complete, set_derived = _SLOT_SETTERS
         set_entries(made, MappingProxyType(entries))
         set_source(made, source)
-        set_flags(made, MappingProxyType(flags))
+        set_flags(made, like.flags if flags is None else MappingProxyType(flags))
         set_provenance(made, provenance)
         set_meta(made, MappingProxyType(meta))
         set_role(made, like.role)
         set_kind(made, like.source_kind)
         set_complete(made, like.leaf_0xd_complete)
-        derived: dict[str, object] = {}
-        if shares:
-            for part, table in shares.items():
-                derived[_SHARE_KEYS.get(part) or f"shares:{part}"] = table
+        names = _SHARE_NAMES.get(shares)
+        if names is None:
+            names = _SHARE_NAMES[shares] = tuple(
+                _SHARE_KEYS.get(part) or f"shares:{part}" for part in shares)
+        derived: dict[str, object] = dict.fromkeys(names, like)
         if masks is not None:
             derived[_MASKS] = masks
         set_derived(made, derived)

@@ -719,6 +719,9 @@ Step = tuple[tuple[int, int], int, tuple[int, int, int, int], tuple[int, int, in
              tuple[tuple[tuple[int, int, str], tuple[tuple[int, Location], ...]], ...],
              Location]
 _REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
+#: One modified entry, ready to apply (see ``FoldedTemplate.composed``).
+Composed = tuple[tuple[int, int], int, int | None, int | None, int | None, int | None,
+                 int, int, int, int]
 
 
 class FoldedTemplate:
@@ -726,8 +729,9 @@ class FoldedTemplate:
 
     ``masks``: per entry modified, ``(keep, put)`` per register (in eax…edx order): every
     modifier of the entry composed, ``new = (old & keep) | put``. ``composed``: per entry,
-    in first-use order, its flags (those of its last modifier), then ``keep`` and ``put``
-    register by register (what ``apply`` applies). ``provenance``: the template lines' pins
+    in first-use order, its flags (those of its last modifier), then ``keep`` register by
+    register (None where the register keeps every bit and gets none) and ``put`` (what
+    ``apply`` applies). ``provenance``: the template lines' pins
     once every modifier applies to a base without pins of its own (a profile), the case of
     every pair of a gate where nothing is missing. ``entries``: the (leaf, subleaf) keys it
     modifies, in first-use order, each with the line of its first modifier; ``keys`` the
@@ -737,8 +741,8 @@ class FoldedTemplate:
     or lacking an entry): per cpuid modifier, in order, its masks and the pins it adds.
     """
 
-    __slots__ = ("_steps", "_template", "composed", "entries", "keys", "masks", "provenance",
-                 "read", "written", "xsave_components")
+    __slots__ = ("_shares", "_shares_but_flags", "_steps", "_template", "composed", "entries",
+                 "keys", "masks", "provenance", "read", "written", "xsave_components")
 
     def __init__(self, template: Template) -> None:
         self._template = template
@@ -785,7 +789,7 @@ class FoldedTemplate:
                                       for key, kept in pins.items()})
         self.entries = tuple(entries.items())
         self.keys = frozenset(entries)
-        self.composed = tuple((key, flags[key], *keep, *put)
+        self.composed = tuple(_composed(key, flags[key], keep, put)
                               for key, (keep, put) in masks.items())
         self.written = tuple((key, flags[key]) for key in masks)
         #: The registers of every modified entry of a table holding them all, in order.
@@ -793,6 +797,10 @@ class FoldedTemplate:
             itemgetter(*masks) if len(masks) > 1 else _read_one(*masks) if masks
             else _read_none)
         self.xsave_components = any(leaf == 0xD and subleaf >= 2 for leaf, subleaf in entries)
+        # The parts of a base its guest table shares (see ``CpuidSet.trusted``).
+        self._shares_but_flags = ("keys",) if self.xsave_components else (
+            "keys", "xsave_components")
+        self._shares = ("keys", "flags", *self._shares_but_flags[1:])
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -814,22 +822,24 @@ class FoldedTemplate:
         ``base`` lacks (see ``apply_template``)."""
         have = base.entries
         entries = copy_mapping(have)
-        flags = copy_mapping(base.flags)
+        base_flags = base.flags
+        flags: dict[tuple[int, int], int] | None = None  # None: the base's, unchanged
         # Every modified entry at once: the modifiers of each entry composed (``masks``), its
         # flags those of its last modifier.
         missing = () if have.keys() >= self.keys else self.missing(base)
-        same_flags = True
         get = entries.get
-        flag_of = flags.get  # the copy's: each key comes once, so it still holds the base's
+        flag_of = base_flags.get
         for key, entry_flags, k0, k1, k2, k3, p0, p1, p2, p3 in self.composed:
             old = get(key)
             if old is not None:
-                if flag_of(key) != entry_flags:  # else the copy holds them already
-                    same_flags = False
+                if flag_of(key) != entry_flags:
+                    if flags is None:
+                        flags = copy_mapping(base_flags)
                     flags[key] = entry_flags
                 a, b, c, d = old
                 entries[key] = _new_registers(Registers, (
-                    (a & k0) | p0, (b & k1) | p1, (c & k2) | p2, (d & k3) | p3))
+                    a if k0 is None else (a & k0) | p0, b if k1 is None else (b & k1) | p1,
+                    c if k2 is None else (c & k2) | p2, d if k3 is None else (d & k3) | p3))
         provenance = base.provenance
         keys = provenance.register_keys()
         if not keys and not missing:  # every pin is the template's: folded once
@@ -841,26 +851,24 @@ class FoldedTemplate:
                     for register_key, register_pins in added:
                         pins.setdefault(register_key, []).extend(register_pins)
             provenance = Provenance({key: _owning_pins(kept) for key, kept in pins.items()})
-        # The base's entries are sorted and a template adds none: the order stands as it is,
-        # and so does every part of the base the template does not modify.
-        shares = {"keys": base}
-        if same_flags:  # every modified entry keeps the flags the base records for it
-            shares["flags"] = base
-        if not self.xsave_components:
-            shares["xsave_components"] = base
         meta = copy_mapping(base.meta)
         meta["template"] = path
+        # The base's entries are sorted and a template adds none: the order stands as it is,
+        # and so does every part of the base the template does not modify (its flags too
+        # where every modified entry keeps those the base records for it).
         cpuid = CpuidSet.trusted(
-            entries,
-            base.source,
-            flags=flags,
-            provenance=provenance,
-            meta=meta,
-            like=base,
-            shares=shares,
-            masks=None if missing else self.masks,
-        )
+            entries, base.source, flags=flags, provenance=provenance, meta=meta, like=base,
+            shares=self._shares if flags is None else self._shares_but_flags,
+            masks=None if missing else self.masks)
         return cpuid, missing
+
+
+def _composed(key: tuple[int, int], flags: int, keep: tuple[int, int, int, int],
+              put: tuple[int, int, int, int]) -> Composed:
+    """Return one entry's ``composed`` row: ``keep`` None for a register left alone."""
+    k0, k1, k2, k3 = (None if mask == _U32 and not bits else mask
+                      for mask, bits in zip(keep, put, strict=True))
+    return (key, flags, k0, k1, k2, k3, *put)
 
 
 def _read_one(key: tuple[int, int]) -> Callable[[Mapping[tuple[int, int], Registers]],
