@@ -754,34 +754,35 @@ class FoldedTemplate:
         index_of = _REGISTER_INDEX
         # One pass: each modifier applied in turn to its entry's masks is every step of the
         # entry composed, ``(old & k1 | p1) & k2 | p2`` being ``old & (k1 & k2) | (p1 & k2 | p2)``.
+        xsave_components = False
         for leaf_modifier in template.cpuid_modifiers:
-            key = (leaf_modifier.leaf, leaf_modifier.subleaf)
-            location = leaf_modifier.location
+            leaf, subleaf = leaf_modifier.leaf, leaf_modifier.subleaf
+            key = (leaf, subleaf)
             known = masks.get(key)
             if known is None:
-                entries[key] = location
+                location = entries[key] = leaf_modifier.location
                 keep, put = [_U32] * 4, [0] * 4
+                # An empty pin under "flags" names the entry's first modifier's line for
+                # findings about the entry's KVM flags; it owns no register bit.
+                pins[leaf, subleaf, "flags"] = [(0, location)]
+                xsave_components = xsave_components or (leaf == 0xD and subleaf >= 2)
             else:
                 keep, put = list(known[0]), list(known[1])
             flags[key] = leaf_modifier.flags
-            # An empty pin under "flags" names the modifier's line for findings about the
-            # entry's KVM flags; it owns no register bit.
-            flag_key = (*key, "flags")
-            if flag_key not in pins:
-                pins[flag_key] = [(0, location)]
             for modifier in leaf_modifier.modifiers:
+                bits = modifier.filter
+                if not bits:
+                    continue  # a bitmap of x alone changes nothing and pins nothing
                 index = index_of[modifier.register]
-                mask = ~modifier.filter & _U32
+                mask = ~bits & _U32
                 keep[index] &= mask
                 put[index] = (put[index] & mask) | modifier.value
-                if modifier.filter:
-                    register_key = (*key, modifier.register)
-                    pin = (modifier.filter, modifier.location)
-                    found = pins.get(register_key)
-                    if found is None:
-                        pins[register_key] = [pin]
-                    else:
-                        found.append(pin)
+                pin = (bits, modifier.location)
+                found = pins.get((leaf, subleaf, modifier.register))
+                if found is None:
+                    pins[leaf, subleaf, modifier.register] = [pin]
+                else:
+                    found.append(pin)
             masks[key] = ((keep[0], keep[1], keep[2], keep[3]),
                           (put[0], put[1], put[2], put[3]))
         self.masks = masks
@@ -796,7 +797,7 @@ class FoldedTemplate:
         self.read: Callable[[Mapping[tuple[int, int], Registers]], tuple[Registers, ...]] = (
             itemgetter(*masks) if len(masks) > 1 else _read_one(*masks) if masks
             else _read_none)
-        self.xsave_components = any(leaf == 0xD and subleaf >= 2 for leaf, subleaf in entries)
+        self.xsave_components = xsave_components
         # The parts of a base its guest table shares (see ``CpuidSet.trusted``).
         self._shares_but_flags = ("keys",) if self.xsave_components else (
             "keys", "xsave_components")
@@ -866,9 +867,11 @@ class FoldedTemplate:
 def _composed(key: tuple[int, int], flags: int, keep: tuple[int, int, int, int],
               put: tuple[int, int, int, int]) -> Composed:
     """Return one entry's ``composed`` row: ``keep`` None for a register left alone."""
-    k0, k1, k2, k3 = (None if mask == _U32 and not bits else mask
-                      for mask, bits in zip(keep, put, strict=True))
-    return (key, flags, k0, k1, k2, k3, *put)
+    k0, k1, k2, k3 = keep
+    p0, p1, p2, p3 = put
+    return (key, flags, None if k0 == _U32 and not p0 else k0,
+            None if k1 == _U32 and not p1 else k1, None if k2 == _U32 and not p2 else k2,
+            None if k3 == _U32 and not p3 else k3, p0, p1, p2, p3)
 
 
 def _read_one(key: tuple[int, int]) -> Callable[[Mapping[tuple[int, int], Registers]],
