@@ -28,7 +28,7 @@ from xstate_check.facts import (
     format_value,
 )
 from xstate_check.facts.components import component_refs
-from xstate_check.facts.enumeration import feature_values
+from xstate_check.facts.enumeration import feature_layers
 from xstate_check.facts.registry import component_sources, mask_refs
 from xstate_check.layout import Component
 from xstate_check.report import Finding, Report, SubjectReport
@@ -52,10 +52,8 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
     the same findings, a little slower.
     """
     catalogue = rules if isinstance(rules, Catalogue) else Catalogue(tuple(rules))
-    facts = Facts(subject)
-    if catalogue.reads_features:
-        # The rules read most feature bits: setting them at once saves a lookup each.
-        facts.update(feature_values(subject.cpuid))
+    # The rules read most feature bits: setting them at once saves a lookup each.
+    facts = Facts(subject, feature_layers(subject.cpuid) if catalogue.reads_features else ())
     findings: list[Finding] = []
     if not planned:
         run_rules(facts, catalogue.rules, findings, record)

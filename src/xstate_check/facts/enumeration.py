@@ -21,7 +21,7 @@ from xstate_check.xfeatures import (
     XTILE_MASK,
 )
 
-__all__ = ["CONSTANTS", "DEFINED", "feature_values", "valid_xcr0"]
+__all__ = ["CONSTANTS", "DEFINED", "feature_layers", "feature_values", "valid_xcr0"]
 
 FP_SSE_MASK = 0x3
 KNOWN_MASK = sum(x.mask for x in XFEATURES.values())
@@ -156,13 +156,23 @@ def feature_values(cpuid: CpuidSet) -> dict[str, bool]:
 
     A table a template made (``applied_masks``) takes its base's values, worked out once
     per base, with those of the bits the template sets or clears, once per template."""
+    layers = feature_layers(cpuid)
+    if len(layers) == 1:
+        return layers[0]
+    values = layers[0].copy()
+    values.update(layers[1])
+    return values
+
+
+def feature_layers(cpuid: CpuidSet) -> tuple[dict[str, bool], ...]:
+    """Return ``feature_values(cpuid)`` as the dicts it merges, in order, a later one's
+    values over an earlier one's: the table's own, or its base's and the bits its template
+    decides (both shared, not to be changed), for a caller to merge where it keeps them."""
     masks = cpuid.applied_masks()
     base = cpuid.shared("keys") if masks is not None and cpuid.leaf_0xd_complete else None
     if base is None or masks is None:
-        return _feature_values(cpuid)
-    values = base.derived("feature_values", _feature_values).copy()
-    values.update(_pinned_features(masks))
-    return values
+        return (_feature_values(cpuid),)
+    return base.derived("feature_values", _feature_values), _pinned_features(masks)
 
 
 def _feature_values(cpuid: CpuidSet) -> dict[str, bool]:

@@ -13,7 +13,7 @@ A fact the subject lacks (no HostState, a dump without leaf 0xD subleaves) raise
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from xstate_check.errors import Location
@@ -137,7 +137,12 @@ class Facts(dict[str, Any]):
 
     __slots__ = ("_computes", "_layout", "cpuid", "subject")
 
-    def __init__(self, subject: Subject) -> None:
+    def __init__(self, subject: Subject, preset: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Start the facts of ``subject`` with the values of each of ``preset`` (a later
+        one's over an earlier one's): facts the caller has at hand (its feature bits)."""
+        for values in preset:
+            # Into an empty dict the first copies at C level, faster than into a filled one.
+            self.update(values)
         self.subject = subject
         cpuid = self.cpuid = subject.cpuid
         self._layout: XsaveLayout | None = None
