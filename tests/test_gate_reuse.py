@@ -92,6 +92,8 @@ def test_parts_shared_with_the_profile_give_what_a_fresh_table_gives(
             guest, fresh = applied.cpuid, _fresh(applied.cpuid)
             assert guest.shared("keys") is base
             assert XsaveLayout.from_cpuid(guest) == XsaveLayout.from_cpuid(fresh)
+            assert XsaveLayout.of_subleaves(guest).components == \
+                XsaveLayout.from_cpuid(fresh).components
             assert guest.leaf_subleaves() == fresh.leaf_subleaves()
             assert fresh.applied_masks() is None
             if not applied.missing:
@@ -121,6 +123,30 @@ def test_a_template_that_changes_a_component_subleaf_shares_no_layout() -> None:
     layout = XsaveLayout.from_cpuid(dropped)
     assert layout.components is before.components
     assert layout.xcr0_supported == before.xcr0_supported & ~0xE0 != before.xcr0_supported
+    # What reads the subleaves alone takes one layout of them, the profile's.
+    subleaves = XsaveLayout.of_subleaves(dropped)
+    assert subleaves is XsaveLayout.of_subleaves(base)
+    assert subleaves.components is before.components
+    assert subleaves.components_memo is before.components_memo
+    assert XsaveLayout.of_subleaves(resized).components == \
+        XsaveLayout.from_cpuid(resized).components
+
+
+def test_subleaves_of_a_table_enumerating_an_xfeature_without_one_are_its_own() -> None:
+    """A table whose 0xD.0 enumerates an xfeature it has no subleaf of gets its own layout's
+    components (that xfeature as size 0), not a layout shared with its subleaves."""
+    base = load_profile("fc-sapphire-rapids-6.1")
+    numbers = [n for n in range(2, 32) if (0xD, n) not in base.entries]
+    assert numbers
+    number = numbers[0]
+    sub0 = base.entries[(0xD, 0)]
+    entries = dict(base.entries)
+    entries[(0xD, 0)] = sub0._replace(eax=sub0.eax | 1 << number)
+    table = base.replace(entries=entries)
+    subleaves = XsaveLayout.of_subleaves(table)
+    assert subleaves.components == XsaveLayout.from_cpuid(table).components
+    assert subleaves.components[number].size == 0
+    assert number not in XsaveLayout.of_subleaves(base).components
 
 
 def test_a_template_that_changes_an_entry_flag_shares_no_flags() -> None:

@@ -1,7 +1,8 @@
 """XsaveLayout: CPUID leaf 0xD decoded; the one place sizes, offsets, overlaps and order live.
 
-The rules read it (through ``Facts.layout``) and so do ``decode`` and the restore facts, so
-every size a finding or a view reports comes from the formulas here.
+The rules read it (through ``Facts.subleaves`` and ``Facts.layout``), and so do ``decode``
+and the restore facts, so every size a finding or a view reports comes from the formulas
+here.
 """
 
 from __future__ import annotations
@@ -98,6 +99,21 @@ class XsaveLayout:
     def from_cpuid(cls, cpuid: CpuidSet) -> XsaveLayout:
         """Decode leaf 0xD of ``cpuid`` (once per table: the table is immutable)."""
         return cpuid.derived("xsave_layout", _decode)
+
+    @classmethod
+    def of_subleaves(cls, cpuid: CpuidSet) -> XsaveLayout:
+        """Return a layout with the components ``from_cpuid(cpuid)`` has, for what reads
+        them alone (sizes, offsets, their relations): where every xfeature 0xD.0 and 0xD.1
+        enumerate has its subleaf, one layout of the subleaves, shared by every table that
+        shares them (a template that left them), its own 0xD.0 and 0xD.1 fields zero;
+        otherwise ``from_cpuid(cpuid)``."""
+        layout, found = cpuid.derived("xsave_subleaf_layout", _subleaf_layout, "xsave_components")
+        entries = cpuid.entries
+        sub0 = entries.get((XSAVE_LEAF, 0), _ZERO)
+        sub1 = entries.get((XSAVE_LEAF, 1), _ZERO)
+        if (sub0.edx << 32 | sub0.eax | sub1.edx << 32 | sub1.ecx) & _EXTENDED & ~found:
+            return cls.from_cpuid(cpuid)  # some enumerated xfeature has no subleaf
+        return layout
 
     def standard_size(self, mask: int) -> int:
         """Return the standard-format size for the XCR0 bits of ``mask``.
@@ -221,6 +237,13 @@ def _decode(cpuid: CpuidSet) -> XsaveLayout:
         shared = cpuid.derived("xsave_components_memo", _new_memo, "xsave_components")
     return XsaveLayout(xcr0, xss, sub0.ebx, sub0.ecx, sub1.eax, sub1.ebx, components,
                        components_memo=shared)
+
+
+def _subleaf_layout(cpuid: CpuidSet) -> tuple[XsaveLayout, int]:
+    """Return the layout of the subleaves 0xD.n (2 <= n < 64) alone, and their mask."""
+    components, found = _subleaf_components(cpuid)
+    memo = cpuid.derived("xsave_components_memo", _new_memo, "xsave_components")
+    return XsaveLayout(0, 0, 0, 0, 0, 0, components, components_memo=memo), found
 
 
 def _new_memo(cpuid: CpuidSet) -> dict[object, object]:

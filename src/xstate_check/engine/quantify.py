@@ -92,7 +92,7 @@ def reads_layout(node: Node, var: str) -> bool:
 def components_of(facts: Facts, mask: int, layout: bool) -> list[Component]:
     """Return the components of ``mask``: the table's subleaves (``layout``) or bare ones."""
     if layout:
-        get = facts.layout.components.get
+        get = facts.subleaves.components.get
         return [get(number) or bare(number) for number in numbers(mask)]
     return [bare(number) for number in numbers(mask)]
 
@@ -212,7 +212,7 @@ def _atom(node: Node, var: str, build: Build) -> MaskTest:
     def each(facts: Facts, care: int) -> int:
         held = 0
         if care:
-            found: Mapping[int, Component] = facts.layout.components if layout else {}
+            found: Mapping[int, Component] = facts.subleaves.components if layout else {}
             for number in numbers(care):
                 facts[key] = found.get(number) or bare(number)
                 if test(facts):
@@ -447,7 +447,7 @@ def _field_shared(test: FieldTest) -> MaskTest:
         kept = facts.get(_KEPT) or _kept(facts)
         found = kept.get(slot)
         if found is None:
-            found = kept[slot] = compute(facts.layout)
+            found = kept[slot] = compute(facts.subleaves)
         return found & care
 
     return held
@@ -486,7 +486,7 @@ def _shared(node: Node, var: str, table: Table) -> MaskTest:
         kept = facts.get(_KEPT) or _kept(facts)
         found = kept.get(slot)
         if found is None:
-            found = kept[slot] = compute(facts.layout)
+            found = kept[slot] = compute(facts.subleaves)
         return found
 
     def held(facts: Facts, care: int) -> int:
@@ -502,7 +502,7 @@ _KEPT = "$kept"
 def _kept(facts: Facts) -> dict[object, Any]:
     """Return what the facts' layout keeps with its component subleaves (``of_components``),
     and keep the dict in the Facts, where a mask test finds it without a call."""
-    kept = facts[_KEPT] = facts.layout.components_memo
+    kept = facts[_KEPT] = facts.subleaves.components_memo
     return kept
 
 

@@ -205,18 +205,18 @@ _layout_attribute("xfd", "bool", "0xD.n ECX[2]: XFD can arm it (it can be dynami
                   lambda key: lambda facts: facts[key].ecx & 4 == 4,
                   lambda facts, cs: [c.ecx & 4 == 4 for c in cs])
 def _related(facts: Facts, components: list[Component], which: int) -> list[int]:
-    relations = facts.layout.relations()
+    relations = facts.subleaves.relations()
     return [relations.get(component.number, _NONE)[which] for component in components]
 
 
 _layout_attribute("overlaps", "mask", "the sized user components whose standard-format "
                   f"regions share a byte with this one's (each occupies [offset, end); the "
                   f"legacy area and header are bytes 0-{LEGACY_AND_HEADER - 1})",
-                  lambda key: lambda facts: facts.layout.overlaps(facts[key].number),
+                  lambda key: lambda facts: facts.subleaves.overlaps(facts[key].number),
                   lambda facts, cs: _related(facts, cs, 0))
 _layout_attribute("placed_above", "mask", "the sized user components whose standard-format "
                   "offset is above this one's",
-                  lambda key: lambda facts: facts.layout.placed_above(facts[key].number),
+                  lambda key: lambda facts: facts.subleaves.placed_above(facts[key].number),
                   lambda facts, cs: _related(facts, cs, 1))
 
 

@@ -28,14 +28,14 @@ __all__: list[str] = []
 def _standard_sizes(facts: Facts) -> object:
     xcr0 = facts["xcr0"]
     assert isinstance(xcr0, int)
-    return facts.layout.standard_sizes(xcr0)
+    return facts.subleaves.standard_sizes(xcr0)
 
 
 @fact("described", "mask", "the xfeatures 2 to 62 whose subleaf 0xD.n is present and not all "
       "zero (whether or not 0xD.0 or 0xD.1 enumerates them)", component_sources,
       reads=("subleaves",))
 def _described(facts: Facts) -> object:
-    return facts.layout.of_components("described", _described_mask)
+    return facts.subleaves.of_components("described", _described_mask)
 
 
 def _described_mask(layout: XsaveLayout) -> int:
@@ -47,7 +47,7 @@ def _described_mask(layout: XsaveLayout) -> int:
       component_sources,
       reads=("subleaves",))
 def _xfd_flagged(facts: Facts) -> object:
-    return facts.layout.of_components("xfd_flagged", _xfd_flagged_mask)
+    return facts.subleaves.of_components("xfd_flagged", _xfd_flagged_mask)
 
 
 def _xfd_flagged_mask(layout: XsaveLayout) -> int:
@@ -70,7 +70,7 @@ def _std_size(facts: Facts, mask: int) -> int:
         sizes = facts[_STD_SIZES] = {}
     size = sizes.get(mask)
     if size is None:
-        size = sizes[mask] = facts.layout.standard_size(mask)
+        size = sizes[mask] = facts.subleaves.standard_size(mask)
     return size
 
 
@@ -80,4 +80,4 @@ _STD_SIZES = "$std_size"  # where _std_size keeps its answers in the Facts (no f
 @function("compacted_size", ("mask",), "size", "compacted-format size of an xfeature mask from "
           "this table's subleaves", sources=_layout_sources, reads=("subleaves",))
 def _compacted_size(facts: Facts, mask: int) -> int:
-    return facts.layout.compacted_size(mask)
+    return facts.subleaves.compacted_size(mask)

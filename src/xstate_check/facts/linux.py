@@ -68,7 +68,7 @@ def _default_size_refs(facts: Facts, value: object) -> list[BitRef]:
       "CET user state) only with XSAVES; standard format otherwise", _default_size_refs,
       reads=("subleaves",))
 def _linux_default_size(facts: Facts) -> object:
-    layout = facts.layout
+    layout = facts.subleaves
     linux = facts["linux_xcr0"]
     assert isinstance(linux, int)
     default = linux & ~USER_DYNAMIC_MASK

@@ -135,7 +135,7 @@ class FunctionSpec(NamedTuple):
 class Facts(dict[str, Any]):
     """The facts of one subject: a dict that computes a missing name on first read."""
 
-    __slots__ = ("_computes", "_layout", "cpuid", "subject")
+    __slots__ = ("_computes", "_layout", "_subleaves", "cpuid", "subject")
 
     def __init__(self, subject: Subject, preset: Iterable[Mapping[str, Any]] = ()) -> None:
         """Start the facts of ``subject`` with the values of each of ``preset`` (a later
@@ -146,6 +146,7 @@ class Facts(dict[str, Any]):
         self.subject = subject
         cpuid = self.cpuid = subject.cpuid
         self._layout: XsaveLayout | None = None
+        self._subleaves: XsaveLayout | None = None
         # Where the source holds leaf 0xD's subleaves, no fact needs to check for them.
         self._computes = _UNCHECKED if cpuid.leaf_0xd_complete else _CHECKED
         # Every rule family reads XCR0; reading it here is cheaper than on first use.
@@ -168,6 +169,16 @@ class Facts(dict[str, Any]):
             self.require_subleaves()
             self._layout = XsaveLayout.from_cpuid(self.cpuid)
         return self._layout
+
+    @property
+    def subleaves(self) -> XsaveLayout:
+        """Return the table's component subleaves decoded, for what reads them alone (sizes,
+        offsets, flags): ``XsaveLayout.of_subleaves``, its 0xD.0 and 0xD.1 fields perhaps
+        zero; Missing where the source has no subleaves."""
+        if self._subleaves is None:
+            self.require_subleaves()
+            self._subleaves = XsaveLayout.of_subleaves(self.cpuid)
+        return self._subleaves
 
 
 #: Where XCR0 is enumerated (CpuidSet.xcr0_supported): 0xD.0 EDX:EAX.
