@@ -26,7 +26,7 @@ from xstate_check.records import NamedTuple
 if TYPE_CHECKING:
     from xstate_check.engine.catalogue import Rule
 
-__all__ = ["PASSING", "Plan", "Quick", "quick_condition", "rule_quick"]
+__all__ = ["PASSING", "Plan", "Quick", "fold_conditions", "quick_condition", "rule_quick"]
 
 
 #: Enumerate at most this many mask bits when combining two bit tests.
@@ -269,9 +269,17 @@ _PASSING_KEPT = 4096
 
 def _fold_group(name: str, steps: tuple[QuickStep, ...]) -> Group:
     """Fold a group's conditions: ``x & m == 0`` ones into one mask, small ones into a table."""
+    return (name, *fold_conditions([(mask, values) for mask, values, *_ in steps]), steps)
+
+
+def fold_conditions(conditions: Iterable[tuple[int, frozenset[int]]]) -> tuple[
+        int, int, frozenset[int] | None]:
+    """Return (zero_mask, small_mask, all_pass): every ``x & mask in values`` condition
+    holds when ``x & zero_mask == 0`` and ``x & small_mask in all_pass`` (None where the
+    small ones have too many bits to fold), as a plan's group folds them."""
     zero_mask = 0
     small: list[tuple[int, frozenset[int]]] = []
-    for mask, values, *_ in steps:
+    for mask, values in conditions:
         if values == frozenset({0}):
             zero_mask |= mask
         else:
@@ -280,12 +288,12 @@ def _fold_group(name: str, steps: tuple[QuickStep, ...]) -> Group:
     for mask, _ in small:
         small_mask |= mask
     if bin(small_mask).count("1") > _FOLD_BITS:
-        return (name, zero_mask, small_mask, None, steps)
-    conditions = tuple(small)
-    all_pass = PASSING.get(conditions)
+        return zero_mask, small_mask, None
+    folded = tuple(small)
+    all_pass = PASSING.get(folded)
     if all_pass is None:
-        all_pass = _passing(conditions, small_mask)
-    return (name, zero_mask, small_mask, all_pass, steps)
+        all_pass = _passing(folded, small_mask)
+    return zero_mask, small_mask, all_pass
 
 
 def _passing(conditions: tuple[tuple[int, frozenset[int]], ...],

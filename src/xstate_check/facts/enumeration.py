@@ -253,23 +253,40 @@ CONSTANTS: dict[str, int] = {
 DEFINED: dict[str, str] = {"valid_xcr0": "xcr0"}
 
 
+#: The checks that define valid_xcr0, and their quick conditions folded (see ``_xsetbv``).
+_Xsetbv = tuple[tuple[Callable[[Any], object], ...], int, int, "frozenset[int] | None"]
+
+
 @functools.cache
-def _xsetbv_checks() -> tuple[Callable[[Any], object], ...]:
+def _xsetbv() -> _Xsetbv:
+    """Return the checks that define valid_xcr0, and (zero_mask, small_mask, all_pass):
+    where ``mask & zero_mask == 0`` and ``mask & small_mask in all_pass`` every check
+    holds (their quick conditions on ``xcr0`` folded as a plan's group folds them; all_pass
+    None where one has none)."""
     # The shipped catalogue (compiled once, from its cache) holds the definition; the engine
     # sits above the facts, hence the late import.
     from xstate_check.engine.compiler import compile_expression
+    from xstate_check.engine.plan import fold_conditions, quick_condition
     from xstate_check.engine.shipped import load_catalogue
 
-    return tuple(compile_expression(rule.compiled.definition)
-                 for rule in load_catalogue()
-                 if rule.defines == "valid_xcr0" and rule.compiled.definition is not None)
+    definitions = [rule.compiled.definition for rule in load_catalogue()
+                   if rule.defines == "valid_xcr0" and rule.compiled.definition is not None]
+    checks = tuple(compile_expression(definition) for definition in definitions)
+    quicks = [quick_condition(definition) for definition in definitions]
+    if not all(quick is not None and quick.name == "xcr0" for quick in quicks):
+        return checks, 0, 0, None
+    return checks, *fold_conditions((quick.mask, quick.values)
+                                    for quick in quicks if quick is not None)
 
 
 def valid_xcr0(mask: int) -> bool:
     """Return whether XSETBV accepts ``mask``: every check of rules/xcr0.toml that says
     ``defines = "valid_xcr0"`` holds with ``xcr0`` standing for ``mask``."""
+    checks, zero_mask, small_mask, all_pass = _xsetbv()
+    if all_pass is not None and not mask & zero_mask and mask & small_mask in all_pass:
+        return True  # every check's quick condition holds
     view = {"xcr0": mask}
-    for check in _xsetbv_checks():  # noqa: SIM110 - a loop costs less than all() of a generator
+    for check in checks:  # noqa: SIM110 - a loop costs less than all() of a generator
         if not check(view):
             return False
     return True
