@@ -97,3 +97,17 @@ def test_valid_xcr0_is_defined_by_the_xsetbv_rules() -> None:
                                                          mask >> 32)])))
         failing = [rule.name for rule in defining if not rule.compiled.test(facts)]
         assert failing == [name], (name, failing)
+
+
+def test_entry_locations_are_ordered_as_locations_are() -> None:
+    """The template facts pick an entry's first line by the fields Location's order
+    compares, in its order: the same earliest location."""
+    import attrs
+
+    from xstate_check.errors import Location
+    from xstate_check.facts.template import _location_order
+
+    assert [field.name for field in attrs.fields(Location)] == ["path", "line", "column"]
+    places = [Location("b.json", 3, 1), Location("a.json", 9, 9), Location("a.json", 9, 2),
+              Location("a.json", 10, 1), Location("a.json")]
+    assert sorted(places) == sorted(places, key=_location_order)

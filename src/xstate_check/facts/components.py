@@ -122,27 +122,24 @@ _NEEDS_OF = tuple(
     for name in dict.fromkeys(name for names in _NEEDED_BY for name in names))
 
 
-#: The same with where each feature bit lives: (entry, register index, bit, needs, announces).
-_NEEDS_AT = tuple(((FEATURES[name].leaf, FEATURES[name].subleaf),
-                   ("eax", "ebx", "ecx", "edx").index(FEATURES[name].register),
-                   FEATURES[name].bit, needs, announces)
-                  for name, needs, announces in _NEEDS_OF)
-
-
-def _feature_masks(cpuid: CpuidSet) -> tuple[int, int]:
-    """Return (the xfeatures whose own feature is set, those some set feature needs)."""
-    own = needed = 0
-    entries = cpuid.entries
-    for key, index, bit, needs, announces in _NEEDS_AT:
-        regs = entries.get(key)
-        if regs is not None and regs[index] >> bit & 1:
-            needed |= needs
-            own |= announces
-    return own, needed
+# Their feature bits are read from the Facts, where a run sets them all at once; none lives
+# in leaf 0xD, so none is Missing.
+assert all(FEATURES[name].leaf != 0xD for name, _, _ in _NEEDS_OF)
+#: Where ``_features`` keeps its answer in the Facts (no fact's name).
+_FEATURE_MASKS = "$feature masks"
 
 
 def _features(facts: Facts) -> tuple[int, int]:
-    return facts.cpuid.derived("component feature masks", _feature_masks)
+    """Return (the xfeatures whose own feature is set, those some set feature needs)."""
+    found: tuple[int, int] | None = facts.get(_FEATURE_MASKS)
+    if found is None:
+        own = needed = 0
+        for name, needs, announces in _NEEDS_OF:
+            if facts[name]:
+                needed |= needs
+                own |= announces
+        found = facts[_FEATURE_MASKS] = (own, needed)
+    return found
 
 
 _attribute("bit", "int", "the xfeature's number n (its bit in XCR0 or IA32_XSS)",
@@ -229,9 +226,14 @@ def _host_layout(facts: Facts) -> XsaveLayout:
     """Return the layout the guest's must equal: KVM's table, the host's CPUID, or the base."""
     layout = facts.get(_HOST_LAYOUT)
     if layout is None:
-        host = facts.subject.host
-        tables = (host.kvm_cpuid_permitted, host.kvm_cpuid, host.host_cpuid) if host else ()
-        table: CpuidSet | None = next((t for t in tables if t is not None), facts.subject.base)
+        subject = facts.subject
+        host = subject.host
+        table: CpuidSet | None = subject.base
+        if host is not None:
+            for table in (host.kvm_cpuid_permitted, host.kvm_cpuid, host.host_cpuid,
+                          subject.base):
+                if table is not None:
+                    break
         if table is None:
             raise Missing("neither host facts nor a base table to compare the layout with")
         layout = facts[_HOST_LAYOUT] = XsaveLayout.from_cpuid(table)

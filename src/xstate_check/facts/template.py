@@ -16,7 +16,12 @@ __all__: list[str] = []
 def _entry_location(cpuid: CpuidSet, leaf: int, subleaf: int) -> Location | None:
     found = [where for register in (*REGISTERS, "flags")
              for _, where in cpuid.provenance.pins(leaf, subleaf, register)]
-    return min(found) if found else None
+    return min(found, key=_location_order) if found else None
+
+
+def _location_order(where: Location) -> tuple[str, int, int]:
+    """Return what Location's own order compares (its fields in turn), as one tuple."""
+    return (where.path, where.line, where.column)
 
 
 @fact("missing_entries", "items", "the CPUID entries a template modifies that the base table "
