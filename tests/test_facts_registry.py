@@ -111,3 +111,36 @@ def test_entry_locations_are_ordered_as_locations_are() -> None:
     places = [Location("b.json", 3, 1), Location("a.json", 9, 9), Location("a.json", 9, 2),
               Location("a.json", 10, 1), Location("a.json")]
     assert sorted(places) == sorted(places, key=_location_order)
+
+
+def test_facts_set_when_made_are_what_their_declarations_compute() -> None:
+    """The facts a Facts sets when made (XCR0, XSS, registers of leaves 0 and 0xD, the
+    base's XCR0 and XSS …) are each fact's own computation, on every bundled profile, on
+    a table a template made from it, and on a source without leaf 0xD's subleaves, where
+    those that need them are left to be Missing."""
+    from xstate_check.sources.profiles import load_profile, profile_index
+    from xstate_check.template import apply_template, parse_template
+
+    template = parse_template(json.dumps({"cpuid_modifiers": [
+        {"leaf": "0xd", "subleaf": "0x0", "flags": 1, "modifiers": [
+            {"register": "eax", "bitmap": "0b" + "x" * 24 + "000" + "x" * 5}]}]}), "t.json")
+    subjects = []
+    for info in profile_index():
+        table = load_profile(info.name)
+        subjects.append(Subject.of(table.source, table))
+        subjects.append(Subject.of(table.source, table.replace(leaf_0xd_complete=False)))
+        applied = apply_template(template, table)
+        subjects.append(Subject.of(table.source, table, template="t.json", guest=applied.cpuid,
+                                   missing=applied.missing))
+    preset_seen: set[str] = set()
+    for subject in subjects:
+        facts = Facts(subject)
+        preset = [name for name in facts if name in FACTS]
+        preset_seen.update(preset)
+        for name in preset:
+            assert facts[name] == FACTS[name].compute(facts), (subject.name, name)
+        for name in ("xss", "compacted_size_current", "base.xcr0", "base.xss"):
+            if name not in facts:
+                with pytest.raises(Missing):
+                    FACTS[name].compute(facts)
+    assert {"xcr0", "xss", "size_max", "base.xcr0", "role"} <= preset_seen

@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
+from xstate_check.cpuid import ZERO
 from xstate_check.errors import Location
 from xstate_check.layout import XsaveLayout
 from xstate_check.records import NamedTuple
@@ -148,10 +149,30 @@ class Facts(dict[str, Any]):
         self._layout: XsaveLayout | None = None
         self._subleaves: XsaveLayout | None = None
         # Where the source holds leaf 0xD's subleaves, no fact needs to check for them.
-        self._computes = _UNCHECKED if cpuid.leaf_0xd_complete else _CHECKED
-        # Every rule family reads XCR0; reading it here is cheaper than on first use.
-        regs = cpuid.entries.get(_XCR0_ENTRY)
-        self["xcr0"] = regs[3] << 32 | regs[0] if regs is not None else 0
+        complete = cpuid.leaf_0xd_complete
+        self._computes = _UNCHECKED if complete else _CHECKED
+        # Facts most rules read, set here at less cost than a first read's computation: the
+        # subject's role and template, plain registers of leaves 0 and 0xD, and XCR0 and XSS
+        # of the table before the template. Each is declared, and computed the same way, in
+        # its stage's module; a test compares the two.
+        self["role"] = subject.role
+        self["has_template"] = subject.template is not None
+        entries = cpuid.entries
+        self["max_basic_leaf"] = entries.get(_LEAF_0, ZERO)[0]
+        sub0 = entries.get(_XCR0_ENTRY, ZERO)
+        self["xcr0"] = sub0[3] << 32 | sub0[0]
+        self["size_max"] = sub0[2]
+        if complete:  # else they are Missing
+            sub1 = entries.get(_XSS_ENTRY, ZERO)
+            self["xss"] = sub1[3] << 32 | sub1[2]
+            self["compacted_size_current"] = sub1[1]
+        base = subject.base
+        if base is not None:
+            base_entries = base.entries
+            sub0 = base_entries.get(_XCR0_ENTRY, ZERO)
+            self["base.xcr0"] = sub0[3] << 32 | sub0[0]
+            sub1 = base_entries.get(_XSS_ENTRY, ZERO)
+            self["base.xss"] = sub1[3] << 32 | sub1[2]
 
     def __missing__(self, name: str) -> object:
         value = self[name] = self._computes[name](self)
@@ -181,8 +202,10 @@ class Facts(dict[str, Any]):
         return self._subleaves
 
 
-#: Where XCR0 is enumerated (CpuidSet.xcr0_supported): 0xD.0 EDX:EAX.
+#: Where XCR0 is enumerated (CpuidSet.xcr0_supported): 0xD.0 EDX:EAX; XSS: 0xD.1 EDX:ECX.
 _XCR0_ENTRY = (0xD, 0)
+_XSS_ENTRY = (0xD, 1)
+_LEAF_0 = (0, 0)
 
 FACTS: dict[str, FactSpec] = {}
 #: Each fact's computation (``FACTS[name].compute``), and the same without the check that
