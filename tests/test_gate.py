@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from xstate_check.gate import (
 )
 from xstate_check.report import Finding, Report, Severity, SubjectReport
 from xstate_check.sources.profiles import load_profile, match_profiles, profile_index
-from xstate_check.template import load_template
+from xstate_check.template import Template, load_template, parse_template
 
 REPO = Path(__file__).resolve().parents[1]
 MATRIX = REPO / "examples" / "firecracker-matrix.toml"
@@ -125,6 +126,54 @@ def test_template_vendor_of_firecracker_templates(name: str, data_dir: Path) -> 
     template = load_template(data_dir / "firecracker" / f"{name}.json")
     expected = {"T2A": AMD, "SPR_TO_T2_6.1": INTEL, "GNR_TO_T2_6.1": INTEL}.get(name)
     assert template_vendor(template) == expected
+
+
+def _vendor_by_modified_bits(template: Template) -> str | None:
+    """Return a template's vendor read from its modifiers one by one (what ``template_vendor``
+    reads from the folded masks): AMD's or Intel's own leaves, bits only AMD defines set."""
+    vendors = set()
+    for leaf, _subleaf in template.entries():
+        if leaf in (0x12, 0x14, 0x19, 0x1A, 0x1B, 0x1C, 0x1D, 0x1E, 0x20, 0x23, 0x24):
+            vendors.add(INTEL)
+        elif 0x80000008 < leaf <= 0x8000FFFF:
+            vendors.add(AMD)
+    amd_only = {(0x80000001, 0, "ecx"): ~0x121, (0x80000001, 0, "edx"): ~0x2C100800,
+                (0x80000008, 0, "ebx"): ~0x200}
+    for key, (filter_bits, value_bits) in template.modified_bits().items():
+        if filter_bits & value_bits & amd_only.get(key, 0):
+            vendors.add(AMD)
+    return vendors.pop() if len(vendors) == 1 else None
+
+
+def test_template_vendor_reads_the_bits_set_in_the_end() -> None:
+    """A bit only AMD defines makes a template AMD's where the template sets it in the end,
+    whichever modifiers set and clear it before; random templates answer as read modifier by
+    modifier."""
+    def template(*bitmaps: tuple[str, str]) -> Template:
+        return parse_template(json.dumps({"cpuid_modifiers": [
+            {"leaf": leaf, "subleaf": "0x0", "flags": 0,
+             "modifiers": [{"register": "ebx", "bitmap": bitmap}]}
+            for leaf, bitmap in bitmaps]}), "t.json")
+
+    wbnoinvd_and_bit_0 = "0b" + "x" * 22 + "1" + "x" * 8 + "1"
+    clear_bit_0 = "0b" + "x" * 31 + "0"
+    assert template_vendor(template(("0x80000008", wbnoinvd_and_bit_0))) == AMD
+    assert template_vendor(template(("0x80000008", wbnoinvd_and_bit_0),
+                                    ("0x80000008", clear_bit_0))) is None
+    assert template_vendor(template(("0x1d", clear_bit_0))) == INTEL
+    assert template_vendor(template(("0x1d", clear_bit_0),
+                                    ("0x80000008", wbnoinvd_and_bit_0))) is None
+    chooser = random.Random(5)
+    leaves = ["0x1", "0x7", "0x1d", "0x80000001", "0x80000008", "0x8000001f"]
+    for _ in range(300):
+        made = json.dumps({"cpuid_modifiers": [
+            {"leaf": chooser.choice(leaves), "subleaf": "0x0", "flags": 0, "modifiers": [
+                {"register": chooser.choice(["eax", "ebx", "ecx", "edx"]),
+                 "bitmap": "0b" + "".join(chooser.choice("01xxxx") for _ in range(32))}
+                for _ in range(chooser.randrange(3))]}
+            for _ in range(chooser.randrange(1, 4))]})
+        parsed = parse_template(made, "t.json")
+        assert template_vendor(parsed) == _vendor_by_modified_bits(parsed), made
 
 
 def test_missing_leaf_is_an_error_on_the_template_line(data_dir: Path) -> None:

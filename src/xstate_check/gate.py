@@ -540,21 +540,29 @@ def _matrix_entry(value: object, where: Location) -> MatrixEntry:
 # --------------------------------------------------------------------------- pairs
 
 
-def template_vendor(template: Template) -> str | None:
+def template_vendor(template: Template, folded: FoldedTemplate | None = None) -> str | None:
     """Return the vendor a template can only be meant for (``GenuineIntel``/``AuthenticAMD``).
 
-    None when nothing in it ties it to one vendor, or it points to both.
+    None when nothing in it ties it to one vendor, or it points to both. ``folded`` is the
+    template folded (``fold_template``), if the caller has it.
     """
+    folded = folded if folded is not None else fold_template(template)
     vendors: set[str] = set()
-    for leaf, _subleaf in template.entries():
+    for leaf, _subleaf in folded.keys:
         if leaf in _INTEL_ONLY_LEAVES:
             vendors.add(INTEL)
         elif _INTEL_LAST_EXTENDED_LEAF < leaf <= 0x8000FFFF:
             vendors.add(AMD)
-    for key, (filter_bits, value_bits) in template.modified_bits().items():
-        if filter_bits & value_bits & _AMD_ONLY_BITS.get(key, 0):
+    # The bits a template sets in the end are its folded masks' ``put``.
+    masks = folded.masks
+    for (leaf, subleaf, register), amd_only in _AMD_ONLY_BITS.items():
+        found = masks.get((leaf, subleaf))
+        if found is not None and found[1][_REGISTER_INDEX[register]] & amd_only:
             vendors.add(AMD)
     return vendors.pop() if len(vendors) == 1 else None
+
+
+_REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 
 
 def _select(entry: MatrixEntry, profiles: Sequence[GateProfile]) -> list[GateProfile]:
@@ -585,21 +593,23 @@ class _Pairs:
     passed_over: tuple[str, ...]
 
 
-def _pairs_for(template: Template, pool: Sequence[GateProfile], matrix: Matrix | None) -> _Pairs:
+def _pairs_for(template: Template, pool: Sequence[GateProfile], matrix: Matrix | None,
+               folded: FoldedTemplate) -> _Pairs:
     entry = matrix.entry_for(template.path) if matrix is not None else None
     if entry is not None:
         return _Pairs(tuple(_select(entry, pool)), (), ())
-    vendor = template_vendor(template)
+    vendor = template_vendor(template, folded)
     declared: list[GateProfile] = []
     inferred: list[GateProfile] = []
     bare_metal: list[str] = []
     other_vendor: list[str] = []
     for profile in pool:
-        if profile.origin == "declared":
+        origin = profile.origin
+        if origin == "declared":
             declared.append(profile)
-        elif profile.origin == "builtin" and profile.role == "cpu":
+        elif origin == "builtin" and profile.cpuid.role == "cpu":
             bare_metal.append(profile.name)
-        elif vendor is not None and profile.vendor != vendor:
+        elif vendor is not None and profile.cpuid.vendor != vendor:
             other_vendor.append(profile.name)
         else:
             inferred.append(profile)
@@ -668,8 +678,8 @@ def pairs_for_template(template: Template, pool: Sequence[GateProfile],
     An inferred pair whose profile lacks an entry the template modifies is not checked but
     listed as not for its host; ``folded`` is the template folded, if the caller has it.
     """
-    pairs = _pairs_for(template, pool, matrix)
     folded = folded if folded is not None else fold_template(template)
+    pairs = _pairs_for(template, pool, matrix, folded)
     checked = [(profile, True) for profile in pairs.declared]
     not_for: list[SkippedPair] = []
     keys = folded.keys

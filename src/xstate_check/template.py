@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from operator import itemgetter
+from types import MappingProxyType
 from typing import Literal
 
 import attrs
@@ -822,25 +823,28 @@ class FoldedTemplate:
         """Return the template (read from ``path``) applied to ``base``, and the entries
         ``base`` lacks (see ``apply_template``)."""
         have = base.entries
-        entries = copy_mapping(have)
+        entries = have.copy() if isinstance(have, MappingProxyType) else dict(have)
         base_flags = base.flags
         flags: dict[tuple[int, int], int] | None = None  # None: the base's, unchanged
         # Every modified entry at once: the modifiers of each entry composed (``masks``), its
         # flags those of its last modifier.
-        missing = () if have.keys() >= self.keys else self.missing(base)
         get = entries.get
         flag_of = base_flags.get
+        lacking = 0
         for key, entry_flags, k0, k1, k2, k3, p0, p1, p2, p3 in self.composed:
             old = get(key)
-            if old is not None:
-                if flag_of(key) != entry_flags:
-                    if flags is None:
-                        flags = copy_mapping(base_flags)
-                    flags[key] = entry_flags
-                a, b, c, d = old
-                entries[key] = _new_registers(Registers, (
-                    a if k0 is None else (a & k0) | p0, b if k1 is None else (b & k1) | p1,
-                    c if k2 is None else (c & k2) | p2, d if k3 is None else (d & k3) | p3))
+            if old is None:
+                lacking += 1
+                continue
+            if flag_of(key) != entry_flags:
+                if flags is None:
+                    flags = copy_mapping(base_flags)
+                flags[key] = entry_flags
+            a, b, c, d = old
+            entries[key] = _new_registers(Registers, (
+                a if k0 is None else (a & k0) | p0, b if k1 is None else (b & k1) | p1,
+                c if k2 is None else (c & k2) | p2, d if k3 is None else (d & k3) | p3))
+        missing = self.missing(base) if lacking else ()
         provenance = base.provenance
         keys = provenance.register_keys()
         if not keys and not missing:  # every pin is the template's: folded once
