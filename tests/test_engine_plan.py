@@ -70,7 +70,8 @@ def test_plan_for_a_subject_leaves_out_what_it_cannot_answer() -> None:
         kept = [rule.id for *_, steps in groups for *_, rule in steps]
         assert kept == [rule_id for rule_id in order
                         if not CATALOGUE.get(rule_id).compiled.needs & lacking]
-        for _, rule in walking:
-            assert not (rule.compiled.needs | FACTS[str(rule.each)].needs) & lacking
+        for _, rule, each in walking:
+            assert each == rule.each
+            assert not (rule.compiled.needs | FACTS[each].needs) & lacking
     assert len(plan.for_lacking(0)[1]) == len(plan.walking)
     assert len(plan.for_lacking(NEEDS["destination"])[1]) < len(plan.walking)

@@ -175,8 +175,9 @@ ReadyStep = tuple[int, frozenset[int], Evaluator, "Rule"]
 #: A group of a plan for one set of lacking NEEDS bits: (fact, zero_mask, small_mask,
 #: all_pass, steps); fact None: the steps run their tests, each in turn.
 ReadyGroup = tuple[str | None, int, int, frozenset[int] | None, tuple[ReadyStep, ...]]
-#: What evaluation walks on a subject lacking some NEEDS bits: the groups, the ``each`` rules.
-Ready = tuple[tuple[ReadyGroup, ...], tuple[tuple[Evaluator, "Rule"], ...]]
+#: What evaluation walks on a subject lacking some NEEDS bits: the groups, the ``each`` rules
+#: (test, rule, the list fact it walks).
+Ready = tuple[tuple[ReadyGroup, ...], tuple[tuple[Evaluator, "Rule", str], ...]]
 
 
 @attrs.frozen(eq=False)
@@ -230,7 +231,7 @@ class Plan:
             else:
                 groups.append((name, zero_mask, small_mask, all_pass, kept))
         # An ``each`` rule whose list fact needs what the subject lacks has no item to walk.
-        walking = tuple((test, rule) for needs, test, rule in self.walking
+        walking = tuple((test, rule, str(rule.each)) for needs, test, rule in self.walking
                         if not (needs | needs_of_fact(rule.each)) & lacking)
         return tuple(groups), walking
 

@@ -81,8 +81,13 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
             except Missing:
                 continue
             findings.append(finding_of(rule, facts, None, record))
-    for test, rule in walking:
-        walk_items(facts, rule, test, findings, record)
+    for test, rule, each in walking:
+        try:
+            items = facts[each]
+        except Missing:
+            continue
+        if items:  # most subjects have none: no call
+            walk_items(facts, rule, test, findings, record)
     return findings
 
 
