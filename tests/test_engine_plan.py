@@ -75,3 +75,41 @@ def test_plan_for_a_subject_leaves_out_what_it_cannot_answer() -> None:
             assert not (rule.compiled.needs | FACTS[each].needs) & lacking
     assert len(plan.for_lacking(0)[1]) == len(plan.walking)
     assert len(plan.for_lacking(NEEDS["destination"])[1]) < len(plan.walking)
+
+
+def test_rules_left_out_for_a_role_give_no_finding_on_its_subjects() -> None:
+    """A rule whose check is ``A => B`` with A false for a role (``role == "cpu" and …`` on a
+    guest) is left out of that role's plan: run alone on every bundled profile of the
+    role, and on one relabelled to it, it gives no finding; the others stay in."""
+    from xstate_check.engine.loader import language_names
+    from xstate_check.engine.parser import parse_expression
+    from xstate_check.engine.plan import _role_decides, passes_for_role
+    from xstate_check.engine.runner import run_rules
+    from xstate_check.facts import Facts
+    from xstate_check.sources.profiles import load_profile
+
+    names = language_names()
+
+    def decided(text: str, role: str) -> bool | None:
+        return _role_decides(parse_expression(text, names.__getitem__, names), role)
+
+    assert decided('role == "cpu" and xcr0 != 0', "guest") is False
+    assert decided('role == "cpu" and xcr0 != 0', "cpu") is None
+    assert decided('not (role != "guest") or xcr0 != 0', "guest") is True
+    assert decided('role == "cpu" or role == "guest"', "guest") is True
+    assert decided('role == "cpu" or xcr0 != 0', "guest") is None
+    left_out = {role: [rule for rule in CATALOGUE if passes_for_role(rule, role)]
+                for role in ("guest", "cpu")}
+    assert left_out["guest"] and left_out["cpu"]
+    assert not any(passes_for_role(rule, None) for rule in CATALOGUE)
+    for info in profile_index():
+        table = load_profile(info.name)
+        for role in ("guest", "cpu"):
+            subject = Subject.of(table.source, table.replace(role=role))
+            assert subject.role == role
+            findings: list[Finding] = []
+            run_rules(Facts(subject), left_out[role], findings, None)
+            assert findings == [], (info.name, role, [f.rule for f in findings])
+            kept = CATALOGUE.plan.for_subject(0, role)
+            kept_ids = {rule.id for *_, steps in kept[0] for *_, rule in steps}
+            assert not kept_ids & {rule.id for rule in left_out[role]}

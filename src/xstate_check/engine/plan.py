@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING
 import attrs
 
 from xstate_check.engine.compiler import MASK64, Evaluator, constant_value
-from xstate_check.engine.nodes import Binary, Compare, Name, Node, Unary
+from xstate_check.engine.nodes import Binary, Compare, Literal, Name, Node, Unary
 from xstate_check.records import NamedTuple
 
 if TYPE_CHECKING:
     from xstate_check.engine.catalogue import Rule
 
-__all__ = ["PASSING", "Plan", "Quick", "fold_conditions", "quick_condition", "rule_quick"]
+__all__ = ["PASSING", "Plan", "Quick", "fold_conditions", "passes_for_role", "quick_condition",
+           "rule_quick"]
 
 
 #: Enumerate at most this many mask bits when combining two bit tests.
@@ -164,6 +165,42 @@ def rule_quick(rule: Rule) -> Quick | None:
     return quick_condition(compiled.source[0]) if compiled.source else None
 
 
+def _role_decides(node: Node, role: str) -> bool | None:
+    """Return the value ``node`` has on every subject of ``role`` where its ``role == "…"``
+    and ``role != "…"`` tests alone decide it (through ``and``, ``or``, ``not``); else
+    None."""
+    if (isinstance(node, Compare) and node.op in ("==", "!=") and isinstance(node.left, Name)
+            and node.left.role == "fact" and node.left.name == "role"
+            and isinstance(node.right, Literal) and isinstance(node.right.value, str)):
+        return (node.right.value == role) == (node.op == "==")
+    if isinstance(node, Unary) and node.op == "not":
+        inner = _role_decides(node.operand, role)
+        return None if inner is None else not inner
+    if isinstance(node, Binary) and node.op in ("and", "or"):
+        left, right = _role_decides(node.left, role), _role_decides(node.right, role)
+        if node.op == "and":
+            if left is False or right is False:
+                return False
+            return True if left and right else None
+        if left or right:
+            return True
+        return False if left is False and right is False else None
+    return None
+
+
+def passes_for_role(rule: Rule, role: str | None) -> bool:
+    """Return whether ``rule`` gives no finding on any subject of ``role``: its check (with
+    ``applies`` folded in) is ``A => B`` and A is false for the role (``A`` reads
+    ``role == "cpu"`` where the role is ``guest``, say). Whatever else it reads, it then
+    passes or, where B's facts are Missing, does not apply."""
+    source = rule.compiled.source
+    if role is None or source is None:
+        return False
+    node = source[0]
+    return (isinstance(node, Binary) and node.op == "=>"
+            and _role_decides(node.left, role) is False)
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 Step = tuple[int, Evaluator, "Rule"]
@@ -196,19 +233,26 @@ class Plan:
 
     groups: tuple[Group, ...]
     walking: tuple[Step, ...]
-    #: ``for_lacking``'s answers, by the lacking NEEDS bits.
-    _ready: dict[int, Ready] = attrs.field(factory=dict, init=False, repr=False)
+    #: ``for_subject``'s answers, by the lacking NEEDS bits and the role.
+    _ready: dict[tuple[int, str | None], Ready] = attrs.field(factory=dict, init=False,
+                                                              repr=False)
 
     def for_lacking(self, lacking: int) -> Ready:
-        """Return the plan for a subject lacking the NEEDS bits ``lacking``, worked out once:
-        the rules whose facts need any of them left out (they do not apply), a group whose
-        fact needs any of them run rule by rule, and neighbouring such groups joined."""
-        ready = self._ready.get(lacking)
+        """Return the plan for a subject lacking the NEEDS bits ``lacking``, of any role."""
+        return self.for_subject(lacking, None)
+
+    def for_subject(self, lacking: int, role: str | None) -> Ready:
+        """Return the plan for a subject of ``role`` lacking the NEEDS bits ``lacking``,
+        worked out once: the rules whose facts need any of them left out (they do not
+        apply), and those that pass on every subject of the role (``passes_for_role``); a
+        group whose fact needs any of them run rule by rule, and neighbouring such groups
+        joined."""
+        ready = self._ready.get((lacking, role))
         if ready is None:
-            ready = self._ready[lacking] = self._prepare(lacking)
+            ready = self._ready[(lacking, role)] = self._prepare(lacking, role)
         return ready
 
-    def _prepare(self, lacking: int) -> Ready:
+    def _prepare(self, lacking: int, role: str | None) -> Ready:
         from xstate_check.facts import FACTS
 
         def needs_of_fact(name: str | None) -> int:
@@ -218,7 +262,7 @@ class Plan:
         groups: list[ReadyGroup] = []
         for name, zero_mask, small_mask, all_pass, steps in self.groups:
             kept = tuple((mask, values, test, rule) for mask, values, needs, test, rule in steps
-                         if not needs & lacking)
+                         if not needs & lacking and not passes_for_role(rule, role))
             if not kept:
                 continue
             if name is None or needs_of_fact(name) & lacking:
@@ -232,7 +276,8 @@ class Plan:
                 groups.append((name, zero_mask, small_mask, all_pass, kept))
         # An ``each`` rule whose list fact needs what the subject lacks has no item to walk.
         walking = tuple((test, rule, str(rule.each)) for needs, test, rule in self.walking
-                        if not (needs | needs_of_fact(rule.each)) & lacking)
+                        if not (needs | needs_of_fact(rule.each)) & lacking
+                        and not passes_for_role(rule, role))
         return tuple(groups), walking
 
     @classmethod

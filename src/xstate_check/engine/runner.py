@@ -58,9 +58,9 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
     if not planned:
         run_rules(facts, catalogue.rules, findings, record)
         return findings
-    # The plan's passes (see ``plan.Plan``), for what this subject lacks: the groups (the
-    # rules with no quick condition among them), then the ``each`` rules.
-    groups, walking = catalogue.plan.for_lacking(~available_of(subject))
+    # The plan's passes (see ``plan.Plan``), for what this subject lacks and its role: the
+    # groups (the rules with no quick condition among them), then the ``each`` rules.
+    groups, walking = catalogue.plan.for_subject(~available_of(subject), subject.role)
     for name, zero_mask, small_mask, all_pass, steps in groups:
         value = None
         if name is not None:
