@@ -550,6 +550,29 @@ def remembered(node: Node, var: str, test: MaskTest) -> MaskTest:
     count = len(keyed)
     assert count <= 2 and set(_KEYED_FACTS) == {"xcr0", "xss"}
 
+    if not host:
+        # The answer's key: the domain, and XCR0 and XSS where the body reads them.
+        def plain(facts: Facts, care: int) -> int:
+            if not care:
+                return 0
+            try:
+                kept = facts.get(_KEPT) or _kept(facts)
+                found: dict[object, int] | None = kept.get(slot)
+                if found is None:
+                    found = kept[slot] = {}
+                key = ((care, facts[first], facts[second]) if count == 2
+                       else (care, facts[first]) if count else care)
+            except Missing:  # the body alone says whether it reads what is missing
+                return test(facts, care)
+            held = found.get(key)
+            if held is None:
+                held = test(facts, care)
+                if len(found) < _REMEMBERED:
+                    found[key] = held
+            return held
+
+        return plain
+
     def memo(facts: Facts, care: int) -> int:
         if not care:
             return 0
@@ -559,12 +582,12 @@ def remembered(node: Node, var: str, test: MaskTest) -> MaskTest:
             if found is None:
                 found = kept[slot] = {}
             # The reference's subleaves, kept in the answer: equal identity, same values.
-            reference: object = reference_components(facts) if host else None
-            values = ((facts[first], facts[second]) if count == 2
-                      else (facts[first],) if count else ())
+            reference: object = reference_components(facts)
+            key = ((care, id(reference), facts[first], facts[second]) if count == 2
+                   else (care, id(reference), facts[first]) if count
+                   else (care, id(reference)))
         except Missing:  # the body alone says whether it reads what is missing
             return test(facts, care)
-        key = (care, id(reference), values)
         answer = found.get(key)
         if answer is not None and answer[0] is reference:
             return answer[1]
