@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import sys
 from pathlib import Path
@@ -858,6 +859,76 @@ def test_apply_records_missing_entries_and_adds_nothing() -> None:
     assert location is not None and location.column == text.index('"0xd"') + 1
     assert set(applied.cpuid.entries) == {(7, 0), (0xD, 0)}
     assert applied.cpuid.get(0xD, 0).eax == 0x2E0
+
+
+def _applied_one_by_one(template: Template, base: CpuidSet) -> tuple[
+        dict[tuple[int, int], Registers], dict[tuple[int, int], int],
+        dict[tuple[int, int, str, int], Location], list[tuple[int, int]]]:
+    """Apply ``template`` as Firecracker does, modifier by modifier, bit by bit: the entries,
+    the flags, each bit's last line (after the base's own) and the entries the base lacks."""
+    entries = dict(base.entries)
+    flags = dict(base.flags)
+    owners = dict(base.provenance)
+    missing: list[tuple[int, int]] = []
+    names = ("eax", "ebx", "ecx", "edx")
+    for leaf_modifier in template.cpuid_modifiers:
+        key = (leaf_modifier.leaf, leaf_modifier.subleaf)
+        if key not in entries:
+            if key not in missing:
+                missing.append(key)
+            continue
+        flags[key] = leaf_modifier.flags
+        values = list(entries[key])
+        for modifier in leaf_modifier.modifiers:
+            index = names.index(modifier.register)
+            values[index] = (values[index] & ~modifier.filter) | modifier.value
+            for bit in range(32):
+                if modifier.filter >> bit & 1:
+                    owners[(*key, modifier.register, bit)] = modifier.location
+        entries[key] = Registers(*values)
+    return entries, flags, owners, missing
+
+
+def test_apply_answers_as_modifier_by_modifier() -> None:
+    """Random templates on random bases (entries missing, flags missing or other, pins of
+    their own): the folded masks give the entries, flags, bit owners and missing entries of
+    applying each modifier in turn, and the guest shares its base's flags exactly when
+    they are unchanged."""
+    chooser = random.Random(7)
+    keys = [(0x1, 0), (0x7, 0), (0x7, 1), (0xD, 0), (0xD, 1), (0xD, 2), (0x80000001, 0)]
+    checked = shared = 0
+    for _ in range(400):
+        held = [key for key in keys if chooser.random() < 0.85]
+        rows = [(leaf, subleaf, chooser.getrandbits(32), chooser.getrandbits(32),
+                 chooser.getrandbits(32), chooser.getrandbits(32)) for leaf, subleaf in held]
+        flags = {key: chooser.choice([0, 1]) for key in held if chooser.random() < 0.8}
+        pins = {}
+        if chooser.random() < 0.3 and held:
+            leaf, subleaf = chooser.choice(held)
+            pins[(leaf, subleaf, "ebx", chooser.randrange(32))] = Location("b.json", 9, 1)
+        base = CpuidSet.from_rows(rows, "base", flags=flags, provenance=pins)
+        leaves = []
+        for _ in range(chooser.randrange(6)):
+            leaf, subleaf = chooser.choice(keys)
+            leaves.append({"leaf": hex(leaf), "subleaf": hex(subleaf),
+                           "flags": chooser.choice([0, 1]), "modifiers": [
+                               {"register": chooser.choice(["eax", "ebx", "ecx", "edx"]),
+                                "bitmap": "0b" + "".join(chooser.choice("01xxx")
+                                                         for _ in range(chooser.randrange(33)))}
+                               for _ in range(chooser.randrange(4))]})
+        template = parse_template(json.dumps({"cpuid_modifiers": leaves}, indent=1), "r.json")
+        entries, flags_after, owners, missing = _applied_one_by_one(template, base)
+        applied = apply_template(template, base)
+        guest = applied.cpuid
+        assert dict(guest.entries) == entries
+        assert dict(guest.flags) == flags_after
+        assert dict(guest.provenance) == owners
+        assert [(m.leaf, m.subleaf) for m in applied.missing] == missing
+        assert (guest.shared("flags") is base) == (flags_after == dict(base.flags))
+        assert all(isinstance(value, Registers) for value in guest.entries.values())
+        checked += 1
+        shared += guest.shared("flags") is base
+    assert checked == 400 and 0 < shared < 400
 
 
 # --- writing --------------------------------------------------------------------------------

@@ -338,15 +338,20 @@ class CpuidSet:
         name it alone (one name, one function). With ``part`` (see ``trusted``) it reads
         that part alone, so a table sharing the part with another takes the other's value.
         """
+        table = self
         derived = self._derived
         if part is not None:
-            source = derived.get(_SHARE_KEYS.get(part) or f"shares:{part}")
-            if source is not None:
-                return source.derived(name, compute, part)  # type: ignore[attr-defined, no-any-return]
+            # The table that owns the part: followed here, not by calling each in turn.
+            shares = _SHARE_KEYS.get(part) or f"shares:{part}"
+            source = derived.get(shares)
+            while source is not None:
+                table = source  # type: ignore[assignment]
+                derived = table._derived
+                source = derived.get(shares)
         try:
             return derived[name]  # type: ignore[return-value]
         except KeyError:
-            value = derived[name] = compute(self)
+            value = derived[name] = compute(table)
             return value
 
     def shared(self, part: str) -> CpuidSet | None:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -227,7 +227,7 @@ def _plain_template(text: str, path: str) -> Template | None:
             cpuid_bitmaps = bitmap_offsets[len(msrs):]
         else:
             msr_bitmaps = bitmap_offsets[registers:]
-    bitmaps = iter(where[offset] for offset in cpuid_bitmaps)
+    bitmaps = map(where.__getitem__, cpuid_bitmaps)
     read: list[LeafModifier] = []
     for leaf_modifier, offset in zip(leaves, leaf_offsets, strict=True):
         made = _plain_leaf(leaf_modifier, where[offset], bitmaps)
@@ -721,7 +721,7 @@ Step = tuple[tuple[int, int], int, tuple[int, int, int, int], tuple[int, int, in
              Location]
 _REGISTER_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 #: One modified entry, ready to apply (see ``FoldedTemplate.composed``).
-Composed = tuple[tuple[int, int], int, int | None, int | None, int | None, int | None,
+Composed = tuple[tuple[int, int], int | None, int | None, int | None, int | None,
                  int, int, int, int]
 
 
@@ -730,20 +730,21 @@ class FoldedTemplate:
 
     ``masks``: per entry modified, ``(keep, put)`` per register (in eax…edx order): every
     modifier of the entry composed, ``new = (old & keep) | put``. ``composed``: per entry,
-    in first-use order, its flags (those of its last modifier), then ``keep`` register by
-    register (None where the register keeps every bit and gets none) and ``put`` (what
-    ``apply`` applies). ``provenance``: the template lines' pins
-    once every modifier applies to a base without pins of its own (a profile), the case of
-    every pair of a gate where nothing is missing. ``entries``: the (leaf, subleaf) keys it
-    modifies, in first-use order, each with the line of its first modifier; ``keys`` the
-    same as a set; ``written``: each key with the KVM flags it gets, in that order;
+    in first-use order, ``keep`` register by register (None where the register keeps every
+    bit and gets none) and ``put`` (what ``apply`` applies). ``provenance``: the template
+    lines' pins once every modifier applies to a base without pins of its own (a profile),
+    the case of every pair of a gate where nothing is missing. ``entries``: the (leaf,
+    subleaf) keys it modifies, in first-use order, each with the line of its first
+    modifier; ``keys`` the same as a set; ``written``: each key with the KVM flags it gets
+    (those of its last modifier), in that order, and ``flag_values`` those flags alone;
     ``xsave_components``: whether one is a leaf 0xD subleaf from 2 up (a component's size,
     offset and flags). ``steps`` (worked out on first use, for a base with pins of its own
     or lacking an entry): per cpuid modifier, in order, its masks and the pins it adds.
     """
 
     __slots__ = ("_shares", "_shares_but_flags", "_steps", "_template", "composed", "entries",
-                 "keys", "masks", "provenance", "read", "written", "xsave_components")
+                 "flag_values", "keys", "masks", "provenance", "read", "written",
+                 "xsave_components")
 
     def __init__(self, template: Template) -> None:
         self._template = template
@@ -791,11 +792,12 @@ class FoldedTemplate:
                                       for key, kept in pins.items()})
         self.entries = tuple(entries.items())
         self.keys = frozenset(entries)
-        self.composed = tuple(_composed(key, flags[key], keep, put)
-                              for key, (keep, put) in masks.items())
+        self.composed = tuple(_composed(key, keep, put) for key, (keep, put) in masks.items())
         self.written = tuple((key, flags[key]) for key in masks)
-        #: The registers of every modified entry of a table holding them all, in order.
-        self.read: Callable[[Mapping[tuple[int, int], Registers]], tuple[Registers, ...]] = (
+        self.flag_values = tuple(flags[key] for key in masks)
+        #: The values of every modified entry in a mapping holding them all (a table's
+        #: registers, its flags), in order.
+        self.read: Callable[[Mapping[tuple[int, int], Any]], tuple[Any, ...]] = (
             itemgetter(*masks) if len(masks) > 1 else _read_one(*masks) if masks
             else _read_none)
         self.xsave_components = xsave_components
@@ -828,18 +830,23 @@ class FoldedTemplate:
         flags: dict[tuple[int, int], int] | None = None  # None: the base's, unchanged
         # Every modified entry at once: the modifiers of each entry composed (``masks``), its
         # flags those of its last modifier.
+        try:  # the common case, told at once: every modified entry's flags are the base's
+            same_flags = self.read(base_flags) == self.flag_values
+        except KeyError:
+            same_flags = False
+        if not same_flags:
+            for key, entry_flags in self.written:
+                if key in have and base_flags.get(key) != entry_flags:
+                    if flags is None:
+                        flags = copy_mapping(base_flags)
+                    flags[key] = entry_flags
         get = entries.get
-        flag_of = base_flags.get
         lacking = 0
-        for key, entry_flags, k0, k1, k2, k3, p0, p1, p2, p3 in self.composed:
+        for key, k0, k1, k2, k3, p0, p1, p2, p3 in self.composed:
             old = get(key)
             if old is None:
                 lacking += 1
                 continue
-            if flag_of(key) != entry_flags:
-                if flags is None:
-                    flags = copy_mapping(base_flags)
-                flags[key] = entry_flags
             a, b, c, d = old
             entries[key] = _new_registers(Registers, (
                 a if k0 is None else (a & k0) | p0, b if k1 is None else (b & k1) | p1,
@@ -868,26 +875,26 @@ class FoldedTemplate:
         return cpuid, missing
 
 
-def _composed(key: tuple[int, int], flags: int, keep: tuple[int, int, int, int],
+def _composed(key: tuple[int, int], keep: tuple[int, int, int, int],
               put: tuple[int, int, int, int]) -> Composed:
     """Return one entry's ``composed`` row: ``keep`` None for a register left alone."""
     k0, k1, k2, k3 = keep
     p0, p1, p2, p3 = put
-    return (key, flags, None if k0 == _U32 and not p0 else k0,
+    return (key, None if k0 == _U32 and not p0 else k0,
             None if k1 == _U32 and not p1 else k1, None if k2 == _U32 and not p2 else k2,
             None if k3 == _U32 and not p3 else k3, p0, p1, p2, p3)
 
 
-def _read_one(key: tuple[int, int]) -> Callable[[Mapping[tuple[int, int], Registers]],
-                                                tuple[Registers, ...]]:
-    """Return what reads the registers of one entry, as a tuple (``itemgetter`` of one
-    key gives the value alone)."""
-    def read(entries: Mapping[tuple[int, int], Registers]) -> tuple[Registers, ...]:
-        return (entries[key],)
+def _read_one(key: tuple[int, int]) -> Callable[[Mapping[tuple[int, int], Any]],
+                                                tuple[Any, ...]]:
+    """Return what reads the value of one entry, as a tuple (``itemgetter`` of one key
+    gives the value alone)."""
+    def read(values: Mapping[tuple[int, int], Any]) -> tuple[Any, ...]:
+        return (values[key],)
     return read
 
 
-def _read_none(entries: Mapping[tuple[int, int], Registers]) -> tuple[Registers, ...]:
+def _read_none(values: Mapping[tuple[int, int], Any]) -> tuple[Any, ...]:
     """Read no entry: a template that modifies none."""
     return ()
 
