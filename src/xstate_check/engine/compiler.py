@@ -9,6 +9,7 @@ rules are run in, and the shortcuts that skip some, are ``plan``'s.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -53,8 +54,6 @@ __all__ = [
 #: A compiled expression: facts in, value out (may raise ``facts.Missing``).
 Evaluator = Callable[[Facts], Any]
 
-#: What a failing rule's ``all c`` quantifiers hold false: the offending components.
-Offenders = Callable[[Facts], list[Component]]
 
 class _Const:
     """A value known when the rule is loaded."""
@@ -341,7 +340,10 @@ def _mask_test(node: Quantifier, lets: Mapping[str, Evaluator]) -> Callable[[Fac
                       lower(node.body, node.var, lambda part: _run(_build(part, lets))))
 
 
-def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built:
+def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator],
+                      keep: str = "") -> _Built:
+    """Build a quantifier; an ``all`` given ``keep`` (a rule's root: see ``Offenders``) puts
+    the mask of the components it holds false in the Facts under that key when it fails."""
     holds = _mask_test(node, lets)
     every = node.kind == "all"
     built = _build(node.domain, lets)
@@ -352,7 +354,14 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built
             # to the loader, which rejects a check that reads nothing)
             return lambda facts: every
         if every:
-            return lambda facts: holds(facts, mask) == mask
+            def every_of_constant(facts: Facts) -> bool:
+                if (held := holds(facts, mask)) == mask:
+                    return True
+                if keep:
+                    facts[keep] = mask & ~held
+                return False
+
+            return every_of_constant
         return lambda facts: holds(facts, mask) != 0
     if isinstance(built, _Fact | _Masked):
         name = built.name
@@ -360,7 +369,11 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built
         if every:
             def every_of_fact(facts: Facts) -> bool:
                 care = facts[name] & bits
-                return not care or holds(facts, care) == care
+                if not care or (held := holds(facts, care)) == care:
+                    return True
+                if keep:
+                    facts[keep] = care & ~held
+                return False
 
             return every_of_fact
         return lambda facts: (care := facts[name] & bits) != 0 and holds(facts, care) != 0
@@ -371,7 +384,11 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built
             if every:
                 def every_of_union(facts: Facts) -> bool:
                     care = (facts[one] | facts[two]) & COMPONENT_BITS
-                    return not care or holds(facts, care) == care
+                    if not care or (held := holds(facts, care)) == care:
+                        return True
+                    if keep:
+                        facts[keep] = care & ~held
+                    return False
 
                 return every_of_union
             return lambda facts: ((care := (facts[one] | facts[two]) & COMPONENT_BITS) != 0
@@ -380,7 +397,11 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator]) -> _Built
     if every:
         def every_of(facts: Facts) -> bool:
             care = domain(facts)
-            return not care or holds(facts, care) == care
+            if not care or (held := holds(facts, care)) == care:
+                return True
+            if keep:
+                facts[keep] = care & ~held
+            return False
 
         return every_of
     return lambda facts: (care := domain(facts)) != 0 and holds(facts, care) != 0
@@ -608,38 +629,71 @@ def offending_quantifiers(node: Node) -> list[Quantifier]:
     return []
 
 
-def _compile_offenders(quantifiers: Sequence[Quantifier],
-                       lets: Mapping[str, Evaluator]) -> Offenders:
-    # Compiled on first use: only a failing rule's message asks for its offenders.
-    tests: list[tuple[Callable[[Facts], int], Callable[[Facts, int], int], bool]] = []
+class Offenders:
+    """What a failing rule's ``all`` quantifiers of one variable hold false: called, the
+    offending components; ``failing``, their mask. Compiled on first use: only a failing
+    rule's finding asks.
 
-    def offenders(facts: Facts) -> list[Component]:
+    A rule whose check is one ``all`` puts that mask in the Facts when its test fails
+    (under ``kept``), and ``failing`` takes it from there, once, instead of asking again:
+    a finding is made right after its test failed, on the same Facts and item.
+    """
+
+    __slots__ = ("_lets", "_quantifiers", "_tests", "kept", "layout")
+
+    def __init__(self, quantifiers: Sequence[Quantifier], lets: Mapping[str, Evaluator],
+                 kept: str = "") -> None:
+        self._quantifiers = tuple(quantifiers)
+        self._lets = lets
+        self.kept = kept
+        self._tests: tuple[tuple[Callable[[Facts], int], Callable[[Facts, int], int]], ...] = ()
+        #: Whether a body reads the components' subleaves (known once ``failing`` ran).
+        self.layout = False
+
+    def __call__(self, facts: Facts) -> list[Component]:
+        """Return the offending components: the table's subleaves where a body reads them."""
+        failing = self.failing(facts)
+        return components_of(facts, failing, self.layout)
+
+    def failing(self, facts: Facts) -> int:
+        """Return the mask of the components the quantifiers hold false."""
+        if self.kept:
+            kept: int | None = facts.pop(self.kept, None)
+            if kept is not None:
+                return kept
+        tests = self._tests
         if not tests:
-            tests.extend((_domain(node, lets), _mask_test(node, lets),
-                          reads_layout(node.body, node.var)) for node in quantifiers)
+            lets, quantifiers = self._lets, self._quantifiers
+            self.layout = any(reads_layout(node.body, node.var) for node in quantifiers)
+            tests = self._tests = tuple((_domain(node, lets), _mask_test(node, lets))
+                                        for node in quantifiers)
         failing = 0
-        layout = False
-        for domain, holds, reads in tests:
+        for domain, holds in tests:
             care = domain(facts)
             failing |= care & ~holds(facts, care)
-            layout = layout or reads
-        return components_of(facts, failing, layout)
-
-    return offenders
+        return failing
 
 
 def compile_rule(node: Node, let_nodes: Sequence[tuple[str, Node]]) -> tuple[
         Evaluator, dict[str, Evaluator], dict[str, Offenders]]:
-    """Return a rule's test, its lets and, per variable a failing ``all`` binds, the
-    closure that lists the components it holds false (for the message)."""
+    """Return a rule's test, its lets and, per variable a failing ``all`` binds, what it
+    holds false (``Offenders``, for the finding)."""
     lets: dict[str, Evaluator] = {}
     for name, let_node in let_nodes:
         lets[name] = compile_expression(let_node, lets)
+    if isinstance(node, Quantifier) and node.kind == "all":
+        kept = f"$offenders:{next(_kept)}"  # no fact's or bound variable's name
+        return (_run(_build_quantifier(node, lets, kept)), lets,
+                {node.var: Offenders((node,), lets, kept)})
     by_var: dict[str, list[Quantifier]] = {}
     for quantifier in offending_quantifiers(node):
         by_var.setdefault(quantifier.var, []).append(quantifier)
-    offenders = {var: _compile_offenders(found, lets) for var, found in by_var.items()}
+    offenders = {var: Offenders(found, lets) for var, found in by_var.items()}
     return _run(_build_root(node, lets)), lets, offenders
+
+
+#: Numbers the Facts keys where root quantifiers keep what they hold false.
+_kept = itertools.count()
 
 
 def _build_root(node: Node, lets: Mapping[str, Evaluator]) -> _Built:

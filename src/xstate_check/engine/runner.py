@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from xstate_check.cpuid import ZERO, Provenance
 from xstate_check.engine.catalogue import Catalogue, CompiledRule, Rule
 from xstate_check.engine.compiler import Evaluator
+from xstate_check.engine.quantify import components_of
 from xstate_check.engine.shipped import load_catalogue
 from xstate_check.errors import Location
 from xstate_check.facts import (
@@ -30,7 +31,6 @@ from xstate_check.facts import (
 from xstate_check.facts.components import component_refs
 from xstate_check.facts.enumeration import feature_layers
 from xstate_check.facts.registry import component_sources, mask_refs
-from xstate_check.layout import Component
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
 from xstate_check.xfeatures import SUPERVISOR_MASK
@@ -246,8 +246,9 @@ def _relocated(records: Iterable[Record], subject: Subject) -> list[Finding]:
 # out once per rule (``_Plan``); what depends on a template alone (its lines' pins, by
 # register) once per template (``_Placer``); each finding computes only its own values.
 
-#: A failing rule's offending components, per variable, asked once per finding (None: Missing).
-_Found = dict[str, list[Component] | None]
+#: A failing rule's offending components, per variable, as a mask, asked once per finding
+#: (None: Missing).
+_Found = dict[str, int | None]
 _Part = Callable[[Facts, _Found | None], str]
 
 
@@ -312,18 +313,18 @@ def _plan(rule: Rule) -> _Plan:
 
 
 def _offending(compiled: CompiledRule, facts: Facts, found: _Found | None,
-               var: str) -> list[Component] | None:
-    """Return the components a failing ``all`` of ``var`` holds false (None: Missing),
-    computed once per finding for its message and its bits."""
+               var: str) -> int | None:
+    """Return the mask of the components a failing ``all`` of ``var`` holds false (None:
+    Missing), computed once per finding for its message and its bits."""
     if found is not None and var in found:
         return found[var]
     try:
-        components: list[Component] | None = compiled.offenders[var](facts)
+        failing: int | None = compiled.offenders[var].failing(facts)
     except Missing:
-        components = None
+        failing = None
     if found is not None:
-        found[var] = components
-    return components
+        found[var] = failing
+    return failing
 
 
 def _placeholder(compiled: CompiledRule, name: str, kind: Kind) -> _Part:
@@ -336,15 +337,14 @@ def _placeholder(compiled: CompiledRule, name: str, kind: Kind) -> _Part:
     var, _, attribute = name.partition(".")
     if var in compiled.offenders:
         def offenders(facts: Facts, found: _Found | None) -> str:
-            components = _offending(compiled, facts, found, var)
-            if components is None:
+            failing = _offending(compiled, facts, found, var)
+            if failing is None:
                 return "(unknown)"
             if not attribute:
-                return format_value(sum(1 << component.number for component in components),
-                                    kind)
+                return format_value(failing, kind)
             spec = ATTRIBUTES[attribute]
             shown: list[str] = []
-            for component in components:
+            for component in components_of(facts, failing, compiled.offenders[var].layout):
                 try:
                     text = format_value(spec.value(facts, component), kind)
                 except Missing:
@@ -438,10 +438,9 @@ def _bits(plan: _Plan, facts: Facts, found: _Found | None) -> Bits:
         else:
             extra.extend(got)
     for var, _ in plan.offenders:
-        components = _offending(plan.compiled, facts, found, var)
-        if components is None:
+        offending = _offending(plan.compiled, facts, found, var)
+        if offending is None:
             continue
-        offending = sum(1 << component.number for component in components)
         if plan.features:
             extra.extend(component_refs(facts, offending, plan.compiled.attributes))
         else:
