@@ -94,6 +94,10 @@ class XsaveLayout:
     #: tables that share their subleaves (a template that left them).
     _components_memo: dict[object, object] = attrs.field(factory=dict, eq=False, repr=False,
                                                          kw_only=True)
+    #: ``standard_size``'s table: (end, bit) of each user component ending beyond the legacy
+    #: area and header, the last end first; made on its first call.
+    _standard_ends: tuple[tuple[int, int], ...] | None = attrs.field(
+        default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def from_cpuid(cls, cpuid: CpuidSet) -> XsaveLayout:
@@ -121,11 +125,14 @@ class XsaveLayout:
         max(576, max over user components i >= 2 in mask of offset_i + size_i): KVM's
         xstate_required_size(xstate_bv, false) in arch/x86/kvm/cpuid.c.
         """
-        size = LEGACY_AND_HEADER
-        for number, length, offset, ecx, _ in self.components.values():
-            if mask >> number & 1 and not ecx & 1 and offset + length > size:
-                size = offset + length
-        return size
+        ends = self._standard_ends
+        if ends is None:
+            ends = _standard_ends(self)
+            object.__setattr__(self, "_standard_ends", ends)
+        for end, bit in ends:  # the first of mask's components, from the last end down
+            if mask & bit:
+                return end
+        return LEGACY_AND_HEADER
 
     def standard_sizes(self, mask: int) -> tuple[int, ...]:
         """Return every standard_size(m) for m a subset of ``mask``'s user components, ascending.
@@ -244,6 +251,16 @@ def _subleaf_layout(cpuid: CpuidSet) -> tuple[XsaveLayout, int]:
     components, found = _subleaf_components(cpuid)
     memo = cpuid.derived("xsave_components_memo", _new_memo, "xsave_components")
     return XsaveLayout(0, 0, 0, 0, 0, 0, components, components_memo=memo), found
+
+
+def _standard_ends(layout: XsaveLayout) -> tuple[tuple[int, int], ...]:
+    """Return (end, bit) of each user component ending beyond the legacy area and header,
+    the last end first."""
+    ends = [(offset + length, 1 << number)
+            for number, length, offset, ecx, _ in layout.components.values()
+            if not ecx & 1 and offset + length > LEGACY_AND_HEADER]
+    ends.sort(key=lambda pair: -pair[0])
+    return tuple(ends)
 
 
 def _new_memo(cpuid: CpuidSet) -> dict[object, object]:
