@@ -64,17 +64,8 @@ def _layout_sources(facts: Facts) -> Iterable[BitRef]:
           "table's subleaves (KVM's xstate_required_size)", sources=_layout_sources,
           reads=("subleaves",))
 def _std_size(facts: Facts, mask: int) -> int:
-    # Rules ask the same mask more than once (std_size(xcr0)): kept with the facts.
-    sizes = facts.get(_STD_SIZES)
-    if sizes is None:
-        sizes = facts[_STD_SIZES] = {}
-    size = sizes.get(mask)
-    if size is None:
-        size = sizes[mask] = facts.subleaves.standard_size(mask)
-    return size
-
-
-_STD_SIZES = "$std_size"  # where _std_size keeps its answers in the Facts (no fact's name)
+    # standard_size stops at the mask's last component: asked twice, cheaper than kept.
+    return facts.subleaves.standard_size(mask)
 
 
 @function("compacted_size", ("mask",), "size", "compacted-format size of an xfeature mask from "
