@@ -207,7 +207,12 @@ class XsaveLayout:
     def of_components(self, key: object, compute: Callable[[XsaveLayout], _T]) -> _T:
         """Return ``compute(self)``, computed on first use, for a value that reads
         ``components`` alone: shared by every layout whose table shares these subleaves."""
-        return memoized(self._components_memo, key, compute, self)
+        memo = self._components_memo  # memoized(), inline: asked on every subject
+        try:
+            return memo[key]  # type: ignore[return-value]
+        except KeyError:
+            value = memo[key] = compute(self)
+            return value
 
 
 def _subleaf_components(cpuid: CpuidSet) -> tuple[Mapping[int, Component], int]:
@@ -217,10 +222,20 @@ def _subleaf_components(cpuid: CpuidSet) -> tuple[Mapping[int, Component], int]:
 
 
 def _scan_components(cpuid: CpuidSet) -> tuple[Mapping[int, Component], int]:
-    # Entries are sorted by (leaf, subleaf), so the subleaves come in ascending order.
     components: dict[int, Component] = {}
     found = 0
-    for (leaf, number), regs in cpuid.entries.items():
+    entries = cpuid.entries
+    if cpuid.shared("keys") is not None:
+        # A template's table, whose keys are its base's: their subleaves by leaf are listed
+        # once, there (ascending), so only leaf 0xD's are read.
+        for number in cpuid.leaf_subleaves().get(XSAVE_LEAF, ()):
+            regs = entries[(XSAVE_LEAF, number)]
+            if 2 <= number < 64 and regs != _ZERO:
+                components[number] = _new_component(Component, (number, *regs))
+                found |= 1 << number
+        return MappingProxyType(components), found
+    # Entries are sorted by (leaf, subleaf), so the subleaves come in ascending order.
+    for (leaf, number), regs in entries.items():
         if leaf == XSAVE_LEAF and 2 <= number < 64 and regs != _ZERO:
             components[number] = _new_component(Component, (number, *regs))
             found |= 1 << number
