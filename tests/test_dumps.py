@@ -573,6 +573,21 @@ def test_decimal_leaf_in_own_json(data_dir: Path, tmp_path: Path) -> None:
          'expected "flags" as an integer from 0 to 4294967295; found -1'),
         ('"subleaf": "0x12",', '"subleaf": "0x11",',
          "expected each leaf and subleaf once; leaf 0xd subleaf 0x11 is already at line"),
+        # Entries that are not well formed are read again field by field, in this order:
+        # not an object, an unknown key, a missing key, a value that is not "0x" hex.
+        ('{"leaf": "0x0000000d", "subleaf": "0x1",',
+         '"0xd", {"leaf": "0x0000000d", "subleaf": "0x1",',
+         "expected an entry object; found a string"),
+        ('"subleaf": "0x1", "eax": "0x0000001f"', '"subleaf": "0x1", "flags": 0',
+         'expected the entry keys "eax"'),
+        ('"subleaf": "0x1", "eax": "0x0000001f"', '"subleaf": "0x1", "eax": "0x00000001f"',
+         'expected "eax" as a string of "0x" and 1 to 8 hexadecimal digits such as '
+         '"0x0000000d"; found a string "0x00000001f"'),
+        ('"subleaf": "0x1", "eax": "0x0000001f"', '"subleaf": "0x1", "eax": "0X0000001F"',
+         'expected "eax" as a string of "0x"'),
+        ('"subleaf": "0x1", "eax": "0x0000001f"', '"subleaf": "0x1", "eax": 31',
+         'expected "eax" as a string of "0x" and 1 to 8 hexadecimal digits such as '
+         '"0x0000000d"; found a number 31'),
         ('"role": "cpu"', '"role": "host"', 'expected "role" to be "cpu" or "guest"; found "host"'),
         (f'"schema": "{SCHEMA}"', '"schema": "xstate-check/1"',
          f'expected "schema": "{SCHEMA}"; found "xstate-check/1"'),

@@ -56,8 +56,11 @@ def check_bounds(text: str, path: str, *, max_values: int = MAX_JSON_VALUES,
     One linear scan of the tokens, stopped at the first token past a bound, before any value
     is built; the error names the line and column of that token.
     """
-    if len(text) <= max_values and _nesting(text) <= max_depth:
-        return  # no more values than characters, and not too deep: nothing to point at
+    if len(text) <= max_values and (
+            text.count("[") + text.count("{") <= max_depth or _nesting(text) <= max_depth):
+        # No more values than characters, and not too deep (fewer brackets in all than the
+        # depth allowed, or so deep at most): nothing to point at.
+        return
     depth = values = closers = 0
     for match in _TOKEN.finditer(text):
         char = text[match.start()]

@@ -45,6 +45,9 @@ ROLES = ("cpu", "guest")
 
 _TOP_KEYS = ("schema", "source", "role", "meta", "entries")
 _ENTRY_KEYS = ("leaf", "subleaf", "flags", *REGISTERS)
+_ENTRY_KEY_SET = frozenset(_ENTRY_KEYS)
+#: The fields every entry has, in order.
+_FIELDS = ("leaf", "subleaf", *REGISTERS)
 _HEX_VALUE = re.compile(r"0x[0-9a-fA-F]{1,8}\Z")
 _U32 = 0xFFFFFFFF
 #: The meta key that says a table holds no subleaf of leaf 0xD beyond 0 (``"absent"``).
@@ -340,28 +343,26 @@ def _read_entries(
     entries: dict[tuple[int, int], Registers] = {}
     flags: dict[tuple[int, int], int] = {}
     first_index: dict[tuple[int, int], int] = {}
+    match = _HEX_VALUE.match
     for index, entry in enumerate(raw):
-        at: _Path = ("entries", index)
-        if not isinstance(entry, dict):
-            raise reader.fail(at, f"expected an entry object; found {_json_name(entry)}")
-        for key in entry:
-            if key not in _ENTRY_KEYS:
-                allowed = ", ".join(f'"{k}"' for k in _ENTRY_KEYS)
-                raise reader.fail((*at, key), f"expected one of the entry keys {allowed}; "
-                                  f"found {_shown(key)}", key=True)
-        missing = [key for key in ("leaf", "subleaf", *REGISTERS) if key not in entry]
-        if missing:
-            names = ", ".join(f'"{k}"' for k in missing)
-            raise reader.fail(at, f"expected the entry keys {names}")
-        leaf = reader.hex_field(entry["leaf"], (*at, "leaf"), "leaf")
-        subleaf = reader.hex_field(entry["subleaf"], (*at, "subleaf"), "subleaf")
-        regs = Registers(*(reader.hex_field(entry[name], (*at, name), name)
-                           for name in REGISTERS))
+        # Most entries are well formed: every field a "0x…" string, no other key. Those are
+        # read at once; any other goes through ``_entry``, which names what is wrong.
+        try:
+            numbers = [int(text, 16) for name in _FIELDS
+                       if type(text := entry[name]) is str and match(text)]
+            good = len(numbers) == 6 and entry.keys() <= _ENTRY_KEY_SET
+        except (KeyError, TypeError):
+            good = False
+        if good:
+            leaf, subleaf, *values = numbers
+            regs = Registers(*values)
+        else:
+            leaf, subleaf, regs = _entry(reader, entry, ("entries", index))
         key_pair = (leaf, subleaf)
         if key_pair in entries:
             other = reader.positions.span(("entries", first_index[key_pair]))[0]
             raise reader.fail(
-                at,
+                ("entries", index),
                 f"expected each leaf and subleaf once; leaf {leaf:#x} subleaf {subleaf:#x} "
                 f"is already at line {line_column(reader.text, other)[0]}",
             )
@@ -369,10 +370,29 @@ def _read_entries(
             value = entry["flags"]
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U32:
                 raise reader.fail(
-                    (*at, "flags"),
+                    ("entries", index, "flags"),
                     f'expected "flags" as an integer from 0 to {_U32}; found {json.dumps(value)}',
                 )
             flags[key_pair] = value
         entries[key_pair] = regs
         first_index[key_pair] = index
     return entries, flags
+
+
+def _entry(reader: _Reader, entry: object, at: _Path) -> tuple[int, int, Registers]:
+    """Return an entry's leaf, subleaf and registers, or fail naming what is wrong."""
+    if not isinstance(entry, dict):
+        raise reader.fail(at, f"expected an entry object; found {_json_name(entry)}")
+    for key in entry:
+        if key not in _ENTRY_KEYS:
+            allowed = ", ".join(f'"{k}"' for k in _ENTRY_KEYS)
+            raise reader.fail((*at, key), f"expected one of the entry keys {allowed}; "
+                              f"found {_shown(key)}", key=True)
+    missing = [key for key in _FIELDS if key not in entry]
+    if missing:
+        names = ", ".join(f'"{k}"' for k in missing)
+        raise reader.fail(at, f"expected the entry keys {names}")
+    leaf = reader.hex_field(entry["leaf"], (*at, "leaf"), "leaf")
+    subleaf = reader.hex_field(entry["subleaf"], (*at, "subleaf"), "subleaf")
+    regs = Registers(*(reader.hex_field(entry[name], (*at, name), name) for name in REGISTERS))
+    return leaf, subleaf, regs
