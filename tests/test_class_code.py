@@ -18,11 +18,13 @@ import pytest
 # hashing with the number of this process's __hash__ source, repr.
 PROBE = """
 import builtins, json, linecache, sys
-compiled = []
+compiled, own = [], []
 real = builtins.compile
 def counting(source, filename, *args, **kwargs):
     if str(filename).startswith("<attrs generated methods xstate_check."):
         compiled.append(filename)
+    elif str(filename).startswith("<attrs generated"):
+        own.append(filename)  # attrs's own classes, made as it imports
     return real(source, filename, *args, **kwargs)
 builtins.compile = counting
 import xstate_check.preboot
@@ -34,6 +36,7 @@ source = "".join(linecache.cache["<attrs generated methods xstate_check.errors.L
 number = int(source[source.index("return hash((") + len("return hash(("):].split(",")[0])
 print(json.dumps({
     "compiled": len(compiled),
+    "own": len(own),
     "equal": one == two and hash(one) == hash(two) and one != Location("a.json", 3, 5),
     "number": number in Location.__hash__.__code__.co_consts,
     "repr": repr(one),
@@ -65,6 +68,14 @@ def test_a_second_start_compiles_no_attrs_method(tmp_path: Path) -> None:
     assert int(str(_run(tmp_path)["compiled"])) >= 10
     assert _cache_file(tmp_path).stat().st_size > 0
     assert _run(tmp_path)["compiled"] == 0
+
+
+def test_attrs_own_classes_come_from_the_file_too(tmp_path: Path) -> None:
+    """attrs's own classes (Attribute, Factory, its validators), made as attrs imports on the
+    pre-boot path, are compiled on the first start and taken from the file on the next."""
+    assert int(str(_run(tmp_path)["own"])) >= 10
+    assert _run(tmp_path)["own"] == 0
+    assert _run(tmp_path, seed="2")["own"] == 0  # Attribute's __hash__ holds this process's
 
 
 def test_the_hash_number_is_this_processs(tmp_path: Path) -> None:

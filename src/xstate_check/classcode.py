@@ -5,9 +5,10 @@ their source and compiling it: parsing and compiling that source is two thirds o
 class costs to create, and the pre-boot path creates a dozen classes on every start. Within
 ``compiled_once()``, the source attrs compiles is looked up in a file of code objects kept
 beside the compiled catalogue (``XSTATE_CHECK_CACHE_DIR``, as ``engine.shipped`` keeps it):
-a source seen before is not compiled again. The classes are the very ones attrs makes: the
-same source gives the same code object, and a source not found (another attrs, another
-class) is compiled as attrs would. The file is named by the interpreter's version (code
+a source seen before is not compiled again; attrs's own classes, made as attrs imports, are
+looked up likewise. The classes are the very ones attrs makes: the same source gives the
+same code object, and a source not found (another attrs, another class) is compiled as
+attrs would. The file is named by the interpreter's version (code
 objects are tied to it) and, like the catalogue's cache, used only when this user or root
 owns it and no one else may write it.
 
@@ -37,6 +38,8 @@ _MAX_ENTRIES = 256
 #: in the source looked up; 19 digits no class of the package writes.
 _SENTINEL = 7_919_191_919_191_919_191
 _HASH_OPEN = "return hash(("
+#: ``compile`` as this module found it (it stands in for it while attrs itself imports).
+_COMPILE = builtins.compile
 
 
 def cache_folders() -> list[str]:
@@ -144,12 +147,12 @@ class _Codes:
     def compile(self, source: Any, filename: Any, mode: Any, *args: Any, **kwargs: Any) -> Any:
         """``compile`` as attrs calls it: a source seen before comes from the file."""
         if args or kwargs or mode != "exec" or not isinstance(source, str):
-            return builtins.compile(source, filename, mode, *args, **kwargs)
+            return _COMPILE(source, filename, mode, *args, **kwargs)
         looked_up, number = _split_hash(source)
         key = (str(filename), looked_up)
         code = self.stored.get(key)
         if code is None:
-            code = builtins.compile(looked_up, filename, mode)
+            code = _COMPILE(looked_up, filename, mode)
             self.stored[key] = code
             self.added += 1
         self.used[key] = code
@@ -194,6 +197,18 @@ def compiled_once() -> Iterator[None]:
     has them; new ones are added to it when the outermost block ends. The garbage
     collector is paused meanwhile (``collector_paused``): the block imports modules."""
     with collector_paused():
+        if "attr._make" not in sys.modules and not _ACTIVE and builtins.compile is _COMPILE:
+            # attrs makes a dozen classes of its own as it imports (validators, Attribute,
+            # Factory …), with the builtin ``compile``: it stands in for it meanwhile, so
+            # that their code comes from the file too (a third of attrs's import). Whatever
+            # else is compiled meanwhile gets the code ``compile`` gives its source.
+            if not _LOADED:
+                _LOADED.append(_Codes())
+            builtins.compile = _LOADED[0].compile
+            try:
+                import attr._make  # noqa: F401 - imported under the stand-in compile
+            finally:
+                builtins.compile = _COMPILE
         import attr._make as make
 
         if _ACTIVE or "compile" in vars(make) or not hasattr(make, "_compile_and_eval"):
