@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xstate_check.api import check
 from xstate_check.engine import check_subjects, evaluate, load_catalogue
@@ -14,6 +17,9 @@ from xstate_check.engine.runner import evaluate_rules
 from xstate_check.errors import InputError, Location
 from xstate_check.explain import render_catalogue, render_rule
 from xstate_check.facts import format_value
+from xstate_check.facts.registry import Kind
+from xstate_check.facts.rendering import formatter
+from xstate_check.report import Finding, Severity, SubjectReport
 from xstate_check.sources.ownjson import to_json_text
 from xstate_check.subject import MissingEntry, Subject
 
@@ -40,6 +46,21 @@ def test_format_value_kinds() -> None:
     assert format_value(True, "bool") == "yes"
     assert format_value((576, 832), "sizes") == "576 (0x240), 832 (0x340)"
     assert format_value(0x1D, "int") == "0x1d"
+
+
+def test_formatter_shows_what_format_value_shows() -> None:
+    """A message's formatter per kind (ints first) gives format_value's text for any value."""
+    class Flag(int):
+        pass
+
+    values: list[object] = [0, 0x3, 0x602E7, 1 << 63, 576, True, False, Flag(0x7),
+                            (6, 1), (576, 832), "abc", None]
+    for kind in get_args(Kind):
+        show = formatter(kind)
+        for value in values:
+            assert show(value) == format_value(value, kind), (kind, value)
+    assert formatter("mask")(0x7) == "0x7 (x87|sse|ymm)"
+    assert formatter("size")(2688) == "2688 (0xa80)"
 
 
 def test_each_rule_gives_one_finding_per_item_at_its_location() -> None:
@@ -137,6 +158,22 @@ def test_findings_are_sorted_for_byte_identical_output() -> None:
     keys = [f.sort_key() for f in report.findings]
     assert keys == sorted(keys) and len(keys) >= 2
     assert json.dumps(report.to_json()) == json.dumps(evaluate(subject).to_json())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([None, ("a.json", 0, 0), ("a.json", 3, 0),
+                                            ("a.json", 3, 7), ("b.json", 1, 1), ("", 0, 0)]),
+                          st.sampled_from(["error", "warning", "info"]),
+                          st.sampled_from(["XS0101", "XS0213"]),
+                          st.sampled_from(["", "m", "n"])), max_size=6))
+def test_a_subject_sorts_its_findings_by_their_sort_key(rows: list[tuple[
+        tuple[str, int, int] | None, Severity, str, str]]) -> None:
+    """A subject's findings are in Finding.sort_key order, equal keys in the order given."""
+    findings = [Finding(rule, "name", severity, message, "c", "f",
+                        Location(*where) if where is not None else None)
+                for where, severity, rule, message in rows]
+    got = SubjectReport("s", "src", None, tuple(findings)).findings
+    assert [id(f) for f in got] == [id(f) for f in sorted(findings, key=Finding.sort_key)]
 
 
 def test_explain_page_shows_the_failing_example_finding() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -194,6 +194,10 @@ class Provenance(Mapping[BitKey, Location]):
     def register_keys(self) -> list[RegisterKey]:
         """Return the (leaf, subleaf, register) keys that have pins."""
         return list(self._pins)
+
+    def by_register(self) -> ItemsView[RegisterKey, tuple[Pin, ...]]:
+        """Return each register key with its (mask, location) pins, in the order applied."""
+        return self._pins.items()
 
     def __getitem__(self, key: BitKey) -> Location:
         leaf, subleaf, register, bit = key

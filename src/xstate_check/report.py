@@ -99,7 +99,19 @@ __getattr__ = lazy_attributes(__name__, dict.fromkeys(
 
 
 def _sorted_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
-    return tuple(sorted(findings, key=Finding.sort_key))
+    """Return ``findings`` in ``Finding.sort_key`` order (by the same key, flat)."""
+    found = tuple(findings)
+    if len(found) < 2:
+        return found
+    return tuple(sorted(found, key=_flat_sort_key))
+
+
+def _flat_sort_key(finding: Finding) -> tuple[Any, ...]:
+    where = finding.location
+    if where is None:
+        return ("", 0, 0, _SEVERITY_ORDER[finding.severity], finding.rule, finding.message)
+    return (where.path, where.line, where.column, _SEVERITY_ORDER[finding.severity],
+            finding.rule, finding.message)
 
 
 @attrs.frozen

@@ -26,11 +26,11 @@ from xstate_check.facts import (
     MaskRefs,
     Missing,
     available_of,
-    format_value,
 )
 from xstate_check.facts.components import component_refs
 from xstate_check.facts.enumeration import feature_layers
 from xstate_check.facts.registry import component_sources, mask_refs
+from xstate_check.facts.rendering import formatter
 from xstate_check.report import Finding, Report, SubjectReport
 from xstate_check.subject import Subject
 from xstate_check.xfeatures import SUPERVISOR_MASK
@@ -159,8 +159,15 @@ def finding_of(rule: Rule, facts: Facts, item: object, record: list[Record] | No
     found: _Found | None = {} if plan.offenders else None
     message = plan.constant
     if message is None:
-        message = "".join([text + part(facts, found) for text, part in plan.parts]) + plan.tail
-    location = item.location if isinstance(item, EntryItem) else None
+        if plan.single is not None:
+            text, part = plan.single
+            message = text + part(facts, found) + plan.tail
+        else:
+            message = "".join([text + part(facts, found) for text, part in plan.parts]) + \
+                plan.tail
+    location = None
+    if item is not None and isinstance(item, EntryItem):
+        location = item.location
     cpuid = facts.cpuid
     provenance = cpuid.provenance
     placer = _PLACER[0] if _PLACER and _PLACER[0].provenance is provenance else \
@@ -258,8 +265,8 @@ class _Plan:
     sources of the facts and functions it reads, and its offending components)."""
 
     __slots__ = ("compiled", "constant", "declared", "dynamic", "features", "functions",
-                 "masks", "offenders", "parts", "static", "static_names", "static_refs",
-                 "tail")
+                 "masks", "offenders", "parts", "single", "static", "static_names",
+                 "static_refs", "tail")
 
     def __init__(self, rule: Rule) -> None:
         compiled = self.compiled = rule.compiled
@@ -274,6 +281,7 @@ class _Plan:
                 parts.append((text, _placeholder(compiled, *part)))
                 text = ""
         self.parts = tuple(parts)
+        self.single = parts[0] if len(parts) == 1 else None  # the common case, without a join
         self.tail = text
         self.constant = text if not parts else None
         self.offenders = tuple(compiled.offenders.items())
@@ -335,18 +343,19 @@ def _placeholder(compiled: CompiledRule, name: str, kind: Kind) -> _Part:
     ``item`` field or a fact; "(unknown)" for what the subject lacks.
     """
     var, _, attribute = name.partition(".")
+    show = formatter(kind)
     if var in compiled.offenders:
         def offenders(facts: Facts, found: _Found | None) -> str:
             failing = _offending(compiled, facts, found, var)
             if failing is None:
                 return "(unknown)"
             if not attribute:
-                return format_value(failing, kind)
+                return show(failing)
             spec = ATTRIBUTES[attribute]
             shown: list[str] = []
             for component in components_of(facts, failing, compiled.offenders[var].layout):
                 try:
-                    text = format_value(spec.value(facts, component), kind)
+                    text = show(spec.value(facts, component))
                 except Missing:
                     text = "(unknown)"
                 if text and text not in shown:
@@ -362,7 +371,7 @@ def _placeholder(compiled: CompiledRule, name: str, kind: Kind) -> _Part:
                 value = let(facts)
             except Missing:
                 return "(unknown)"
-            return format_value(value, kind)
+            return show(value)
 
         return shown_let
     if name.startswith("item."):
@@ -373,7 +382,7 @@ def _placeholder(compiled: CompiledRule, name: str, kind: Kind) -> _Part:
                 value = getattr(facts["item"], field)
             except Missing:
                 return "(unknown)"
-            return format_value(value, kind)
+            return show(value)
 
         return shown_field
 
@@ -382,7 +391,7 @@ def _placeholder(compiled: CompiledRule, name: str, kind: Kind) -> _Part:
             value = facts[name]
         except Missing:
             return "(unknown)"
-        return format_value(value, kind)
+        return show(value)
 
     return shown_fact
 
@@ -498,15 +507,16 @@ class _Placer:
         self.provenance = provenance
         #: Whether a template line owns a bit (else no finding points at one).
         self.owns = bool(provenance)
+        index_of = _REGISTER_INDEX.get
         self.pins: dict[RegisterKey, tuple[tuple[tuple[int, Location], ...], tuple[int, int],
                                            int | None]] = {
-            key: (tuple(reversed(provenance.pins(*key))), key[:2], _REGISTER_INDEX.get(key[2]))
-            for key in provenance.register_keys()}
+            key: (pins[::-1], key[:2], index_of(key[2])) for key, pins in provenance.by_register()}
         self.enumeration = tuple(entry for entry in _ENUMERATION if entry[0] in self.pins)
-        self.subleaves = 0
+        subleaves = 0
         for leaf, subleaf, register in self.pins:
             if leaf == 0xD and 2 <= subleaf < 64 and register in _SUBLEAF_REGISTERS:
-                self.subleaves |= 1 << subleaf
+                subleaves |= 1 << subleaf
+        self.subleaves = subleaves
         self.static: dict[int, _Static] = {}
 
     def add(self, refs: Iterable[BitRef], masks: dict[RegisterKey, int]) -> None:

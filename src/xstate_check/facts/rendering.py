@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from xstate_check.facts.registry import Kind
 from xstate_check.xfeatures import format_mask
 
-__all__ = ["format_value"]
+__all__ = ["format_value", "formatter"]
 
 
 def format_value(value: object, kind: Kind) -> str:
@@ -25,3 +27,23 @@ def format_value(value: object, kind: Kind) -> str:
     if isinstance(value, int):
         return str(value)
     return str(value)
+
+
+def formatter(kind: Kind) -> Callable[[object], str]:
+    """Return the function that shows values of ``kind`` as ``format_value`` does, asking
+    first whether the value is the plain int a mask or a size almost always is."""
+    if kind == "mask":
+        def show_mask(value: object) -> str:
+            if value.__class__ is int:
+                return format_mask(value)
+            return format_value(value, kind)
+
+        return show_mask
+    if kind == "size":
+        def show_size(value: object) -> str:
+            if value.__class__ is int:
+                return f"{value} ({value:#x})"
+            return format_value(value, kind)
+
+        return show_size
+    return lambda value: format_value(value, kind)
