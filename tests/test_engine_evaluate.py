@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import get_args
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from xstate_check.explain import render_catalogue, render_rule
 from xstate_check.facts import format_value
 from xstate_check.facts.registry import Kind
 from xstate_check.facts.rendering import formatter
-from xstate_check.report import Finding, Severity, SubjectReport
+from xstate_check.report import Finding, Severity, SubjectReport, make_finding
 from xstate_check.sources.ownjson import to_json_text
 from xstate_check.subject import MissingEntry, Subject
 
@@ -174,6 +175,31 @@ def test_a_subject_sorts_its_findings_by_their_sort_key(rows: list[tuple[
                 for where, severity, rule, message in rows]
     got = SubjectReport("s", "src", None, tuple(findings)).findings
     assert [id(f) for f in got] == [id(f) for f in sorted(findings, key=Finding.sort_key)]
+
+
+def test_make_finding_is_the_finding_attrs_makes() -> None:
+    """The engine's quicker constructor sets every field as Finding(...) does."""
+    where = Location("t.json", 3, 7)
+    made = make_finding(("XS0213", "stale", "info", "harmless", "nothing"), "m", where)
+    expected = Finding("XS0213", "stale", "info", "m", "harmless", "nothing", where)
+    assert type(made) is Finding and made == expected and hash(made) == hash(expected)
+    for field in attrs.fields(Finding):
+        assert getattr(made, field.name) == getattr(expected, field.name), field.name
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        made.message = "changed"  # type: ignore[misc]
+
+
+def test_a_rule_made_again_with_its_compiled_form_gives_its_own_findings() -> None:
+    """A rule evolved from another (same compiled check) names its own id and severity."""
+    rule = CATALOGUE.get("amx-tile-pair")
+    other = attrs.evolve(rule, id="XS9999", severity="info")
+    subject = build_subject(Example(cpuid=(("0xd.0.eax", "0x202e7"),)))
+    for _ in range(2):  # each in turn, after the other's finding
+        (first,) = evaluate_rules(subject, [rule])
+        (second,) = evaluate_rules(subject, [other])
+        assert (first.rule, first.severity) == ("XS0108", "error")
+        assert (second.rule, second.severity) == ("XS9999", "info")
+        assert first.message == second.message
 
 
 def test_explain_page_shows_the_failing_example_finding() -> None:

@@ -31,7 +31,7 @@ from xstate_check.facts.components import component_refs
 from xstate_check.facts.enumeration import feature_layers
 from xstate_check.facts.registry import component_sources, mask_refs
 from xstate_check.facts.rendering import formatter
-from xstate_check.report import Finding, Report, SubjectReport
+from xstate_check.report import Finding, Report, SubjectReport, make_finding
 from xstate_check.subject import Subject
 from xstate_check.xfeatures import SUPERVISOR_MASK
 
@@ -152,9 +152,8 @@ def check_subjects(subjects: Iterable[Subject], catalogue: Catalogue | None = No
 def finding_of(rule: Rule, facts: Facts, item: object, record: list[Record] | None = None,
                index: int = -1) -> Finding:
     """Return the finding of a failing rule (on ``item`` of an ``each`` rule)."""
-    compiled = rule.compiled
-    plan = _PLANS.get(id(compiled))
-    if plan is None or plan.compiled is not compiled:
+    plan = _PLANS.get(id(rule.compiled))
+    if plan is None or plan.source is not rule:
         plan = _plan(rule)
     found: _Found | None = {} if plan.offenders else None
     message = plan.constant
@@ -185,8 +184,7 @@ def finding_of(rule: Rule, facts: Facts, item: object, record: list[Record] | No
             table = subject.base or cpuid
             if table.is_file:
                 location = Location(table.source)
-    return Finding(rule.id, rule.name, rule.severity, message, rule.consequence, rule.fix,
-                   location)
+    return make_finding(plan.rule, message, location)
 
 
 class FindingsCache:
@@ -222,14 +220,9 @@ class FindingsCache:
         else:
             self.hits += 1
             findings = _relocated(records, subject)
-        return SubjectReport(
-            name=subject.name,
-            source=subject.cpuid.source,
-            template=subject.template,
-            findings=tuple(findings),
-            details=details or {},
-            seconds=time.perf_counter() - started,
-        )
+        # Positional: attrs's __init__ takes them with less work than keywords.
+        return SubjectReport(subject.name, subject.cpuid.source, subject.template, findings,
+                             details or {}, time.perf_counter() - started)
 
 
 def _relocated(records: Iterable[Record], subject: Subject) -> list[Finding]:
@@ -241,8 +234,7 @@ def _relocated(records: Iterable[Record], subject: Subject) -> list[Finding]:
         if index >= 0:
             facts = facts or Facts(subject)
             item = facts[str(rule.each)][index]
-        findings.append(Finding(rule.id, rule.name, rule.severity, message, rule.consequence,
-                                rule.fix, _placed(subject, item, bits)))
+        findings.append(make_finding(_plan(rule).rule, message, _placed(subject, item, bits)))
     return findings
 
 
@@ -260,16 +252,20 @@ _Part = Callable[[Facts, _Found | None], str]
 
 
 class _Plan:
-    """What a rule's findings need, worked out once: the message's literal text and one
-    function per placeholder; where its CPUID bits come from (its declared bits, else the
-    sources of the facts and functions it reads, and its offending components)."""
+    """What a rule's findings need, worked out once: what each says alike; the message's
+    literal text and one function per placeholder; where its CPUID bits come from (its
+    declared bits, else the sources of the facts and functions it reads, and its offending
+    components)."""
 
     __slots__ = ("compiled", "constant", "declared", "dynamic", "features", "functions",
-                 "masks", "offenders", "parts", "single", "static", "static_names",
-                 "static_refs", "tail")
+                 "masks", "offenders", "parts", "rule", "single", "source", "static",
+                 "static_names", "static_refs", "tail")
 
     def __init__(self, rule: Rule) -> None:
+        self.source = rule
         compiled = self.compiled = rule.compiled
+        #: What every finding of the rule says alike (see ``make_finding``).
+        self.rule = (rule.id, rule.name, rule.severity, rule.consequence, rule.fix)
         #: The message: per placeholder, the literal text before it and the function that
         #: shows it; the text after the last; the whole text of a rule without placeholders.
         parts: list[tuple[str, _Part]] = []
@@ -308,14 +304,15 @@ class _Plan:
         self.features = any(ATTRIBUTES[name].feature for name in compiled.attributes)
 
 
-#: Per rule (by its compiled form, kept alive in its plan): its plan.
+#: Per rule (by its compiled form, kept alive with the rule in its plan): its plan. A rule
+#: made again around the same compiled form (``attrs.evolve``) gets a plan of its own.
 _PLANS: dict[int, _Plan] = {}
 
 
 def _plan(rule: Rule) -> _Plan:
     """Return the rule's plan, made on its first finding."""
     plan = _PLANS.get(id(rule.compiled))
-    if plan is None or plan.compiled is not rule.compiled:
+    if plan is None or plan.source is not rule:
         plan = _PLANS[id(rule.compiled)] = _Plan(rule)
     return plan
 
@@ -454,7 +451,7 @@ def _bits(plan: _Plan, facts: Facts, found: _Found | None) -> Bits:
             extra.extend(component_refs(facts, offending, plan.compiled.attributes))
         else:
             mask |= offending
-    return static, tuple(extra), mask
+    return static, tuple(extra) if extra else (), mask
 
 
 RegisterKey = tuple[int, int, str]
