@@ -15,6 +15,7 @@ import pytest
 
 from conftest import X86_TEMPLATES
 from xstate_check.cli import main
+from xstate_check.engine.shipped import load_catalogue
 from xstate_check.errors import InputError, Location
 from xstate_check.formats import render
 from xstate_check.gate import (
@@ -103,6 +104,23 @@ def test_gate_runs_firecracker_templates_on_their_hosts(data_dir: Path) -> None:
     # (FIRECRACKER.md §3.3): no pair may fail.
     assert result.report.errors == []
     assert result.exit_code() == 0
+
+
+def test_every_firecracker_template_leaves_shstk_without_xsaves_on_6_18(
+    templates: list[str],
+) -> None:
+    """What shstk-requires-xsaves's fix says of Firecracker's templates holds: each of the
+    nine clears XSAVES and leaves SHSTK, so the rule fires for each on a 6.18 host it runs
+    on, and on no older host (which does not expose SHSTK)."""
+    result = run_gate(templates)
+    fired: dict[str, set[str]] = {}
+    for subject in result.report.subjects:
+        kernel = str(subject.details["profile"]).rsplit("-", 1)[1]
+        if any(f.name == "shstk-requires-xsaves" for f in subject.findings):
+            fired.setdefault(Path(subject.template or "").name, set()).add(kernel)
+    assert fired == {f"{name}.json": {"6.18"} for name in X86_TEMPLATES}
+    rule = next(r for r in load_catalogue().rules if r.name == "shstk-requires-xsaves")
+    assert "nine x86 templates all clear XSAVES" in " ".join(rule.fix.split())
 
 
 def test_gate_without_matrix_uses_each_templates_vendor(data_dir: Path) -> None:
