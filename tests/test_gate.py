@@ -613,6 +613,30 @@ def test_nothing_checked_exits_2_through_the_command_line(
     assert "expected at least one profile to check this template on" in err
 
 
+def test_text_folds_a_templates_pairs_lacking_the_same_entries(templates: list[str]) -> None:
+    """Text writes one note per template and set of entries its profiles lack, with the
+    profiles on the next line (a pair alone keeps its own line); JSON keeps every pair."""
+    result = run_gate(templates)
+    text = render(result, "text")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for pair in result.skipped:
+        groups.setdefault((pair.template, pair.lacking), []).append(pair.profile)
+    notes = [line for line in text.splitlines() if "not checked" in line]
+    assert len(notes) == len(groups) < len(result.skipped)
+    lines = text.splitlines()
+    for (template, lacking), profiles in groups.items():
+        if len(profiles) == 1:
+            assert f"{template} on {profiles[0]}: not checked: not for this host: the template " \
+                   f"modifies CPUID {lacking} (leaf.subleaf), which {profiles[0]} lacks" in lines
+            continue
+        line = (f"{template}: not checked on {len(profiles)} profiles, not for their host: "
+                f"the template modifies CPUID {lacking} (leaf.subleaf), which they lack")
+        assert lines[lines.index(line) + 1] == "  on " + ", ".join(profiles)
+    document = json.loads(render(result, "json"))
+    assert document["not_checked"] == [pair.to_json() for pair in result.skipped]
+    assert f"{len(result.skipped)} template/profile pairs not for their host" in text
+
+
 def test_pairs_not_for_their_host_are_listed_in_every_report(data_dir: Path) -> None:
     """Text lists each skipped pair; JSON has them under not_checked; JUnit skips them."""
     result = run_gate([data_dir / "firecracker" / "SPR_TO_T2_6.1.json"],

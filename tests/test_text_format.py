@@ -85,6 +85,6 @@ def test_gate_text_names_each_problem_once_with_its_profiles(data_dir: Path) -> 
     infos = {(f.rule, f.location.line if f.location else 0) for f in result.infos}
     assert f"{len(infos)} harmless info problem" in text
     listed = render_text(result, min_severity="info")
-    assert len([line for line in listed.splitlines() if f"{template}:" in line]) == \
-        len(places | infos)
+    assert len([line for line in listed.splitlines() if f"{template}:" in line and " XS" in line]
+               ) == len(places | infos)
     assert text.rstrip().endswith(result.summary_text())

@@ -642,6 +642,7 @@ def _not_for_host(template: Template, profile: GateProfile,
         str(template.path), profile.name,
         f"not for this host: the template modifies CPUID {entries} (leaf.subleaf), which "
         f"{profile.name} lacks",
+        entries,
     )
 
 

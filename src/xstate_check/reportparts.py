@@ -22,6 +22,7 @@ __all__ = [
     "attach_fixes",
     "bitmap_changes",
     "edit_to_json",
+    "folded_text",
 ]
 
 
@@ -197,6 +198,10 @@ class SkippedPair:
     template: str
     profile: str
     reason: str
+    #: The entries the template modifies and the profile lacks, as the reason names them
+    #: (``0x7.0x1, 0xd.0x11``): pairs of one template lacking the same are one line of the
+    #: text report (``folded_text``). Not part of the JSON.
+    lacking: str = attrs.field(default="", eq=False)
 
     def to_json(self) -> dict[str, object]:
         """Return the pair as a JSON object."""
@@ -205,3 +210,22 @@ class SkippedPair:
     def text(self) -> str:
         """Return the pair as one report line."""
         return f"{self.template} on {self.profile}: not checked: {self.reason}"
+
+
+def folded_text(pairs: Sequence[SkippedPair]) -> list[str]:
+    """Return the report lines of one template's pairs not checked: one per pair, except
+    that pairs lacking the same entries share one line, and a line of their profiles."""
+    groups: dict[object, list[SkippedPair]] = {}
+    for pair in pairs:
+        # A pair without ``lacking`` (made elsewhere) stays a line of its own.
+        groups.setdefault(pair.lacking or (pair.profile,), []).append(pair)
+    lines: list[str] = []
+    for lacking, group in groups.items():
+        if len(group) == 1 or not isinstance(lacking, str):
+            lines.extend(pair.text() for pair in group)
+            continue
+        lines.append(f"{group[0].template}: not checked on {len(group)} profiles, not for "
+                     f"their host: the template modifies CPUID {lacking} (leaf.subleaf), "
+                     "which they lack")
+        lines.append("  on " + ", ".join(pair.profile for pair in group))
+    return lines

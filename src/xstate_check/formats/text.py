@@ -121,6 +121,8 @@ class TextWriter:
         self.min_severity = min_severity
         self.gate = kind == "gate" and not quiet
         self._notes: IO[str] | None = None
+        #: The pairs not checked of the template last seen, not yet in the notes.
+        self._template: list[SkippedPair] = []
         self._listed = ProblemCollector(min_severity or "warning")
         self._all = ProblemCollector() if min_severity is None else None
 
@@ -148,12 +150,25 @@ class TextWriter:
             self.out.write("\n".join(lines) + "\n")
 
     def skipped(self, pair: SkippedPair) -> None:
-        """Keep one pair not checked for the notes."""
+        """Keep one pair not checked for the notes (a template's pairs lacking the same
+        entries are one note: its pairs come one after the other)."""
         if self.quiet:
             return
+        if self._template and self._template[0].template != pair.template:
+            self._fold()
+        self._template.append(pair)
+
+    def _fold(self) -> None:
+        """Write the kept pairs of one template to the notes."""
+        if not self._template:
+            return
+        from xstate_check.reportparts import folded_text
+
         if self._notes is None:
             self._notes = spool()
-        self._notes.write(printable(pair.text()) + "\n")
+        self._notes.write("".join(printable(line) + "\n"
+                                  for line in folded_text(self._template)))
+        self._template = []
 
     def finish(self, tally: Tally) -> None:
         """Write a gate's problems, then the notes and the summary."""
@@ -176,6 +191,7 @@ class TextWriter:
                     lines.append("")
             if lines:
                 out.write("\n".join(lines) + "\n")
+        self._fold()
         if self._notes is not None:
             copy_spool(self._notes, out)
             out.write("\n")
