@@ -54,12 +54,14 @@ def test_formatter_shows_what_format_value_shows() -> None:
     class Flag(int):
         pass
 
-    values: list[object] = [0, 0x3, 0x602E7, 1 << 63, 576, True, False, Flag(0x7),
+    values: list[object] = [0, 0x3, 0x602E7, 1 << 63, 1 << 70, 576, True, False, Flag(0x7),
                             (6, 1), (576, 832), "abc", None]
     for kind in get_args(Kind):
         show = formatter(kind)
         for value in values:
             assert show(value) == format_value(value, kind), (kind, value)
+        if kind != "mask":  # (a mask is never negative)
+            assert show(-2688) == format_value(-2688, kind), kind
     assert formatter("mask")(0x7) == "0x7 (x87|sse|ymm)"
     assert formatter("size")(2688) == "2688 (0xa80)"
 

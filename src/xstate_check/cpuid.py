@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -195,9 +195,9 @@ class Provenance(Mapping[BitKey, Location]):
         """Return the (leaf, subleaf, register) keys that have pins."""
         return list(self._pins)
 
-    def by_register(self) -> ItemsView[RegisterKey, tuple[Pin, ...]]:
-        """Return each register key with its (mask, location) pins, in the order applied."""
-        return self._pins.items()
+    def by_register(self) -> Mapping[RegisterKey, tuple[Pin, ...]]:
+        """Return the (mask, location) pins of each register with pins, in the order applied."""
+        return MappingProxyType(self._pins)
 
     def __getitem__(self, key: BitKey) -> Location:
         leaf, subleaf, register, bit = key

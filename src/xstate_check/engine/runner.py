@@ -483,20 +483,39 @@ class _Static:
 
     def __init__(self, placer: _Placer, refs: tuple[BitRef, ...]) -> None:
         self.refs = refs
-        self.masks: dict[RegisterKey, int] = {}
-        placer.add(refs, self.masks)
-        self.owners = placer.owners(self.masks)
-        self.reach = placer.subleaves & ~3
+        pins = placer.pins
+        masks = self.masks = {key: bits for key, bits in _by_register(refs).items()
+                              if key in pins}
+        self.owners = placer.owners(masks)
+        reach = placer.subleaves & ~3
         for key, holds, _ in placer.enumeration:
-            if self.masks.get(key, 0) != _ALL:
-                self.reach |= holds
+            if masks.get(key, 0) != _ALL:
+                reach |= holds
+        self.reach = reach
+
+
+#: Per tuple of a rule's constant CPUID bits (kept alive here): those bits by register.
+_BY_REGISTER: dict[int, tuple[tuple[BitRef, ...], dict[RegisterKey, int]]] = {}
+
+
+def _by_register(refs: tuple[BitRef, ...]) -> dict[RegisterKey, int]:
+    """Return the bits of ``refs`` by register, worked out once per tuple (one per rule)."""
+    known = _BY_REGISTER.get(id(refs))
+    if known is not None and known[0] is refs:
+        return known[1]
+    masks: dict[RegisterKey, int] = {}
+    for leaf, subleaf, register, bits in refs:
+        key = (leaf, subleaf, register)
+        masks[key] = masks.get(key, 0) | bits
+    _BY_REGISTER[id(refs)] = (refs, masks)
+    return masks
 
 
 class _Placer:
-    """One template's pins, by register: per register its lines own bits of, the pins last
-    applied first, with its entry and register index; the enumeration registers among them
-    and the component subleaves it pins; per rule, what they say of its constant CPUID bits
-    (``_Static``). A gate's pairs of one template share it."""
+    """One template's pins, by register: per register its lines own bits of, the pins in
+    the order applied; the enumeration registers among them and the component subleaves it
+    pins; per rule, what they say of its constant CPUID bits (``_Static``). A gate's pairs
+    of one template share it."""
 
     __slots__ = ("enumeration", "owns", "pins", "provenance", "static", "subleaves")
 
@@ -504,13 +523,10 @@ class _Placer:
         self.provenance = provenance
         #: Whether a template line owns a bit (else no finding points at one).
         self.owns = bool(provenance)
-        index_of = _REGISTER_INDEX.get
-        self.pins: dict[RegisterKey, tuple[tuple[tuple[int, Location], ...], tuple[int, int],
-                                           int | None]] = {
-            key: (pins[::-1], key[:2], index_of(key[2])) for key, pins in provenance.by_register()}
-        self.enumeration = tuple(entry for entry in _ENUMERATION if entry[0] in self.pins)
+        pins = self.pins = provenance.by_register()
+        self.enumeration = tuple(entry for entry in _ENUMERATION if entry[0] in pins)
         subleaves = 0
-        for leaf, subleaf, register in self.pins:
+        for leaf, subleaf, register in pins:
             if leaf == 0xD and 2 <= subleaf < 64 and register in _SUBLEAF_REGISTERS:
                 subleaves |= 1 << subleaf
         self.subleaves = subleaves
@@ -528,10 +544,11 @@ class _Placer:
         """Return the pins owning the bits of ``masks`` (each bit's last pin), earliest
         line first."""
         owners: list[_Owner] = []
+        pins = self.pins
         for key, asked in masks.items():
-            owning, entry, index = self.pins[key]
+            entry, index = key[:2], _REGISTER_INDEX.get(key[2])
             remaining = asked
-            for pin_mask, where in owning:  # the last applied first: it owns its bits
+            for pin_mask, where in reversed(pins[key]):  # the last applied owns its bits
                 owned = pin_mask & remaining
                 if owned:
                     owners.append((where, entry, index, owned))

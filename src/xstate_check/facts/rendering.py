@@ -42,7 +42,7 @@ def formatter(kind: Kind) -> Callable[[object], str]:
     if kind == "size":
         def show_size(value: object) -> str:
             if value.__class__ is int:
-                return f"{value} ({value:#x})"
+                return f"{value} ({hex(value)})"  # hex(): f"{value:#x}" with less work
             return format_value(value, kind)
 
         return show_size
