@@ -27,7 +27,7 @@ from xstate_check.facts import (
     Missing,
     available_of,
 )
-from xstate_check.facts.components import component_refs
+from xstate_check.facts.components import feature_refs
 from xstate_check.facts.enumeration import feature_layers
 from xstate_check.facts.registry import component_sources, mask_refs
 from xstate_check.facts.rendering import formatter
@@ -447,10 +447,11 @@ def _bits(plan: _Plan, facts: Facts, found: _Found | None) -> Bits:
         offending = _offending(plan.compiled, facts, found, var)
         if offending is None:
             continue
+        # Its enumeration bits and subleaves, as the mask (``_Placer.place`` reads them as
+        # mask_refs lists them), and the feature bits of its components where read.
+        mask |= offending
         if plan.features:
-            extra.extend(component_refs(facts, offending, plan.compiled.attributes))
-        else:
-            mask |= offending
+            extra.extend(feature_refs(offending))
     return static, tuple(extra) if extra else (), mask
 
 

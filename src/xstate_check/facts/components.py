@@ -24,7 +24,7 @@ from xstate_check.records import NamedTuple
 from xstate_check.xfeatures import EXCLUSIVE_PAIRS, EXTRA_FEATURE_NEEDS, XFEATURES, name_of
 
 __all__ = ["ATTRIBUTES", "COMPONENT_BITS", "NOWHERE", "AttributeSpec", "Depends",
-           "attribute_needs", "bare", "component_refs", "reference_components"]
+           "attribute_needs", "bare", "component_refs", "feature_refs", "reference_components"]
 
 #: The xfeatures a quantifier walks: 2 to 62.
 COMPONENT_BITS = ((1 << 63) - 1) & ~0x3
@@ -289,11 +289,19 @@ def component_refs(facts: Facts, mask: int, attributes: Iterable[str]) -> list[B
     0xD.0 / 0xD.1 enumeration bits and subleaves, and their feature bits where read."""
     refs = list(mask_refs(mask))
     if any(ATTRIBUTES[name].feature for name in attributes):
-        for number in range(2, 63):
-            if mask >> number & 1:
-                for name in _NEEDED_BY[number]:
-                    where = FEATURES[name]
-                    refs.append((where.leaf, where.subleaf, where.register, 1 << where.bit))
+        refs.extend(feature_refs(mask))
+    return refs
+
+
+def feature_refs(mask: int) -> list[BitRef]:
+    """Return the CPUID feature bits of the components 2 to 62 of ``mask``: each one's own
+    feature and those without state of their own that need it."""
+    refs: list[BitRef] = []
+    for number in range(2, 63):
+        if mask >> number & 1:
+            for name in _NEEDED_BY[number]:
+                where = FEATURES[name]
+                refs.append((where.leaf, where.subleaf, where.register, 1 << where.bit))
     return refs
 
 
