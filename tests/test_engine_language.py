@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,6 +255,62 @@ def test_shifts_stay_within_64_bits() -> None:
     assert value_of("1 << 0xffffffff == 0") is True
     assert value_of("1 << -1 == 0 and 8 >> 70 == 0") is True
     assert value_of("(xcr0 | 1) << 0x7fffffff == 0", table(0x602E7)) is True
+
+
+def test_subtraction_and_negation_stay_within_64_bits() -> None:
+    """A result below zero wraps within 64 bits, at run time as in constant folding (``-1``
+    is ``~0``): a mask has no negative value, whose bits would never end."""
+    subject = table(0x602E7)
+    assert value_of("-xcr0 == ~xcr0 + 1", subject) is True
+    assert value_of("xcr0 - (xcr0 + 1) == ~0", subject) is True
+    assert value_of("-1 == -(xcr0 & 1) and -(xcr0 & 0) == 0", subject) is True
+    assert value_of("all c in components(xcr0): c.mask - 0x100000 > c.mask", subject) is True
+    assert value_of("all c in components(xcr0): -c.mask == ~c.mask + 1", subject) is True
+
+
+def test_a_message_showing_a_difference_ends(tmp_path: Path) -> None:
+    """A rule file's message showing ``-xcr0`` as a mask is written (it once never ended:
+    the bits of a negative number were listed forever)."""
+    rules = tmp_path / "xcr0.toml"
+    rules.write_text(textwrap.dedent("""\
+        family = "xcr0"
+
+        [[rule]]
+        id = "XS0199"
+        name = "shows-a-difference"
+        severity = "info"
+        summary = "A message that shows a negated mask"
+        check = "xcr0 == 0"
+        message = "negated {negated}, less {less}"
+        consequence = "None."
+        fix = "None."
+        explanation = "A test of the language."
+        references = ["Intel SDM Vol. 1, 13.3: https://www.intel.com/sdm"]
+
+        [rule.let]
+        negated = "-xcr0"
+        less = "xcr0 - 0x1000000"
+
+        [[rule.pass]]
+        template = { "0xd.0.eax" = "0x0", "0xd.0.edx" = "0x0" }
+
+        [[rule.fail]]
+        """))
+    script = textwrap.dedent(f"""\
+        from xstate_check.api import build_subject
+        from xstate_check.engine.runner import evaluate
+        from xstate_check.engine.shipped import load_catalogue
+        from xstate_check.cpuid import CpuidSet
+        rows = [(0, 0, 0xD, 0, 0, 0), (0xD, 0, 0x7, 0x240, 0x340, 0)]
+        report = evaluate(build_subject(CpuidSet.from_rows(rows)), load_catalogue([{str(rules)!r}]))
+        print(report.findings[0].message)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    message = done.stdout.strip()
+    assert message.startswith("negated 0xfffffffffffffff9 (x87|bndregs|bndcsr|"), message
+    assert ", less 0xffffffffff000007 (x87|sse|ymm|bit24|" in message, message
 
 
 #: Conditions a chain of ``and``, ``or``, ``not`` and ``=>`` is made of, with what Python

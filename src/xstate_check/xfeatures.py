@@ -126,7 +126,10 @@ def by_name(name: str) -> Xfeature:
 
 
 def bits(mask: int) -> Iterator[int]:
-    """Yield the numbers of the bits set in ``mask``, lowest first."""
+    """Yield the numbers of the bits set in ``mask``, lowest first (ValueError where it is
+    negative: it has no last bit)."""
+    if mask < 0:
+        raise ValueError(f"expected a mask of bits, not the negative number {mask}")
     while mask:
         low = mask & -mask
         yield low.bit_length() - 1

@@ -27,7 +27,7 @@ from xstate_check.engine.nodes import (
     Unary,
     walk,
 )
-from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
+from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64, negate
 from xstate_check.engine.quantify import (
     bound_key,
     components_of,
@@ -447,7 +447,7 @@ def _build_unary(node: Unary, lets: Mapping[str, Evaluator]) -> _Built:
     run = _run(operand)
     if node.op == "~":
         return lambda facts: run(facts) ^ MASK64
-    return lambda facts: -run(facts)
+    return lambda facts: negate(run(facts))
 
 
 def _build_binary(node: Binary, lets: Mapping[str, Evaluator]) -> _Built:

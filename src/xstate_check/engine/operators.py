@@ -6,7 +6,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["COMPARE_OPS", "INT_OPS", "MASK64"]
+__all__ = ["COMPARE_OPS", "INT_OPS", "MASK64", "negate", "subtract"]
 
 #: Masks are 64-bit.
 MASK64 = (1 << 64) - 1
@@ -24,6 +24,18 @@ def _multiply(left: int, right: int) -> int:
     return (left * right) & MASK64
 
 
+def subtract(left: int, right: int) -> int:
+    """Subtract within 64 bits: a result below zero wraps, as in the 64-bit masks it is
+    read as (a negative number has no bits to list: ``-xcr0`` is ``~xcr0 + 1``)."""
+    value = left - right
+    return value & MASK64 if value < 0 else value
+
+
+def negate(value: int) -> int:
+    """Return ``-value`` within 64 bits (``0`` stays ``0``)."""
+    return -value & MASK64
+
+
 INT_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "|": operator.or_,
     "^": operator.xor,
@@ -31,7 +43,7 @@ INT_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<<": _shift_left,
     ">>": _shift_right,
     "+": operator.add,
-    "-": operator.sub,
+    "-": subtract,
     "*": _multiply,
 }
 COMPARE_OPS: dict[str, Callable[[Any, Any], bool]] = {

@@ -51,7 +51,7 @@ from xstate_check.engine.nodes import (
     Unary,
     walk,
 )
-from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64
+from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64, negate, subtract
 from xstate_check.facts import ATTRIBUTES, Facts, Missing
 from xstate_check.facts.components import COMPONENT_BITS, NOWHERE, bare, reference_components
 from xstate_check.layout import Component, XsaveLayout
@@ -237,7 +237,7 @@ _PAIRWISE: dict[str, Callable[[list[Any], list[Any]], list[Any]]] = {
     "|": lambda left, right: [a | b for a, b in zip(left, right, strict=True)],
     "^": lambda left, right: [a ^ b for a, b in zip(left, right, strict=True)],
     "+": lambda left, right: [a + b for a, b in zip(left, right, strict=True)],
-    "-": lambda left, right: [a - b for a, b in zip(left, right, strict=True)],
+    "-": lambda left, right: [subtract(a, b) for a, b in zip(left, right, strict=True)],
 }
 #: The same with a value that does not read the component on the right.
 _WITH_VALUE: dict[str, Callable[[list[Any], Any], list[Any]]] = {
@@ -245,7 +245,7 @@ _WITH_VALUE: dict[str, Callable[[list[Any], Any], list[Any]]] = {
     "|": lambda left, k: [a | k for a in left],
     "^": lambda left, k: [a ^ k for a in left],
     "+": lambda left, k: [a + k for a in left],
-    "-": lambda left, k: [a - k for a in left],
+    "-": lambda left, k: [subtract(a, k) for a in left],
 }
 _COMMUTATIVE = frozenset({"&", "|", "^", "+"})
 
@@ -274,7 +274,7 @@ def _column(node: Node, var: str, build: Build) -> Column | None:
             return None
         if node.op == "~":
             return lambda facts, components: [value ^ MASK64 for value in inner(facts, components)]
-        return lambda facts, components: [-value for value in inner(facts, components)]
+        return lambda facts, components: [negate(value) for value in inner(facts, components)]
     if isinstance(node, Binary) and node.op in INT_OPS:
         return _binary_column(node, var, build)
     return None
