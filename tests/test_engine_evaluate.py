@@ -244,3 +244,29 @@ def test_rules_listing_groups_by_family() -> None:
                                   "shows one rule's page.")
     rows = json.loads(render_catalogue(fmt="json"))
     assert len(rows) == len(CATALOGUE) and rows[0]["id"] == "XS0101"
+
+
+def test_a_family_alone_finds_what_it_finds_in_the_whole_catalogue(templates: list[str]) -> None:
+    """A family's catalogue (which leaves the facts most rules read to their first read:
+    it reads few of them) finds on each subject what its rules find in the whole catalogue
+    (which sets them when the facts are made)."""
+    from xstate_check.api import build_subject as subject_of
+    from xstate_check.sources.profiles import profile_index
+
+    catalogue = load_catalogue()
+    assert catalogue.reads_registers and not catalogue.family("xcr0").reads_registers
+    subjects = [subject_of(f"profile:{info.name}") for info in profile_index()]
+    subjects += [subject_of(f"profile:{info.name}", template) for template in templates[:3]
+                 for info in profile_index() if info.name.startswith("fc-ice-lake")]
+    compared: dict[str, int] = {}
+    for family in ("xcr0", "layout", "features", "kvm", "linux-guest"):
+        rules = catalogue.family(family)
+        ids = {rule.id for rule in rules}
+        for subject in subjects:
+            alone = sorted((f.rule, f.message) for f in evaluate_rules(subject, rules))
+            whole = sorted((f.rule, f.message) for f in evaluate_rules(subject, catalogue)
+                           if f.rule in ids)
+            assert alone == whole, (family, subject.name)
+            compared[family] = compared.get(family, 0) + len(alone)
+    # Findings of several families were compared, not only passes.
+    assert len([family for family, count in compared.items() if count]) >= 2, compared

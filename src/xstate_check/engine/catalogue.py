@@ -143,6 +143,9 @@ class Catalogue:
     plan: Plan = attrs.field(init=False, repr=False)
     #: Whether the rules read most CPUID feature bits (then evaluation sets them all at once).
     reads_features: bool = attrs.field(init=False, repr=False)
+    #: Whether the rules read most of the facts ``Facts`` can set when made (``PRESET``):
+    #: then they are set at once, else each is computed on its first read.
+    reads_registers: bool = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         index = {rule.id.upper(): rule for rule in self.rules}
@@ -155,6 +158,10 @@ class Catalogue:
 
         read = {name for rule in self.rules for name in rule.compiled.facts if name in FEATURES}
         object.__setattr__(self, "reads_features", 2 * len(read) >= len(FEATURES))
+        from xstate_check.facts.registry import PRESET
+
+        read = {name for rule in self.rules for name in rule.compiled.facts if name in PRESET}
+        object.__setattr__(self, "reads_registers", 2 * len(read) >= len(PRESET))
 
     def get(self, id_or_name: str) -> Rule:
         """Return the rule with this id (``XS0108``, any case) or name; KeyError otherwise."""

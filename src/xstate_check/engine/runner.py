@@ -53,7 +53,9 @@ def evaluate_rules(subject: Subject, rules: Catalogue | Iterable[Rule],
     """
     catalogue = rules if isinstance(rules, Catalogue) else Catalogue(tuple(rules))
     # The rules read most feature bits: setting them at once saves a lookup each.
-    facts = Facts(subject, feature_layers(subject.cpuid) if catalogue.reads_features else ())
+    # Positional: a dict subclass's __init__ takes keywords through a dict made per call.
+    facts = Facts(subject, feature_layers(subject.cpuid) if catalogue.reads_features else (),
+                  catalogue.reads_registers)
     findings: list[Finding] = []
     if not planned:
         run_rules(facts, catalogue.rules, findings, record)

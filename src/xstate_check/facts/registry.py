@@ -133,17 +133,27 @@ class FunctionSpec(NamedTuple):
         return sum(NEEDS[read] for read in set(self.reads))
 
 
+#: The facts ``Facts`` sets when it is made (with ``registers``; XCR0 always): most rules
+#: read them.
+PRESET = frozenset({"role", "has_template", "max_basic_leaf", "xcr0", "size_max", "xss",
+                    "compacted_size_current", "base.xcr0", "base.xss"})
+
+
 class Facts(dict[str, Any]):
     """The facts of one subject: a dict that computes a missing name on first read."""
 
     __slots__ = ("_computes", "_layout", "_subleaves", "cpuid", "subject")
 
-    def __init__(self, subject: Subject, preset: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(self, subject: Subject, preset: Iterable[Mapping[str, Any]] = (),
+                 registers: bool = True) -> None:
         """Start the facts of ``subject`` with the values of each of ``preset`` (a later
-        one's over an earlier one's): facts the caller has at hand (its feature bits)."""
-        for values in preset:
-            # Into an empty dict the first copies at C level, faster than into a filled one.
-            self.update(values)
+        one's over an earlier one's): facts the caller has at hand (its feature bits);
+        with ``registers``, the facts of ``PRESET`` too (else each on its first read)."""
+        if preset:
+            for values in preset:
+                # Into an empty dict the first copies at C level, faster than into a filled
+                # one.
+                self.update(values)
         self.subject = subject
         cpuid = self.cpuid = subject.cpuid
         self._layout: XsaveLayout | None = None
@@ -151,16 +161,19 @@ class Facts(dict[str, Any]):
         # Where the source holds leaf 0xD's subleaves, no fact needs to check for them.
         complete = cpuid.leaf_0xd_complete
         self._computes = _UNCHECKED if complete else _CHECKED
-        # Facts most rules read, set here at less cost than a first read's computation: the
-        # subject's role and template, plain registers of leaves 0 and 0xD, and XCR0 and XSS
-        # of the table before the template. Each is declared, and computed the same way, in
-        # its stage's module; a test compares the two.
-        self["role"] = subject.role
-        self["has_template"] = subject.template is not None
+        # Facts most rules read, set here at less cost than a first read's computation: XCR0
+        # (every family reads it); with ``registers``, the subject's role and template, plain
+        # registers of leaves 0 and 0xD, and XCR0 and XSS of the table before the template.
+        # Each is declared, and computed the same way, in its stage's module; a test
+        # compares the two.
         entries = cpuid.entries
-        self["max_basic_leaf"] = entries.get(_LEAF_0, ZERO)[0]
         sub0 = entries.get(_XCR0_ENTRY, ZERO)
         self["xcr0"] = sub0[3] << 32 | sub0[0]
+        if not registers:
+            return
+        self["role"] = subject.role
+        self["has_template"] = subject.template is not None
+        self["max_basic_leaf"] = entries.get(_LEAF_0, ZERO)[0]
         self["size_max"] = sub0[2]
         if complete:  # else they are Missing
             sub1 = entries.get(_XSS_ENTRY, ZERO)
