@@ -31,7 +31,6 @@ from xstate_check.engine.operators import COMPARE_OPS, INT_OPS, MASK64, negate
 from xstate_check.engine.quantify import (
     bound_key,
     components_of,
-    every_remembered,
     lower,
     reads_layout,
     remembered,
@@ -367,9 +366,6 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator],
     if isinstance(built, _Fact | _Masked):
         name = built.name
         bits = COMPONENT_BITS & (built.mask if isinstance(built, _Masked) else MASK64)
-        fused = every_remembered(holds, keep, name, bits) if every else None
-        if fused is not None:  # a remembered body's answer looked up without a call
-            return fused
         if every:
             def every_of_fact(facts: Facts) -> bool:
                 care = facts[name] & bits
@@ -385,9 +381,6 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator],
         parts = (_build(node.domain.left, lets), _build(node.domain.right, lets))
         if isinstance(parts[0], _Fact) and isinstance(parts[1], _Fact):
             one, two = parts[0].name, parts[1].name  # ``components(xcr0 | xss)``, inline
-            fused = every_remembered(holds, keep, one, COMPONENT_BITS, two) if every else None
-            if fused is not None:
-                return fused
             if every:
                 def every_of_union(facts: Facts) -> bool:
                     care = (facts[one] | facts[two]) & COMPONENT_BITS

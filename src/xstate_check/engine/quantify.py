@@ -56,8 +56,8 @@ from xstate_check.facts import ATTRIBUTES, Facts, Missing
 from xstate_check.facts.components import COMPONENT_BITS, NOWHERE, bare, reference_components
 from xstate_check.layout import Component, XsaveLayout
 
-__all__ = ["MaskTest", "bound_key", "components_of", "every_remembered", "lower", "numbers",
-           "reads_layout", "remembered"]
+__all__ = ["MaskTest", "bound_key", "components_of", "lower", "numbers", "reads_layout",
+           "remembered"]
 
 #: The components of ``care`` (a mask) a condition holds for, on one subject's facts.
 MaskTest = Callable[[Facts, int], int]
@@ -527,54 +527,6 @@ def _keyed_facts(node: Node, var: str) -> tuple[str, ...] | None:
     return tuple(sorted(found))
 
 
-#: What ``every_remembered`` needs of each remembered body that reads no host subleaf, by
-#: the identity of its mask test (kept alive here): the test, its slot, the facts it reads
-#: and how many, the body's own test.
-_PLAIN: dict[int, tuple[MaskTest, str, str, str, int, MaskTest]] = {}
-
-
-def every_remembered(holds: MaskTest, keep: str, name: str, bits: int,
-                     other: str = "") -> Callable[[Facts], bool] | None:
-    """Return ``all c in components(name & bits)`` (of ``(name | other) & bits`` where
-    ``other`` is given) for the mask test ``holds`` of a remembered body that reads no host
-    subleaf (``remembered``): its answer looked up as ``holds`` does, without calling it.
-    On failure the components it holds false are kept in the Facts under ``keep``, where
-    given. None for any other mask test."""
-    parts = _PLAIN.get(id(holds))
-    if parts is None or parts[0] is not holds:
-        return None
-    _, slot, first, second, count, test = parts
-
-    def every(facts: Facts) -> bool:
-        care = (facts[name] | facts[other] if other else facts[name]) & bits
-        if not care:
-            return True
-        try:
-            kept = facts.get(_KEPT) or _kept(facts)
-            found: dict[object, int] | None = kept.get(slot)
-            if found is None:
-                found = kept[slot] = {}
-            key = ((care, facts[first], facts[second]) if count == 2
-                   else (care, facts[first]) if count else care)
-        except Missing:  # the body alone says whether it reads what is missing
-            held: int = test(facts, care)
-        else:
-            remembered_held = found.get(key)
-            if remembered_held is None:
-                held = test(facts, care)
-                if len(found) < _REMEMBERED:
-                    found[key] = held
-            else:
-                held = remembered_held
-        if held == care:
-            return True
-        if keep:
-            facts[keep] = care & ~held
-        return False
-
-    return every
-
-
 def remembered(node: Node, var: str, test: MaskTest) -> MaskTest:
     """Return ``test`` (the mask form of the body ``node``) remembering its answers where
     the body reads nothing but the component's subleaf, its xfeature, the same subleaf in
@@ -619,7 +571,6 @@ def remembered(node: Node, var: str, test: MaskTest) -> MaskTest:
                     found[key] = held
             return held
 
-        _PLAIN[id(plain)] = (plain, slot, first, second, count, test)
         return plain
 
     def memo(facts: Facts, care: int) -> int:
