@@ -357,9 +357,7 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator],
             def every_of_constant(facts: Facts) -> bool:
                 if (held := holds(facts, mask)) == mask:
                     return True
-                if keep:
-                    facts[keep] = mask & ~held
-                return False
+                return _failed(facts, keep, mask & ~held)
 
             return every_of_constant
         return lambda facts: holds(facts, mask) != 0
@@ -371,9 +369,7 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator],
                 care = facts[name] & bits
                 if not care or (held := holds(facts, care)) == care:
                     return True
-                if keep:
-                    facts[keep] = care & ~held
-                return False
+                return _failed(facts, keep, care & ~held)
 
             return every_of_fact
         return lambda facts: (care := facts[name] & bits) != 0 and holds(facts, care) != 0
@@ -386,9 +382,7 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator],
                     care = (facts[one] | facts[two]) & COMPONENT_BITS
                     if not care or (held := holds(facts, care)) == care:
                         return True
-                    if keep:
-                        facts[keep] = care & ~held
-                    return False
+                    return _failed(facts, keep, care & ~held)
 
                 return every_of_union
             return lambda facts: ((care := (facts[one] | facts[two]) & COMPONENT_BITS) != 0
@@ -399,12 +393,18 @@ def _build_quantifier(node: Quantifier, lets: Mapping[str, Evaluator],
             care = domain(facts)
             if not care or (held := holds(facts, care)) == care:
                 return True
-            if keep:
-                facts[keep] = care & ~held
-            return False
+            return _failed(facts, keep, care & ~held)
 
         return every_of
     return lambda facts: (care := domain(facts)) != 0 and holds(facts, care) != 0
+
+
+def _failed(facts: Facts, keep: str, offending: int) -> bool:
+    """Return False for a failing ``all``, keeping the components it held false
+    (``offending``) in the facts under ``keep`` where given (its finding reads them)."""
+    if keep:
+        facts[keep] = offending
+    return False
 
 
 def _build_list(node: ListExpr, lets: Mapping[str, Evaluator]) -> _Built:
