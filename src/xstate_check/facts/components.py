@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from xstate_check.cpuid import FEATURES, CpuidSet
-from xstate_check.facts.registry import NEEDS, BitRef, Facts, Kind, Missing, Read, mask_refs
+from xstate_check.facts.registry import NEEDS, BitRef, Facts, Kind, Missing, Read
 from xstate_check.layout import LEGACY_AND_HEADER, Component, XsaveLayout
 from xstate_check.records import NamedTuple
 from xstate_check.xfeatures import EXCLUSIVE_PAIRS, EXTRA_FEATURE_NEEDS, XFEATURES, name_of
 
 __all__ = ["ATTRIBUTES", "COMPONENT_BITS", "NOWHERE", "AttributeSpec", "Depends",
-           "attribute_needs", "bare", "component_refs", "feature_refs", "reference_components"]
+           "attribute_needs", "bare", "feature_refs", "reference_components"]
 
 #: The xfeatures a quantifier walks: 2 to 62.
 COMPONENT_BITS = ((1 << 63) - 1) & ~0x3
@@ -282,15 +282,6 @@ def _dest_layout(facts: Facts) -> XsaveLayout:
 
 _elsewhere("dest", "the restore destination's table (KVM_GET_SUPPORTED_CPUID after the "
            "VMM's guest-permission request)", _dest_layout, ("destination",))
-
-
-def component_refs(facts: Facts, mask: int, attributes: Iterable[str]) -> list[BitRef]:
-    """Return the CPUID bits of the components of ``mask`` as a rule reads them: their
-    0xD.0 / 0xD.1 enumeration bits and subleaves, and their feature bits where read."""
-    refs = list(mask_refs(mask))
-    if any(ATTRIBUTES[name].feature for name in attributes):
-        refs.extend(feature_refs(mask))
-    return refs
 
 
 def feature_refs(mask: int) -> list[BitRef]:
