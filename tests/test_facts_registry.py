@@ -13,6 +13,7 @@ import pytest
 from xstate_check.cpuid import CpuidSet
 from xstate_check.engine.examples import base_table
 from xstate_check.facts import FACTS, FUNCTIONS, NEEDS, Facts, Missing, available_of, needs_of
+from xstate_check.facts.registry import PRESET
 from xstate_check.subject import Subject
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,3 +145,8 @@ def test_facts_set_when_made_are_what_their_declarations_compute() -> None:
                 with pytest.raises(Missing):
                     FACTS[name].compute(facts)
     assert {"xcr0", "xss", "size_max", "base.xcr0", "role"} <= preset_seen
+    # PRESET (what Catalogue.reads_registers weighs) names exactly what Facts sets; without
+    # ``registers``, XCR0 alone is set.
+    assert preset_seen == PRESET
+    assert all([name for name in Facts(subject, (), False) if name in FACTS] == ["xcr0"]
+               for subject in subjects)
